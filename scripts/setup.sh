@@ -18,8 +18,10 @@ command -v "$python_bin" >/dev/null 2>&1 || python_bin=python3
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
-# Hash of the given files' contents (missing files hash as empty).
-inputs_hash() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+# Hash of the given files' names and contents (missing files hash as empty). `|| true`: cat fails
+# on a missing file or an unmatched glob (srv/*.srv while srv/ is empty), and under pipefail that
+# would end the script silently inside `h=$(...)`.
+inputs_hash() { { printf '%s\n' "$@"; cat "$@" 2>/dev/null || true; } | sha256sum | cut -c1-16; }
 step_done() { [[ -f "$stamps/$1" && "$(cat "$stamps/$1")" == "$2" ]]; }
 mark_done() { mkdir -p "$stamps"; echo "$2" >"$stamps/$1"; }
 
@@ -67,7 +69,8 @@ install_dependencies() {
 
 build_interfaces() {
     local h
-    h=$(inputs_hash CMakeLists.txt package.xml msg/*.msg srv/*.srv "$stamps/deps")
+    # config/ is installed to share/omnibind_ros too, so a changed profile is re-installed.
+    h=$(inputs_hash CMakeLists.txt package.xml msg/*.msg srv/*.srv config/* "$stamps/deps")
     step_done interfaces "$h" && return 0
     say "building msg/ and srv/ into .venv (cmake + rosidl)"
     local build="$repo/build/interfaces"
