@@ -1,0 +1,282 @@
+"""Stage II fusion: the Adaptive Fusion head (seed 000 Eq. 8), its classification helpers
+(Fig. 3b) and the mean / linear / concat baselines (Tables 2, 3, 8, 9).
+
+Every head maps ``tokens [B, N, D]`` + ``mask [B, N]`` (bool, True = a live modality) to a unit
+``[B, D]`` embedding; this is the ONNX contract the runtime's fusion tick feeds (padded tokens +
+mask). The AF head is token-order free and exports with dynamic B and N; the baselines need
+fixed modality *slots* (``N == num_slots``, one per modality in ``MODALITY_SLOTS`` order).
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from omnibind_ros.core.modalities import ALL_MODALITIES
+
+#: Slot order for the slot-based baselines and :func:`stack_modalities`.
+MODALITY_SLOTS: tuple[str, ...] = tuple(m.value for m in ALL_MODALITIES)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tokens`` ``[B, N, D]`` over valid positions of ``mask`` ``[B, N]``; 0 if none."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def _clean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # Padding slots may hold stale or NaN embeddings; NaN * 0 is NaN, so zero them explicitly.
+    return torch.where(mask.unsqueeze(-1), tokens, torch.zeros_like(tokens))
+
+
+class AdaptiveFusion(nn.Module):
+    """AF head, Eq. 8: ``E_m = normalise(mean(SA(E_v, ..., E_t)))`` over the valid tokens.
+
+    ``SA`` is one multi-head self-attention layer in which padded tokens are masked out as keys
+    and excluded from the mean, so the output depends only on the live modalities and not on
+    their order (no positional or modality embedding: Eq. 8 has none). The paper does not
+    detail ``SA`` (its code calls ``Adapter(dim, head_num)``); choices made here: pre-LayerNorm
+    and a residual connection, with the output projection zero-initialised (``zero_init``) so an
+    untrained head equals the mean baseline over already-aligned embeddings.
+
+    Parameters
+    ----------
+    dim : D.
+    num_heads : attention heads (``dim % num_heads == 0``).
+    zero_init : zero the output projection (start as the mean baseline).
+    """
+
+    def __init__(self, *, dim: int = 384, num_heads: int = 8, zero_init: bool = True) -> None:
+        super().__init__()
+        assert dim % num_heads == 0, f"dim {dim} is not divisible by num_heads {num_heads}"
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        if zero_init:
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
+
+    def attend(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``SA``: ``[B, N, D]`` -> ``[B, N, D]``; padded positions are not attended to."""
+        q, k, v = rearrange(self.qkv(self.norm(tokens)), "b n (three h d) -> three b h n d",
+                            three=3, h=self.num_heads)
+        scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+        # finfo.min instead of -inf: a sample with no live token must not produce NaN.
+        scores = torch.where(mask[:, None, None, :], scores, torch.finfo(scores.dtype).min)
+        out = rearrange(scores.softmax(dim=-1) @ v, "b h n d -> b n (h d)")
+        return tokens + self.proj(out)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``[B, N, D]``, ``mask`` ``[B, N]`` bool -> fused ``[B, D]`` (unit norm)."""
+        mask = mask.bool()
+        tokens = _clean(tokens, mask)
+        return F.normalize(masked_mean(self.attend(tokens, mask), mask), dim=-1)
+
+
+class MeanFusion(nn.Module):
+    """Baseline: normalised mean of the valid embeddings (no parameters)."""
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.bool()
+        return F.normalize(masked_mean(_clean(tokens, mask), mask), dim=-1)
+
+
+class LinearFusion(nn.Module):
+    """Baseline: learned per-slot weights (softmax over the live slots), then a linear map.
+
+    Parameters
+    ----------
+    num_slots : number of modality slots S (tokens must be ``[B, S, D]`` in slot order).
+    dim : D. The linear map starts as the identity and the weights as uniform (= mean).
+    """
+
+    def __init__(self, *, num_slots: int = len(MODALITY_SLOTS), dim: int = 384) -> None:
+        super().__init__()
+        self.slot_logits = nn.Parameter(torch.zeros(num_slots))
+        self.linear = nn.Linear(dim, dim)
+        nn.init.eye_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.bool()
+        logits = self.slot_logits.expand_as(mask)
+        weights = torch.where(mask, logits, torch.finfo(logits.dtype).min).softmax(dim=-1)
+        weights = weights * mask  # a sample with no live slot gets zeros, not a uniform mix
+        fused = torch.einsum("bs,bsd->bd", weights, _clean(tokens, mask))
+        return F.normalize(self.linear(fused), dim=-1)
+
+
+class ConcatFusion(nn.Module):
+    """Baseline: concatenate the S slots (zeros for missing ones) and map linearly to D.
+
+    The map starts as stacked identities / S, i.e. the sum of the live slots (= mean after
+    normalisation), so all three baselines start from the same point.
+    """
+
+    def __init__(self, *, num_slots: int = len(MODALITY_SLOTS), dim: int = 384) -> None:
+        super().__init__()
+        self.num_slots = num_slots
+        self.linear = nn.Linear(num_slots * dim, dim)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(dim).repeat(1, num_slots) / num_slots)
+            self.linear.bias.zero_()
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        assert tokens.shape[1] == self.num_slots, (
+            f"concat fusion needs {self.num_slots} slots, got {tokens.shape[1]}")
+        flat = rearrange(_clean(tokens, mask.bool()), "b s d -> b (s d)")
+        return F.normalize(self.linear(flat), dim=-1)
+
+
+FUSION_KINDS: dict[str, type[nn.Module]] = {
+    "af": AdaptiveFusion, "mean": MeanFusion, "linear": LinearFusion, "concat": ConcatFusion}
+
+
+@dataclass
+class FusionConfig:
+    """Config of a fusion head; ``to_dict``/``from_dict`` for checkpoints and bundles.
+
+    Attributes
+    ----------
+    kind : ``"af"``, ``"mean"``, ``"linear"`` or ``"concat"``.
+    dim : D.
+    num_heads : AF attention heads.
+    zero_init : AF output projection starts at zero.
+    slots : modality slot order (slot-based baselines; also recorded for the bundle).
+    """
+
+    kind: str = "af"
+    dim: int = 384
+    num_heads: int = 8
+    zero_init: bool = True
+    slots: tuple[str, ...] = MODALITY_SLOTS
+
+    def __post_init__(self) -> None:
+        if self.kind not in FUSION_KINDS:
+            raise ValueError(f"unknown fusion kind {self.kind!r}; expected {list(FUSION_KINDS)}")
+        self.slots = tuple(self.slots)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FusionConfig:
+        return cls(**data)
+
+    def build(self) -> nn.Module:
+        if self.kind == "af":
+            return AdaptiveFusion(dim=self.dim, num_heads=self.num_heads,
+                                  zero_init=self.zero_init)
+        if self.kind == "mean":
+            return MeanFusion()
+        return FUSION_KINDS[self.kind](num_slots=len(self.slots), dim=self.dim)
+
+
+def stack_modalities(embeddings: Mapping[str, torch.Tensor], *,
+                     slots: Sequence[str] = MODALITY_SLOTS,
+                     present: Mapping[str, torch.Tensor] | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lay per-modality embeddings out in fixed slots.
+
+    Parameters
+    ----------
+    embeddings : modality -> ``[B, D]``; absent modalities are missing from the dict.
+    slots : slot order.
+    present : optional modality -> ``[B]`` bool, for per-sample availability.
+
+    Returns
+    -------
+    tokens ``[B, S, D]`` (zeros in empty slots) and mask ``[B, S]`` bool.
+    """
+    unknown = set(embeddings) - set(slots)
+    if unknown:
+        raise ValueError(f"modalities {sorted(unknown)} have no slot in {list(slots)}")
+    ref = next(iter(embeddings.values()))
+    tokens = ref.new_zeros(ref.shape[0], len(slots), ref.shape[1])
+    mask = torch.zeros(ref.shape[0], len(slots), dtype=torch.bool, device=ref.device)
+    for i, name in enumerate(slots):
+        if name in embeddings:
+            tokens[:, i] = embeddings[name]
+            mask[:, i] = present[name] if present is not None and name in present else True
+    return tokens, mask
+
+
+def classify(embeddings: torch.Tensor, label_embeddings: torch.Tensor) -> torch.Tensor:
+    """CLS of Fig. 3b: index of the label with the highest cosine similarity.
+
+    ``embeddings`` ``[..., D]``, ``label_embeddings`` ``[C, D]`` -> ``[...]`` int64.
+    """
+    sims = F.normalize(embeddings, dim=-1) @ F.normalize(label_embeddings, dim=-1).T
+    return sims.argmax(dim=-1)
+
+
+def select_negative_labels(predictions: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
+                           num_classes: int, *,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Negative labels for Eq. 9 from the per-modality predictions (Sec. 3.3).
+
+    Every wrong prediction of a live modality is a negative; a sample whose live modalities are
+    all right gets one random wrong label instead, as the paper does.
+
+    Parameters
+    ----------
+    predictions : ``[B, N]`` int64 per-token predicted classes (:func:`classify`).
+    mask : ``[B, N]`` bool, live tokens.
+    targets : ``[B]`` int64 true classes.
+    num_classes : C (>= 2).
+    generator : for the random negatives (reproducibility).
+
+    Returns
+    -------
+    ``[B, C]`` bool, never True at the target.
+    """
+    if num_classes < 2:
+        raise ValueError("negative labels need at least 2 classes")
+    wrong = mask.bool() & (predictions != targets.unsqueeze(1))
+    negatives = (F.one_hot(predictions, num_classes).bool() & wrong.unsqueeze(-1)).any(dim=1)
+    # Draw from the C - 1 wrong labels: shift draws at or above the target up by one.
+    draw = torch.randint(0, num_classes - 1, targets.shape, generator=generator,
+                         device=targets.device)
+    draw = draw + (draw >= targets).long()
+    fallback = F.one_hot(draw, num_classes).bool() & ~negatives.any(dim=1, keepdim=True)
+    return negatives | fallback
+
+
+def export_fusion_onnx(head: nn.Module, path: str | Path, *, dim: int,
+                       example_batch: int = 2, example_tokens: int = 3,
+                       dynamic_tokens: bool = True, opset: int = 18) -> Path:
+    """Export a fusion head to ONNX: inputs ``tokens [B, N, D]`` float32, ``mask [B, N]`` bool,
+    output ``fused [B, D]``; B (and N if ``dynamic_tokens``) dynamic.
+
+    The example batch and token count must be >= 2: the dynamo exporter specialises size-1
+    dimensions to constants. Slot-based baselines need ``dynamic_tokens=False`` and
+    ``example_tokens = num_slots``.
+    """
+    if example_batch < 2 or (dynamic_tokens and example_tokens < 2):
+        raise ValueError("export with example_batch >= 2 and example_tokens >= 2")
+    path = Path(path)
+    tokens = torch.randn(example_batch, example_tokens, dim)
+    mask = torch.ones(example_batch, example_tokens, dtype=torch.bool)
+    mask[0, -1] = False
+    batch = torch.export.Dim("batch")
+    dims: dict[int, Any] = {0: batch}
+    if dynamic_tokens:
+        dims[1] = torch.export.Dim("tokens")
+    with warnings.catch_warnings():
+        # tokens and mask share their Dims on purpose; torch warns that it merges the names
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
+        torch.onnx.export(head.eval(), (tokens, mask), str(path),
+                          input_names=["tokens", "mask"], output_names=["fused"],
+                          dynamic_shapes={"tokens": dims, "mask": dims}, dynamo=True,
+                          opset_version=opset, verbose=False)
+    return path
