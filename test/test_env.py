@@ -118,11 +118,21 @@ def test_environ_argument_leaves_the_process_environment_alone() -> None:
     assert result["ROS_DOMAIN_ID"] == "9"
 
 
-def test_large_messages_loads_the_shared_memory_profile() -> None:
+@pytest.mark.parametrize(("distro", "var"), [
+    (None, "FASTDDS_DEFAULT_PROFILES_FILE"),  # the PyPI wheels: Kilted, Fast DDS 3
+    ("kilted", "FASTDDS_DEFAULT_PROFILES_FILE"),
+    ("jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE"),  # Fast DDS 2 knows only the old name
+])
+def test_large_messages_selects_the_profile_variable(distro: str | None, var: str) -> None:
+    out = ensure_in_subprocess("large_messages=True", **({"ROS_DISTRO": distro} if distro else {}))
+    set_vars = [v for v in ros_env.FASTDDS_PROFILE_VARS if v in out["environ"]]
+    assert set_vars == [var]  # never both: Kilted warns on every participant about the old one
+    assert Path(out["environ"][var]).name == "fastdds_localhost.xml"
+
+
+def test_large_messages_profile_content() -> None:
     out = ensure_in_subprocess("large_messages=True")
-    paths = {out["environ"][var] for var in ros_env.FASTDDS_PROFILE_VARS}
-    assert len(paths) == 1  # Fast DDS 3 and Fast DDS 2 read the same file
-    profile = Path(paths.pop())
+    profile = Path(out["environ"]["FASTDDS_DEFAULT_PROFILES_FILE"])
     assert profile.is_file()
 
     ns = {"d": "http://www.eprosima.com"}

@@ -13,9 +13,9 @@ What it guarantees (see shared/notes/ros2_from_pypi.md for the measurements behi
 * ``ROS_LOG_DIR``: a temporary directory instead of ``~/.ros/log``, so tests and tools leave no
   logs behind in the user's home.
 * ``ROS_DOMAIN_ID`` when asked: separate domains isolate processes running concurrently.
-* ``FASTDDS_DEFAULT_PROFILES_FILE`` when asked (``large_messages=True``): the shared-memory profile
-  in ``config/fastdds_localhost.xml`` without which best-effort messages above ~512 KB between
-  processes are silently dropped.
+* ``FASTDDS_DEFAULT_PROFILES_FILE`` (``FASTRTPS_...`` on Fast DDS 2 distros) when asked
+  (``large_messages=True``): the shared-memory profile in ``config/fastdds_localhost.xml``
+  without which best-effort messages above ~512 KB between processes are silently dropped.
 * ``AMENT_PREFIX_PATH``: the PyPI wheels never set it, so ``get_package_share_directory`` and the
   ament index would find nothing; it defaults to ``sys.prefix`` (the venv holding the wheels).
 
@@ -51,8 +51,11 @@ __all__ = [
 DISCOVERY_RANGE_VAR = "ROS_AUTOMATIC_DISCOVERY_RANGE"
 #: Opt-out for real deployments that need discovery beyond this machine.
 KEEP_DISCOVERY_RANGE_VAR = "OMNIBIND_KEEP_DISCOVERY_RANGE"
-#: Fast DDS 3 (Kilted and later) reads the first, Fast DDS 2 (Jazzy) the second.
+#: Fast DDS 3 (Kilted and later) reads the first, Fast DDS 2 (Humble..Jazzy) the second.
 FASTDDS_PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+#: Distros that ship Fast DDS 2. Setting both names is no option: Kilted's rmw then warns on
+#: every participant that the old name is deprecated.
+_FASTDDS2_DISTROS = ("humble", "iron", "jazzy")
 #: Variables that can make a participant contact other hosts even under LOCALHOST: rmw adds
 #: ROS_STATIC_PEERS as initial peers, and Fast DDS itself reads ROS_DISCOVERY_SERVER.
 _REMOTE_PEER_VARS = ("ROS_STATIC_PEERS", "ROS_DISCOVERY_SERVER")
@@ -130,9 +133,10 @@ def ensure_safe_ros_env(
         changed += _set(env, "ROS_DOMAIN_ID", str(int(domain_id)))
 
     if large_messages and not any(env.get(var) for var in FASTDDS_PROFILE_VARS):
-        profile = fastdds_profile_path(env)
-        for var in FASTDDS_PROFILE_VARS:
-            changed += _set(env, var, str(profile))
+        # ROS_DISTRO is set by a sourced ROS install; the PyPI wheels (Kilted) leave it unset.
+        fastdds2 = env.get("ROS_DISTRO", "").lower() in _FASTDDS2_DISTROS
+        var = FASTDDS_PROFILE_VARS[1] if fastdds2 else FASTDDS_PROFILE_VARS[0]
+        changed += _set(env, var, str(fastdds_profile_path(env)))
 
     if not env.get("AMENT_PREFIX_PATH"):
         changed += _set(env, "AMENT_PREFIX_PATH", sys.prefix)
