@@ -22,6 +22,7 @@ from omnibind_ros.core.preprocess.point_cloud import (
     preprocess_point_cloud,
     remove_ground,
     segment_object,
+    voxel_down_sample,
 )
 
 CONFIG = PointCloudPreprocessConfig(num_points=256)
@@ -127,6 +128,15 @@ def test_extra_columns_are_ignored_and_nan_points_dropped():
     np.testing.assert_array_equal(preprocess_point_cloud(np.c_[cloud, intensity], CONFIG),
                                   expected)
     np.testing.assert_array_equal(preprocess_point_cloud(with_nans, CONFIG), expected)
+
+
+def test_voxel_down_sample_averages_each_voxel():
+    xyz = np.array([[0.01, 0.01, 0.0], [0.03, 0.05, 0.0], [0.5, 0.0, 0.0], [-0.01, 0, 0]])
+    out = voxel_down_sample(xyz, 0.1)
+    np.testing.assert_allclose(out, [[-0.01, 0, 0], [0.02, 0.03, 0.0], [0.5, 0.0, 0.0]])
+    config = PointCloudPreprocessConfig(num_points=64, voxel_size=0.02)
+    first = preprocess_point_cloud(scene(), config)
+    np.testing.assert_array_equal(preprocess_point_cloud(scene(), config), first)
 
 
 def test_normalise_unit_sphere_exact():

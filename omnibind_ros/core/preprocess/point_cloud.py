@@ -47,7 +47,7 @@ from omnibind_ros.core.preprocess import _config as cfg
 
 __all__ = ["PointCloudPreprocessConfig", "PointCloudPreprocessor", "crop_roi",
            "farthest_point_sampling", "normalise_unit_sphere", "preprocess_point_cloud",
-           "remove_ground", "segment_object"]
+           "remove_ground", "segment_object", "voxel_down_sample"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,26 @@ def _o3d_cloud(xyz: np.ndarray):  # -> open3d.geometry.PointCloud
     return cloud
 
 
+def voxel_down_sample(xyz: np.ndarray, voxel_size: float) -> np.ndarray:
+    """Replace the points of each occupied voxel by their mean.
+
+    Parameters
+    ----------
+    xyz : float [N, 3] points in metres.
+    voxel_size : voxel edge in metres (voxels are aligned to the origin).
+
+    Returns
+    -------
+    float64 [V, 3], one point per occupied voxel, in lexicographic voxel order (numpy rather
+    than open3d's hash-map order, so the order is reproducible).
+    """
+    keys = np.floor(xyz / voxel_size).astype(np.int64)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    sums = np.stack([np.bincount(inverse, weights=xyz[:, d]) for d in range(3)], axis=1)
+    return sums / counts[:, None]
+
+
 _RANSAC_SCORE_POINTS = 20000  # hypotheses are scored on at most this many points (speed)
 _RANSAC_BLOCK = 32  # hypotheses scored at once (bounds memory to block x points)
 
@@ -276,7 +296,7 @@ def segment_object(points: np.ndarray, config: PointCloudPreprocessConfig) -> np
     """
     xyz = crop_roi(_check_points(points), config)
     if config.voxel_size > 0:
-        xyz = np.asarray(_o3d_cloud(xyz).voxel_down_sample(config.voxel_size).points)
+        xyz = voxel_down_sample(xyz, config.voxel_size)
     if config.remove_ground:
         xyz = remove_ground(xyz, config)
     if xyz.shape[0] < config.cluster_min_points:
