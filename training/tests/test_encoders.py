@@ -69,6 +69,17 @@ def test_mapping_fails_loudly(lukemelas_state):
         effnet.load_lukemelas_state_dict(effnet.EfficientNetLite0(), short)
 
 
+@pytest.mark.parametrize("kernel,size,before,after", [(3, 8, 0, 1), (5, 8, 1, 2), (3, 7, 1, 1)])
+def test_same_padding_matches_tensorflow(kernel, size, before, after):
+    """TF "SAME" at stride 2 pads total = max((ceil(n/2) - 1) * 2 + k - n, 0), the extra pixel
+    after (bottom/right); the ImageNet weights were trained with it."""
+    conv = effnet.SameConv2d(1, 1, kernel, stride=2, bias=False)
+    x = torch.randn(1, 1, size, size)
+    pad = (before, after, before, after)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, pad), conv.weight, stride=2)
+    torch.testing.assert_close(conv(x), expected)
+
+
 def _center_crop_224(rgb: np.ndarray) -> torch.Tensor:
     import cv2
 

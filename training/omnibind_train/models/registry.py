@@ -353,7 +353,7 @@ def open_clip_text_config(checkpoint: str | Path, *, tokenizer: str | Path | Non
 
 def _register_defaults() -> None:
     image_like = {Modality.IMAGE: None, Modality.THERMAL: None, Modality.EVENT: None,
-                  Modality.TACTILE: None, Modality.AUDIO: (96, 96)}
+                  Modality.TACTILE: None, Modality.AUDIO: (128, 128)}
     for modality, resize in image_like.items():
         register_encoder(f"{modality.value}_efficientnet_lite0",
                          EncoderConfig(modality.value, EfficientNetLiteTrunk(resize=resize)))
