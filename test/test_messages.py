@@ -139,7 +139,7 @@ def assert_same(expected: Any, actual: Any, field_type: str, path: str) -> None:
             expected[0], "get_fields_and_field_types"):
         assert len(actual) == len(expected), path
         element_type = field_type[len("sequence<"):-1]
-        for i, (e, a) in enumerate(zip(expected, actual)):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             assert_same(e, a, element_type, f"{path}[{i}]")
     elif isinstance(expected, (array.array, bytes, np.ndarray)):
         np.testing.assert_array_equal(np.asarray(actual), np.asarray(expected), err_msg=path)

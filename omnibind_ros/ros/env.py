@@ -92,8 +92,8 @@ def ensure_safe_ros_env(
         the current one (ROS's default is 0).
     log_dir : ``ROS_LOG_DIR`` to set, overriding any existing value; ``None`` keeps an existing
         value or, if there is none, uses a private directory under the system temp dir.
-    large_messages : also load the shared-memory Fast DDS profile (``config/fastdds_localhost.xml``)
-        unless a profile file is already configured.
+    large_messages : also load the shared-memory Fast DDS profile
+        (``config/fastdds_localhost.xml``) unless a profile file is already configured.
     environ : mapping to edit instead of ``os.environ``, e.g. the environment of a child process
         (then the rclpy check below does not apply: the child imports rclpy itself).
 
