@@ -8,7 +8,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-ROS_SAFE_ENV := ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOG_DIR=$${ROS_LOG_DIR:-$$(mktemp -d)}
+# One implementation of the safe environment (omnibind_ros/ros/env.py), sourced per recipe.
+ROS_SAFE_ENV := source scripts/ros_env.sh &&
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test preview dataset bench lint clean help
