@@ -31,6 +31,8 @@ from omnibind_ros.sim.render import Camera, Pose, Renderer, unit
 LED_AZIMUTH_DEG = (90.0, 210.0, 330.0)
 #: LED elevation above the gel plane; low angles give strong slope contrast (GelSight ~ 30-45).
 LED_ELEVATION_DEG = 30.0
+#: How dark the marker dots are (fraction of the gel's brightness they absorb).
+MARKER_DARKNESS = 0.75
 #: Lateral marker drift per unit indentation slope (mm); chosen so drift is visible (~3 px).
 MARKER_DRIFT_MM = 0.5
 #: Field of the coarse view used to find the protruding contact (in patch widths).
@@ -268,6 +270,74 @@ def shade_gel(height_mm: np.ndarray, reference: np.ndarray, pixel_mm: float,
     return reference + gain * delta
 
 
+@dataclass
+class GelPatch:
+    """Everything about one contact that does not change while the finger stays there.
+
+    Attributes
+    ----------
+    depth_mm : float32 [H, W] distance from the sensor plane to the surface (inf = none).
+    relief_mm : float32 [H, W] material micro-texture (imprinted where in contact).
+    gel : float [H, W, 3] no-contact gel image (0..1) without markers.
+    rest_markers : float32 [H, W] marker darkness at rest (0..1).
+    hardness : the material's hardness (sets the contact spread).
+    pixel_mm : size of one pixel on the gel.
+    markers : markers per row (0 = none).
+    """
+
+    depth_mm: np.ndarray
+    relief_mm: np.ndarray
+    gel: np.ndarray
+    rest_markers: np.ndarray
+    hardness: float
+    pixel_mm: float
+    markers: int = 7
+
+    @staticmethod
+    def make(renderer: Renderer, shape: Shape, material: Material, scale: float,
+             contact: Contact, rng: np.random.Generator, *, size: tuple[int, int] = (96, 96),
+             patch_mm: float = 16.0, markers: int = 7) -> GelPatch:
+        """Render the contact geometry and draw the texture and the gel's reference image."""
+        pixel_mm = patch_mm / size[0]
+        depth = contact_depth(renderer, shape, scale, contact, size=size, patch_mm=patch_mm)
+        relief = micro_texture(material.texture, material.roughness_mm, size, pixel_mm, rng)
+        gel = gel_reference(size, rng)
+        rest = _markers(size, markers, None) if markers > 0 else np.zeros(gel.shape[:2])
+        return GelPatch(depth, relief, gel, rest, material.hardness, pixel_mm, markers)
+
+    def frame(self, press_mm: float, rng: np.random.Generator, noise_std: float = 0.01
+              ) -> tuple[TactileFrame, dict]:
+        """The contact image at indentation ``press_mm`` (0 = not touching) and the reference.
+
+        ``rng`` draws the camera noise, independently for the image and the reference.
+
+        Returns
+        -------
+        TactileFrame : image and reference, uint8 [H, W, 3].
+        info : {"contact_area_mm2": float, "max_indentation_mm": float} for analysis.
+        """
+        h, w = self.depth_mm.shape
+        ind = indentation(self.depth_mm, press_mm, self.hardness, self.pixel_mm)
+        if press_mm <= 0:
+            ind = np.zeros_like(ind)
+        touching = np.clip(ind / 0.05, 0.0, 1.0)  # gel conforms to the texture where in contact
+        relief = ind + touching * self.relief_mm
+        ref = self.gel * (1.0 - MARKER_DARKNESS * self.rest_markers)[..., None]
+        img = shade_gel(relief, self.gel, self.pixel_mm)
+        if self.markers > 0:
+            # Lateral gel stretch pushes markers away from the contact: ~0.5 mm per unit slope.
+            gy, gx = np.gradient(ind, self.pixel_mm)
+            k = MARKER_DRIFT_MM / self.pixel_mm
+            img *= (1.0 - MARKER_DARKNESS * _markers((w, h), self.markers,
+                                                     (-gx * k, -gy * k)))[..., None]
+        img = img + rng.normal(0.0, noise_std, img.shape)
+        ref = ref + rng.normal(0.0, noise_std, ref.shape)
+        to8 = lambda a: np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)  # noqa: E731
+        info = {"contact_area_mm2": round(float((ind > 0.02).sum() * self.pixel_mm**2), 3),
+                "max_indentation_mm": round(float(ind.max()), 4)}
+        return TactileFrame(to8(img), to8(ref)), info
+
+
 def tactile_frame(renderer: Renderer, shape: Shape, material: Material, scale: float,
                   contact: Contact, rng: np.random.Generator, *, size: tuple[int, int] = (96, 96),
                   patch_mm: float = 16.0, noise_std: float = 0.01, markers: int = 7
@@ -289,24 +359,6 @@ def tactile_frame(renderer: Renderer, shape: Shape, material: Material, scale: f
     TactileFrame : image and reference, uint8 [H, W, 3].
     info : {"contact_area_mm2": float, "max_indentation_mm": float} for analysis.
     """
-    w, h = size
-    pixel_mm = patch_mm / w
-    depth = contact_depth(renderer, shape, scale, contact, size=size, patch_mm=patch_mm)
-    ind = indentation(depth, contact.press_mm, material.hardness, pixel_mm)
-    touching = np.clip(ind / 0.05, 0.0, 1.0)  # gel conforms to the texture where in contact
-    relief = ind + touching * micro_texture(material.texture, material.roughness_mm, size,
-                                            pixel_mm, rng)
-    ref = gel_reference(size, rng)
-    img = shade_gel(relief, ref, pixel_mm)
-    if markers > 0:
-        # Lateral gel stretch pushes markers away from the contact: ~0.5 mm per unit slope.
-        gy, gx = np.gradient(ind, pixel_mm)
-        stretch = (-gx * MARKER_DRIFT_MM / pixel_mm, -gy * MARKER_DRIFT_MM / pixel_mm)
-        img *= (1.0 - 0.75 * _markers(size, markers, stretch))[..., None]
-        ref = ref * (1.0 - 0.75 * _markers(size, markers, None))[..., None]
-    img = img + rng.normal(0.0, noise_std, img.shape)
-    ref = ref + rng.normal(0.0, noise_std, ref.shape)
-    to8 = lambda a: np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)  # noqa: E731
-    info = {"contact_area_mm2": round(float((ind > 0.02).sum() * pixel_mm**2), 3),
-            "max_indentation_mm": round(float(ind.max()), 4)}
-    return TactileFrame(to8(img), to8(ref)), info
+    patch = GelPatch.make(renderer, shape, material, scale, contact, rng, size=size,
+                          patch_mm=patch_mm, markers=markers)
+    return patch.frame(contact.press_mm, rng, noise_std)

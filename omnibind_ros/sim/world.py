@@ -24,7 +24,7 @@ pickled to worker processes (fork or spawn); each process connects its own pybul
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,18 +130,34 @@ class WorldConfig:
                 for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WorldConfig:
-        """Inverse of :meth:`to_dict`; missing keys keep their defaults, unknown keys raise."""
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
+    def from_dict(cls, d: Mapping[str, Any]) -> WorldConfig:
+        """Inverse of :meth:`to_dict`; missing keys keep their defaults.
+
+        Raises ``ValueError`` on unknown keys, on a tuple field of the wrong length and on a
+        non-integral value for an integer field.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
         if unknown:
-            raise KeyError(f"unknown WorldConfig keys: {unknown}; known: {sorted(names)}")
+            raise ValueError(f"unknown WorldConfig keys: {unknown}; known: {sorted(names)}")
         defaults = cls()
-        kw = {}
+        kw: dict[str, Any] = {}
         for k, v in d.items():
             ref = getattr(defaults, k)
-            kw[k] = tuple(v) if isinstance(ref, tuple) else type(ref)(v)
+            if isinstance(ref, tuple):
+                if not isinstance(v, (list, tuple)) or len(v) != len(ref):
+                    raise ValueError(f"WorldConfig.{k}: expected {len(ref)} values, got {v!r}")
+                kw[k] = tuple(type(r)(_checked(k, type(r), x))
+                              for r, x in zip(ref, v, strict=True))
+            else:
+                kw[k] = type(ref)(_checked(k, type(ref), v))
         return cls(**kw)
+
+
+def _checked(key: str, kind: type, value: Any) -> Any:
+    if kind is int and float(value) != int(float(value)):
+        raise ValueError(f"WorldConfig.{key}: expected an integer, got {value!r}")
+    return int(float(value)) if kind is int else value
 
 
 @dataclass(frozen=True)
