@@ -134,22 +134,37 @@ def contact_depth(renderer: Renderer, shape: Shape, scale: float, contact: Conta
         res = renderer.render(shape, pose, cam)
         return np.where(res.mask, res.depth * 1e3, np.inf).astype(np.float32), cam
 
+    # Close-ups cover every pixel with several layers of the mesh, which makes TinyRenderer
+    # slow: render the (smooth) depth at half resolution and upsample it; coarse views at 1/4.
+    cw, ch = max(w // 4, 8), max(h // 4, 8)
     if recentre:
         # A finger slides onto what sticks out: find the deepest point in a 3x wider, coarse
         # view and centre the patch on it; repeat while it lies near that view's border (the
         # surface keeps rising), otherwise a point in a dip gives a corner-only contact.
         for _ in range(RECENTRE_STEPS):
-            wide, cam = look(p, RECENTRE_ZOOM, (w // 2, h // 2))
+            wide, cam = look(p, RECENTRE_ZOOM, (cw, ch))
             if not np.isfinite(wide).any():
                 break
             row, col = np.unravel_index(int(np.argmin(wide)), wide.shape)
-            dx, dy = col - (w // 2 - 1) / 2.0, row - (h // 2 - 1) / 2.0
+            dx, dy = col - (cw - 1) / 2.0, row - (ch - 1) / 2.0
             right, cam_up, _ = cam.basis()
-            pixel_m = RECENTRE_ZOOM * patch_mm * 1e-3 / (w // 2)
+            pixel_m = RECENTRE_ZOOM * patch_mm * 1e-3 / cw
             p = p + pixel_m * (dx * right - dy * cam_up)
-            if max(abs(dx), abs(dy)) < (w // 2) / 3.0:
+            if max(abs(dx), abs(dy)) < cw / 3.0:
                 break
-    return look(p, 1.0, (w, h))[0]
+    half, _ = look(p, 1.0, (max(w // 2, 8), max(h // 2, 8)))
+    return _upsample_depth(half, (w, h))
+
+
+def _upsample_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a depth map with ``inf`` holes (holes stay holes)."""
+    finite = np.isfinite(depth)
+    if not finite.any():
+        return np.full(size[::-1], np.inf, np.float32)
+    filled = np.where(finite, depth, depth[finite].max() + 5.0).astype(np.float32)
+    up = cv2.resize(filled, size, interpolation=cv2.INTER_LINEAR)
+    cover = cv2.resize(finite.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    return np.where(cover >= 0.5, up, np.inf).astype(np.float32)
 
 
 def indentation(depth_mm: np.ndarray, press_mm: float, hardness: float, pixel_mm: float

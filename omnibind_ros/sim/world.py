@@ -93,7 +93,7 @@ class WorldConfig:
     thermal_hfov_deg: float = 57.0
     ambient_c: Range = (16.0, 28.0)
     thermal_netd_k: Range = (0.03, 0.08)
-    thermal_blur_px: Range = (0.9, 1.6)
+    thermal_blur_px: Range = (1.2, 2.2)
     # --- event camera
     event_size: tuple[int, int] = (128, 128)
     event_render_size: int = 64
