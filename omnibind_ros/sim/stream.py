@@ -33,12 +33,12 @@ import numpy as np
 from scipy.signal import lfilter
 
 from omnibind_ros.core.modalities import Modality, parse_modality
-from omnibind_ros.core.types import AudioBlock
+from omnibind_ros.core.types import AudioBlock, EventPacket, TactileFrame
 from omnibind_ros.sim.catalog import CLASSES, ObjectClass
 from omnibind_ros.sim.events import EventSimulator, to_packet
 from omnibind_ros.sim.render import get_renderer
 from omnibind_ros.sim.tactile import GelPatch
-from omnibind_ros.sim.world import Scene, World
+from omnibind_ros.sim.world import Motion, Scene, World
 
 #: Default simulated sensors: name -> (modality, rate in Hz). Rates of common hardware: a 10 Hz
 #: camera stream, a FLIR Lepton at 8.7 Hz, 50 ms event packets, a GelSight Mini at ~25 Hz (15
@@ -177,7 +177,7 @@ class WorldStream:
                 del self._episodes[old]  # keep this and the previous one (audio tails)
         return self._episodes[e]
 
-    def _drift(self, scene: Scene, rng: np.random.Generator):
+    def _drift(self, scene: Scene, rng: np.random.Generator) -> Motion:
         """Continuous motion: a few cm of Lissajous drift and a slow yaw, from episode start."""
         return dataclasses.replace(
             scene.motion, velocity=(0.0, 0.0, 0.0), t_ref=0.0,
@@ -217,7 +217,7 @@ class WorldStream:
             return self._audio(t, 1.0 / rate)
         raise ValueError(f"no simulator for modality {mod}")
 
-    def _tactile(self, rng: np.random.Generator, t: float):
+    def _tactile(self, rng: np.random.Generator, t: float) -> TactileFrame:
         ep, tl = self._local(t)
         cfg = self.world.config
         if ep.gel is None:
@@ -230,7 +230,8 @@ class WorldStream:
         press = ep.scene.contact.press_mm * float(0.5 - 0.5 * np.cos(np.pi * ramp))
         return ep.gel.frame(press, rng, cfg.tactile_noise_std)[0]
 
-    def _events(self, name: str, rng: np.random.Generator, t0: float, window: float):
+    def _events(self, name: str, rng: np.random.Generator, t0: float, window: float
+                ) -> EventPacket:
         cfg = self.world.config
         n = max(int(np.ceil(window * EVENT_RENDER_HZ)), 1)
         times = t0 + window * np.arange(1, n + 1) / n

@@ -72,6 +72,10 @@ class WorldConfig:
 
     Ranges are (low, high) of a uniform draw per sample. Sizes are (width, height) in pixels.
     The defaults are chosen for speed (small renders) and for a clear but not trivial signal.
+    Chosen physical values: Lepton-like thermal (80 x 60, 57 deg HFOV, NETD 30-80 mK); DVS
+    contrast thresholds 0.15-0.3 log units with 0.03 per-pixel mismatch and a 1 ms refractory
+    period (DAVIS-like); GelSight-like 16 mm patch pressed 0.6-2 mm; a dense solid-state LiDAR
+    1-2 m away at 0.25-0.6 m height with 2-10 mm range noise; 16 kHz audio.
     """
 
     # --- RGB camera

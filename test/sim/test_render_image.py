@@ -53,8 +53,15 @@ def test_materials_have_their_colours(world: World, seed: int) -> None:
 
 
 def test_image_brightness_follows_light_intensity() -> None:
-    from omnibind_ros.sim.render import (Appearance, Camera, Light, Pose, compose_rgb,
-                                         get_renderer, paint_background)
+    from omnibind_ros.sim.render import (
+        Appearance,
+        Camera,
+        Light,
+        Pose,
+        compose_rgb,
+        get_renderer,
+        paint_background,
+    )
 
     cls = CLASSES[4]  # wooden duck
     pose, cam = Pose(np.eye(3), np.zeros(3), 1.0), Camera.orbit(0.4, 0.3, 0.3)
