@@ -10,7 +10,7 @@ Sensors (all looking at the same object, see DESIGN.md "The simulated world"):
 
 ======== =====================================================================================
 image    RGB camera 0.34-0.5 m away (``render.py``)
-thermal  LWIR camera beside the RGB camera, wider field of view (``thermal.py``)
+thermal  LWIR camera behind the RGB camera, wider field of view (``thermal.py``)
 event    event camera beside the RGB camera; the object moves during a 50 ms window (``events.py``)
 tactile  GelSight-like finger pressed on a random surface point (``tactile.py``)
 lidar    solid-state LiDAR 1-2 m away, object on the ground (``lidar.py``)
@@ -72,7 +72,8 @@ class WorldConfig:
 
     Ranges are (low, high) of a uniform draw per sample. Sizes are (width, height) in pixels.
     The defaults are chosen for speed (small renders) and for a clear but not trivial signal.
-    Chosen physical values: Lepton-like thermal (80 x 60, 57 deg HFOV, NETD 30-80 mK); DVS
+    Chosen physical values: Lepton-like thermal (80 x 60, 57 deg HFOV, NETD 30-80 mK, 1.6x
+    the RGB camera's distance so the silhouette is small and blurred: material, not shape); DVS
     contrast thresholds 0.15-0.3 log units with 0.03 per-pixel mismatch and a 1 ms refractory
     period (DAVIS-like); GelSight-like 16 mm patch pressed 0.6-2 mm; a dense solid-state LiDAR
     1-2 m away at 0.25-0.6 m height with 2-10 mm range noise; 16 kHz audio.
@@ -95,6 +96,7 @@ class WorldConfig:
     thermal_sensor_size: tuple[int, int] = (80, 60)
     thermal_size: tuple[int, int] = (160, 120)
     thermal_hfov_deg: float = 57.0
+    thermal_distance_factor: float = 1.6
     ambient_c: Range = (16.0, 28.0)
     thermal_netd_k: Range = (0.03, 0.08)
     thermal_blur_px: Range = (1.2, 2.2)
@@ -324,12 +326,16 @@ class World:
         return bg
 
     def thermal_camera(self, scene: Scene) -> Camera:
-        """The thermal camera: beside the RGB camera, wider field of view, 2x sensor sampling."""
+        """The thermal camera: behind the RGB camera on the same line of sight (body-mounted,
+        ``thermal_distance_factor`` times as far), wider field of view, 2x sensor sampling."""
         cfg = self.config
         sw, sh = cfg.thermal_sensor_size
         vfov = 2.0 * np.rad2deg(np.arctan(np.tan(np.deg2rad(cfg.thermal_hfov_deg) / 2) * sh / sw))
+        c = scene.camera
+        eye = np.asarray(c.target) + cfg.thermal_distance_factor * np.subtract(c.eye, c.target)
         # Rendered at twice the focal-plane resolution: the detector then area-integrates 2x2.
-        return dataclasses.replace(scene.camera, fov_deg=float(vfov), width=2 * sw, height=2 * sh)
+        return dataclasses.replace(c, eye=tuple(float(v) for v in eye), fov_deg=float(vfov),
+                                   width=2 * sw, height=2 * sh)
 
     def thermal(self, scene: Scene, rng: np.random.Generator, t: float | None = None
                 ) -> ThermalFrame:
