@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preview", help="write a PNG grid of samples in every modality")
     p.add_argument("--out", type=Path, default=None,
                    help="PNG path (default: <cache>/preview/sim_preview.png)")
-    p.add_argument("-n", "--n-samples", type=_positive_int, default=6,
-                   help="samples (rows) to show (default 6)")
+    p.add_argument("-n", "--n-samples", type=_positive_int, default=4,
+                   help="samples (rows) to show (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
     p.add_argument("--config", type=Path, default=None,
                    help="YAML of WorldConfig overrides, or a data set config (its 'world' "
@@ -91,7 +91,11 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
     out = args.out or _cache(args) / "preview" / "sim_preview.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    config = _world_overrides(args.config) if args.config else None
+    config = None
+    if args.config is not None:
+        from omnibind_ros.sim.world import WorldConfig
+
+        config = WorldConfig.from_dict(_world_overrides(args.config))
     written = write_preview(out, args.n_samples, args.seed, config)
     print(Path(written) if written else out)
     return 0

@@ -834,6 +834,8 @@ class SimDataset:
         (events, points: use ``ds[i]``).
         """
         if key not in self._fields:
+            if not self._shards:
+                raise ValueError(f"{self.kind}/{self.split} is empty: it has no fields")
             first = self.root / self._shards[0]["file"]
             with zipfile.ZipFile(first) as zf:
                 names = {n[:-4] for n in zf.namelist()}

@@ -113,7 +113,22 @@ def test_preview_calls_world_preview_with_default_path(cache, capsys, monkeypatc
     assert cli.main(["preview"]) == 0
     expected = cache / "preview" / "sim_preview.png"
     assert capsys.readouterr().out.strip() == str(expected)
-    assert calls == [(expected, 6, 0, None)]
+    assert calls == [(expected, 4, 0, None)]
     assert cli.main(["preview", "-n", "2", "--seed", "9", "--config", str(TINY),
                      "--out", str(cache / "p.png")]) == 0
-    assert calls[-1] == (cache / "p.png", 2, 9, {})
+    world = pytest.importorskip("omnibind_ros.sim.world")
+    assert calls[-1] == (cache / "p.png", 2, 9, world.WorldConfig())
+    overrides = write_yaml(cache / "w.yaml", "image_size: 64\n")
+    assert cli.main(["preview", "--config", str(overrides)]) == 0
+    assert calls[-1][3] == world.WorldConfig(image_size=64)
+    bad = write_yaml(cache / "bad.yaml", "image_sise: 64\n")
+    assert cli.main(["preview", "--config", str(bad)]) == 2
+    assert "image_sise" in capsys.readouterr().err
+
+
+def test_bad_world_section_exits_2(tmp_path, capsys) -> None:
+    pytest.importorskip("omnibind_ros.sim.world")
+    cfg = write_yaml(tmp_path / "w.yaml", "world: {image_size: -3, lidar_pointz: 5}\n")
+    assert cli.main(["generate", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "lidar_pointz" in err and "Traceback" not in err

@@ -364,3 +364,32 @@ def test_workers_render_in_separate_processes(tmp_path) -> None:
     ds = SimDataset(root, "train", "student")
     pids = {ds[i].nuisance["pid"] for i in range(len(ds))}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+def test_empty_split_reads_as_empty(tmp_path) -> None:
+    root = generate(small_config(student_test=0), tmp_path, world_factory=fake_factory,
+                    progress=False)
+    ds = SimDataset(root, "test", "student")
+    assert len(ds) == 0 and ds.labels.shape == (0,) and ds.modality_free == []
+    with pytest.raises(ValueError, match="empty"):
+        ds.images
+
+
+def test_real_world_round_trip(tmp_path) -> None:
+    """With the real World: what the reader returns is exactly what World.sample renders."""
+    world_mod = pytest.importorskip("omnibind_ros.sim.world")
+    cfg = small_config(teacher_train=3, teacher_val=0, student_train=3, student_val=0,
+                       student_test=0)
+    root = generate(cfg, tmp_path, progress=False)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["world_config"] == world_mod.WorldConfig().to_dict()
+    world = world_mod.World()
+    for kind in ("teacher", "student"):
+        ds = SimDataset(root, "train", kind)
+        for i in range(len(ds)):
+            assert_samples_equal(ds[i], world.sample(int(ds.seeds[i]), ds.modalities,
+                                                     int(ds.labels[i])))
+    student = SimDataset(root, "train", "student")[0]
+    assert student.image.shape[2] == 3 and student.points.shape[1] == 3 and len(student.events)
+    with pytest.raises(ValueError, match="WorldConfig"):
+        generate(small_config(world={"no_such_key": 1}), tmp_path / "bad", progress=False)
