@@ -107,7 +107,7 @@ def _modal_ring(material: Material, size_m: float, t: np.ndarray, rng: np.random
         keep = freqs == freqs.min()
         freqs = np.minimum(freqs, MAX_MODE_FRACTION * sample_rate)
     ring = np.zeros_like(t)
-    for f, d, a in zip(freqs[keep], t60[keep], amps[keep]):
+    for f, d, a in zip(freqs[keep], t60[keep], amps[keep], strict=True):
         ring += a * np.exp(-_LN_1000 * t / d) * np.sin(2.0 * np.pi * f * t)
     return ring
 

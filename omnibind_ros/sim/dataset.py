@@ -691,7 +691,7 @@ def _render_shard(root: Path, task: _Task) -> int:
     assert _WORLD is not None, "worker not initialised"
     modalities = KIND_MODALITIES[task.kind]
     samples = []
-    for seed, cls in zip(task.seeds, task.classes):
+    for seed, cls in zip(task.seeds, task.classes, strict=True):
         sample = _WORLD.sample(seed, modalities=modalities, class_index=cls)
         if sample.class_index != cls or sample.seed != seed:
             raise RuntimeError(f"world returned class {sample.class_index} seed {sample.seed} "
@@ -841,7 +841,7 @@ class SimDataset:
                 names = {n[:-4] for n in zf.namelist()}
             if key not in names:
                 raise KeyError(f"no field {key!r} in {self.kind}/{self.split}; "
-                               f"fields: {', '.join(sorted(n for n in names if _OFFSETS not in n))}")
+                               f"fields: {', '.join(sorted(_public_fields(names)))}")
             if key + _OFFSETS in names:
                 raise ValueError(f"field {key!r} is variable-length; read samples instead")
             self._fields[key] = ShardedArray(
@@ -857,6 +857,10 @@ class SimDataset:
     def captions(self) -> list[str]:
         """Every caption of the split (loaded on first use)."""
         return [str(c) for c in np.asarray(self.field("caption"))]
+
+
+def _public_fields(names: set[str]) -> list[str]:
+    return [n for n in names if not n.endswith(_OFFSETS)]
 
 
 def dataset_info(root: str | os.PathLike[str]) -> dict[str, Any]:

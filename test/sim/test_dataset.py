@@ -13,10 +13,21 @@ from omnibind_ros.core.modalities import ALL_MODALITIES, Modality
 from omnibind_ros.core.paths import default_cache_dir
 from omnibind_ros.core.types import AudioBlock, EventPacket, TactileFrame, ThermalFrame
 from omnibind_ros.sim.catalog import CLASS_NAMES, CLASSES
-from omnibind_ros.sim.dataset import (DEFAULT_COMBO_WEIGHTS, DatasetConfig, ShardedArray,
-                                      SimDataset, build_index, class_indices, dataset_info,
-                                      generate, modality_free_records, pack_samples,
-                                      read_npz_member, sample_seed, unpack_sample)
+from omnibind_ros.sim.dataset import (
+    DEFAULT_COMBO_WEIGHTS,
+    DatasetConfig,
+    ShardedArray,
+    SimDataset,
+    build_index,
+    class_indices,
+    dataset_info,
+    generate,
+    modality_free_records,
+    pack_samples,
+    read_npz_member,
+    sample_seed,
+    unpack_sample,
+)
 from omnibind_ros.sim.types import Sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -214,7 +225,7 @@ def test_pack_rejects_mixed_kinds() -> None:
         pack_samples([w.sample(1, [Modality.IMAGE], 0), w.sample(2, None, 0)])
 
 
-# --- generate + read ------------------------------------------------------------------------------
+# --- generate + read -----------------------------------------------------------------------------
 
 @pytest.fixture
 def generated(tmp_path) -> tuple[DatasetConfig, Path]:
@@ -372,7 +383,7 @@ def test_empty_split_reads_as_empty(tmp_path) -> None:
     ds = SimDataset(root, "test", "student")
     assert len(ds) == 0 and ds.labels.shape == (0,) and ds.modality_free == []
     with pytest.raises(ValueError, match="empty"):
-        ds.images
+        _ = ds.images
 
 
 def test_real_world_round_trip(tmp_path) -> None:

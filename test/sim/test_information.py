@@ -157,13 +157,13 @@ def tactile_features(frame: TactileFrame) -> np.ndarray:
                      np.log((edge[contact].mean() if contact.any() else 0.0) + 1e-3)])
 
 
-# --- probe ------------------------------------------------------------------------------------------
+# --- probe ---------------------------------------------------------------------------------------
 
 def standardise(groups: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
     """z-score every column, then weight each group so its total variance is ``weight**2``."""
     weights = weights or [1.0] * len(groups)
     cols = [wt * (g - g.mean(0)) / (g.std(0) + 1e-9) / np.sqrt(g.shape[1])
-            for g, wt in zip(groups, weights)]
+            for g, wt in zip(groups, weights, strict=True)]
     return np.concatenate(cols, axis=1)
 
 
@@ -190,7 +190,8 @@ def probe(tmp_path_factory) -> dict[str, object]:
     ds = SimDataset(root, "train", "student")
     samples = [ds[i] for i in range(len(ds))]
     labels = ds.labels
-    image_groups = [np.stack(g) for g in zip(*(image_features(s.image) for s in samples))]
+    image_groups = [np.stack(g) for g in
+                    zip(*(image_features(s.image) for s in samples), strict=True)]
     feats = {
         "thermal": standardise([np.stack([thermal_features(s.thermal) for s in samples])]),
         "audio": standardise([np.stack([audio_features(s.audio) for s in samples])]),

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 
 from omnibind_ros.sim.catalog import CLASS_NAMES, CLASSES, MATERIALS, SHAPES, ObjectClass, Shape
-from omnibind_ros.sim.text import (MATERIAL_ONLY_P, PROMPT_TEMPLATES, SHAPE_ONLY_P, caption,
-                                   caption_kind, label_prompts)
+from omnibind_ros.sim.text import (
+    MATERIAL_ONLY_P,
+    PROMPT_TEMPLATES,
+    SHAPE_ONLY_P,
+    caption,
+    caption_kind,
+    label_prompts,
+)
 
 
 def test_caption_is_deterministic_from_rng() -> None:
