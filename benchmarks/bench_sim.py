@@ -7,7 +7,7 @@ separately. The machine may be shared; run it on an idle one for numbers to quot
 
 Usage::
 
-    python benchmarks/bench_sim.py [--n-full 60] [--n-image 200] [--processes 1 2]
+    python benchmarks/bench_sim.py [--n-full 200] [--n-image 600] [--processes 1 2]
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
 
 from omnibind_ros.core.modalities import Modality  # noqa: E402
 from omnibind_ros.sim.dataset import KIND_MODALITIES, DatasetConfig  # noqa: E402
@@ -44,31 +46,50 @@ def _render(args: tuple[int, int, tuple[Modality, ...] | None]) -> int:
     return stop - start
 
 
+def _worker(overrides: dict, barrier, results, job: tuple) -> None:
+    t0 = time.perf_counter()
+    _init(overrides)
+    results.put(("startup", time.perf_counter() - t0))
+    barrier.wait()  # every process starts rendering at the same moment
+    t1 = time.time()
+    _render(job)
+    results.put(("span", (t1, time.time())))
+
+
 def rate(n: int, mods: tuple[Modality, ...] | None, processes: int, overrides: dict
          ) -> tuple[float, float]:
-    """(samples per second, start-up seconds) rendering ``n`` samples in ``processes``."""
-    t0 = time.perf_counter()
+    """(samples per second, start-up seconds) rendering ``n`` samples in ``processes``.
+
+    Start-up (imports, meshes, first renders) is excluded: all processes wait at a barrier
+    before rendering, and the rate is n over the span from that moment to the last finish.
+    """
     if processes == 1:
+        t0 = time.perf_counter()
         _init(overrides)
         startup = time.perf_counter() - t0
         t1 = time.perf_counter()
         _render((0, n, mods))
         return n / (time.perf_counter() - t1), startup
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with mp.get_context("spawn").Pool(processes, _init, (overrides,)) as pool:
-        pool.map(_render, [(0, 0, mods)] * processes)  # wait until every worker is initialised
-        startup = time.perf_counter() - t0
-        chunk = max(n // (4 * processes), 1)
-        tasks = [(s, min(s + chunk, n), mods) for s in range(0, n, chunk)]
-        t1 = time.perf_counter()
-        done = sum(pool.imap_unordered(_render, tasks))
-        return done / (time.perf_counter() - t1), startup
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    bounds = np.linspace(0, n, processes + 1).astype(int)
+    procs = [ctx.Process(target=_worker, args=(overrides, barrier, results,
+                                                (int(a), int(b), mods)))
+             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    for p in procs:
+        p.start()
+    got = [results.get() for _ in range(2 * processes)]
+    for p in procs:
+        p.join()
+    spans = [v for k, v in got if k == "span"]
+    startup = max(v for k, v in got if k == "startup")
+    return n / (max(b for _, b in spans) - min(a for a, _ in spans)), startup
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-full", type=int, default=60, help="full samples per measurement")
-    parser.add_argument("--n-image", type=int, default=200, help="image-only samples")
+    parser.add_argument("--n-full", type=int, default=200, help="full samples per measurement")
+    parser.add_argument("--n-image", type=int, default=600, help="image-only samples")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--config", type=Path, default=REPO / "config" / "sim_dataset.yaml")
     args = parser.parse_args()

@@ -31,7 +31,6 @@ import shutil
 import time
 import warnings
 import zipfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,9 +388,9 @@ def unpack_sample(arrays: Mapping[str, np.ndarray], i: int) -> Sample:
     def get(key: str) -> Any:
         if key + _OFFSETS in arrays:
             off = arrays[key + _OFFSETS]
-            return np.asarray(arrays[key][off[i]:off[i + 1]])
+            return np.array(arrays[key][off[i]:off[i + 1]])  # a copy, not a view of the file
         value = arrays[key][i]
-        return value.item() if isinstance(value, np.generic) else np.asarray(value)
+        return value.item() if isinstance(value, np.generic) else np.array(value)
 
     has = arrays.__contains__
     sample = Sample(seed=int(get("seed")), class_index=int(get("class_index")),
@@ -578,9 +577,11 @@ def _open_manifest(root: Path, config: DatasetConfig, config_hash: str, fingerpr
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("config_hash") != config_hash:
+            changed = _changed_keys(old, config.to_dict(), world_cfg)
             raise ValueError(
                 f"{root} holds a data set of another config (hash {old.get('config_hash')}, "
-                f"this config {config_hash}); use another output directory or overwrite")
+                f"this config {config_hash}; differs in: {', '.join(changed) or 'format'}); "
+                "use another output directory or overwrite")
         return old, old.get("code_fingerprint") != fingerprint
     manifest = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
                 "config_hash": config_hash, "world_config": world_cfg,
@@ -589,6 +590,18 @@ def _open_manifest(root: Path, config: DatasetConfig, config_hash: str, fingerpr
     root.mkdir(parents=True, exist_ok=True)
     _write_json(path, manifest)
     return manifest, False
+
+
+def _changed_keys(manifest: Mapping[str, Any], config: Mapping[str, Any],
+                  world_cfg: Mapping[str, Any] | None) -> list[str]:
+    """Names of the config and world-config entries that differ from a manifest's."""
+    def diff(prefix: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+        a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))  # same key/tuple types
+        return [f"{prefix}{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+    keys = [k for k in diff("", manifest.get("config") or {}, config)
+            if k not in ("name", "workers")]
+    return keys + diff("world.", manifest.get("world_config") or {}, world_cfg or {})
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -770,7 +783,7 @@ class SimDataset:
     """
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train",
-                 kind: str = "teacher", *, cache_shards: int = 2) -> None:
+                 kind: str = "teacher") -> None:
         self.root = Path(root)
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
@@ -795,8 +808,7 @@ class SimDataset:
             for i, mods in self._entry.get("modality_free", [])]
         self._shards = self._entry["shards"]
         self._stops = np.asarray([s["stop"] for s in self._shards], dtype=np.int64)
-        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self._cache_size = max(1, cache_shards)
+        self._open: dict[int, dict[str, np.ndarray]] = {}
         self._fields: dict[str, ShardedArray] = {}
 
     def __len__(self) -> int:
@@ -816,16 +828,13 @@ class SimDataset:
             yield self[i]
 
     def _shard_arrays(self, s: int) -> dict[str, np.ndarray]:
-        if s in self._cache:
-            self._cache.move_to_end(s)
-            return self._cache[s]
-        path = self.root / self._shards[s]["file"]
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        self._cache[s] = arrays
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return arrays
+        """Every member of shard ``s``, memory-mapped: a random access reads only its rows."""
+        if s not in self._open:
+            path = self.root / self._shards[s]["file"]
+            with zipfile.ZipFile(path) as zf:
+                names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+            self._open[s] = {k: read_npz_member(path, k) for k in names}
+        return self._open[s]
 
     def field(self, key: str) -> ShardedArray:
         """A fixed-size field over the whole split, memory-mapped (e.g. ``"thermal.data"``).
@@ -836,16 +845,14 @@ class SimDataset:
         if key not in self._fields:
             if not self._shards:
                 raise ValueError(f"{self.kind}/{self.split} is empty: it has no fields")
-            first = self.root / self._shards[0]["file"]
-            with zipfile.ZipFile(first) as zf:
-                names = {n[:-4] for n in zf.namelist()}
+            names = set(self._shard_arrays(0))
             if key not in names:
                 raise KeyError(f"no field {key!r} in {self.kind}/{self.split}; "
                                f"fields: {', '.join(sorted(_public_fields(names)))}")
             if key + _OFFSETS in names:
                 raise ValueError(f"field {key!r} is variable-length; read samples instead")
             self._fields[key] = ShardedArray(
-                [read_npz_member(self.root / s["file"], key) for s in self._shards])
+                [self._shard_arrays(s)[key] for s in range(len(self._shards))])
         return self._fields[key]
 
     @property
