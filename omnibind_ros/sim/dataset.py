@@ -796,6 +796,11 @@ class SimDataset:
         self.manifest = json.loads(manifest_path.read_text())
         if not self.manifest.get("complete"):
             raise RuntimeError(f"{self.root} is incomplete; run generate again to resume it")
+        rendered_by = self.manifest.get("code_fingerprint")
+        if rendered_by not in (None, "custom-world") and rendered_by != code_fingerprint():
+            warnings.warn(f"{self.root} was rendered by other simulator code than this "
+                          "checkout's; `omnibind-sim generate --overwrite` regenerates it",
+                          stacklevel=2)
         index = json.loads(index_path.read_text())
         self.kind, self.split = kind, split
         self._entry = index["splits"][f"{kind}/{split}"]

@@ -407,3 +407,13 @@ def test_real_world_round_trip(tmp_path) -> None:
     assert student.image.shape[2] == 3 and student.points.shape[1] == 3 and len(student.events)
     with pytest.raises(ValueError, match="WorldConfig"):
         generate(small_config(world={"no_such_key": 1}), tmp_path / "bad", progress=False)
+
+
+def test_reader_warns_when_simulator_code_changed(generated) -> None:
+    _, root = generated
+    path = root / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["code_fingerprint"] = "0123456789abcdef"  # as if rendered by older code
+    path.write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="other simulator code"):
+        SimDataset(root, "train", "teacher")
