@@ -146,11 +146,15 @@ def test_build_preprocessor_accepts_a_config_instance():
         assert cls.from_dict(None) == cls()
 
 
-def test_every_error_is_a_documented_preprocess_value_error():
-    for name in errors.__all__:
+def test_every_error_is_documented_and_preprocessing_errors_are_value_errors():
+    preprocessing = [getattr(errors, n) for n in errors.__all__
+                     if issubclass(getattr(errors, n), PreprocessError)]
+    assert len(preprocessing) >= 14  # the hierarchy documented in errors.py
+    for cls in preprocessing:
+        assert issubclass(cls, ValueError)
+    for name in errors.__all__:  # bundle/backend errors live here too: documented all the same
         cls = getattr(errors, name)
-        assert issubclass(cls, PreprocessError) and issubclass(cls, ValueError)
-        assert cls.__doc__ and len(cls.__doc__) > 20
+        assert cls.__doc__ and len(cls.__doc__) > 20, name
     assert issubclass(errors.NoEventsError, errors.EmptyInputError)
     assert issubclass(errors.EmptyRegionError, errors.EmptyInputError)
 
