@@ -27,6 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             "omnibind-sim = omnibind_ros.sim.cli:main",
+            "omnibind-demo = omnibind_ros.tools.demo:main",
         ],
     },
 )
