@@ -90,3 +90,51 @@ class ClippedAudioError(PreprocessError):
 class NoObjectError(PreprocessError):
     """Point cloud: no cluster with enough points is left after ground removal, or the chosen
     cluster has zero extent."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Model bundle and inference backends (omnibind_ros.core.bundle, omnibind_ros.core.backends).
+# Not preprocessing errors: a bad bundle stops a node at configure time instead of dropping one
+# message, so these derive from RuntimeError and carry the offending path where there is one.
+
+__all__ += [  # extends the list at the top of the module
+    "BundleError",
+    "BundleNotFoundError",
+    "BundleCorruptError",
+    "BundleIncompatibleError",
+    "BackendUnavailableError",
+]
+
+
+class BundleError(RuntimeError):
+    """Base class: a model bundle cannot be used.
+
+    Attributes
+    ----------
+    path : the bundle directory, archive or file the error is about (None if unknown).
+    """
+
+    def __init__(self, message: str, *, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class BundleNotFoundError(BundleError, FileNotFoundError):
+    """The bundle directory or archive does not exist, or holds no ``bundle.yaml``."""
+
+
+class BundleCorruptError(BundleError):
+    """The bundle is damaged: ``bundle.yaml`` does not parse or lacks a field, a file it lists is
+    missing or fails its SHA-256 checksum, or the label embeddings have the wrong shape.
+    ``path`` names the offending file."""
+
+
+class BundleIncompatibleError(BundleError):
+    """The bundle is intact but this omnibind_ros cannot use it: an unsupported format version,
+    a modality the registry does not know, or a preprocessing config this version rejects."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """An inference backend cannot run here: its runtime package is not installed (tensorrt,
+    onnxruntime, torch), no GPU is visible, or its engines/weights are missing from the bundle.
+    The message says what is missing and how to get it."""
