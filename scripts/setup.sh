@@ -54,7 +54,15 @@ ensure_venv() {
     fi
 }
 
-pip_install() { "$venv/bin/python" -m pip install --disable-pip-version-check -q "$@"; }
+# pip's own chatter (index warnings, build back-end deprecations) goes to a log, shown on failure.
+pip_log="$repo/build/setup-pip.log"
+pip_install() {
+    mkdir -p "$(dirname "$pip_log")"
+    "$venv/bin/python" -m pip install --disable-pip-version-check -q "$@" >>"$pip_log" 2>&1 || {
+        grep -v "is ignored: it is neither a file nor a directory" "$pip_log" | tail -40 >&2
+        die "pip install failed (full log: $pip_log)"
+    }
+}
 
 install_dependencies() {
     local h
