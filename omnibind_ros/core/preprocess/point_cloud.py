@@ -325,12 +325,16 @@ def farthest_point_sampling(xyz: np.ndarray, n: int) -> np.ndarray:
     except through ties.
     """
     count = min(n, xyz.shape[0])
-    current = int(np.argmax(np.sum(np.square(xyz - xyz.mean(axis=0)), axis=1)))
+    # Contiguous per-axis columns: the loop below runs n times over all points, and three 1-D
+    # passes are ~3x faster than a reduction over an [N, 3] array.
+    x, y, z = (np.ascontiguousarray(xyz[:, k], dtype=np.float64) for k in range(3))
+    current = int(np.argmax((x - x.mean()) ** 2 + (y - y.mean()) ** 2 + (z - z.mean()) ** 2))
     nearest = np.full(xyz.shape[0], np.inf)
     chosen = np.empty(count, dtype=np.int64)
     for i in range(count):
         chosen[i] = current
-        nearest = np.minimum(nearest, np.sum(np.square(xyz - xyz[current]), axis=1))
+        np.minimum(nearest, (x - x[current]) ** 2 + (y - y[current]) ** 2
+                   + (z - z[current]) ** 2, out=nearest)
         current = int(np.argmax(nearest))
     return chosen
 
@@ -361,15 +365,21 @@ def preprocess_point_cloud(points: np.ndarray, config: PointCloudPreprocessConfi
 
     Returns
     -------
-    float32 [num_points, 3], centroid 0, max norm 1. A cluster smaller than ``num_points``
-    is repeated cyclically (in sampling order) to fill the output.
+    float32 [num_points, 3], centroid 0, max norm 1. A cluster with more than ``num_points``
+    points is subsampled by farthest point sampling (in sampling order); a smaller one keeps all
+    its points in their original order, repeated cyclically to fill the output. Sampling a cluster
+    that is kept whole would only reorder it, at the cost of ``num_points`` passes over it (the
+    bulk of the time on a typical LiDAR object), and the point encoders are order-invariant.
 
     Raises
     ------
     The errors of :func:`segment_object` and :func:`normalise_unit_sphere`.
     """
     obj = segment_object(points, config)
-    chosen = farthest_point_sampling(obj, config.num_points)
+    if obj.shape[0] <= config.num_points:
+        chosen = np.arange(obj.shape[0])
+    else:
+        chosen = farthest_point_sampling(obj, config.num_points)
     chosen = np.resize(chosen, config.num_points)  # cyclic repetition pads small clusters
     return normalise_unit_sphere(obj[chosen])
 
