@@ -60,17 +60,23 @@ def backend_class(name: str) -> type[BackendBase]:
     return TorchBackend
 
 
-def _construct(name: str, bundle: ModelBundle, opts: dict[str, Any], *, strict: bool
-               ) -> BackendBase:
-    cls = backend_class(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    if strict:
-        unknown = sorted(set(opts) - set(accepted))
-        if unknown:
-            raise TypeError(f"{cls.__name__} does not take option(s) {unknown}")
-        return cls(bundle, **opts)
-    # A fallback backend gets only the options it understands (fp16 means nothing to ORT).
-    return cls(bundle, **{k: v for k, v in opts.items() if k in accepted})
+def _accepted(name: str) -> set[str]:
+    return set(inspect.signature(backend_class(name).__init__).parameters) - {"self", "bundle"}
+
+
+def _check_options(names: tuple[str, ...], opts: dict[str, Any]) -> None:
+    known = set().union(*(_accepted(n) for n in names))
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise TypeError(f"option(s) {unknown} are not taken by the {'/'.join(names)} "
+                        f"backend(s); known: {sorted(known)}")
+
+
+def _construct(name: str, bundle: ModelBundle, opts: dict[str, Any]) -> BackendBase:
+    # Each backend gets the options it takes: a config may carry fp16 for TensorRT and threads
+    # for the ONNX Runtime fallback side by side.
+    accepted = _accepted(name)
+    return backend_class(name)(bundle, **{k: v for k, v in opts.items() if k in accepted})
 
 
 def create_backend(name: str, bundle: ModelBundle | str, *, fallback: bool = False,
@@ -85,7 +91,8 @@ def create_backend(name: str, bundle: ModelBundle | str, *, fallback: bool = Fal
     fallback : when ``name`` cannot run here, log a warning and use ONNX Runtime instead of
         raising. Check ``backend.name`` for what you got.
     **opts : backend options (``threads``, ``providers``, ``device``, ``fp16``,
-        ``build_missing``, ``modalities``...); a fallback backend receives the ones it takes.
+        ``build_missing``, ``modalities``...). Each backend receives the ones it takes; an
+        option no candidate backend takes is a ``TypeError``.
 
     Raises
     ------
@@ -95,20 +102,24 @@ def create_backend(name: str, bundle: ModelBundle | str, *, fallback: bool = Fal
         missing.
     ValueError
         Unknown backend name.
+    TypeError
+        An option none of the candidate backends takes.
     """
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
     if name.lower() == "auto":
+        _check_options(AUTO_ORDER, opts)
         return _create_auto(bundle, opts)
     canonical = _canonical(name)
+    _check_options((canonical, "onnxruntime") if fallback else (canonical,), opts)
     try:
-        return _construct(canonical, bundle, opts, strict=True)
+        return _construct(canonical, bundle, opts)
     except BackendUnavailableError as exc:
         if not fallback or canonical == "onnxruntime":
             raise
         _log.warning("%s backend unavailable (%s); falling back to onnxruntime", canonical, exc)
         try:
-            return _construct("onnxruntime", bundle, opts, strict=False)
+            return _construct("onnxruntime", bundle, opts)
         except BackendUnavailableError as fallback_exc:
             raise BackendUnavailableError(
                 f"{canonical} backend unavailable ({exc}) and the onnxruntime fallback failed "
@@ -119,7 +130,7 @@ def _create_auto(bundle: ModelBundle, opts: dict[str, Any]) -> BackendBase:
     reasons = []
     for name in AUTO_ORDER:
         try:
-            return _construct(name, bundle, opts, strict=False)
+            return _construct(name, bundle, opts)
         except BackendUnavailableError as exc:
             reasons.append(f"{name}: {exc}")
     raise BackendUnavailableError("no inference backend can run here: " + "; ".join(reasons))
