@@ -1,0 +1,255 @@
+"""Stage I: Cross-modal Alignment Distillation (seed 000 Sec. 3.2, Eq. 2-7).
+
+Teachers (image: stage-0 encoder, text: MiniLM) are frozen, so their embeddings of the student
+samples are computed once and passed in. Each *round* visits every student modality once, in a
+random order drawn for that round (Sec. 3.2: "randomly sample one ... then another ... from the
+remaining"); a visit is ``steps_per_visit`` optimiser steps of
+:class:`~omnibind_train.losses.CADLoss` on that student's next batches. Students with a frozen
+trunk train their head on cached trunk features; students with a trainable trunk (PointNet)
+train end to end on cached preprocessed inputs.
+
+Loss-term toggles (``terms``) give the Table 7 ablation: ``["in"]``, ``["in", "cr"]``,
+``["in", "se"]`` and all three; a disabled term gets weight 0 (the divisor is unchanged).
+
+Every rank visits the same student at the same step (the order depends on the seed and the
+round only), and each student is its own DDP unit, so no parameter is ever unused in a step.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omnibind_ros.core.modalities import STUDENTS
+from omnibind_train.losses import CADLoss
+from omnibind_train.models.encoders import ModalityEncoder
+
+from .common import (
+    ConfigBase,
+    EpochBatches,
+    EvalFn,
+    LoopConfig,
+    LoopResult,
+    OptimConfig,
+    TrainLoop,
+    class_subset,
+    generator,
+    make_optimizer,
+    param_groups,
+)
+from .distributed import DistInfo, single_process, wrap_ddp
+from .stage0 import pick_views
+
+CAD_TERMS = ("in", "cr", "se")
+#: Table 7 rows -> loss terms (names as in ``omnibind_train.evaluation.CAD_VARIANTS``).
+ABLATION_VARIANTS: dict[str, tuple[str, ...]] = {
+    "L_in": ("in",), "L_in+L_cr": ("in", "cr"), "L_in+L_se": ("in", "se"),
+    "all": ("in", "cr", "se")}
+
+
+@dataclass
+class CADConfig(ConfigBase):
+    """Stage I settings.
+
+    Attributes
+    ----------
+    loop, optim : see :class:`LoopConfig`, :class:`OptimConfig`; ``loop.epochs`` counts passes
+        over each student's samples.
+    lr : per-student learning-rate overrides (the paper's Table 10 differs per modality).
+    students : student modalities to train, in canonical order.
+    terms : enabled loss terms, subset of ``("in", "cr", "se")``.
+    weights, divisor : CADLoss weighting (default: the appendix code, (1, 100, 100) / 3).
+    temperature, learn_temperature : tau of L_in.
+    kd_temperature, kl_reduction : of the correspondence KLs.
+    train_fraction : class-balanced fraction of the student samples used (scarce-data setting).
+    steps_per_visit : optimiser steps per student visit.
+    point_subsample : points per cloud during training (0 = all; inference always uses all).
+    point_rotate : random rotation of point sets about the up (z) axis during training.
+    """
+
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=30, batch_size=64))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.05))
+    lr: dict[str, float] = field(default_factory=dict)
+    students: list[str] = field(default_factory=lambda: [m.value for m in STUDENTS])
+    terms: list[str] = field(default_factory=lambda: list(CAD_TERMS))
+    weights: tuple[float, float, float] = (1.0, 100.0, 100.0)
+    divisor: float = 3.0
+    temperature: float = 0.07
+    learn_temperature: bool = False
+    kd_temperature: float = 1.0
+    kl_reduction: str = "batchmean"
+    train_fraction: float = 1.0
+    steps_per_visit: int = 1
+    point_subsample: int = 0
+    point_rotate: bool = True
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.terms) - set(CAD_TERMS))
+        if bad or not self.terms:
+            raise ValueError(f"terms must be a non-empty subset of {CAD_TERMS}, got {self.terms}")
+        if not self.students:
+            raise ValueError("no student modalities to train")
+        self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
+
+    def loss_weights(self) -> tuple[float, float, float]:
+        """``weights`` with the disabled terms zeroed."""
+        return tuple(w if t in self.terms else 0.0  # type: ignore[return-value]
+                     for t, w in zip(CAD_TERMS, self.weights, strict=True))
+
+    def build_loss(self) -> CADLoss:
+        return CADLoss(temperature=self.temperature, learn_temperature=self.learn_temperature,
+                       kd_temperature=self.kd_temperature, kl_reduction=self.kl_reduction,
+                       weights=self.loss_weights(), divisor=self.divisor)
+
+
+@dataclass
+class StudentData:
+    """One student's cached training inputs.
+
+    Attributes
+    ----------
+    values : ``[V, N, F]`` trunk features (frozen trunk) or ``[1, N, P, 3]`` point sets.
+    valid : ``[N]`` bool.
+    """
+
+    values: torch.Tensor
+    valid: torch.Tensor
+
+
+class StudentLoss(nn.Module):
+    """A student's trainable part plus its CAD loss (the DDP unit).
+
+    With a frozen trunk the input is cached trunk features and only the head runs; otherwise the
+    whole encoder runs on the cached preprocessed input.
+    """
+
+    def __init__(self, encoder: ModalityEncoder, loss: CADLoss) -> None:
+        super().__init__()
+        self.on_features = encoder.trunk_frozen
+        self.part: nn.Module = encoder.head if self.on_features else encoder
+        self.loss = loss
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit student embeddings ``[B, D]``."""
+        return F.normalize(self.part(x), dim=-1) if self.on_features else self.part(x)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor,
+                image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.loss(self.embed(x), text, image)
+
+
+def augment_points(points: torch.Tensor, gen: torch.Generator, *, subsample: int = 0,
+                   rotate: bool = True) -> torch.Tensor:
+    """Training-time point-set augmentation: ``[B, P, 3]`` -> ``[B, P', 3]``.
+
+    Random rotation about z (the preprocessed clouds are z-up, centred, unit sphere), then a
+    random subset of ``subsample`` points per cloud (0 keeps all).
+    """
+    if rotate:
+        theta = torch.rand(points.shape[0], generator=gen) * (2 * math.pi)
+        c, s = torch.cos(theta), torch.sin(theta)
+        rot = torch.zeros(points.shape[0], 3, 3)
+        rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = c, -s, s, c
+        rot[:, 2, 2] = 1.0
+        points = points @ rot.transpose(1, 2)
+    if 0 < subsample < points.shape[1]:
+        keep = torch.rand(points.shape[:2], generator=gen).argsort(dim=1)[:, :subsample]
+        points = points.gather(1, keep.unsqueeze(-1).expand(-1, -1, 3))
+    return points
+
+
+@dataclass
+class _Plan:
+    """The deterministic step -> (student, batch) schedule."""
+
+    students: list[str]
+    batches: dict[str, EpochBatches]
+    steps_per_visit: int
+    seed: int
+
+    @property
+    def rounds(self) -> int:
+        return max(b.steps_per_epoch for b in self.batches.values())
+
+    def order(self, round_: int) -> list[str]:
+        perm = torch.randperm(len(self.students), generator=generator(self.seed, "cad-order",
+                                                                      round_))
+        return [self.students[i] for i in perm.tolist()]
+
+    def at(self, step: int) -> tuple[str, torch.Tensor]:
+        per_round = len(self.students) * self.steps_per_visit
+        round_, within = divmod(step, per_round)
+        visit, sub = divmod(within, self.steps_per_visit)
+        student = self.order(round_)[visit]
+        _, index = self.batches[student].at(round_ * self.steps_per_visit + sub)
+        return student, index
+
+
+def train_cad(students: Mapping[str, ModalityEncoder], data: Mapping[str, StudentData],
+              text: torch.Tensor, image: torch.Tensor, teacher_valid: torch.Tensor,
+              labels: torch.Tensor, cfg: CADConfig, *, seed: int = 0,
+              dist: DistInfo | None = None, run_dir: Path | None = None,
+              record: Mapping[str, Any] | None = None, resume: str | Path | None = None,
+              eval_fn: EvalFn | None = None, progress: bool = True) -> LoopResult:
+    """Align every student in ``cfg.students`` to the frozen teachers (in place).
+
+    Parameters
+    ----------
+    students : modality -> encoder (heads, and trunks if trainable, are trained).
+    data : modality -> its cached inputs over the N student samples.
+    text, image : ``[N, D]`` frozen teacher embeddings of the same samples (caption, image).
+    teacher_valid : ``[N]`` bool, samples whose caption and image are usable.
+    labels : ``[N]`` int64 classes (for the class-balanced ``train_fraction`` subset).
+    cfg : the stage config.
+    seed, dist, run_dir, record, resume, eval_fn, progress : see :class:`TrainLoop`.
+    """
+    dist = dist or single_process()
+    names = [m for m in cfg.students if m in students]
+    losses = {m: cfg.build_loss() for m in names}
+    models = {m: wrap_ddp(StudentLoss(students[m], losses[m]), dist) for m in names}
+    batches = {}
+    for m in names:
+        keep = class_subset(labels, cfg.train_fraction, seed=seed,
+                            candidates=data[m].valid & teacher_valid)
+        batches[m] = EpochBatches(keep, cfg.loop.batch_size, seed=derive_sampler_seed(seed, m),
+                                  dist=dist)
+    plan = _Plan(names, batches, cfg.steps_per_visit, seed)
+    total = cfg.loop.epochs * plan.rounds * len(names) * cfg.steps_per_visit
+    named = {m: [p for p in students[m].parameters() if p.requires_grad]
+             + list(losses[m].parameters()) for m in names}
+    optimizer, scheduler = make_optimizer(param_groups(named, cfg.optim, cfg.lr), cfg.optim,
+                                          total)
+    modules: dict[str, nn.Module] = {m: students[m] for m in names}
+    modules.update({f"loss_{m}": losses[m] for m in names})
+    loop = TrainLoop(name="cad", modules=modules, optimizer=optimizer, scheduler=scheduler,
+                     total_steps=total, seed=seed, loop=cfg.loop, grad_clip=cfg.optim.grad_clip,
+                     dist=dist, run_dir=run_dir,
+                     record={**(record or {}), "train": cfg.to_dict()}, progress=progress)
+    device = dist.device
+
+    def step(s: int) -> dict[str, torch.Tensor]:
+        student, index = plan.at(s)
+        gen = generator(seed, "cad", s, dist.rank)
+        x = pick_views(data[student].values, index, gen).to(torch.float32)
+        if not students[student].trunk_frozen and x.ndim == 3 and x.shape[-1] == 3:
+            x = augment_points(x, gen, subsample=cfg.point_subsample, rotate=cfg.point_rotate)
+        out = models[student](x.to(device), text[index].to(device, torch.float32),
+                              image[index].to(device, torch.float32))
+        return {**out, **{f"{k}/{student}": v for k, v in out.items()}}
+
+    for m in models.values():
+        m.train()
+    return loop.run(step, eval_fn=eval_fn, resume=resume)
+
+
+def derive_sampler_seed(seed: int, student: str) -> int:
+    """Each student's sampler gets its own seed (independent batch orders)."""
+    from .common import derive_seed
+
+    return derive_seed(seed, "cad-sampler", student) % (2 ** 31)

@@ -1,0 +1,132 @@
+"""Single-process and ``torchrun`` (DDP) execution: ranks, devices, wrapping, autocast.
+
+Under ``torchrun`` the environment holds ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+:func:`init_distributed` then joins the process group (NCCL on CUDA, Gloo on CPU). Without them
+everything runs in one process and the helpers here are no-ops. Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job.
+
+    Attributes
+    ----------
+    rank, world_size, local_rank : as torchrun sets them (0, 1, 0 in a single process).
+    device : where tensors and modules go.
+    backend : ``"nccl"``, ``"gloo"`` or None (not distributed).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def single_process(device: str | torch.device = "cpu") -> DistInfo:
+    """A :class:`DistInfo` for one process on ``device``."""
+    return DistInfo(device=torch.device(device))
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"``: the local rank's CUDA device if there is one, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the torchrun process group if the environment says so; else one process.
+
+    NCCL for CUDA devices, Gloo otherwise. Idempotent: returns the current group's info when one
+    is already initialised.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size <= 1:
+        return DistInfo(device=dev)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend=backend)
+    return DistInfo(rank=tdist.get_rank(), world_size=tdist.get_world_size(),
+                    local_rank=local_rank, device=dev, backend=backend)
+
+
+def cleanup(dist: DistInfo) -> None:
+    """Leave the process group (no-op in a single process)."""
+    if dist.is_distributed and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def barrier(dist: DistInfo) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if dist.is_distributed:
+        if dist.backend == "nccl":
+            tdist.barrier(device_ids=[dist.local_rank])
+        else:
+            tdist.barrier()
+
+
+def wrap_ddp(module: nn.Module, dist: DistInfo) -> nn.Module:
+    """``DistributedDataParallel(module)`` when distributed and trainable, else ``module``.
+
+    Buffers are not broadcast: the trained parts hold none that change (frozen trunks stay in
+    eval mode and are identical on every rank by construction).
+    """
+    module.to(dist.device)
+    if not dist.is_distributed or not any(p.requires_grad for p in module.parameters()):
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [dist.local_rank] if dist.device.type == "cuda" else None
+    return DDP(module, device_ids=ids, broadcast_buffers=False)
+
+
+def autocast(dist: DistInfo, enabled: bool = True) -> Any:
+    """bf16 autocast on CUDA when ``enabled``; a no-op context on the CPU."""
+    if enabled and dist.device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def all_reduce_mean(value: torch.Tensor, dist: DistInfo) -> torch.Tensor:
+    """Mean of ``value`` over ranks (a copy; the input is unchanged)."""
+    out = value.detach().clone()
+    if dist.is_distributed:
+        tdist.all_reduce(out)
+        out /= dist.world_size
+    return out
+
+
+def broadcast_object(obj: Any, dist: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not dist.is_distributed:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
