@@ -37,7 +37,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -153,7 +153,6 @@ class _Plan:
     prompt_templates: list[str]
     label_embeddings: np.ndarray
     provenance: dict[str, Any]
-    manifest: dict[str, Any] = field(default_factory=dict)
 
 
 def _config_dict(obj: Any, what: str) -> dict[str, Any]:
@@ -374,8 +373,15 @@ def _export_with(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, 
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             warnings.warn(f"dynamo export of {path.name} failed ({type(exc).__name__}: "
                           f"{first}); falling back to the TorchScript exporter", stacklevel=3)
+            _remove_partial(path)
     _export_torchscript(module, args, path, opset=opset, **names)
     return "torchscript"
+
+
+def _remove_partial(path: Path) -> None:
+    """Drop what a failed export may have left (the graph and its external-data file)."""
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
 
 
 def _value_shape(value: Any) -> list[int | str]:
@@ -512,6 +518,7 @@ def _export_fusion(plan: _Plan, tmp: Path, *, exporter: str | Mapping[str, str],
                 raise ExportError(f"dynamo export of the fusion head failed: {exc}") from exc
             warnings.warn(f"dynamo export of the fusion head failed ({type(exc).__name__}); "
                           "falling back to the TorchScript exporter", stacklevel=3)
+            _remove_partial(tmp / rel)
     if used == "dynamo":
         _inline_external_data(tmp / rel)
     if used is None:
