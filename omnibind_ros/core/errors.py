@@ -138,3 +138,16 @@ class BackendUnavailableError(RuntimeError):
     """An inference backend cannot run here: its runtime package is not installed (tensorrt,
     onnxruntime, torch), no GPU is visible, or its engines/weights are missing from the bundle.
     The message says what is missing and how to get it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# ROS message conversions (omnibind_ros.ros.conversions). A PreprocessError like the others, so a
+# node catches one type per message; the value errors above (shape, encoding, range) are reused
+# for what they name, this class covers what only a message can get wrong.
+
+__all__ += ["ConversionError"]  # extends the list at the top of the module
+
+
+class ConversionError(PreprocessError):
+    """A message cannot be read at all: it lacks a field of its type, a field holds a value of
+    the wrong Python type, or a compressed payload does not decode."""
