@@ -1,0 +1,703 @@
+"""Sensor-availability monitor: which configured sensors are live, judged from stamps.
+
+A pure state machine (no ROS, no wall clock). The node feeds it events, each with ``now_s`` read
+from the node's clock (sim time under ``use_sim_time``), and asks it which sensors may enter
+fusion. Unlike ``topic_monitor`` (shared/STYLE.md §A) nothing here reads ``time.time()``: the
+same code runs live, from a bag and in unit tests with hand-written times.
+
+Events
+    ``on_sample`` (a valid message: its header stamp), ``on_bad_sample`` (a message that failed
+    conversion/preprocessing/encoding), ``on_publisher_count`` (from the ROS graph),
+    ``set_enabled`` (parameter or operator), ``add_sensor``/``remove_sensor`` (runtime reconfig).
+
+State (first matching row wins; ``T_stale = stale_after / expected_rate_hz``,
+``T_lost = lost_after / expected_rate_hz``; "newest sample" counts bad samples too, at their
+arrival time, "newest valid sample" only accepted ones, at their stamp)::
+
+    condition                                                  state      fusable
+    disabled (config or operator)                              DISABLED   no
+    publisher count 0 (from the graph)                         LOST       no
+    nothing received yet, for <= T_lost since watching began   UNKNOWN    no
+    nothing received yet, for >  T_lost                        LOST       no
+    newest sample older than T_lost                            LOST       no
+    newest sample older than T_stale                           STALE      no
+    >= degraded_after_bad bad samples in a row (latched until
+       recover_after_good valid ones in a row)                 DEGRADED   no
+    only bad samples so far (fewer than degraded_after_bad)    UNKNOWN    no
+    newest valid sample older than T_stale                     STALE      no
+    rate below (1 - rate_tolerance) * expected (latched until
+       >= (1 - rate_tolerance + rate_hysteresis) * expected)   DEGRADED   if age <= max_age_s
+    otherwise                                                  LIVE       if age <= max_age_s
+
+    "age" = now - stamp of the newest valid sample. STALE and LOST need expected_rate_hz > 0.
+
+Why these choices (the issue is silent on them):
+
+* STALE/LIVE has no hysteresis on purpose: a replugged sensor is LIVE (and fusable) at its first
+  valid sample. Flapping is prevented where it can happen: ``stale_after = 2.5`` periods outlasts
+  one dropped message (a 2-period gap) plus jitter yet excludes an unplugged sensor within 3
+  periods; rate and quality verdicts latch with separate enter/exit thresholds.
+* A sensor DEGRADED by rate still fuses while its newest sample is fresh: its data is good, only
+  slower than configured (a 30 Hz camera running at 10 Hz still sees the object). A sensor
+  DEGRADED by quality does not: N bad samples in a row mean its last good one no longer
+  describes the scene (lens covered, microphone clipping).
+* The rate is ``1 / EWMA(interval between valid stamps)`` rather than an EWMA of ``1/interval``:
+  averaging reciprocals is biased upwards by jitter and explodes on near-duplicate stamps. The
+  rate verdict uses a second EWMA whose intervals are capped at ``T_stale``, so one outage (which
+  STALE already reports) cannot drag a healthy sensor into DEGRADED after it comes back.
+* A new "session" starts (estimators, streaks and latches cleared) when the publisher comes
+  back and when a sample follows more than ``T_lost`` of silence: the old history describes a
+  device that was unplugged.
+* Out-of-order or duplicate stamps are bad samples (a driver that stamps every message with the
+  same time is DEGRADED with a reason instead of silently STALE). A stamp more than
+  ``max_future_s`` ahead of ``now`` is rejected without counting as bad: it is a clock problem
+  (unsynchronised hosts, ``use_sim_time`` mismatch, a leftover from before a sim reset), not bad
+  data, and accepting it would keep a dead sensor "fresh" until the clock catches up.
+* The clock jumping backwards by more than ``clock_jump_tolerance_s`` (a looping bag, a sim
+  reset) resets every sensor's sample history: states drop to UNKNOWN (a new startup grace
+  starts), ages to NaN, fusable to empty. Configuration, enabled flags and publisher counts are
+  kept (the graph did not change). Small backward steps (callbacks of a multi-threaded executor
+  reading the clock in one order and reporting in another) are tolerated and ignored. Jumps
+  forwards need no special case: samples just become old.
+* A valid sample that arrives while the graph reports 0 publishers, stamped after the loss was
+  seen, proves a new publisher exists (graph updates lag messages): the sensor starts a new
+  session at once instead of waiting for the next graph poll. Samples stamped before the loss are
+  leftovers of the dead publisher and are dropped.
+* ``expected_rate_hz = 0`` (not configured; e.g. a text topic) disables every timeout and the
+  rate verdict: such a sensor is LIVE from its first valid sample until its publisher goes;
+  fusion's ``max_age_s`` still bounds how old a sample may be fused.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import numbers
+import threading
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from omnibind_ros.core.modalities import parse_modality
+
+__all__ = [
+    "AvailabilityMonitor",
+    "SensorConfig",
+    "SensorHealth",
+    "SensorState",
+    "Transition",
+]
+
+
+class SensorState(enum.IntEnum):
+    """Sensor state; values equal the constants of ``msg/SensorStatus.msg``."""
+
+    UNKNOWN = 0
+    LIVE = 1
+    STALE = 2
+    LOST = 3
+    DISABLED = 4
+    DEGRADED = 5
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """Configuration of one sensor (one entry of the node's ``sensors`` parameter list).
+
+    Attributes
+    ----------
+    name : unique sensor name, e.g. ``"front_camera"``.
+    modality : modality registry key (``"image"``, ``"thermal"``...); normalised to its value.
+    topic : resolved topic, reported in the health snapshot.
+    expected_rate_hz : nominal message rate in Hz; 0 = not configured (no timeouts, no rate
+        verdict, see the module docstring).
+    stale_after : STALE after this many expected periods without a sample (default 2.5: one
+        dropped message does not trip it, an unplug is excluded within 3 periods).
+    lost_after : LOST after this many periods (also the startup grace); > ``stale_after``.
+    enabled : initial enabled flag (``set_enabled`` changes it at runtime).
+    degraded_after_bad : DEGRADED after this many bad samples in a row.
+    recover_after_good : valid samples in a row that end a quality DEGRADED (hysteresis).
+    rate_tolerance : DEGRADED when the measured rate is below ``(1 - rate_tolerance)`` times
+        the expected rate, in (0, 1).
+    rate_hysteresis : a rate DEGRADED ends only at ``(1 - rate_tolerance + rate_hysteresis)``
+        times the expected rate, so a rate hovering at the threshold does not flap.
+    min_rate_intervals : stamp intervals needed before any rate verdict.
+    rate_ewma_alpha : weight of the newest interval in the moving averages, in (0, 1].
+    """
+
+    name: str
+    modality: str
+    topic: str = ""
+    expected_rate_hz: float = 0.0
+    stale_after: float = 2.5
+    lost_after: float = 10.0
+    enabled: bool = True
+    degraded_after_bad: int = 3
+    recover_after_good: int = 3
+    rate_tolerance: float = 0.5
+    rate_hysteresis: float = 0.15
+    min_rate_intervals: int = 4
+    rate_ewma_alpha: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"sensor name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "modality", parse_modality(self.modality).value)
+        if not isinstance(self.topic, str):
+            raise TypeError(f"sensor {self.name}: topic must be a string, got {self.topic!r}")
+        if not isinstance(self.enabled, bool):
+            raise TypeError(f"sensor {self.name}: enabled must be a bool, got {self.enabled!r}")
+        self._check_float("expected_rate_hz", low=0.0, low_open=False)
+        self._check_float("stale_after", low=0.0)
+        self._check_float("lost_after", low=self.stale_after)
+        self._check_float("rate_tolerance", low=0.0, high=1.0)
+        self._check_float("rate_hysteresis", low=0.0, low_open=False,
+                          high=self.rate_tolerance, high_open=False)
+        self._check_float("rate_ewma_alpha", low=0.0, high=1.0, high_open=False)
+        for key in ("degraded_after_bad", "recover_after_good", "min_rate_intervals"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"sensor {self.name}: {key} must be an int >= 1, got {value!r}")
+
+    def _check_float(self, key: str, *, low: float, high: float = math.inf,
+                     low_open: bool = True, high_open: bool = True) -> None:
+        value = getattr(self, key)
+        if not _is_number(value):
+            raise TypeError(f"sensor {self.name}: {key} must be a number, got {value!r}")
+        ok = math.isfinite(value) and (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high)
+        if not ok:
+            bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            raise ValueError(f"sensor {self.name}: {key} must be in {bounds}, got {value!r}")
+        object.__setattr__(self, key, float(value))
+
+    @property
+    def period_s(self) -> float | None:
+        """Expected interval between messages in s, None when no rate is configured."""
+        return 1.0 / self.expected_rate_hz if self.expected_rate_hz > 0 else None
+
+    @property
+    def stale_timeout_s(self) -> float | None:
+        """Age in s beyond which the sensor is STALE (None: never by time)."""
+        period = self.period_s
+        return None if period is None else self.stale_after * period
+
+    @property
+    def lost_timeout_s(self) -> float | None:
+        """Age in s beyond which the sensor is LOST, also the startup grace (None: never)."""
+        period = self.period_s
+        return None if period is None else self.lost_after * period
+
+    @property
+    def degraded_below_hz(self) -> float:
+        """Measured rate in Hz below which the sensor enters DEGRADED."""
+        return (1.0 - self.rate_tolerance) * self.expected_rate_hz
+
+    @property
+    def recovered_at_hz(self) -> float:
+        """Measured rate in Hz at or above which a rate DEGRADED ends."""
+        return (1.0 - self.rate_tolerance + self.rate_hysteresis) * self.expected_rate_hz
+
+
+@dataclass(frozen=True)
+class SensorHealth:
+    """Snapshot of one sensor; the fields of ``msg/SensorStatus.msg``.
+
+    Attributes
+    ----------
+    name, modality, topic, expected_rate_hz : from the config.
+    state : the monitor's verdict at the snapshot time.
+    rate_hz : measured rate in Hz, ``1 / max(EWMA interval, age of newest valid sample)`` so it
+        decays while nothing arrives; 0 before two valid samples and while LOST.
+    age_s : now minus the newest valid sample's stamp in s (>= 0); NaN if there is none.
+    publisher_count : publishers on the topic as last reported; None if never reported (the
+        ROS glue writes 0 into the uint32 field).
+    in_fusion : whether the sensor was used in the last fusion tick (``set_in_fusion``).
+    reason : human-readable cause of the state; empty when LIVE.
+    """
+
+    name: str
+    modality: str
+    topic: str
+    state: SensorState
+    rate_hz: float
+    expected_rate_hz: float
+    age_s: float
+    publisher_count: int | None
+    in_fusion: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A state change, as returned by :meth:`AvailabilityMonitor.update`.
+
+    Attributes
+    ----------
+    name : sensor name.
+    old, new : states before and after.
+    time_s : node-clock time in s at which the change was observed.
+    reason : the new state's reason (empty for LIVE).
+    """
+
+    name: str
+    old: SensorState
+    new: SensorState
+    time_s: float
+    reason: str
+
+
+class _Verdict(NamedTuple):
+    state: SensorState
+    reason: str
+    usable: bool  # may enter fusion if its newest valid sample is young enough
+
+
+class _Sensor:
+    """Mutable per-sensor bookkeeping (internal)."""
+
+    def __init__(self, cfg: SensorConfig, now_s: float | None) -> None:
+        self.cfg = cfg
+        self.enabled = cfg.enabled
+        self.disabled_reason = "disabled by configuration"
+        self.state = SensorState.UNKNOWN  # last committed (reported) state
+        self.reason = ""
+        self.publisher_count: int | None = None
+        self.publisher_lost_at: float | None = None
+        self.in_fusion = False
+        self.reset_session(now_s, "the sensor was added")
+
+    def reset_session(self, now_s: float | None, cause: str) -> None:
+        """Forget the sample history; a new startup grace begins at ``now_s``."""
+        self.watch_since = now_s  # None: set at the first clock reading
+        self.watch_cause = cause
+        self.last_valid: float | None = None  # newest accepted stamp
+        self.last_seen: float | None = None  # newest valid stamp or bad-sample arrival time
+        self.last_arrival: float | None = None  # node time the newest valid sample arrived
+        self.interval_ewma: float | None = None  # raw, for the reported rate
+        self.verdict_ewma: float | None = None  # intervals capped at T_stale, for the verdict
+        self.n_intervals = 0
+        self.bad_streak = 0
+        self.good_streak = 0
+        self.bad_since_valid = 0
+        self.quality_latched = False
+        self.rate_latched = False
+        self.last_bad_reason = ""
+        self.last_reject = ""
+        self.note = ""
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:.2f} s"
+
+
+class AvailabilityMonitor:
+    """Tracks the availability of configured sensors from stamps and an injected clock.
+
+    Every method that takes ``now_s`` first checks the clock for a backward jump (see the module
+    docstring). All methods are thread-safe (one re-entrant lock): a multi-threaded executor may
+    call them from several subscription callbacks.
+
+    Parameters
+    ----------
+    sensors : initial sensor configs.
+    clock_jump_tolerance_s : a ``now_s`` smaller than the largest one seen by more than this
+        resets the monitor; smaller backward steps are ignored (default 0.1 s).
+    max_future_s : sample stamps more than this ahead of ``now_s`` are rejected (default 0.2 s:
+        well above NTP/PTP skew between hosts, well below any timeout that matters).
+    now_s : time at which the initial sensors start their startup grace (None: at the first
+        clock reading).
+    """
+
+    def __init__(self, sensors: list[SensorConfig] | tuple[SensorConfig, ...] = (), *,
+                 clock_jump_tolerance_s: float = 0.1, max_future_s: float = 0.2,
+                 now_s: float | None = None) -> None:
+        for key, value in (("clock_jump_tolerance_s", clock_jump_tolerance_s),
+                           ("max_future_s", max_future_s)):
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
+        self.clock_jump_tolerance_s = float(clock_jump_tolerance_s)
+        self.max_future_s = float(max_future_s)
+        self._lock = threading.RLock()
+        self._sensors: dict[str, _Sensor] = {}
+        self._pending: list[Transition] = []
+        self._last_now: float | None = None
+        #: Number of backward clock jumps that reset the monitor (the node may clear its
+        #: embedding store when this changes).
+        self.clock_resets = 0
+        for cfg in sensors:
+            self.add_sensor(cfg, now_s=now_s)
+
+    # -- configuration --------------------------------------------------------------------------
+
+    def add_sensor(self, cfg: SensorConfig, now_s: float | None = None) -> None:
+        """Start monitoring a sensor (state UNKNOWN, or DISABLED if ``cfg.enabled`` is False).
+
+        Raises
+        ------
+        ValueError
+            A sensor with this name is already monitored.
+        """
+        if not isinstance(cfg, SensorConfig):
+            raise TypeError(f"expected a SensorConfig, got {type(cfg).__name__}")
+        with self._lock:
+            if cfg.name in self._sensors:
+                raise ValueError(f"sensor {cfg.name!r} is already monitored")
+            if now_s is not None:
+                self._observe_clock(now_s)
+            self._sensors[cfg.name] = _Sensor(cfg, now_s if now_s is not None else self._last_now)
+
+    def remove_sensor(self, name: str) -> SensorConfig:
+        """Stop monitoring ``name``; returns its config. Raises ``KeyError`` if unknown."""
+        with self._lock:
+            sensor = self._get(name)
+            del self._sensors[name]
+            return sensor.cfg
+
+    def set_enabled(self, name: str, enabled: bool, now_s: float | None = None,
+                    reason: str = "disabled by operator") -> None:
+        """Enable or disable a sensor; DISABLED takes effect at once.
+
+        Re-enabling keeps the sample history (a sensor switched off for a moment is LIVE again
+        at once if its newest sample is still fresh) and restarts the startup grace.
+        ``reason`` is reported while disabled.
+        """
+        with self._lock:
+            sensor = self._get(name)
+            if now_s is not None:
+                self._observe_clock(now_s)
+            if enabled and not sensor.enabled:
+                sensor.watch_since = now_s if now_s is not None else self._last_now
+                sensor.watch_cause = "the sensor was enabled"
+            elif not enabled:
+                sensor.disabled_reason = reason or "disabled"
+            sensor.enabled = bool(enabled)
+            self._commit(sensor, now_s if now_s is not None else self._last_now)
+
+    @property
+    def sensor_names(self) -> tuple[str, ...]:
+        """Monitored sensor names, in the order they were added."""
+        with self._lock:
+            return tuple(self._sensors)
+
+    def config(self, name: str) -> SensorConfig:
+        with self._lock:
+            return self._get(name).cfg
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._sensors
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sensors)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def on_sample(self, name: str, stamp_s: float, now_s: float) -> bool:
+        """Record a valid message of ``name`` with header stamp ``stamp_s`` received at ``now_s``.
+
+        Returns
+        -------
+        True if the sample was accepted as the sensor's newest (the node should store its
+        embedding); False if it was rejected (future stamp, out-of-order or duplicate stamp,
+        leftover of a vanished publisher).
+        """
+        with self._lock:
+            sensor = self._get(name)
+            self._observe_clock(now_s)
+            accepted = self._sample(sensor, float(stamp_s), float(now_s))
+            self._commit(sensor, now_s)
+            return accepted
+
+    def on_bad_sample(self, name: str, now_s: float, reason: str = "bad sample") -> None:
+        """Record a message of ``name`` that arrived at ``now_s`` but could not be used.
+
+        ``reason`` (e.g. the preprocessing error) is reported while the sensor is DEGRADED.
+        """
+        with self._lock:
+            sensor = self._get(name)
+            self._observe_clock(now_s)
+            self._maybe_new_session(sensor, now_s)
+            self._bad(sensor, now_s, reason or "bad sample")
+            self._commit(sensor, now_s)
+
+    def on_publisher_count(self, name: str, count: int, now_s: float) -> None:
+        """Record the number of publishers the ROS graph reports on the sensor's topic.
+
+        0 makes the sensor LOST at once. A count > 0 after 0 starts a new session: the old
+        samples came from the publisher that vanished.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"publisher count must be an int >= 0, got {count!r}")
+        with self._lock:
+            sensor = self._get(name)
+            self._observe_clock(now_s)
+            previous = sensor.publisher_count
+            if count == 0 and previous != 0:
+                sensor.publisher_lost_at = now_s
+            elif count > 0 and previous == 0:
+                sensor.reset_session(now_s, "its publisher appeared")
+            sensor.publisher_count = count
+            self._commit(sensor, now_s)
+
+    def set_in_fusion(self, names: set[str] | list[str] | tuple[str, ...]) -> None:
+        """Record which sensors the last fusion tick used (reported as ``in_fusion``)."""
+        used = set(names)
+        with self._lock:
+            for sensor_name, sensor in self._sensors.items():
+                sensor.in_fusion = sensor_name in used
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def update(self, now_s: float) -> list[Transition]:
+        """Re-evaluate every sensor at ``now_s``; return the state changes since the last call.
+
+        Changes caused by events (samples, publisher counts, enable/disable, clock resets) are
+        queued when they happen, so a short-lived state is reported even if it ended before
+        this call. Each change is returned once.
+        """
+        with self._lock:
+            self._observe_clock(now_s)
+            for sensor in self._sensors.values():
+                self._commit(sensor, now_s)
+            pending, self._pending = self._pending, []
+            return pending
+
+    def state(self, name: str, now_s: float) -> SensorState:
+        """State of ``name`` at ``now_s`` (does not consume transitions)."""
+        with self._lock:
+            self._observe_clock(now_s)
+            return self._evaluate(self._get(name), now_s).state
+
+    def health(self, now_s: float) -> list[SensorHealth]:
+        """Snapshot of every sensor at ``now_s``, in the order they were added."""
+        with self._lock:
+            self._observe_clock(now_s)
+            return [self._snapshot(sensor, now_s) for sensor in self._sensors.values()]
+
+    def fusable(self, now_s: float, max_age_s: float) -> list[str]:
+        """Names of the sensors whose newest embedding may enter a fusion tick at ``now_s``.
+
+        A sensor is fusable when it is LIVE or DEGRADED by rate only (never DISABLED, STALE,
+        LOST, UNKNOWN or DEGRADED by quality) and its newest valid sample is at most
+        ``max_age_s`` old. In the order the sensors were added.
+        """
+        if not (_is_number(max_age_s) and max_age_s >= 0):
+            raise ValueError(f"max_age_s must be a number >= 0, got {max_age_s!r}")
+        with self._lock:
+            self._observe_clock(now_s)
+            names = []
+            for name, sensor in self._sensors.items():
+                if not self._evaluate(sensor, now_s).usable or sensor.last_valid is None:
+                    continue
+                if now_s - sensor.last_valid <= max_age_s:
+                    names.append(name)
+            return names
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _get(self, name: str) -> _Sensor:
+        try:
+            return self._sensors[name]
+        except KeyError:
+            raise KeyError(f"unknown sensor {name!r}; monitored: {list(self._sensors)}") from None
+
+    def _observe_clock(self, now_s: float) -> None:
+        if not (_is_number(now_s) and math.isfinite(now_s)):
+            raise ValueError(f"now_s must be a finite number of seconds, got {now_s!r}")
+        last = self._last_now
+        if last is not None and now_s < last - self.clock_jump_tolerance_s:
+            self._reset_all(now_s, last - now_s)
+        if last is None or now_s > last or now_s < last - self.clock_jump_tolerance_s:
+            self._last_now = float(now_s)
+        for sensor in self._sensors.values():
+            if sensor.watch_since is None:
+                sensor.watch_since = float(now_s)
+
+    def _reset_all(self, now_s: float, jump_s: float) -> None:
+        self.clock_resets += 1
+        note = f"clock jumped back {_fmt(jump_s)} (bag loop or sim reset): history cleared"
+        for sensor in self._sensors.values():
+            sensor.reset_session(now_s, "the clock jumped back")
+            sensor.note = note
+            # Stamps of the old timeline are caught by the future-stamp check now; keeping the
+            # old loss time would reject every sample of the new timeline as a leftover.
+            sensor.publisher_lost_at = None
+            self._commit(sensor, now_s)
+
+    def _maybe_new_session(self, sensor: _Sensor, now_s: float) -> None:
+        lost = sensor.cfg.lost_timeout_s
+        if lost is not None and sensor.last_seen is not None and now_s - sensor.last_seen > lost:
+            sensor.reset_session(now_s, "it came back after an outage")
+
+    def _sample(self, sensor: _Sensor, stamp_s: float, now_s: float) -> bool:
+        if not math.isfinite(stamp_s):
+            self._bad(sensor, now_s, f"non-finite stamp {stamp_s!r}")
+            return False
+        if stamp_s > now_s + self.max_future_s:
+            sensor.last_reject = (f"stamp {_fmt(stamp_s - now_s)} ahead of the node clock "
+                                  "(clocks not synchronised, or use_sim_time mismatch?)")
+            return False
+        if sensor.publisher_count == 0:
+            lost_at = sensor.publisher_lost_at
+            if lost_at is not None and stamp_s <= lost_at:
+                sensor.last_reject = "stamped before its publisher vanished"
+                return False
+            sensor.publisher_count = None  # a newer sample proves a publisher exists
+            sensor.reset_session(now_s, "a sample arrived from a new publisher")
+        self._maybe_new_session(sensor, now_s)
+        if sensor.last_valid is not None and stamp_s <= sensor.last_valid:
+            self._bad(sensor, now_s, f"stamp {stamp_s:.3f} not newer than the previous one "
+                                     f"{sensor.last_valid:.3f} (out of order or duplicate)")
+            return False
+        self._valid(sensor, stamp_s, now_s)
+        return True
+
+    def _valid(self, sensor: _Sensor, stamp_s: float, now_s: float) -> None:
+        cfg = sensor.cfg
+        if sensor.last_valid is not None:
+            interval = stamp_s - sensor.last_valid
+            capped = min(interval, cfg.stale_timeout_s or interval)
+            alpha = cfg.rate_ewma_alpha
+            sensor.interval_ewma = _ewma(sensor.interval_ewma, interval, alpha)
+            sensor.verdict_ewma = _ewma(sensor.verdict_ewma, capped, alpha)
+            sensor.n_intervals += 1
+        sensor.last_valid = stamp_s
+        sensor.last_arrival = now_s
+        sensor.last_seen = stamp_s if sensor.last_seen is None else max(sensor.last_seen,
+                                                                        stamp_s)
+        sensor.bad_streak = 0
+        sensor.bad_since_valid = 0
+        sensor.last_reject = ""
+        sensor.note = ""
+        if sensor.quality_latched:
+            sensor.good_streak += 1
+            if sensor.good_streak >= cfg.recover_after_good:
+                sensor.quality_latched = False
+        self._update_rate_latch(sensor)
+
+    def _update_rate_latch(self, sensor: _Sensor) -> None:
+        cfg = sensor.cfg
+        if cfg.expected_rate_hz <= 0 or sensor.verdict_ewma is None:
+            return
+        if sensor.n_intervals < cfg.min_rate_intervals:
+            return
+        rate = 1.0 / max(sensor.verdict_ewma, 1e-9)
+        if not sensor.rate_latched and rate < cfg.degraded_below_hz:
+            sensor.rate_latched = True
+        elif sensor.rate_latched and rate >= cfg.recovered_at_hz:
+            sensor.rate_latched = False
+
+    def _bad(self, sensor: _Sensor, now_s: float, reason: str) -> None:
+        sensor.bad_streak += 1
+        sensor.bad_since_valid += 1
+        sensor.good_streak = 0
+        sensor.last_bad_reason = reason
+        sensor.last_seen = now_s if sensor.last_seen is None else max(sensor.last_seen, now_s)
+        if sensor.bad_streak >= sensor.cfg.degraded_after_bad:
+            sensor.quality_latched = True
+
+    def _commit(self, sensor: _Sensor, now_s: float | None) -> None:
+        if now_s is None:
+            return
+        verdict = self._evaluate(sensor, now_s)
+        if verdict.state != sensor.state:
+            self._pending.append(Transition(sensor.cfg.name, sensor.state, verdict.state,
+                                            float(now_s), verdict.reason))
+        sensor.state, sensor.reason = verdict.state, verdict.reason
+
+    def _evaluate(self, sensor: _Sensor, now_s: float) -> _Verdict:
+        """The state table of the module docstring, as code (pure: no mutation)."""
+        cfg = sensor.cfg
+        if not sensor.enabled:
+            return _Verdict(SensorState.DISABLED, sensor.disabled_reason, False)
+        if sensor.publisher_count == 0:
+            return _Verdict(SensorState.LOST, f"no publisher on {cfg.topic or cfg.name}", False)
+        stale, lost = cfg.stale_timeout_s, cfg.lost_timeout_s
+        if sensor.last_seen is None:
+            return self._waiting(sensor, now_s)
+        seen_age = max(0.0, now_s - sensor.last_seen)
+        if lost is not None and seen_age > lost:
+            return _Verdict(SensorState.LOST, self._silence(
+                f"no sample for {_fmt(seen_age)} (lost timeout {_fmt(lost)})", sensor, now_s),
+                False)
+        if stale is not None and seen_age > stale:
+            return _Verdict(SensorState.STALE, self._silence(
+                f"no sample for {_fmt(seen_age)} (stale timeout {_fmt(stale)})", sensor, now_s),
+                False)
+        if sensor.quality_latched:
+            return _Verdict(SensorState.DEGRADED, self._quality_reason(sensor), False)
+        if sensor.last_valid is None:
+            return _Verdict(SensorState.UNKNOWN, f"{sensor.bad_since_valid} bad sample(s) and "
+                            f"no valid one yet: {sensor.last_bad_reason}", False)
+        valid_age = max(0.0, now_s - sensor.last_valid)
+        if stale is not None and valid_age > stale:
+            return _Verdict(SensorState.STALE, (
+                f"newest valid sample is {_fmt(valid_age)} old (stale timeout {_fmt(stale)}); "
+                f"{sensor.bad_since_valid} bad since: {sensor.last_bad_reason}"), False)
+        if sensor.rate_latched:
+            rate = 1.0 / sensor.verdict_ewma if sensor.verdict_ewma else 0.0
+            return _Verdict(SensorState.DEGRADED, (
+                f"rate {rate:.2f} Hz below {cfg.degraded_below_hz:.2f} Hz "
+                f"({1 - cfg.rate_tolerance:.0%} of the expected {cfg.expected_rate_hz:.2f} Hz; "
+                f"recovers at {cfg.recovered_at_hz:.2f} Hz)"), True)
+        return _Verdict(SensorState.LIVE, "", True)
+
+    def _waiting(self, sensor: _Sensor, now_s: float) -> _Verdict:
+        lost = sensor.cfg.lost_timeout_s
+        since = sensor.watch_since if sensor.watch_since is not None else now_s
+        waited = max(0.0, now_s - since)
+        if lost is not None and waited > lost:
+            text = (f"no sample in {_fmt(waited)} since {sensor.watch_cause} "
+                    f"(lost timeout {_fmt(lost)})")
+            return _Verdict(SensorState.LOST, self._silence(text, sensor, now_s), False)
+        text = f"waiting for the first sample since {sensor.watch_cause}"
+        if lost is not None:
+            text += f" ({_fmt(waited)} of a {_fmt(lost)} grace)"
+        return _Verdict(SensorState.UNKNOWN, self._silence(text, sensor, now_s), False)
+
+    @staticmethod
+    def _silence(text: str, sensor: _Sensor, now_s: float) -> str:
+        """``text`` plus what may explain the silence (clock reset, rejected or late samples)."""
+        rejected = sensor.last_reject and f"last sample rejected: {sensor.last_reject}"
+        extras = [sensor.note, rejected]
+        stale = sensor.cfg.stale_timeout_s
+        arrival, stamp = sensor.last_arrival, sensor.last_valid
+        if stale is not None and arrival is not None and stamp is not None \
+                and now_s - arrival <= stale:
+            # Samples do arrive, but already old: a clock or latency problem, not an unplug.
+            extras.append(f"samples arrive but are {_fmt(arrival - stamp)} old on arrival "
+                          "(sensor clock behind the node clock, use_sim_time mismatch, or "
+                          "latency above the stale timeout)")
+        return "; ".join([text, *filter(None, extras)])
+
+    @staticmethod
+    def _quality_reason(sensor: _Sensor) -> str:
+        cfg = sensor.cfg
+        if sensor.bad_streak >= cfg.degraded_after_bad:
+            return (f"{sensor.bad_streak} bad samples in a row (limit {cfg.degraded_after_bad}): "
+                    f"{sensor.last_bad_reason}")
+        return (f"recovering from bad samples: {sensor.good_streak} of "
+                f"{cfg.recover_after_good} valid in a row (last bad: {sensor.last_bad_reason})")
+
+    def _snapshot(self, sensor: _Sensor, now_s: float) -> SensorHealth:
+        cfg = sensor.cfg
+        verdict = self._evaluate(sensor, now_s)
+        age = math.nan if sensor.last_valid is None else max(0.0, now_s - sensor.last_valid)
+        rate = 0.0
+        if verdict.state != SensorState.LOST and sensor.interval_ewma is not None:
+            # floor: ROS stamps have 1 ns resolution; a sub-ns interval must not report inf Hz
+            rate = 1.0 / max(sensor.interval_ewma, age, 1e-9)
+        return SensorHealth(
+            name=cfg.name, modality=cfg.modality, topic=cfg.topic, state=verdict.state,
+            rate_hz=rate, expected_rate_hz=cfg.expected_rate_hz, age_s=age,
+            publisher_count=sensor.publisher_count, in_fusion=sensor.in_fusion,
+            reason=verdict.reason)
+
+
+def _is_number(value: object) -> bool:
+    """A real number (numpy scalars included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _ewma(previous: float | None, value: float, alpha: float) -> float:
+    return value if previous is None else alpha * value + (1.0 - alpha) * previous
