@@ -72,8 +72,10 @@ MODALITY_SPECS: dict[Modality, ModalitySpec] = {
     )
 }
 
-TEACHERS: tuple[Modality, ...] = tuple(m for m, s in MODALITY_SPECS.items() if s.role is Role.TEACHER)
-STUDENTS: tuple[Modality, ...] = tuple(m for m, s in MODALITY_SPECS.items() if s.role is Role.STUDENT)
+TEACHERS: tuple[Modality, ...] = tuple(
+    m for m, s in MODALITY_SPECS.items() if s.role is Role.TEACHER)
+STUDENTS: tuple[Modality, ...] = tuple(
+    m for m, s in MODALITY_SPECS.items() if s.role is Role.STUDENT)
 ALL_MODALITIES: tuple[Modality, ...] = tuple(MODALITY_SPECS)
 
 
