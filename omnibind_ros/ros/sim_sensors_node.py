@@ -1,0 +1,382 @@
+"""omnibind_sim_sensors: the simulated world streamed as hot-pluggable ROS 2 sensors.
+
+Publishes every sensor of a :class:`~omnibind_ros.sim.stream.WorldStream` on its own topic at its
+own rate, plus the ground truth (``/omnibind/ground_truth``, :msg:`omnibind_ros/GroundTruth`).
+Each sensor can be unplugged and replugged at runtime, by parameter
+(``ros2 param set /omnibind_sim_sensors sensors.camera.enabled false``) or by a scenario file
+(:mod:`omnibind_ros.sim.scenario`, which sets the same parameters). An unplug destroys the
+publisher, so the graph sees the sensor vanish as it would for a real driver.
+
+Pacing: one timer (``tick_rate_hz``) publishes every message whose time has come. Stream time
+runs at ``realtime_factor`` times the node clock (a ``/clock`` with ``use_sim_time``), and header
+stamps are ``node clock at stream start + stream seconds``. Window sensors (event packets, audio
+chunks) are stamped at their window's start but published when the window has passed, so no
+message describes the future. When the node falls behind (rendering on a loaded machine), late
+messages are dropped and counted rather than queued, with a throttled warning giving the lag.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omnibind_ros.ros.env import ensure_safe_ros_env
+
+# This module is an executable's entry point (the lib/omnibind_ros launcher imports it): make the
+# environment safe before rclpy is imported below, not only in main().
+ensure_safe_ros_env()
+
+import numpy as np  # noqa: E402
+import rclpy  # noqa: E402
+from builtin_interfaces.msg import Time  # noqa: E402
+from rcl_interfaces.msg import (  # noqa: E402
+    FloatingPointRange,
+    ParameterDescriptor,
+    ParameterType,
+)
+from rclpy.executors import ExternalShutdownException  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.publisher import Publisher  # noqa: E402
+from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
+from std_msgs.msg import Header, String  # noqa: E402
+
+from omnibind_ros.msg import AudioChunk, EventArray, GroundTruth  # noqa: E402
+from omnibind_ros.ros import conversions as conv  # noqa: E402
+from omnibind_ros.ros.qos import qos_from_name  # noqa: E402
+from omnibind_ros.sim.scenario import ALL, Scenario, corrupt, load_scenario  # noqa: E402
+from omnibind_ros.sim.stream import DEFAULT_SENSORS, WINDOWED, StreamItem, WorldStream  # noqa: E402
+
+__all__ = ["DEFAULT_TOPIC_SUFFIX", "SensorConfig", "SimSensorsNode", "main"]
+
+NODE_NAME = "omnibind_sim_sensors"
+GROUND_TRUTH_TOPIC = "/omnibind/ground_truth"
+#: Topic of sensor <name> by default: /sim/<name>/<suffix> (the names the perception node's
+#: default configuration subscribes to).
+DEFAULT_TOPIC_SUFFIX = {"image": "image_raw", "thermal": "image_raw", "event": "events",
+                        "tactile": "image_raw", "audio": "audio", "point_cloud": "points",
+                        "text": "text"}
+_WINDOWED = {m.value for m in WINDOWED}
+#: Render no longer than this per tick, so parameter services stay responsive while catching up.
+_TICK_BUDGET_S = 0.05
+
+Builder = Callable[[Any, Time, str], Any]
+_MESSAGES: dict[str, tuple[type, Builder]] = {
+    "image": (Image, lambda p, s, f: conv.numpy_to_image(p, "rgb8", s, f)),
+    "thermal": (Image, conv.thermal_to_image),
+    "event": (EventArray, conv.packet_to_event_array),
+    "tactile": (Image, conv.tactile_to_image),
+    "audio": (AudioChunk, lambda p, s, f: conv.block_to_audio_chunk(p, "S16LE", s, f)),
+    "point_cloud": (PointCloud2, conv.xyz_to_pointcloud2),
+    "text": (String, lambda p, s, f: String(data=p)),
+}
+
+
+@dataclass
+class SensorConfig:
+    """One simulated sensor as configured (``sensors.<name>.*`` parameters)."""
+
+    name: str
+    modality: str
+    topic: str
+    rate_hz: float
+    frame_id: str
+    enabled: bool = True
+    noise: bool = False
+
+    @property
+    def delay_s(self) -> float:
+        """Publication delay after the stamp: a window sensor publishes when its window ends."""
+        return 1.0 / self.rate_hz if self.modality in _WINDOWED else 0.0
+
+
+def _descriptor(text: str, ptype: int, *, read_only: bool = True,
+                low: float | None = None, high: float | None = None) -> ParameterDescriptor:
+    desc = ParameterDescriptor(description=text, type=ptype, read_only=read_only)
+    if low is not None:
+        desc.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
+    return desc
+
+
+def _to_time(ns: int) -> Time:
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def resolve_config_file(path: str) -> Path:
+    """A config file given absolute, relative to the working directory, or relative to the
+    package's config/ (source tree first, then share/omnibind_ros/config of AMENT_PREFIX_PATH)."""
+    candidates = [Path(path).expanduser()]
+    roots = [Path(__file__).resolve().parents[2] / "config"]
+    roots += [Path(p) / "share" / "omnibind_ros" / "config"
+              for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    candidates += [root / sub / path for root in roots for sub in ("", "scenarios")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"scenario file {path!r} not found; looked at: "
+                            + ", ".join(map(str, candidates)))
+
+
+class SimSensorsNode(Node):
+    """Streams a simulated world on hot-pluggable sensor topics (see the module docstring)."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._declare_parameters()
+        self.sensors = self._read_sensors()
+        self.seed = int(self._param("seed"))
+        self.period_s = float(self._param("object_period_s"))
+        self.stream = WorldStream(
+            seed=self.seed, object_period_s=self.period_s,
+            sensor_rates={s.name: (s.modality, s.rate_hz) for s in self.sensors.values()})
+        self.scenario = self._load_scenario(str(self._param("scenario_file")))
+        self.stats: Counter[str] = Counter()  # "published/<name>", "dropped/<name>", ...
+        self._sensor_pubs: dict[str, Publisher] = {}
+        self._noise_rng = np.random.default_rng([self.seed, 4242])
+        self._gt_pub: Publisher | None = None
+        self._gt_episode = -1
+        self._gt_last = -math.inf
+        self._start_ns: int | None = None  # node clock at stream time 0
+        self._anchor: tuple[int, float] | None = None  # (node clock ns, stream s) at last rtf
+        self._lookahead: StreamItem | None = None
+        self._pending: list[tuple[float, int, StreamItem]] = []  # (due stream s, seq, item)
+        self._seq = 0
+        self.stream_time_s = 0.0
+        for sensor in self.sensors.values():
+            if sensor.enabled:
+                self._plug(sensor)
+        self._set_ground_truth(bool(self._param("publish_ground_truth")))
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+        self._timer = self.create_timer(1.0 / float(self._param("tick_rate_hz")), self._tick)
+        self.get_logger().info(
+            f"streaming {len(self.sensors)} sensors ({', '.join(self.sensors)}), object every "
+            f"{self.period_s} s, realtime factor {self._param('realtime_factor')}"
+            + (f", scenario with {len(self.scenario.events)} events" if self.scenario else ""))
+
+    # ------------------------------------------------------------------ parameters
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _declare_parameters(self) -> None:
+        d, p = _descriptor, ParameterType
+        self.declare_parameter("seed", 0, d("Seed of the simulated world (reproducible stream).",
+                                            p.PARAMETER_INTEGER))
+        self.declare_parameter("object_period_s", 4.0, d(
+            "Seconds of stream time each object stays before the next one (a different class).",
+            p.PARAMETER_DOUBLE, low=0.1, high=3600.0))
+        self.declare_parameter("realtime_factor", 1.0, d(
+            "Stream seconds per node-clock second: 1 = real time; >1 runs faster (benchmarks, "
+            "bag recording), as far as rendering keeps up.", p.PARAMETER_DOUBLE,
+            read_only=False, low=0.01, high=100.0))
+        self.declare_parameter("tick_rate_hz", 200.0, d(
+            "Rate of the pacing timer; bounds the publication jitter (1 / rate).",
+            p.PARAMETER_DOUBLE, low=1.0, high=2000.0))
+        self.declare_parameter("max_lag_s", 0.5, d(
+            "A message more than this late (node-clock seconds) is dropped, not published.",
+            p.PARAMETER_DOUBLE, read_only=False, low=0.0, high=60.0))
+        self.declare_parameter("scenario_file", "", d(
+            "YAML timeline of unplug/replug/noise_on/noise_off events (omnibind_ros/sim/"
+            "scenario.py); a path, or a name under config/scenarios. Empty: none.",
+            p.PARAMETER_STRING))
+        self.declare_parameter("publish_ground_truth", True, d(
+            f"Publish {GROUND_TRUTH_TOPIC} (at each object change and at ground_truth_rate_hz).",
+            p.PARAMETER_BOOL, read_only=False))
+        self.declare_parameter("ground_truth_rate_hz", 2.0, d(
+            "Republication rate of the ground truth between object changes.",
+            p.PARAMETER_DOUBLE, low=0.01, high=100.0))
+        self.declare_parameter("sensors", list(DEFAULT_SENSORS), d(
+            "Names of the simulated sensors; each has sensors.<name>.* parameters.",
+            p.PARAMETER_STRING_ARRAY))
+
+    def _declare_sensor(self, name: str) -> SensorConfig:
+        d, p = _descriptor, ParameterType
+        modality, rate = DEFAULT_SENSORS.get(name, ("", 10.0))
+        prefix = f"sensors.{name}."
+        mod = self.declare_parameter(prefix + "modality", modality, d(
+            "Modality: image, thermal, event, tactile, audio, point_cloud or text.",
+            p.PARAMETER_STRING)).value
+        if mod not in _MESSAGES:
+            raise ValueError(f"sensor {name!r}: {prefix}modality must be one of "
+                             f"{', '.join(_MESSAGES)}, got {mod!r}")
+        topic = self.declare_parameter(
+            prefix + "topic", f"/sim/{name}/{DEFAULT_TOPIC_SUFFIX[mod]}",
+            d("Topic the sensor publishes on.", p.PARAMETER_STRING))
+        rate_hz = self.declare_parameter(prefix + "rate_hz", float(rate), d(
+            "Messages per second (window sensors: one window per message).",
+            p.PARAMETER_DOUBLE, low=0.01, high=1000.0))
+        frame = self.declare_parameter(prefix + "frame_id", f"sim_{name}", d(
+            "header.frame_id of the sensor's messages.", p.PARAMETER_STRING))
+        enabled = self.declare_parameter(prefix + "enabled", True, d(
+            "Plugged in: false destroys the publisher (an unplug), true recreates it.",
+            p.PARAMETER_BOOL, read_only=False))
+        noise = self.declare_parameter(prefix + "noise", False, d(
+            "Publish noise of the right type and shape instead of the world (a faulty sensor).",
+            p.PARAMETER_BOOL, read_only=False))
+        return SensorConfig(name, mod, topic.value, float(rate_hz.value), frame.value,
+                            bool(enabled.value), bool(noise.value))
+
+    def _read_sensors(self) -> dict[str, SensorConfig]:
+        names = [str(n) for n in self._param("sensors")]
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"parameter 'sensors' must hold unique, non-empty names: {names}")
+        return {name: self._declare_sensor(name) for name in names}
+
+    def _load_scenario(self, path: str) -> Scenario | None:
+        if not path:
+            return None
+        return load_scenario(resolve_config_file(path), known_sensors=self.sensors)
+
+    def _on_parameters_set(self, params: list[Parameter]) -> None:
+        """Apply runtime changes (validated by the descriptors before they got here)."""
+        for param in params:
+            parts = param.name.split(".")
+            if len(parts) == 3 and parts[0] == "sensors" and parts[1] in self.sensors:
+                self._apply_sensor(self.sensors[parts[1]], parts[2], bool(param.value))
+            elif param.name == "publish_ground_truth":
+                self._set_ground_truth(bool(param.value))
+            elif param.name == "realtime_factor":
+                self._reanchor()
+
+    def _apply_sensor(self, sensor: SensorConfig, key: str, value: bool) -> None:
+        if key == "enabled" and value != sensor.enabled:
+            sensor.enabled = value
+            (self._plug if value else self._unplug)(sensor)
+        elif key == "noise" and value != sensor.noise:
+            sensor.noise = value
+            self.get_logger().info(f"sensor {sensor.name}: noise {'on' if value else 'off'}")
+
+    # ------------------------------------------------------------------ plugging
+    def _plug(self, sensor: SensorConfig) -> None:
+        msg_type = _MESSAGES[sensor.modality][0]
+        qos = qos_from_name("text" if sensor.modality == "text" else "sensor_data")
+        self._sensor_pubs[sensor.name] = self.create_publisher(msg_type, sensor.topic, qos)
+        self.get_logger().info(f"sensor {sensor.name} plugged in on {sensor.topic}")
+
+    def _unplug(self, sensor: SensorConfig) -> None:
+        pub = self._sensor_pubs.pop(sensor.name, None)
+        if pub is not None:
+            self.destroy_publisher(pub)
+        self.get_logger().info(f"sensor {sensor.name} unplugged from {sensor.topic}")
+
+    def _set_ground_truth(self, on: bool) -> None:
+        if on and self._gt_pub is None:
+            self._gt_pub = self.create_publisher(GroundTruth, GROUND_TRUTH_TOPIC,
+                                                 qos_from_name("sensor_status"))
+            self._gt_episode = -1  # publish the current object right away
+        elif not on and self._gt_pub is not None:
+            self.destroy_publisher(self._gt_pub)
+            self._gt_pub = None
+
+    # ------------------------------------------------------------------ pacing
+    def _reanchor(self) -> None:
+        if self._start_ns is not None:
+            self._anchor = (self.get_clock().now().nanoseconds, self.stream_time_s)
+
+    def _stream_time(self, now_ns: int) -> float:
+        anchor_ns, anchor_s = self._anchor  # type: ignore[misc]
+        return anchor_s + (now_ns - anchor_ns) * 1e-9 * float(self._param("realtime_factor"))
+
+    def _tick(self) -> None:
+        now_ns = self.get_clock().now().nanoseconds
+        if self._start_ns is None:
+            if now_ns == 0:
+                return  # use_sim_time and no /clock yet
+            self._start_ns, self._anchor = now_ns, (now_ns, 0.0)
+        target = max(self._stream_time(now_ns), self.stream_time_s)
+        self.stream_time_s = target
+        if self.scenario is not None:
+            self._run_scenario(target)
+        self._publish_ground_truth(target)
+        self._publish_due(target, time.monotonic() + _TICK_BUDGET_S)
+
+    def _run_scenario(self, t: float) -> None:
+        updates = []
+        for when, event in self.scenario.events_until(t):  # type: ignore[union-attr]
+            names = list(self.sensors) if ALL in event.sensors else event.sensors
+            key, value = {"unplug": ("enabled", False), "replug": ("enabled", True),
+                          "noise_on": ("noise", True), "noise_off": ("noise", False)}[event.action]
+            self.get_logger().info(f"scenario t={when:.1f} s: {event.action} {', '.join(names)}")
+            updates += [Parameter(f"sensors.{n}.{key}", value=value) for n in names]
+        if updates:
+            self.set_parameters(updates)  # same path as `ros2 param set`: state stays visible
+
+    def _publish_due(self, target: float, deadline: float) -> None:
+        """Render messages stamped up to ``target`` and publish those whose time has come."""
+        while True:
+            if self._lookahead is None:
+                self._lookahead = self.stream.next()  # renders (one item ahead at most)
+            item = self._lookahead
+            if item.stamp_s > target:
+                break
+            self._lookahead = None
+            due = item.stamp_s + self.sensors[item.sensor].delay_s
+            heapq.heappush(self._pending, (due, self._seq, item))
+            self._seq += 1
+            if time.monotonic() > deadline:
+                break  # render budget spent: let the executor breathe, continue next tick
+        while self._pending and self._pending[0][0] <= target:
+            due, _, item = heapq.heappop(self._pending)
+            self._emit(item, (target - due) / float(self._param("realtime_factor")))
+
+    def _emit(self, item: StreamItem, lag_s: float) -> None:
+        sensor = self.sensors[item.sensor]
+        pub = self._sensor_pubs.get(item.sensor)
+        if pub is None:
+            self.stats[f"unplugged/{item.sensor}"] += 1
+            return
+        if lag_s > float(self._param("max_lag_s")):
+            self.stats[f"dropped/{item.sensor}"] += 1
+            self.get_logger().warning(
+                f"falling behind: {item.sensor} message {lag_s:.2f} s late, dropped "
+                f"({sum(v for k, v in self.stats.items() if k.startswith('dropped/'))} so far)",
+                throttle_duration_sec=5.0)
+            return
+        payload = item.payload
+        if sensor.noise:
+            payload = corrupt(item.modality, payload, self._noise_rng)
+        stamp = _to_time(self._start_ns + round(item.stamp_s * 1e9))  # type: ignore[operator]
+        pub.publish(_MESSAGES[item.modality][1](payload, stamp, sensor.frame_id))
+        self.stats[f"published/{item.sensor}"] += 1
+
+    def _publish_ground_truth(self, t: float) -> None:
+        if self._gt_pub is None:
+            return
+        episode = self.stream.episode_at(t)
+        every = float(self._param("realtime_factor")) / float(self._param("ground_truth_rate_hz"))
+        if episode == self._gt_episode and t - self._gt_last < every:
+            return
+        cls = self.stream.class_at(t)
+        start_ns = self._start_ns or 0
+        self._gt_pub.publish(GroundTruth(
+            header=Header(stamp=_to_time(start_ns + round(t * 1e9))), label=cls.name,
+            class_index=cls.index, episode=episode, shape=cls.shape.name,
+            material=cls.material.name,
+            episode_start=_to_time(start_ns + round(episode * self.period_s * 1e9))))
+        self._gt_episode, self._gt_last = episode, t
+        self.stats["ground_truth"] += 1
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run omnibind_ros omnibind_sim_sensors`` / ``omnibind-sim-sensors``."""
+    ensure_safe_ros_env()  # already done at import; kept so the contract is visible here
+    try:
+        with rclpy.init(args=args):
+            node = SimSensorsNode()
+            try:
+                rclpy.spin(node)
+            finally:
+                node.get_logger().info(f"stream stats: {dict(node.stats)}")
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
