@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from omnibind_ros.core.types import AudioBlock, EventPacket, TactileFrame, ThermalFrame
+from omnibind_ros.core.types import AudioBlock, EventPacket, TactileFrame
 
 __all__ = ["ACTIONS", "ALL", "Scenario", "ScenarioError", "ScenarioEvent", "corrupt",
            "load_scenario", "parse_scenario"]
