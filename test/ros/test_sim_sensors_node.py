@@ -246,3 +246,19 @@ def test_bad_configuration_is_rejected(make_node) -> None:
     with pytest.raises(ScenarioError, match="unknown sensor"):
         make_node("bad2", node_class=SimSensorsNode,
                   parameter_overrides=_params(sensors=["camera"], scenario_file=str(bad)))
+
+
+def test_shipped_params_file_configures_every_sensor(make_node) -> None:
+    import yaml
+
+    from omnibind_ros.ros.sim_sensors_node import SimSensorsNode
+
+    path = REPO / "config" / "sim_sensors.yaml"
+    spec = yaml.safe_load(path.read_text())["/**/omnibind_sim_sensors"]["ros__parameters"]
+    node = make_node("omnibind_sim_sensors", node_class=SimSensorsNode, namespace="/robot",
+                     cli_args=["--ros-args", "--params-file", str(path)])
+    assert list(node.sensors) == spec["sensors"]
+    assert node.period_s == spec["object_period_s"]
+    for name, sensor in node.sensors.items():
+        for key in ("modality", "topic", "rate_hz", "frame_id", "enabled", "noise"):
+            assert getattr(sensor, key) == spec[f"sensors.{name}"][key], (name, key)
