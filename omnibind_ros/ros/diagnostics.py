@@ -1,0 +1,101 @@
+"""Status messages of the perception node: ~/sensor_status and /diagnostics.
+
+/diagnostics follows diagnostic_updater's conventions (the package is not installable here):
+one ``DiagnosticStatus`` per sensor named ``"<node name>: sensor <sensor>"`` with the topic as
+``hardware_id`` and the details as key/values, plus one ``"<node name>: fusion"`` status saying
+why nothing is recognised when that is the case. Levels per state:
+
+=========  =====  ==============================================================
+state      level  why
+=========  =====  ==============================================================
+LIVE       OK     at the expected rate and fresh
+DISABLED   OK     an operator's choice, not a fault
+UNKNOWN    WARN   waiting for the first message (startup grace)
+DEGRADED   WARN   off-rate, or bad messages in a row
+STALE      ERROR  silent beyond stale_after periods
+LOST       ERROR  no publisher, or silent beyond lost_after periods
+=========  =====  ==============================================================
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from omnibind_ros.core.availability import SensorHealth, SensorState
+from omnibind_ros.msg import SensorStatus, SensorStatusArray
+
+__all__ = ["LEVELS", "diagnostic_array", "sensor_status_array"]
+
+LEVELS: dict[SensorState, bytes] = {
+    SensorState.LIVE: DiagnosticStatus.OK,
+    SensorState.DISABLED: DiagnosticStatus.OK,
+    SensorState.UNKNOWN: DiagnosticStatus.WARN,
+    SensorState.DEGRADED: DiagnosticStatus.WARN,
+    SensorState.STALE: DiagnosticStatus.ERROR,
+    SensorState.LOST: DiagnosticStatus.ERROR,
+}
+
+
+def _f32(value: float) -> float:
+    return float(value) if value is not None else float("nan")
+
+
+def sensor_status(health: SensorHealth) -> SensorStatus:
+    return SensorStatus(
+        name=health.name, modality=health.modality, topic=health.topic,
+        state=int(health.state), rate_hz=_f32(health.rate_hz),
+        expected_rate_hz=_f32(health.expected_rate_hz), age_s=_f32(health.age_s),
+        publisher_count=int(health.publisher_count or 0), in_fusion=bool(health.in_fusion),
+        reason=health.reason)
+
+
+def sensor_status_array(healths: Iterable[SensorHealth], stamp: object) -> SensorStatusArray:
+    msg = SensorStatusArray(sensors=[sensor_status(h) for h in healths])
+    msg.header.stamp = stamp
+    return msg
+
+
+def _message(health: SensorHealth) -> str:
+    text = health.state.name.lower()
+    if health.state is SensorState.LIVE:
+        return f"live at {health.rate_hz:.1f} Hz"
+    return f"{text}: {health.reason}" if health.reason else text
+
+
+def _sensor_diag(node_name: str, health: SensorHealth) -> DiagnosticStatus:
+    age = "nan" if math.isnan(health.age_s) else f"{health.age_s:.3f}"
+    values = {
+        "state": health.state.name, "modality": health.modality, "topic": health.topic,
+        "rate_hz": f"{health.rate_hz:.2f}", "expected_rate_hz": f"{health.expected_rate_hz:.2f}",
+        "age_s": age, "publisher_count": str(health.publisher_count or 0),
+        "in_fusion": str(bool(health.in_fusion)).lower(), "reason": health.reason,
+    }
+    return DiagnosticStatus(
+        level=LEVELS[health.state], name=f"{node_name}: sensor {health.name}",
+        message=_message(health), hardware_id=health.topic,
+        values=[KeyValue(key=k, value=v) for k, v in values.items()])
+
+
+def fusion_diag(node_name: str, no_answer_reason: str | None,
+                used: Iterable[str] = ()) -> DiagnosticStatus:
+    """OK while recognising; WARN with the reason when not (e.g. min_modalities not met)."""
+    if no_answer_reason is None:
+        level, message = DiagnosticStatus.WARN, "no fusion tick yet"
+    elif no_answer_reason:
+        level, message = DiagnosticStatus.WARN, f"no recognition: {no_answer_reason}"
+    else:
+        level, message = DiagnosticStatus.OK, "recognising from " + ", ".join(used)
+    return DiagnosticStatus(level=level, name=f"{node_name}: fusion", message=message,
+                            hardware_id=node_name)
+
+
+def diagnostic_array(node_name: str, healths: Iterable[SensorHealth], stamp: object,
+                     fusion: DiagnosticStatus | None = None) -> DiagnosticArray:
+    status = [_sensor_diag(node_name, h) for h in healths]
+    if fusion is not None:
+        status.append(fusion)
+    msg = DiagnosticArray(status=status)
+    msg.header.stamp = stamp
+    return msg

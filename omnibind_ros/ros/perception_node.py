@@ -1,0 +1,62 @@
+"""``omnibind_perception``: the perception LifecycleNode's entry point.
+
+Run it with a lifecycle manager, or stand-alone with ``autostart: true`` (it then configures and
+activates itself)::
+
+    omnibind_perception --ros-args --params-file config/perception.yaml -p autostart:=true
+
+``main`` makes the environment safe (loopback-only DDS discovery) before rclpy is imported, which
+is why this module imports no rclpy at module level; ``PerceptionNode`` is loaded lazily from
+:mod:`omnibind_ros.ros.perception_lifecycle` (import it only in a process whose environment is
+already safe, e.g. a test under test/conftest.py or after ``ensure_safe_ros_env()``).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from omnibind_ros.ros.env import ensure_safe_ros_env
+
+if TYPE_CHECKING:  # imports rclpy: only lazily at runtime (see __getattr__)
+    from omnibind_ros.ros.perception_lifecycle import PerceptionNode
+
+__all__ = ["PerceptionNode", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("PerceptionNode", "NODE_NAME"):
+        from omnibind_ros.ros import perception_lifecycle
+
+        return getattr(perception_lifecycle, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console entry: spin one PerceptionNode in a MultiThreadedExecutor until shut down."""
+    ensure_safe_ros_env()
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    from omnibind_ros.ros.perception_lifecycle import PerceptionNode
+
+    try:
+        with rclpy.init(args=args):
+            node = PerceptionNode()
+            # Encoders run in the sensors' own worker threads; the executor runs only cheap
+            # callbacks, timers and services, so 4 threads keep the fusion tick and the status
+            # independent of a burst of sensor callbacks.
+            executor = MultiThreadedExecutor(num_threads=4)
+            executor.add_node(node)
+            try:
+                if node.get_parameter("autostart").value and not node.autostart():
+                    node.get_logger().error("autostart failed; waiting for a lifecycle manager")
+                executor.spin()
+            finally:
+                executor.shutdown()  # before destroy_node: never spin a destroyed node
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
