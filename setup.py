@@ -28,6 +28,8 @@ setup(
         "console_scripts": [
             "omnibind-sim = omnibind_ros.sim.cli:main",
             "omnibind-demo = omnibind_ros.tools.demo:main",
+            "omnibind-perception = omnibind_ros.ros.perception_node:main",
+            "omnibind-sim-sensors = omnibind_ros.ros.sim_sensors_node:main",
         ],
     },
 )

@@ -41,6 +41,7 @@ from rcl_interfaces.msg import (  # noqa: E402
     ParameterType,
 )
 from rclpy.executors import ExternalShutdownException  # noqa: E402
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.publisher import Publisher  # noqa: E402
@@ -292,8 +293,13 @@ class SimSensorsNode(Node):
         self.stream_time_s = target
         if self.scenario is not None:
             self._run_scenario(target)
-        self._publish_ground_truth(target)
-        self._publish_due(target, time.monotonic() + _TICK_BUDGET_S)
+        try:
+            self._publish_ground_truth(target)
+            self._publish_due(target, time.monotonic() + _TICK_BUDGET_S)
+        except _rclpy.RCLError:
+            if self.context.ok():
+                raise
+            # Ctrl-C shut the context down while this callback was publishing: just stop.
 
     def _run_scenario(self, t: float) -> None:
         updates = []
