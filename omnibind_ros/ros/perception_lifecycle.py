@@ -189,6 +189,7 @@ class PerceptionNode(LifecycleNode):
                                   callback_group=self._status_group),
             ]
             self._restart_fusion_timer()
+        self.get_logger().info(f"activated with sensors {list(self._sensors)}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:

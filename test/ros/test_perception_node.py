@@ -419,3 +419,16 @@ def test_audio_chunks_are_streamed_and_encoded_at_the_encode_rate(make_harness) 
     assert worker.received >= 20
     assert 2 <= worker.encoded <= 9  # ~5 Hz over ~1.2 s, not one per chunk
     assert h.wait(lambda: h.recognitions and list(h.recognitions[-1].sensors) == ["mic"])
+
+
+def test_changing_labels_at_runtime_re_embeds_them(make_harness) -> None:
+    from rclpy.parameter import Parameter
+
+    h = active_harness(make_harness, {"camera": SENSORS["camera"]})
+    assert h.wait(lambda: h.recognitions and h.recognitions[-1].best_label)
+    labels = ["red apple", "blue chair"]
+    assert h.node.set_parameters([Parameter("labels.names", Parameter.Type.STRING_ARRAY,
+                                            labels)])[0].successful
+    assert list(h.node._fusion.label_names) == labels
+    assert h.wait(lambda: h.recognitions[-1].best_label in labels
+                  and set(h.recognitions[-1].top_labels) == set(labels))

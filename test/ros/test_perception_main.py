@@ -1,0 +1,48 @@
+"""``omnibind_perception`` as a process: autostart, then SIGINT (what launch sends) ends it
+cleanly, with exit status 0 and no traceback."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ros
+
+testing = pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_main_autostarts_and_exits_cleanly_on_sigint(tmp_path: Path) -> None:
+    bundle = testing.build_tiny_bundle(tmp_path / "tiny")
+    code = "from omnibind_ros.ros.perception_node import main; raise SystemExit(main())"
+    args = [sys.executable, "-c", code, "--ros-args", "--params-file",
+            str(REPO / "config" / "perception.yaml"), "-p", "autostart:=true",
+            "-p", f"bundle_path:={bundle}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "activated" in line or "Traceback" in line:
+                break
+        assert any("activated" in ln for ln in lines), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(lines) + out
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text, text
