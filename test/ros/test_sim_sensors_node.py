@@ -262,3 +262,29 @@ def test_shipped_params_file_configures_every_sensor(make_node) -> None:
     for name, sensor in node.sensors.items():
         for key in ("modality", "topic", "rate_hz", "frame_id", "enabled", "noise"):
             assert getattr(sensor, key) == spec[f"sensors.{name}"][key], (name, key)
+
+
+def test_use_sim_time_follows_clock(harness) -> None:
+    from rosgraph_msgs.msg import Clock
+
+    from omnibind_ros.ros.qos import qos_from_name
+
+    h = harness(sensors=["lidar"], use_sim_time=True)
+    h.subscribe_sensors()
+    clock_pub = h.probe.create_publisher(Clock, "/clock", qos_from_name("sensor_reliable"))
+    h.spin_for(0.3)
+    assert not h.received["lidar"], "published before any /clock"
+    base_ns = 1_000 * 1_000_000_000  # simulated time starts at 1000 s
+    for step in range(40):  # 2 s of simulated time in 50 ms steps
+        clock_pub.publish(Clock(clock=_time(base_ns + step * 50_000_000)))
+        h.spin_for(0.02)
+    h.spin_for(0.2)
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for _, m in h.received["lidar"]]
+    assert 12 <= len(stamps) <= 22, len(stamps)  # 10 Hz over ~1.95 s of simulated time
+    assert 1000.0 <= stamps[0] < 1000.2 and stamps[-1] < 1002.0
+
+
+def _time(ns: int) -> Any:
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
