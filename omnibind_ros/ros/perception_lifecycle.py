@@ -72,6 +72,12 @@ class _Sensor:
         self.group = MutuallyExclusiveCallbackGroup()
 
 
+def _stop_workers(workers: list[SensorWorker | None]) -> None:
+    for worker in workers:
+        if worker is not None:
+            worker.stop()
+
+
 class PerceptionNode(LifecycleNode):
     """Multimodal recognition that keeps going while sensors come and go (see module doc).
 
@@ -218,14 +224,15 @@ class PerceptionNode(LifecycleNode):
                 if timer is not None:
                     self.destroy_timer(timer)
             self._timers, self._fusion_timer = [], None
-            for sensor in self._sensors.values():
-                self._unsubscribe(sensor)
+            workers = [self._unsubscribe(sensor) for sensor in self._sensors.values()]
+        _stop_workers(workers)
 
     def _release(self) -> None:
         with self._lock:
-            for sensor in self._sensors.values():
-                self._unsubscribe(sensor)
+            workers = [self._unsubscribe(sensor) for sensor in self._sensors.values()]
             self._sensors.clear()
+        _stop_workers(workers)
+        with self._lock:
             for pub in self._pubs.values():
                 self.destroy_publisher(pub)
             self._pubs = {}
@@ -257,9 +264,10 @@ class PerceptionNode(LifecycleNode):
             sensor = self._sensors.pop(name, None)
             if sensor is None:
                 return
-            self._unsubscribe(sensor)
+            worker = self._unsubscribe(sensor)
             self._monitor.remove_sensor(name)
             self._store.remove(name)
+        _stop_workers([worker])
         self._publish_status(self.now_s())
 
     def _subscribe(self, sensor: _Sensor) -> None:
@@ -285,13 +293,14 @@ class PerceptionNode(LifecycleNode):
             worker.submit(msg, stamp, now)
         return on_message
 
-    def _unsubscribe(self, sensor: _Sensor) -> None:
+    def _unsubscribe(self, sensor: _Sensor) -> SensorWorker | None:
+        """Destroy the subscription; return the worker for the caller to stop outside the lock
+        (a worker finishing an encode may need the lock for an on-embedding fusion tick)."""
         if sensor.subscription is not None:
             self.destroy_subscription(sensor.subscription)
             sensor.subscription = None
-        if sensor.worker is not None:
-            sensor.worker.stop()
-            sensor.worker = None
+        worker, sensor.worker = sensor.worker, None
+        return worker
 
     def _on_embedding(self, cfg: SensorParams, stamp_s: float, embedding: np.ndarray) -> None:
         if cfg.name not in self._sensors:
