@@ -13,6 +13,12 @@ stamps are ``node clock at stream start + stream seconds``. Window sensors (even
 chunks) are stamped at their window's start but published when the window has passed, so no
 message describes the future. When the node falls behind (rendering on a loaded machine), late
 messages are dropped and counted rather than queued, with a throttled warning giving the lag.
+Unplugged sensors' messages are still rendered and then discarded: the stream must be consumed
+in order (the event camera and microphone are continuous signals), so a replugged sensor resumes
+mid-episode exactly where it would have been.
+
+Counters in ``stats``: ``published/<name>``, ``dropped/<name>`` (late), ``unplugged/<name>``
+(discarded while unplugged), ``ground_truth``; logged at shutdown.
 """
 from __future__ import annotations
 
