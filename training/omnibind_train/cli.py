@@ -1,0 +1,152 @@
+"""``omnibind-train``: train and export the OmniBind model on the simulated world.
+
+Examples
+--------
+::
+
+    omnibind-train all --config training/configs/sim_default.yaml     # data -> ... -> bundle
+    omnibind-train data --config training/configs/tiny.yaml
+    omnibind-train stage0 --config training/configs/tiny.yaml --set stage0.loop.epochs=5
+    omnibind-train cad --resume auto                                   # continue a CAD run
+    omnibind-train cad --terms in,se                                   # a Table 7 variant
+    omnibind-train af --no-negatives                                   # robustness ablation
+    torchrun --nproc_per_node 2 -m omnibind_train.cli cad --config ...  # DDP (gloo / nccl)
+
+Every subcommand reads the same pipeline YAML (``PipelineConfig``); ``--set key.sub=value``
+overrides any field. Outputs go under the cache directory (see :mod:`omnibind_train.pipeline`).
+A bad config is reported in one line with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_USAGE = 2
+DEFAULT_CONFIG = "training/configs/sim_default.yaml"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"pipeline config YAML (default {DEFAULT_CONFIG})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set cad.loop.epochs=5 (repeatable)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache directory (default: the config's, else $OMNIBIND_CACHE_DIR, "
+                        "$XDG_CACHE_HOME/omnibind_ros or ~/.cache/omnibind_ros)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the config's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _resumable(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", default=None, metavar="CKPT|auto",
+                   help="resume from a checkpoint directory, or 'auto' for the newest one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="omnibind-train",
+        description="OmniBind training on the simulated world: stage 0 (LiT teacher space), "
+                    "stage I (CAD), stage II (AF), evaluation and bundle export.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {"data": "generate the simulated data set if it is absent",
+             "stage0": "stage 0: LiT image head against the frozen text encoder",
+             "cad": "stage I: cross-modal alignment distillation of the students",
+             "af": "stage II: adaptive fusion head (+ mean/linear/concat baselines)",
+             "eval": "evaluation report (combinations, zero-shot, CAD ablation, robustness)",
+             "export": "export the model bundle the runtime reads",
+             "all": "data -> stage0 -> cad -> af -> eval -> export"}
+    cmds = {name: sub.add_parser(name, help=text, description=text)
+            for name, text in helps.items()}
+    for p in cmds.values():
+        _common(p)
+    for name in ("stage0", "cad", "af"):
+        _resumable(cmds[name])
+    cmds["cad"].add_argument("--terms", default=None,
+                             help="comma-separated CAD loss terms (in,cr,se; default: config)")
+    cmds["af"].add_argument("--no-negatives", action="store_true",
+                            help="train without negative labels (robustness ablation)")
+    cmds["af"].add_argument("--heads", default=None,
+                            help="comma-separated heads to train (af,linear,concat; default all)")
+    cmds["export"].add_argument("--out", type=Path, default=None,
+                                help="bundle directory (default <cache>/bundles/<bundle>)")
+    cmds["all"].add_argument("--skip", default="",
+                             help="comma-separated stages to skip (e.g. export)")
+    return parser
+
+
+def _config(args: argparse.Namespace):  # -> PipelineConfig
+    from .pipeline import PipelineConfig
+
+    overrides = list(args.overrides)
+    if args.cache_dir is not None:
+        overrides.append(f"cache_dir={args.cache_dir}")
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    if args.no_progress:
+        overrides.append("progress=false")
+    if getattr(args, "terms", None):
+        overrides.append(f"cad.terms=[{args.terms}]")
+    if getattr(args, "no_negatives", False):
+        overrides.append("af.negatives=false")
+    if getattr(args, "out", None) is not None:
+        overrides.append(f"export.out={args.out}")
+    return PipelineConfig.from_yaml(args.config, overrides)
+
+
+def _dispatch(args: argparse.Namespace, ws) -> None:
+    from . import pipeline as pl
+
+    cmd = args.command
+    resume = getattr(args, "resume", None)
+    if cmd == "data":
+        print(pl.run_data(ws))
+    elif cmd == "stage0":
+        pl.run_stage0(ws, resume=resume)
+    elif cmd == "cad":
+        pl.run_cad(ws, resume=resume)
+    elif cmd == "af":
+        kinds = args.heads.split(",") if args.heads else None
+        pl.run_af(ws, resume=resume, kinds=kinds)
+    elif cmd == "eval":
+        pl.run_eval(ws)
+    elif cmd == "export":
+        pl.run_export(ws)
+    elif cmd == "all":
+        skip = {s for s in args.skip.split(",") if s}
+        pl.run_all(ws, stages=[s for s in pl.STAGES if s not in skip])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``omnibind-train`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = _config(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"omnibind-train: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    import os
+
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    threads = args.threads or cfg.threads
+    if threads:
+        torch.set_num_threads(threads)
+    from .pipeline import Workspace
+    from .trainers.distributed import cleanup, init_distributed
+
+    dist = init_distributed(cfg.device)
+    try:
+        _dispatch(args, Workspace(cfg, dist))
+    finally:
+        cleanup(dist)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
