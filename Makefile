@@ -11,11 +11,18 @@ PY := $(VENV)/bin/python
 # One implementation of the safe environment (omnibind_ros/ros/env.py), sourced per recipe.
 ROS_SAFE_ENV := source scripts/ros_env.sh &&
 PYTEST_ARGS ?=
+# Extra options of omnibind-bringup for `make demo`, e.g. DEMO_ARGS=--no-ui.
+DEMO_ARGS ?=
+# Exits 0 when the default model bundle (<cache>/bundles/default) exists.
+HAVE_BUNDLE := $(PY) -c 'import sys; from omnibind_ros.core.bundle import default_bundle_dir; \
+	sys.exit(not (default_bundle_dir() / "bundle.yaml").is_file())'
 
-.PHONY: setup demo test preview dataset bench lint clean help
+.PHONY: setup demo demo-world test preview dataset bench lint clean help
 
 help:
-	@echo "make demo     set up if needed, then run the demo on the simulated world"
+	@echo "make demo     set up (and build the default model bundle) if needed, then run"
+	@echo "              perception on the simulated sensors through a hot-plug scenario"
+	@echo "make demo-world  stream the simulated world through the preprocessing only"
 	@echo "make test     set up if needed, then run the test suite"
 	@echo "make preview  write a PNG grid of every simulated modality"
 	@echo "make dataset  generate the default simulated data set into the cache"
@@ -25,7 +32,14 @@ help:
 setup:
 	@bash scripts/setup.sh
 
+# The default bundle takes minutes to train on a CPU, once; later demos start in seconds.
 demo: setup
+	@$(HAVE_BUNDLE) || { echo "[demo] no default model bundle yet: building it (once)"; \
+		$(PY) -m omnibind_train.cli all --config training/configs/sim_default.yaml; }
+	@$(ROS_SAFE_ENV) $(PY) -m omnibind_ros.tools.bringup --scenario hotplug_demo --duration 40 \
+		$(DEMO_ARGS)
+
+demo-world: setup
 	@$(ROS_SAFE_ENV) $(PY) -m omnibind_ros.tools.demo
 
 test: setup

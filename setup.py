@@ -30,6 +30,7 @@ setup(
             "omnibind-demo = omnibind_ros.tools.demo:main",
             "omnibind-perception = omnibind_ros.ros.perception_node:main",
             "omnibind-sim-sensors = omnibind_ros.ros.sim_sensors_node:main",
+            "omnibind-bringup = omnibind_ros.tools.bringup:main",
         ],
     },
 )
