@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import copy
 import itertools
 import json
 import math
@@ -447,6 +448,23 @@ class Monitor:
         return rows, view, truth_then or truth, kind
 
 
+def _retrieve_late_errors(executor: Any) -> None:
+    """Collect the errors of callbacks that were running when the executor shut down.
+
+    rclpy (9.1) ``Executor.shutdown`` does not wait for callbacks in flight (it tests
+    ``_is_shutdown`` right after setting it) and destroys its guard condition under them, so a
+    callback finishing then raises InvalidHandle; nothing retrieves that error and its Task
+    prints "The following exception was never retrieved" when collected. Those are expected and
+    dropped here; any other late error is reported.
+    """
+    from rclpy.exceptions import InvalidHandle
+
+    for task in list(getattr(executor, "_futures", ())):  # handlers the pool ran
+        error = task.exception() if task.done() else None  # exception() marks it retrieved
+        if error is not None and not isinstance(error, InvalidHandle):
+            print(f"omnibind-bringup: a callback failed at shutdown: {error!r}", file=sys.stderr)
+
+
 @dataclass
 class BringupOptions:
     """What ``omnibind-bringup`` runs (the CLI options; see :func:`build_parser`)."""
@@ -500,6 +518,8 @@ class Bringup:
         self.realtime_factor = 1.0
         self._t0: float | None = None
         self._wall_s = 0.0
+        self._end_s: float | None = None
+        self._plan: list[Phase] = []
         self._summary: dict[str, Any] | None = None
 
     # -- start ---------------------------------------------------------------------------------
@@ -580,6 +600,9 @@ class Bringup:
             if self.duration_s is None:
                 self.duration_s = scenario.duration_s or (
                     max((e.t for e in scenario.events), default=0.0) + TAIL_AFTER_LAST_EVENT_S)
+        if scenario is not None and self.duration_s is not None:  # the view shows phase ends
+            plan = PhaseTimeline(copy.deepcopy(scenario), list(self.sim.sensors))
+            self._plan = plan.phases(self.duration_s)
         self.scoreboard = Scoreboard(PhaseTimeline(scenario, list(self.sim.sensors)),
                                      transition_s=self.opts.transition_s,
                                      period_s=self.sim.period_s)
@@ -605,6 +628,8 @@ class Bringup:
     def snapshot(self, log_tail: Sequence[str] = ()) -> LiveState:
         t = self.t_s()
         phase = self.scoreboard.phase_now(t)
+        planned = [p for p in self._plan if p.start_s == phase.start_s]
+        phase = planned[0] if planned else phase
         rows, rec, truth, kind = self.monitor.view() if self.monitor else ([], None, "", "")
         total = self.scoreboard.total
         wall = time.monotonic() - self._t0 if self._t0 else 0.0
@@ -622,19 +647,25 @@ class Bringup:
 
     # -- stop ----------------------------------------------------------------------------------
 
-    def close(self) -> dict[str, Any]:
-        """Stop the executor, score, destroy the nodes, shut rclpy down; idempotent."""
-        if self._summary is not None:
-            return self._summary
-        end_s = self.t_s()
+    def halt(self) -> None:
+        """Stop the executor and join its thread (nothing runs or logs afterwards)."""
+        if self._end_s is not None:
+            return
+        self._end_s = self.t_s()
         self._wall_s = time.monotonic() - self._t0 if self._t0 else 0.0
-        clean = True
         if self.executor is not None:
             self.executor.shutdown(timeout_sec=10.0)  # before destroy_node: never spin those
+            _retrieve_late_errors(self.executor)
         if self.thread is not None:
             self.thread.join(timeout=10.0)
-            clean = not self.thread.is_alive()
-        summary = self._summary_dict(end_s, clean)
+
+    def close(self) -> dict[str, Any]:
+        """Halt, score, destroy the nodes, shut rclpy down; idempotent."""
+        if self._summary is not None:
+            return self._summary
+        self.halt()
+        clean = self.thread is None or not self.thread.is_alive()
+        summary = self._summary_dict(self._end_s, clean)
         for node in (self.sim, self.monitor_node, self.perception):
             if node is not None:
                 node.destroy_node()
@@ -714,6 +745,7 @@ def _run_live(app: Bringup, stop: threading.Event, console: Any) -> Path:
         app.spin()
         while not stop.wait(_REFRESH_S) and not app.done():
             live.update(render_live(app.snapshot(logs.tail())))
+        app.halt()  # while fd 2 still goes to the file: the nodes log until they stop
         live.update(render_live(app.snapshot(logs.tail())))
     return path
 
