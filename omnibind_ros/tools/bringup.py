@@ -740,13 +740,16 @@ def _run_live(app: Bringup, stop: threading.Event, console: Any) -> Path:
     from rich.live import Live
 
     path = _log_path()
-    with _StderrToFile(path) as logs, Live(render_live(app.snapshot()), console=console,
-                                          refresh_per_second=4, redirect_stderr=False) as live:
+    def frame(tail: Sequence[str] = ()) -> Any:
+        return render_live(app.snapshot(tail), console.width)
+
+    with _StderrToFile(path) as logs, Live(frame(), console=console, refresh_per_second=4,
+                                          redirect_stderr=False) as live:
         app.spin()
         while not stop.wait(_REFRESH_S) and not app.done():
-            live.update(render_live(app.snapshot(logs.tail())))
+            live.update(frame(logs.tail()))
         app.halt()  # while fd 2 still goes to the file: the nodes log until they stop
-        live.update(render_live(app.snapshot(logs.tail())))
+        live.update(frame(logs.tail()))
     return path
 
 

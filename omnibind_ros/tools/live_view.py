@@ -95,16 +95,17 @@ def _clock(state: LiveState) -> str:
 # ---------------------------------------------------------------------------------------------
 # live screen
 
-def _sensor_table(rows: Sequence[SensorRow]) -> Any:
+def _sensor_table(rows: Sequence[SensorRow], width: int) -> Any:
     from rich.table import Table
 
     table = Table(title="sensors", title_justify="left", expand=False, pad_edge=False)
+    # One line per sensor: the reason (the long column) gets what the others leave of the
+    # terminal (~100 columns) and is cut with an ellipsis rather than wrapped.
     for col, justify in (("sensor", "left"), ("modality", "left"), ("state", "left"),
                          ("rate Hz", "right"), ("age s", "right"), ("pubs", "right"),
                          ("fused", "center"), ("alone says", "left"), ("reason", "left")):
-        # One line per sensor: the reason is the long one and is cut, not wrapped.
         table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis",
-                         max_width=70 if col == "reason" else None)
+                         max_width=max(12, width - 100) if col == "reason" else None)
     for r in rows:
         rate = f"{_fmt(r.rate_hz, '.1f')}/{_fmt(r.expected_hz, '.3g')}"
         table.add_row(r.name, r.modality, f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]",
@@ -143,14 +144,16 @@ def _recognition_panel(state: LiveState) -> Any:
     return Panel(grid, title="recognition", title_align="left", border_style="cyan")
 
 
-def render_live(state: LiveState) -> Any:
-    """One frame: header line, sensor table, recognition panel, the newest log lines."""
+def render_live(state: LiveState, width: int = 120) -> Any:
+    """One frame for a terminal ``width`` columns wide: header line, sensor table, recognition
+    panel, the newest log lines."""
     from rich.console import Group
     from rich.text import Text
 
     header = Text.assemble((state.title + "  ", "bold"), _clock(state), "   phase: ",
                            (state.phase or "-", "bold cyan"), f"  {_range(state.phase_range)}")
-    parts: list[Any] = [header, _sensor_table(state.sensors), _recognition_panel(state)]
+    parts: list[Any] = [header, _sensor_table(state.sensors, width),
+                        _recognition_panel(state)]
     if state.log_tail:
         parts.append(Text("\n".join(state.log_tail), style="dim", overflow="ellipsis",
                           no_wrap=True))
@@ -166,7 +169,8 @@ def status_line(state: LiveState) -> str:
         answer = "no answer"
     else:
         mark = VERDICT_MARK.get(state.verdict, VERDICT_MARK[""])[0]
-        answer = f"{rec.best_label} {rec.best_score:.2f} {mark} ({len(rec.sensors)} sensors)"
+        n = len(rec.sensors)
+        answer = f"{rec.best_label} {rec.best_score:.2f} {mark} ({n} sensor{'s' * (n != 1)})"
     live = sum(r.state == "LIVE" for r in state.sensors)
     others = ", ".join(f"{r.name} {r.state}" for r in state.sensors if r.state != "LIVE")
     sensors = f"live {live}/{len(state.sensors)}" + (f" ({others})" if others else "")
@@ -199,15 +203,15 @@ def render_summary(summary: dict[str, Any]) -> list[Any]:
 
     s = summary
     head = Text.assemble(
-        ("omnibind-bringup summary", "bold"),
-        f"  {s['duration_s']:.1f} s of stream ({s['wall_s']:.1f} s wall)",
-        f", scenario {s['scenario'] or 'none'}\n",
+        ("omnibind-bringup summary: ", "bold"),
+        f"{s['duration_s']:.1f} s of stream ({s['wall_s']:.1f} s wall), "
+        f"scenario {s['scenario'] or 'none'}\n",
         f"recognitions: {s['recognitions']} ({s['recognitions_per_s']:.1f}/s), "
         f"ticks answered {_pct(s['answered_fraction'])}\n",
         "accuracy vs ground truth: ", (_pct(s["accuracy"]), "bold"),
-        f" of {s['scored']} scored (top-{s['top_k'] or 'k'} {_pct(s['top_k_accuracy'])}); "
-        f"{s['transition']} in transition (< {s['transition_s']:g} s after an object change, "
-        f"not scored), {s['unscored']} without ground truth")
+        f" of {s['scored']} scored, top-{s['top_k'] or 'k'} {_pct(s['top_k_accuracy'])}\n",
+        f"not scored: {s['transition']} in transition (< {s['transition_s']:g} s after an "
+        f"object change), {s['unscored']} without ground truth")
     parts: list[Any] = [head]
     if s["phases"]:
         parts.append(_phase_table(s["phases"], s["top_k"]))
