@@ -331,38 +331,27 @@ def trunk_encode_fn(encoder: torch.nn.Module, device: torch.device | str = "cpu"
     return encode
 
 
+_ORT_SESSIONS: dict[str, Any] = {}
+
+
 def onnx_trunk_encode_fn(encoder: torch.nn.Module, onnx_path: Path, example: np.ndarray, *,
                          atol: float = 1e-3) -> Callable[[list[Any]], torch.Tensor] | None:
     """ONNX Runtime version of :func:`trunk_encode_fn` for an image-like frozen trunk.
 
-    The trunk is exported once to ``onnx_path`` (dynamic batch); the session is checked against
-    torch on ``example`` (``[B, ...]`` preprocessed inputs) and None is returned when
-    onnxruntime is missing, the export fails or the outputs differ by more than ``atol``, so the
-    caller falls back to torch.
+    The trunk is exported once to ``onnx_path`` (dynamic batch; one file and one session per
+    trunk config, shared by the modalities that use it); the session is checked against torch
+    on ``example`` (``[B, ...]`` preprocessed inputs) and None is returned when onnxruntime is
+    missing, the export fails or the outputs differ by more than ``atol``, so the caller falls
+    back to torch.
     """
     import warnings
 
     try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    x = torch.from_numpy(np.ascontiguousarray(example))
-    try:
-        if not onnx_path.exists():
-            onnx_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = onnx_path.with_name(f".{onnx_path.name}.tmp.{os.getpid()}")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(encoder.trunk.eval(), (x,), str(tmp), input_names=["x"],
-                                  output_names=["features"], dynamic_axes={"x": {0: "batch"}},
-                                  opset_version=17, dynamo=False)
-            os.replace(tmp, onnx_path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(onnx_path), options,
-                                       providers=["CPUExecutionProvider"])
+        session = _ort_session(encoder, onnx_path, example)
     except Exception as exc:  # noqa: BLE001 - any export/runtime failure means: use torch
         warnings.warn(f"ONNX Runtime trunk unavailable ({exc}); using torch", stacklevel=2)
+        return None
+    if session is None:
         return None
 
     def encode(inputs: list[Any]) -> torch.Tensor:
@@ -370,11 +359,38 @@ def onnx_trunk_encode_fn(encoder: torch.nn.Module, onnx_path: Path, example: np.
         return torch.from_numpy(session.run(None, {"x": batch})[0])
 
     with torch.inference_mode():
-        reference = encoder.encode_trunk(x).float()
+        reference = encoder.encode_trunk(torch.from_numpy(np.ascontiguousarray(example))).float()
     if not torch.allclose(encode(list(example)), reference, atol=atol, rtol=1e-3):
         warnings.warn("ONNX Runtime trunk differs from torch; using torch", stacklevel=2)
         return None
     return encode
+
+
+def _ort_session(encoder: torch.nn.Module, onnx_path: Path, example: np.ndarray) -> Any:
+    """The (cached) ONNX Runtime session of ``encoder.trunk``, exporting it if needed."""
+    import warnings
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    if str(onnx_path) in _ORT_SESSIONS:
+        return _ORT_SESSIONS[str(onnx_path)]
+    if not onnx_path.exists():
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = onnx_path.with_name(f".{onnx_path.name}.tmp.{os.getpid()}")
+        x = torch.from_numpy(np.ascontiguousarray(example))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(encoder.trunk.eval(), (x,), str(tmp), input_names=["x"],
+                              output_names=["features"], dynamic_axes={"x": {0: "batch"}},
+                              opset_version=17, dynamo=False)
+        os.replace(tmp, onnx_path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    _ORT_SESSIONS[str(onnx_path)] = session
+    return session
 
 
 def _prepare(job: FeatureJob, samples: Sequence[Any], start: int

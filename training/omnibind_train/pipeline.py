@@ -56,7 +56,14 @@ from .models.encoders import ModalityEncoder
 from .models.fusion import MODALITY_SLOTS
 from .models.registry import DEFAULT_ENCODERS, EncoderConfig, build_encoder, get_encoder_config
 from .trainers.af import AFConfig, FusionData, fused_accuracy, train_fusion
-from .trainers.cad import ABLATION_VARIANTS, CADConfig, StudentData, train_cad
+from .trainers.cad import (
+    ABLATION_VARIANTS,
+    CADConfig,
+    StudentData,
+    crossfit_embeddings,
+    embed_values,
+    train_cad,
+)
 from .trainers.checkpoint import load_checkpoint, load_trainable_state
 from .trainers.common import ConfigBase, derive_seed
 from .trainers.distributed import DistInfo, barrier, single_process
@@ -297,11 +304,21 @@ class Workspace:
 
     # -- encoders ------------------------------------------------------------------------------
 
-    def new_encoder(self, modality: str) -> ModalityEncoder:
-        """A fresh encoder: pretrained trunk, head initialised from (seed, modality)."""
+    def new_encoder(self, modality: str, *, pretrained: bool = True) -> ModalityEncoder:
+        """A fresh encoder, head initialised from (seed, modality).
+
+        ``pretrained=False`` skips loading the frozen trunk's weights: enough wherever only the
+        head runs on cached trunk features (training, embedding cached features), never for
+        raw inputs or export. Trainable trunks are built the same either way.
+        """
         torch.manual_seed(derive_seed(self.cfg.seed, "init", modality))
-        enc = build_encoder(self.encoder_configs[modality], load_weights=True)
+        cfg = self.encoder_configs[modality]
+        enc = build_encoder(cfg, load_weights=pretrained or not cfg.trunk.frozen)
         return enc.to(self.dist.device)
+
+    def training_encoder(self, modality: str) -> ModalityEncoder:
+        """:meth:`new_encoder` for training on cached features (no pretrained trunk load)."""
+        return self.new_encoder(modality, pretrained=False)
 
     @cached_property
     def text_encoder(self) -> ModalityEncoder:
@@ -412,9 +429,10 @@ class Workspace:
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
 
-    def load_encoder(self, modality: str) -> ModalityEncoder:
-        """An encoder with its trained weights (stage 0 for image, CAD for students)."""
-        enc = self.new_encoder(modality)
+    def load_encoder(self, modality: str, *, pretrained: bool = True) -> ModalityEncoder:
+        """An encoder with its trained weights (stage 0 for image, CAD for students);
+        ``pretrained=False`` as in :meth:`new_encoder` (head-only use)."""
+        enc = self.new_encoder(modality, pretrained=pretrained)
         if modality == "text":
             return enc.eval()
         stage = "stage0" if modality == "image" else "cad"
@@ -442,17 +460,25 @@ class Workspace:
         raw["fusion"] = {**raw["fusion"], "kind": kind, "dim": self.embed_dim}
         return AFConfig.from_dict(raw)
 
-    def embed(self, encoder: ModalityEncoder, fs: FeatureSet, *, batch: int = 256
-              ) -> torch.Tensor:
+    def embed(self, encoder: ModalityEncoder, fs: FeatureSet) -> torch.Tensor:
         """Unit embeddings ``[N, D]`` of cached features (frozen trunk) or inputs (trainable)."""
-        out = []
-        values = fs.values[0]
-        with torch.no_grad():
-            for start in range(0, values.shape[0], batch):
-                x = values[start:start + batch].float().to(self.dist.device)
-                out.append((encoder.encode_features(x) if encoder.trunk_frozen
-                            else encoder(x)).cpu())
-        return torch.cat(out)
+        return embed_values(encoder, fs.values[0], device=self.dist.device)
+
+    def oof_path(self) -> Path:
+        """Out-of-fold student embeddings of the training split (CAD cross-fitting)."""
+        return self.stage_dir("cad") / "oof-train.safetensors"
+
+    def _oof_embeddings(self) -> dict[str, torch.Tensor] | None:
+        """The CAD stage's out-of-fold embeddings if they belong to its final checkpoint."""
+        from safetensors import safe_open
+
+        path = self.oof_path()
+        if not path.exists():
+            return None
+        with safe_open(str(path), framework="pt") as f:
+            if f.metadata().get("cad") != _file_digest(self.stage_dir("cad") / "final"):
+                return None
+            return {k: f.get_tensor(k) for k in f.keys()}
 
     def fusion_data(self, split: str) -> tuple[FusionData, dict[str, torch.Tensor]]:
         """Frozen embeddings of every modality on a student split (cached on disk)."""
@@ -460,17 +486,21 @@ class Workspace:
             return self._fusion[split]
         modalities = list(MODALITY_SLOTS)
         feats = self.features("student", split, modalities)
+        oof = self._oof_embeddings() if split == "train" else None
         key = hash_json({"features": {m: feats[m].key for m in modalities},
                          "stage0": _file_digest(self.stage_dir("stage0") / "final"),
-                         "cad": _file_digest(self.stage_dir("cad") / "final")})
+                         "cad": _file_digest(self.stage_dir("cad") / "final"),
+                         "oof": _digest(self.oof_path()) if oof else None})
         path = self.run_dir / "embeddings" / f"student-{split}-{key}.safetensors"
         if path.exists():
             from safetensors.torch import load_file
 
             emb = load_file(str(path))
         else:
-            emb = {m: self.embed(self.load_encoder(m), feats[m]) if m != "text"
-                   else self.text_embeddings("student", split)[0] for m in modalities}
+            emb = {m: oof[m] if oof and m in oof
+                   else self.embed(self.load_encoder(m, pretrained=False), feats[m])
+                   if m != "text" else self.text_embeddings("student", split)[0]
+                   for m in modalities}
             if self.dist.is_main:
                 from safetensors.torch import save_file
 
@@ -484,13 +514,18 @@ class Workspace:
         return self._fusion[split]
 
 
-def _file_digest(directory: Path) -> str:
-    path = directory / "weights.safetensors"
+def _digest(path: Path) -> str:
+    """16 hex chars of a file's SHA-256 ("missing" if absent)."""
     if not path.exists():
         return "missing"
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _file_digest(directory: Path) -> str:
+    """Digest of a checkpoint directory's weights."""
+    return _digest(directory / "weights.safetensors")
 
 
 def zero_shot(emb: torch.Tensor, labels: torch.Tensor, label_emb: torch.Tensor,
@@ -531,7 +566,7 @@ def run_stage0(ws: Workspace, *, resume: str | None = None) -> dict[str, float]:
     text, text_valid = ws.text_embeddings("teacher", "train")
     val = ws.features("teacher", "val", ["image"])["image"]
     val_labels, label_emb = ws.labels("teacher", "val"), ws.label_embeddings
-    encoder = ws.new_encoder("image")
+    encoder = ws.training_encoder("image")
 
     def evaluate(step: int) -> dict[str, float]:
         return {"zero_shot_image": zero_shot(ws.embed(encoder, val), val_labels, label_emb,
@@ -550,7 +585,7 @@ def _cad_inputs(ws: Workspace, students: Sequence[str]
                 ) -> tuple[dict[str, StudentData], torch.Tensor, torch.Tensor, torch.Tensor]:
     feats = ws.features("student", "train", [*students, "image", "text"])
     text, text_valid = ws.text_embeddings("student", "train")
-    image = ws.embed(ws.load_encoder("image"), feats["image"])
+    image = ws.embed(ws.load_encoder("image", pretrained=False), feats["image"])
     data = {m: StudentData(feats[m].values, feats[m].valid) for m in students}
     return data, text, image, text_valid & feats["image"].valid
 
@@ -569,7 +604,30 @@ def run_cad(ws: Workspace, *, resume: str | None = None) -> dict[str, float]:
     metrics = train_cad_variant(ws, ws.cfg.cad, out_dir=ws.stage_dir("cad"), resume=resume)
     _say(ws, "[cad] val zero-shot top-1: " + ", ".join(
         f"{m} {v:.3f}" for m, v in metrics.items()))
+    if ws.cfg.cad.crossfit_folds >= 2:
+        run_crossfit(ws)
     return metrics
+
+
+def run_crossfit(ws: Workspace) -> Path:
+    """Out-of-fold student embeddings of the training split for stage II (see
+    ``CADConfig.crossfit_folds``), saved next to the CAD checkpoint."""
+    cfg = ws.cfg.cad
+    data, text, image, teacher_valid = _cad_inputs(ws, cfg.students)
+    oof = crossfit_embeddings(lambda: {m: ws.training_encoder(m) for m in cfg.students}, data,
+                              text, image, teacher_valid, ws.labels("student", "train"),
+                              cfg.replace(loop=cfg.loop.replace(ckpt_every=0, eval_every=0)),
+                              seed=derive_seed(ws.cfg.seed, "crossfit") % 2 ** 31,
+                              dist=ws.dist, progress=ws.progress)
+    if ws.dist.is_main:
+        from safetensors.torch import save_file
+
+        save_file({m: e.contiguous() for m, e in oof.items()}, str(ws.oof_path()),
+                  metadata={"cad": _file_digest(ws.stage_dir("cad") / "final"),
+                            "folds": str(cfg.crossfit_folds)})
+    barrier(ws.dist)
+    _say(ws, f"[cad] out-of-fold embeddings ({cfg.crossfit_folds} folds): {ws.oof_path()}")
+    return ws.oof_path()
 
 
 def train_cad_variant(ws: Workspace, cfg: CADConfig, *, out_dir: Path | None,
@@ -578,7 +636,7 @@ def train_cad_variant(ws: Workspace, cfg: CADConfig, *, out_dir: Path | None,
     """Train fresh students with ``cfg`` (writing to ``out_dir`` unless None); evaluate them."""
     ws.ensure_data()
     data, text, image, teacher_valid = _cad_inputs(ws, cfg.students)
-    encoders = {m: ws.new_encoder(m) for m in cfg.students}
+    encoders = {m: ws.training_encoder(m) for m in cfg.students}
 
     def evaluate(step: int) -> dict[str, float]:
         return student_accuracy(ws, encoders, eval_split)
@@ -678,9 +736,9 @@ def run_eval(ws: Workspace) -> dict[str, Path]:
     _say(ws, "[eval] zero-shot top-1: " + ", ".join(
         f"{m} {v:.3f}" for m, v in results["zero_shot"].items()))
     if ws.cfg.evaluation.ablation.enabled:
-        results["cad_ablation"] = run_cad_ablation(ws)
+        results["cad_ablation"] = _timed(ws, "eval.cad_ablation", lambda: run_cad_ablation(ws))
     if ws.cfg.evaluation.robustness.enabled:
-        results["robustness"] = run_robustness(ws)
+        results["robustness"] = _timed(ws, "eval.robustness", lambda: run_robustness(ws))
     results["meta"] = _meta(ws, data)
     if not ws.dist.is_main:
         return {}

@@ -51,11 +51,26 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 if value is None:
                     return None
                 continue
-            if dataclasses.is_dataclass(arg) and isinstance(value, Mapping):
+            if (dataclasses.is_dataclass(arg) and isinstance(value, Mapping)) \
+                    or (arg in (float, int) and isinstance(value, str)):
                 return _convert(arg, value, where)
         return value
+    args = typing.get_args(tp)
     if origin is tuple and isinstance(value, (list, tuple)):
+        if len(args) == len(value):
+            return tuple(_convert(a, v, where) for a, v in zip(args, value, strict=True))
         return tuple(value)
+    if origin is list and isinstance(value, (list, tuple)) and args:
+        return [_convert(args[0], v, where) for v in value]
+    if origin is dict and isinstance(value, Mapping) and len(args) == 2:
+        return {k: _convert(args[1], v, where) for k, v in value.items()}
+    if tp in (float, int) and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-3" (no dot) as a string
+            return tp(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     return value
 
 
