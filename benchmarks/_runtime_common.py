@@ -112,6 +112,7 @@ class SensorSpec:
     message_type: str
     expected_rate_hz: float
     sim_rate_hz: float
+    stale_after: float = 2.5
 
     @property
     def period_ms(self) -> float:
@@ -127,7 +128,8 @@ def sensor_specs() -> list[SensorSpec]:
     return [SensorSpec(n, ours[f"sensors.{n}.modality"], ours[f"sensors.{n}.topic"],
                        ours[f"sensors.{n}.message_type"],
                        float(ours[f"sensors.{n}.expected_rate_hz"]),
-                       float(sim.get(f"sensors.{n}.rate_hz", float("nan"))))
+                       float(sim.get(f"sensors.{n}.rate_hz", float("nan"))),
+                       float(ours.get(f"sensors.{n}.stale_after", 2.5)))
             for n in ours["sensors"]]
 
 
@@ -576,13 +578,15 @@ def _logit_scale(bundle: Any) -> float:
 # -- child processes -----------------------------------------------------------------------------
 
 def child_main(kind: str, bundle: str, stats_path: Path, overrides: Sequence[str],
-               slop_s: float, queue_size: int, executor: str, instrument: bool = True) -> int:
+               slop_s: float, queue_size: int, executor: str, instrument: bool = True,
+               tracemalloc_after_s: float = 0.0) -> int:
     """Body of ``bench_runtime.py _child``: run one node under test until stdin says stop.
 
     Prints ``READY`` once the node is active, ``FAILED <reason>`` if it cannot start; on a line
     on stdin (or EOF) writes its stage timings to ``stats_path`` and exits.
     """
     rec = StageRecorder()
+    tracer = _HeapTracer(tracemalloc_after_s) if tracemalloc_after_s > 0 else None
     rig = Rig([PERCEPTION_YAML])
     node: Node
     try:
@@ -600,11 +604,43 @@ def child_main(kind: str, bundle: str, stats_path: Path, overrides: Sequence[str
             rig.add(node, "single")  # the common set-up: rclpy.spin, callbacks in order
         print("READY", flush=True)
         sys.stdin.readline()
-        extra = {"emitted": getattr(node, "emitted", None)}
+        extra: dict[str, Any] = {"emitted": getattr(node, "emitted", None)}
+        if tracer is not None:
+            extra["tracemalloc"] = tracer.report()
         stats_path.write_text(json.dumps({"stages": rec.snapshot(), "extra": extra}))
     finally:
         rig.close()
     return 0
+
+
+class _HeapTracer:
+    """Diagnosis: Python allocation sites that grew between ``after_s`` and the end."""
+
+    def __init__(self, after_s: float) -> None:
+        import tracemalloc
+
+        self._tm = tracemalloc
+        tracemalloc.start(4)
+        self._first: Any = None
+        self._timer = threading.Timer(after_s, self._snap)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _snap(self) -> None:
+        self._first = self._tm.take_snapshot()
+
+    def report(self, top: int = 25) -> dict[str, Any]:
+        self._timer.cancel()
+        last = self._tm.take_snapshot()
+        first = self._first or last
+        filters = [self._tm.Filter(False, self._tm.__file__)]
+        first, last = first.filter_traces(filters), last.filter_traces(filters)
+        diff = last.compare_to(first, "traceback")[:top]
+        return {"traced_mb_warm": sum(s.size for s in first.statistics("filename")) / 2**20,
+                "traced_mb_end": sum(s.size for s in last.statistics("filename")) / 2**20,
+                "top": [[" <- ".join(f"{Path(f.filename).name}:{f.lineno}"
+                                     for f in reversed(d.traceback)),
+                         d.size_diff / 1024, d.count_diff] for d in diff]}
 
 
 def _autostart(node: Any) -> None:

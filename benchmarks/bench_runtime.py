@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     common.add_argument("--warmup", type=float, default=5.0, help="s before measuring")
     common.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="perception parameter override, e.g. fusion.rate_hz=0")
+    common.add_argument("--node-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment variable of the perception child process "
+                             "(two-process layouts), e.g. OPENBLAS_NUM_THREADS=1")
     common.add_argument("--large-messages", action="store_true",
                         help="load the Fast DDS shared-memory profile (launch large_messages)")
     common.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -89,6 +93,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=2.0)
     p.add_argument("--rss-warmup", type=float, default=30.0,
                    help="s after start left out of the RSS slope (arenas and caches fill)")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="diagnosis: trace Python allocations in the perception process and "
+                        "print the sites that grew after --rss-warmup (slows the node)")
     p.add_argument("--scenario", default="hotplug_demo.yaml",
                    help="scenario during the soak ('' = all sensors stay plugged)")
     p = sub.add_parser("_child", help=argparse.SUPPRESS)
@@ -100,6 +107,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queue-size", type=int, default=10)
     p.add_argument("--executor", default="multi")
     p.add_argument("--no-instrument", action="store_true")
+    p.add_argument("--tracemalloc-after", type=float, default=0.0)
     return parser.parse_args(argv)
 
 
@@ -164,6 +172,8 @@ class Session:
         # the receiver spins alone, so a long simulator tick never delays a receive stamp
         self.receiver = self.rig.add(rc.Receiver(self.rig.context, labels), "single")
         self.instrument = instrument
+        # a traced heap takes minutes to snapshot and compare at the end
+        self.stop_timeout_s = 600.0 if getattr(args, "tracemalloc", False) else 30.0
         try:
             self._start(args, env, workdir, bundle, ours_in_process, baseline, scenario)
         except BaseException:
@@ -177,6 +187,8 @@ class Session:
         overrides += ["--executor", args.executor]
         if not self.instrument:
             overrides.append("--no-instrument")
+        if getattr(args, "tracemalloc", False):
+            overrides += ["--tracemalloc-after", str(args.rss_warmup)]
         if ours_in_process:
             if self.instrument:
                 rc.instrument_perception(self.recorder)
@@ -186,7 +198,9 @@ class Session:
                 rc.Parameter("bundle_path", value=str(bundle)), *rc.parse_overrides(args.set)])
             self.rig.add(self.ours, args.executor, before_spin=lambda: rc._autostart(self.ours))
         else:
-            self.children[rc.OURS] = rc.Child(SCRIPT, rc.OURS, bundle, env, workdir, overrides)
+            node_env = dict(env, **dict(item.split("=", 1) for item in args.node_env))
+            self.children[rc.OURS] = rc.Child(SCRIPT, rc.OURS, bundle, node_env, workdir,
+                                              overrides)
         if baseline:
             self.children[rc.BASELINE] = rc.Child(
                 SCRIPT, rc.BASELINE, bundle, env, workdir,
@@ -233,7 +247,7 @@ class Session:
 
     def close(self) -> None:
         for kind, child in self.children.items():
-            self.stats[kind] = child.stop()
+            self.stats[kind] = child.stop(timeout_s=self.stop_timeout_s)
         self.children_logs = {k: str(c.log_path) for k, c in self.children.items()}
         self.rig.close()
 
@@ -249,6 +263,8 @@ def sleep_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float =
 
 def header(args: argparse.Namespace, bundle_desc: str, layout: str) -> dict[str, Any]:
     layout += f"; perception executor: {args.executor}"
+    if args.node_env:
+        layout += f"; perception env: {' '.join(args.node_env)}"
     info = {"command": args.command, "bundle": bundle_desc, "layout": layout,
             "overrides": args.set, "loadavg_start": [round(x, 2) for x in os.getloadavg()],
             "cpus": os.cpu_count(), "domain_id": os.environ.get("ROS_DOMAIN_ID")}
@@ -444,11 +460,12 @@ def run_hotplug(args: argparse.Namespace, env: dict[str, str], workdir: Path, bu
     names = [n for n in args.sensors.split(",") if n]
     session = Session(args, env, workdir, bundle, ours_in_process=not args.two_process)
     events: list[dict[str, Any]] = []
+    rng = random.Random(0)
     try:
         time.sleep(args.warmup)
         for cycle in range(args.cycles):
             for name in names:
-                events.append(hotplug_cycle(session, name, cycle, args.hold))
+                events.append(hotplug_cycle(session, name, cycle, args.hold, rng))
     finally:
         session.close()
     result = analyse_hotplug(session, events)
@@ -469,14 +486,20 @@ def _command_time(session: Session, name: str, enabled: bool, since: int) -> int
     return None
 
 
-def hotplug_cycle(session: Session, name: str, cycle: int, hold_s: float) -> dict[str, Any]:
-    """Unplug ``name``, wait until it leaves fusion, replug, wait until it is back."""
+def hotplug_cycle(session: Session, name: str, cycle: int, hold_s: float,
+                  rng: random.Random) -> dict[str, Any]:
+    """Unplug ``name``, wait until it leaves fusion, replug, wait until it is back.
+
+    Each command waits a random 0-0.5 s first: the waits end on a received Recognition, so
+    without it every command would come at the same phase of the fusion timer and the
+    reaction times would be biased by that phase instead of spread over it."""
     event: dict[str, Any] = {"sensor": name, "cycle": cycle}
     now = time.time_ns()
     if not sleep_until(lambda: bool(_included(session, name, now)), 10.0):
         event["error"] = "not included before the unplug"
         return event
     for enabled in (False, True):
+        time.sleep(rng.uniform(0.0, 0.5))
         asked = time.time_ns()
         session.control.set_enabled(name, enabled)
         sleep_until(lambda e=enabled, a=asked: _command_time(session, name, e, a) is not None,
@@ -534,6 +557,7 @@ def analyse_hotplug(session: Session, events: list[dict[str, Any]]) -> dict[str,
                   + stage_summary(stages, f"{spec.modality}/encode", 0, 2**63)["p50"])
         per_sensor[name] = {
             "period_ms": spec.period_ms, "sim_period_ms": 1e3 / spec.sim_rate_hz,
+            "stale_after_periods": spec.stale_after,
             "encode_ms": encode,
             "include_target_ms": spec.period_ms + encode,
             **{k: rc.summary([e[k] for e in evs if k in e]) for k in (
@@ -551,7 +575,8 @@ def print_hotplug(res: dict[str, Any], session: Session) -> None:
         ex, inc = s["exclude_ms"], s["include_ms"]
         ex_ok = ex["max"] <= TARGET_EXCLUDE_PERIODS * s["period_ms"]
         in_ok = inc["max"] <= s["include_target_ms"]
-        rows.append([name, s["period_ms"], s["sim_period_ms"], ex["n"], ex["p50"], ex["max"],
+        rows.append([name, s["period_ms"], s["sim_period_ms"], s["stale_after_periods"],
+                     ex["n"], ex["p50"], ex["max"],
                      s["exclude_periods"]["max"], s["exclude_from_last_msg_ms"]["p50"],
                      rc.verdict(ex_ok), inc["p50"], inc["max"], s["include_periods"]["max"],
                      s["replug_to_first_msg_ms"]["p50"], s["replug_to_first_callback_ms"]["p50"],
@@ -561,7 +586,8 @@ def print_hotplug(res: dict[str, Any], session: Session) -> None:
             misses.append(name + (f" ({'; '.join(s['errors'])})" if s["errors"] else ""))
     rc.print_table(
         "Hot-plug reaction (ms; periods = the node's expected_rate_hz period; worst case "
-        "judged)", ["sensor", "period", "sim per", "n", "unplug>out p50", "max", "max per",
+        "judged; stale = the node's stale_after, periods)",
+        ["sensor", "period", "sim per", "stale", "n", "unplug>out p50", "max", "max per",
                     "last msg>out", "<=3 per", "replug>in p50", "max", "max per",
                     "replug>pub", ">node cb", ">emb", "target", "<=1 per+enc"], rows)
     print(f"\nRESULT hotplug: {len(res['per_sensor']) - len(misses)} of "
@@ -751,10 +777,11 @@ def analyse_soak(session: Session, sampler: Any, warmup_s: float, end: int) -> d
             "rss_after_warmup_mb": float(rss[steady][0]) if steady.any() else float("nan"),
             "rss_end_mb": float(rss[-1]), "rss_max_mb": float(rss.max()),
             "rss_slope_mb_per_min": slope, "rss_slope_all_mb_per_min": slope_all,
+            "rss_growth_last_half_mb": float(rss[-1] - rss[len(rss) // 2]) if len(rss) else 0.0,
             "cpu_mean_pct": float(cpu.mean()),
             "cpu_max_pct": float(cpu.max()),
             "series": [[round(a, 1), round(b, 1), round(c, 2)] for a, b, c in samples]}
-    recs = session.records()
+    recs = session.rc.records_between(session.records(), session.t0_ns, end)
     secs = (end - session.t0_ns) / 1e9
     out["recognitions_per_s"] = len(recs) / secs
     out["answered_per_s"] = sum(r.answered for r in recs) / secs
@@ -772,6 +799,13 @@ def print_soak(res: dict[str, Any], session: Session) -> None:
     rc.print_table(f"Soak (RSS MB; slope = least squares after {res['warmup_s']:g} s; CPU % of "
                    "one core)", ["process", "n", "RSS start", "after warm", "end", "max",
                                  "MB/min", "MB/min all", "CPU mean", "CPU max"], rows)
+    traced = session.stats.get("ours", {}).get("extra", {}).get("tracemalloc")
+    if traced:
+        print(f"\ntracemalloc (Python heap of the perception process): "
+              f"{traced['traced_mb_warm']:.1f} MB after warm-up -> {traced['traced_mb_end']:.1f}"
+              " MB at the end; biggest growth by allocation site:")
+        for site, kib, count in traced["top"][:12]:
+            print(f"  {kib:+9.1f} KiB {count:+7d} blocks  {site}")
     ours = next(p for n, p in res["processes"].items() if n.startswith("ours"))
     series = ours["series"]
     rows = [s for i, s in enumerate(series) if i % 10 == 0 or i == len(series) - 1]
@@ -779,7 +813,8 @@ def print_soak(res: dict[str, Any], session: Session) -> None:
     slope = ours["rss_slope_mb_per_min"]
     print(f"\nRESULT soak: perception RSS {ours['rss_start_mb']:.1f} -> {ours['rss_end_mb']:.1f} "
           f"MB (max {ours['rss_max_mb']:.1f}), slope after {res['warmup_s']:g} s "
-          f"{slope:+.2f} MB/min (flat if <= "
+          f"{slope:+.2f} MB/min, {ours['rss_growth_last_half_mb']:+.1f} MB over the last half "
+          f"(flat if the slope <= "
           f"{RSS_SLOPE_TOLERANCE_MB_MIN:g}: {rc.verdict(slope <= RSS_SLOPE_TOLERANCE_MB_MIN)}), "
           f"CPU mean {ours['cpu_mean_pct']:.0f}% of one core; "
           f"{res['answered_per_s']:.1f} answered recognitions/s", flush=True)
@@ -798,7 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import _runtime_common as rc
 
         return rc.child_main(args.kind, args.bundle, args.stats, args.set, args.slop,
-                             args.queue_size, args.executor, not args.no_instrument)
+                             args.queue_size, args.executor, not args.no_instrument,
+                             args.tracemalloc_after)
     workdir = Path(tempfile.mkdtemp(prefix="omnibind_bench_runtime_"))
     try:
         env = setup_env(args, workdir)
