@@ -143,11 +143,14 @@ class ExportConfig(ConfigBase):
     bundle : bundle name: ``<cache>/bundles/<bundle>``.
     out : explicit output directory (overrides ``bundle``).
     sample_batch : real preprocessed test samples per modality handed over for parity checks.
+    exporter : ONNX exporter passed to ``export_bundle`` (``"auto"``, ``"dynamo"``,
+        ``"torchscript"``).
     """
 
     bundle: str = "default"
     out: str | None = None
     sample_batch: int = 2
+    exporter: str = "auto"
 
 
 @dataclass
@@ -658,7 +661,11 @@ def run_af(ws: Workspace, *, resume: str | None = None,
     val, _ = ws.fusion_data("val")
     label_emb = ws.label_embeddings
     metrics: dict[str, float] = {}
-    for kind in kinds or ["af", *ws.cfg.baselines]:
+    kinds = list(kinds or ["af", *ws.cfg.baselines])
+    if resume not in (None, "auto") and len([k for k in kinds if k != "mean"]) > 1:
+        raise ValueError("resuming from a checkpoint path needs one head (--heads af); "
+                         "use --resume auto to resume every head from its own run directory")
+    for kind in kinds:
         cfg = ws.fusion_config(kind)
         torch.manual_seed(derive_seed(ws.cfg.seed, "init-fusion", kind))
         head = cfg.fusion.build().to(ws.dist.device)
@@ -802,7 +809,7 @@ def run_export(ws: Workspace) -> Path | None:
         label_embeddings=ws.label_embeddings,
         preprocess_configs=dict(ws.preprocess_configs), provenance=provenance,
         sample_inputs=sample_inputs(ws, modalities, max(2, ws.cfg.export.sample_batch)),
-        threads=torch.get_num_threads())
+        exporter=ws.cfg.export.exporter, threads=torch.get_num_threads())
     _say(ws, f"[export] bundle: {path}")
     return Path(path)
 
