@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="bundle directory (default <cache>/bundles/<bundle>)")
     cmds["all"].add_argument("--skip", default="",
                              help="comma-separated stages to skip (e.g. export)")
+    for name in ("data", "all"):
+        cmds[name].add_argument("--overwrite-data", action="store_true",
+                                help="regenerate the data set if the one in the cache was made "
+                                     "from another config or simulator version")
     return parser
 
 
@@ -103,7 +107,7 @@ def _dispatch(args: argparse.Namespace, ws) -> None:
     cmd = args.command
     resume = getattr(args, "resume", None)
     if cmd == "data":
-        print(pl.run_data(ws))
+        print(pl.run_data(ws, overwrite=args.overwrite_data))
     elif cmd == "stage0":
         pl.run_stage0(ws, resume=resume)
     elif cmd == "cad":
@@ -117,7 +121,8 @@ def _dispatch(args: argparse.Namespace, ws) -> None:
         pl.run_export(ws)
     elif cmd == "all":
         skip = {s for s in args.skip.split(",") if s}
-        pl.run_all(ws, stages=[s for s in pl.STAGES if s not in skip])
+        pl.run_all(ws, stages=[s for s in pl.STAGES if s not in skip],
+                   overwrite_data=args.overwrite_data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -108,10 +108,31 @@ def resolve_path(path: str | os.PathLike[str], *, must_exist: bool = True) -> Pa
 
 
 def ensure_dataset(cfg: DataConfig, cache_dir: str | os.PathLike[str] | None, *,
-                   progress: bool = True) -> Path:
-    """Generate the data set if it is absent or partial (resumes); return its root."""
-    return generate(cfg.dataset_config(), cache_dir, root=cfg.dataset_root(cache_dir),
-                    workers=cfg.workers, progress=progress)
+                   progress: bool = True, overwrite: bool = False) -> Path:
+    """Generate the data set if it is absent or partial (resumes); return its root.
+
+    A data set of another config at the same place is an error (``ValueError``), and one
+    rendered by other simulator code is kept with a warning, unless ``overwrite``: then either
+    is deleted and regenerated (a current data set is never regenerated).
+    """
+    import warnings
+
+    kwargs = {"root": cfg.dataset_root(cache_dir), "workers": cfg.workers,
+              "progress": progress}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            root = generate(cfg.dataset_config(), cache_dir, **kwargs)
+        except ValueError:
+            if not overwrite:
+                raise
+            return generate(cfg.dataset_config(), cache_dir, overwrite=True, **kwargs)
+    stale = [w for w in caught if "simulator code" in str(w.message)]
+    if stale and overwrite:
+        return generate(cfg.dataset_config(), cache_dir, overwrite=True, **kwargs)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return root
 
 
 def dataset_fingerprint(root: str | os.PathLike[str]) -> str:

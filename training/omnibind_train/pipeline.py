@@ -245,11 +245,13 @@ class Workspace:
 
     # -- data ----------------------------------------------------------------------------------
 
-    def ensure_data(self) -> Path:
-        """Generate the data set if absent (rank 0), then return its root on every rank."""
+    def ensure_data(self, *, overwrite: bool = False) -> Path:
+        """Generate the data set if absent (rank 0), then return its root on every rank;
+        ``overwrite`` regenerates a data set of another config (or simulator version)."""
         if not self._data_ready:
             if self.dist.is_main:
-                ensure_dataset(self.cfg.data, self.cache_dir, progress=self.progress)
+                ensure_dataset(self.cfg.data, self.cache_dir, progress=self.progress,
+                               overwrite=overwrite)
             barrier(self.dist)
             self._data_ready = True
         return self.dataset_root
@@ -557,9 +559,9 @@ def _say(ws: Workspace, message: str) -> None:
         print(message, flush=True)
 
 
-def run_data(ws: Workspace) -> Path:
-    """Generate the simulated data set if it is absent."""
-    return ws.ensure_data()
+def run_data(ws: Workspace, *, overwrite: bool = False) -> Path:
+    """Generate the simulated data set if it is absent (``overwrite``: regenerate it)."""
+    return ws.ensure_data(overwrite=overwrite)
 
 
 def run_stage0(ws: Workspace, *, resume: str | None = None) -> dict[str, float]:
@@ -814,11 +816,12 @@ def run_export(ws: Workspace) -> Path | None:
     return Path(path)
 
 
-def run_all(ws: Workspace, *, stages: Sequence[str] = STAGES) -> dict[str, float]:
+def run_all(ws: Workspace, *, stages: Sequence[str] = STAGES,
+            overwrite_data: bool = False) -> dict[str, float]:
     """Run ``stages`` in order with timings; returns the per-stage wall times (s)."""
     t0 = time.perf_counter()
     runners: dict[str, Callable[[], Any]] = {
-        "data": lambda: run_data(ws), "stage0": lambda: run_stage0(ws),
+        "data": lambda: run_data(ws, overwrite=overwrite_data), "stage0": lambda: run_stage0(ws),
         "cad": lambda: run_cad(ws), "af": lambda: run_af(ws), "eval": lambda: run_eval(ws),
         "export": lambda: run_export(ws)}
     for stage in stages:

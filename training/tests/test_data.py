@@ -159,3 +159,29 @@ def test_label_embeddings_average_prompts(text_encoder) -> None:
     one = label_embeddings(text_encoder, names, {**cfg, "prompt_templates": ["a photo of a {}."]})
     assert not torch.allclose(one, emb)
     assert (emb @ emb.T - torch.eye(3)).max() < 0.99
+
+
+def test_overwrite_regenerates_only_a_stale_data_set(tmp_path) -> None:
+    import json
+    import warnings
+
+    from omnibind_train.data import ensure_dataset
+
+    cfg = DataConfig(dataset={"name": "ow", "teacher_train": 2, "teacher_val": 1,
+                              "student_train": 2, "student_val": 1, "student_test": 1,
+                              "workers": 1})
+    root = ensure_dataset(cfg, tmp_path, progress=False)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert ensure_dataset(cfg, tmp_path, progress=False, overwrite=True) == root
+    assert json.loads((root / "manifest.json").read_text())["last_run"]["samples"] == 0
+    (root / "manifest.json").write_text(json.dumps({**manifest, "code_fingerprint": "old"}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ensure_dataset(cfg, tmp_path, progress=False)
+    assert any("simulator code" in str(w.message) for w in caught)
+    ensure_dataset(cfg, tmp_path, progress=False, overwrite=True)
+    assert json.loads((root / "manifest.json").read_text())["code_fingerprint"] != "old"
+    other = DataConfig(dataset={**cfg.dataset, "seed": 3})
+    with pytest.raises(ValueError, match="another config"):
+        ensure_dataset(other, tmp_path, progress=False)
+    ensure_dataset(other, tmp_path, progress=False, overwrite=True)
