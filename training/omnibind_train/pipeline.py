@@ -507,16 +507,25 @@ class Workspace:
                    if m != "text" else self.text_embeddings("student", split)[0]
                    for m in modalities}
             if self.dist.is_main:
-                from safetensors.torch import save_file
-
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file({m: e.contiguous() for m, e in emb.items()}, str(path))
+                _save_tensors(path, emb)
         ds = self.dataset("student", split)
         present = {m: feats[m].valid for m in modalities}
         records = [(i, [m.value for m in mods]) for i, mods in ds.modality_free]
         data = FusionData.build(emb, present, self.labels("student", split), records)
         self._fusion[split] = (data, emb)
         return self._fusion[split]
+
+
+def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor],
+                  metadata: Mapping[str, str] | None = None) -> None:
+    """safetensors file written atomically (other ranks may be reading the path)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp),
+              metadata=dict(metadata or {}))
+    os.replace(tmp, path)
 
 
 def _digest(path: Path) -> str:
@@ -625,11 +634,8 @@ def run_crossfit(ws: Workspace) -> Path:
                               seed=derive_seed(ws.cfg.seed, "crossfit") % 2 ** 31,
                               dist=ws.dist, progress=ws.progress)
     if ws.dist.is_main:
-        from safetensors.torch import save_file
-
-        save_file({m: e.contiguous() for m, e in oof.items()}, str(ws.oof_path()),
-                  metadata={"cad": _file_digest(ws.stage_dir("cad") / "final"),
-                            "folds": str(cfg.crossfit_folds)})
+        _save_tensors(ws.oof_path(), oof, {"cad": _file_digest(ws.stage_dir("cad") / "final"),
+                                           "folds": str(cfg.crossfit_folds)})
     barrier(ws.dist)
     _say(ws, f"[cad] out-of-fold embeddings ({cfg.crossfit_folds} folds): {ws.oof_path()}")
     return ws.oof_path()

@@ -63,3 +63,27 @@ def test_two_gloo_ranks_train_identically(tmp_path) -> None:
     # the run under DDP halves the steps per epoch (each rank sees half the samples)
     single = torch.load(tmp_path / "rank0.pt", weights_only=True)["stage0"]["steps"]
     assert single == 6 * ((120 // WORLD) // 25)
+
+
+@pytest.mark.slow
+def test_torchrun_cli_runs_the_stages_on_two_ranks(tmp_path_factory) -> None:
+    """``torchrun --nproc_per_node 2 -m omnibind_train.cli all`` (data -> AF) on tiny data: every
+    stage reads checkpoints rank 0 has just written, so this catches missing barriers."""
+    import subprocess
+    import sys
+
+    from _tiny import REPO, TINY_CONFIG, tiny_cache
+
+    cache = tiny_cache(tmp_path_factory)
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "omnibind_train.cli", "all", "--config", str(TINY_CONFIG), "--cache-dir",
+           str(cache), "--no-progress", "--threads", "1", "--skip", "eval,export",
+           "--set", "name=torchrun"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = cache / "runs" / "torchrun"
+    for stage in ("stage0/final", "cad/final", "af/af/final", "af/linear/final"):
+        assert (run / stage / "weights.safetensors").exists(), stage
+    assert out.stdout.count("[af] val fused top-1") == 1  # only rank 0 reports

@@ -32,7 +32,7 @@ from .checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from .distributed import DistInfo, autocast, single_process
+from .distributed import DistInfo, autocast, barrier, single_process
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -438,6 +438,7 @@ class TrainLoop:
                 self._log({f"eval/{k}": v for k, v in result.metrics.items()})
             if self.run_dir is not None:
                 self.save(self.run_dir / "final", {"metrics": result.metrics})
+            barrier(self.dist)  # later stages on every rank read what rank 0 just wrote
         finally:
             bar.close()
             self.close()

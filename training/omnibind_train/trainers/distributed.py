@@ -101,10 +101,15 @@ def wrap_ddp(module: nn.Module, dist: DistInfo) -> nn.Module:
     module.to(dist.device)
     if not dist.is_distributed or not any(p.requires_grad for p in module.parameters()):
         return module
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [dist.local_rank] if dist.device.type == "cuda" else None
-    return DDP(module, device_ids=ids, broadcast_buffers=False)
+    params = inspect.signature(DDP.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params \
+        else {"broadcast_buffers": False}  # the older name (deprecated in newer torch)
+    return DDP(module, device_ids=ids, **no_sync)
 
 
 def autocast(dist: DistInfo, enabled: bool = True) -> Any:
