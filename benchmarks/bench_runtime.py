@@ -89,6 +89,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="s of scenario (default: one cycle of the scenario)")
     p.add_argument("--slop", type=float, default=0.1, help="sync slop, s (message_filters')")
     p.add_argument("--queue-size", type=int, default=10, help="sync queue size per topic")
+    p.add_argument("--concurrent", action="store_true",
+                   help="run both nodes at once (they then compete for the CPU) instead of "
+                        "one after the other on the same seeded stream")
     p = sub.add_parser("soak", parents=[common], help="CPU and RSS over minutes")
     p.add_argument("--minutes", type=float, default=2.0)
     p.add_argument("--rss-warmup", type=float, default=30.0,
@@ -154,8 +157,8 @@ class Session:
     scenario's t = 0) is when everything under test is ready."""
 
     def __init__(self, args: argparse.Namespace, env: dict[str, str], workdir: Path,
-                 bundle: Path, *, ours_in_process: bool, baseline: bool = False,
-                 scenario: str = "", instrument: bool = True) -> None:
+                 bundle: Path, *, ours_in_process: bool, ours: bool = True,
+                 baseline: bool = False, scenario: str = "", instrument: bool = True) -> None:
         import _runtime_common as rc
 
         self.rc = rc
@@ -168,20 +171,23 @@ class Session:
         level = args.node_log_level
         self.rig = rc.Rig([rc.PERCEPTION_YAML, rc.SIM_YAML], log_levels={
             "omnibind_perception": level, "omnibind_sim_sensors": level})
-        labels = (rc.OURS, rc.BASELINE) if baseline else (rc.OURS,)
+        labels = tuple(label for label, on in ((rc.OURS, ours), (rc.BASELINE, baseline)) if on)
         # the receiver spins alone, so a long simulator tick never delays a receive stamp
         self.receiver = self.rig.add(rc.Receiver(self.rig.context, labels), "single")
         self.instrument = instrument
         # a traced heap takes minutes to snapshot and compare at the end
         self.stop_timeout_s = 600.0 if getattr(args, "tracemalloc", False) else 30.0
         try:
-            self._start(args, env, workdir, bundle, ours_in_process, baseline, scenario)
+            self._start(args, env, workdir, bundle, ours_in_process if ours else None, baseline,
+                        scenario)
         except BaseException:
             self.close()
             raise
 
     def _start(self, args: argparse.Namespace, env: dict[str, str], workdir: Path,
-               bundle: Path, ours_in_process: bool, baseline: bool, scenario: str) -> None:
+               bundle: Path, ours_in_process: bool | None, baseline: bool,
+               scenario: str) -> None:
+        """``ours_in_process``: True here, False in a child, None not at all."""
         rc = self.rc
         overrides = [a for item in args.set for a in ("--set", item)]
         overrides += ["--executor", args.executor]
@@ -197,7 +203,7 @@ class Session:
             self.ours = PerceptionNode(context=self.rig.context, parameter_overrides=[
                 rc.Parameter("bundle_path", value=str(bundle)), *rc.parse_overrides(args.set)])
             self.rig.add(self.ours, args.executor, before_spin=lambda: rc._autostart(self.ours))
-        else:
+        elif ours_in_process is False:
             node_env = dict(env, **dict(item.split("=", 1) for item in args.node_env))
             self.children[rc.OURS] = rc.Child(SCRIPT, rc.OURS, bundle, node_env, workdir,
                                               overrides)
@@ -220,8 +226,8 @@ class Session:
 
     @property
     def pids(self) -> dict[str, int]:
-        pids = {"driver(sim+receiver" + ("" if self.children.get("ours") else "+ours") + ")":
-                os.getpid()}
+        here = "+ours" if getattr(self, "ours", None) is not None else ""
+        pids = {f"driver(sim+receiver{here})": os.getpid()}
         pids.update({f"{k} node": c.pid for k, c in self.children.items()})
         return pids
 
@@ -608,11 +614,37 @@ def scenario_duration(name: str) -> float:
 def run_baseline(args: argparse.Namespace, env: dict[str, str], workdir: Path, bundle: Path,
                  bundle_desc: str) -> dict[str, Any]:
     duration = args.duration or scenario_duration(args.scenario)
-    info = header(args, bundle_desc, "three processes: sim+receiver | ours | baseline")
+    layout = ("at once, three processes: sim+receiver | ours | baseline" if args.concurrent else
+              "one after the other on the same seeded stream and scenario: sim+receiver | ours,"
+              " then sim+receiver | baseline")
+    info = header(args, bundle_desc, layout)
     print(f"scenario {args.scenario}, {duration:.0f} s; baseline: approximate time sync over "
           f"the stamped sensors, slop {args.slop} s, queue {args.queue_size}", flush=True)
-    session = Session(args, env, workdir, bundle, ours_in_process=False, baseline=True,
-                      scenario=args.scenario)
+    if args.concurrent:
+        run = scenario_run(args, env, workdir, bundle, duration, ours=True, baseline=True)
+        runs = {"ours": run, "baseline": run}
+    else:
+        runs = {"ours": scenario_run(args, env, workdir, bundle, duration, ours=True),
+                "baseline": scenario_run(args, env, workdir, bundle, duration, baseline=True)}
+    result = analyse_baseline(runs, args)
+    cpu, seen = {}, set()
+    for label, (_, _, sampler) in runs.items():
+        if id(sampler) not in seen:  # one sampler when both ran at once
+            seen.add(id(sampler))
+            prefix = "" if args.concurrent else f"{label} run, "
+            cpu.update({prefix + n: sampler.mean_cpu(n) for n in sampler.samples})
+    result.update(info, scenario=args.scenario, slop_s=args.slop, queue_size=args.queue_size,
+                  cpu_mean_pct=cpu, loadavg_end=list(os.getloadavg()))
+    print_baseline(result, runs["ours"][0])
+    return result
+
+
+def scenario_run(args: argparse.Namespace, env: dict[str, str], workdir: Path, bundle: Path,
+                 duration: float, *, ours: bool = False,
+                 baseline: bool = False) -> tuple[Session, int, Any]:
+    """The simulator with the scenario for ``duration`` s in front of the chosen nodes."""
+    session = Session(args, env, workdir, bundle, ours_in_process=False, ours=ours,
+                      baseline=baseline, scenario=args.scenario)
     try:
         sampler = session.rc.ProcessSampler(session.pids)
         sampler.start()
@@ -621,12 +653,7 @@ def run_baseline(args: argparse.Namespace, env: dict[str, str], workdir: Path, b
         sampler.stop()
     finally:
         session.close()
-    result = analyse_baseline(session, args, end)
-    result.update(info, scenario=args.scenario, slop_s=args.slop, queue_size=args.queue_size,
-                  cpu_mean_pct={n: sampler.mean_cpu(n) for n in sampler.samples},
-                  loadavg_end=list(os.getloadavg()))
-    print_baseline(result, session)
-    return result
+    return session, end, sampler
 
 
 def _fusion_param(args: argparse.Namespace, name: str) -> Any:
@@ -662,17 +689,22 @@ def segments(session: Session, start: int, end: int) -> list[dict[str, Any]]:
     return [s for s in spans if s["end"] - s["start"] >= 0.5e9]
 
 
-def analyse_baseline(session: Session, args: argparse.Namespace, end: int) -> dict[str, Any]:
+def analyse_baseline(runs: dict[str, tuple[Session, int, Any]],
+                     args: argparse.Namespace) -> dict[str, Any]:
+    """Segments from the plug commands of ours' run; the baseline's run is read at the same
+    offsets from its own start (the scenario runs on stream time, which starts with the run)."""
+    (session, end, _), (b_session, b_end, _) = runs["ours"], runs["baseline"]
     rc = session.rc
     rate = float(_fusion_param(args, "fusion.rate_hz"))
     min_mod = int(_fusion_param(args, "fusion.min_modalities"))
     stamped = [s.name for s in rc.sensor_specs() if s.has_header]
-    start = session.t0_ns + round(args.warmup * 1e9)
+    start, shift = session.t0_ns + round(args.warmup * 1e9), b_session.t0_ns - session.t0_ns
     rows = []
-    for span in segments(session, start, end):
+    for span in segments(session, start, min(end, b_end - shift)):
         secs = (span["end"] - span["start"]) / 1e9
         ours = rc.records_between(session.records(rc.OURS), span["start"], span["end"])
-        base = rc.records_between(session.records(rc.BASELINE), span["start"], span["end"])
+        base = rc.records_between(b_session.records(rc.BASELINE), span["start"] + shift,
+                                  span["end"] + shift)
         answered = sum(r.answered for r in ours)
         rows.append({
             "t_start_s": (span["start"] - session.t0_ns) / 1e9,
@@ -686,8 +718,9 @@ def analyse_baseline(session: Session, args: argparse.Namespace, end: int) -> di
                                        if r.answered]),
             "baseline_e2e_ms": rc.summary([(r.recv_ns - r.stamp_ns) / 1e6 for r in base])})
     return {"segments": rows, "fusion_rate_hz": rate, "min_modalities": min_mod,
-            "baseline_emit_ms": stage_summary(session.stats.get("baseline", {}).get(
-                "stages", {}), "baseline/emit", start, end),
+            "concurrent": bool(args.concurrent),
+            "baseline_emit_ms": stage_summary(b_session.stats.get("baseline", {}).get(
+                "stages", {}), "baseline/emit", 0, 2**63),
             "totals": _baseline_totals(rows, min_mod)}
 
 
@@ -772,11 +805,15 @@ def analyse_soak(session: Session, sampler: Any, warmup_s: float, end: int) -> d
         slope = (float(np.polyfit(t[steady], rss[steady], 1)[0] * 60.0)
                  if steady.sum() >= 3 else float("nan"))
         slope_all = float(np.polyfit(t, rss, 1)[0] * 60.0) if t.size >= 3 else float("nan")
+        half = t >= t[len(t) // 2] if t.size else t.astype(bool)
+        slope_half = (float(np.polyfit(t[half], rss[half], 1)[0] * 60.0)
+                      if half.sum() >= 3 else float("nan"))
         out["processes"][name] = {
             "samples": len(samples), "rss_start_mb": float(rss[0]),
             "rss_after_warmup_mb": float(rss[steady][0]) if steady.any() else float("nan"),
             "rss_end_mb": float(rss[-1]), "rss_max_mb": float(rss.max()),
             "rss_slope_mb_per_min": slope, "rss_slope_all_mb_per_min": slope_all,
+            "rss_slope_last_half_mb_per_min": slope_half,
             "rss_growth_last_half_mb": float(rss[-1] - rss[len(rss) // 2]) if len(rss) else 0.0,
             "cpu_mean_pct": float(cpu.mean()),
             "cpu_max_pct": float(cpu.max()),
@@ -794,11 +831,13 @@ def print_soak(res: dict[str, Any], session: Session) -> None:
     rows = []
     for name, p in res["processes"].items():
         rows.append([name, p["samples"], p["rss_start_mb"], p["rss_after_warmup_mb"],
-                     p["rss_end_mb"], p["rss_max_mb"], p["rss_slope_mb_per_min"],
-                     p["rss_slope_all_mb_per_min"], p["cpu_mean_pct"], p["cpu_max_pct"]])
-    rc.print_table(f"Soak (RSS MB; slope = least squares after {res['warmup_s']:g} s; CPU % of "
-                   "one core)", ["process", "n", "RSS start", "after warm", "end", "max",
-                                 "MB/min", "MB/min all", "CPU mean", "CPU max"], rows)
+                     p["rss_end_mb"], p["rss_max_mb"], p["rss_slope_all_mb_per_min"],
+                     p["rss_slope_mb_per_min"], p["rss_slope_last_half_mb_per_min"],
+                     p["cpu_mean_pct"], p["cpu_max_pct"]])
+    rc.print_table(f"Soak (RSS MB; slopes MB/min by least squares over the whole run, after "
+                   f"{res['warmup_s']:g} s, over the last half; CPU % of one core)",
+                   ["process", "n", "RSS start", "after warm", "end", "max", "slope all",
+                    "after warm", "last half", "CPU mean", "CPU max"], rows)
     traced = session.stats.get("ours", {}).get("extra", {}).get("tracemalloc")
     if traced:
         print(f"\ntracemalloc (Python heap of the perception process): "
@@ -810,12 +849,13 @@ def print_soak(res: dict[str, Any], session: Session) -> None:
     series = ours["series"]
     rows = [s for i, s in enumerate(series) if i % 10 == 0 or i == len(series) - 1]
     rc.print_table("perception process every 10 s", ["t (s)", "CPU %", "RSS MB"], rows)
-    slope = ours["rss_slope_mb_per_min"]
+    slope = ours["rss_slope_last_half_mb_per_min"]
     print(f"\nRESULT soak: perception RSS {ours['rss_start_mb']:.1f} -> {ours['rss_end_mb']:.1f} "
-          f"MB (max {ours['rss_max_mb']:.1f}), slope after {res['warmup_s']:g} s "
-          f"{slope:+.2f} MB/min, {ours['rss_growth_last_half_mb']:+.1f} MB over the last half "
-          f"(flat if the slope <= "
-          f"{RSS_SLOPE_TOLERANCE_MB_MIN:g}: {rc.verdict(slope <= RSS_SLOPE_TOLERANCE_MB_MIN)}), "
+          f"MB (max {ours['rss_max_mb']:.1f}); slope after {res['warmup_s']:g} s "
+          f"{ours['rss_slope_mb_per_min']:+.2f} MB/min, over the last half {slope:+.2f} MB/min "
+          f"({ours['rss_growth_last_half_mb']:+.1f} MB; flat if <= "
+          f"{RSS_SLOPE_TOLERANCE_MB_MIN:g} MB/min: "
+          f"{rc.verdict(slope <= RSS_SLOPE_TOLERANCE_MB_MIN)}); "
           f"CPU mean {ours['cpu_mean_pct']:.0f}% of one core; "
           f"{res['answered_per_s']:.1f} answered recognitions/s", flush=True)
 
