@@ -409,12 +409,25 @@ class Rig:
         # shut the executors down and join them before destroying nodes (never spin a dead node)
         for ex, _, _ in reversed(self._spinners):
             ex.shutdown(timeout_sec=10.0)
-        for _, thread, _ in self._spinners:
+        for ex, thread, _ in self._spinners:
             if thread is not None:
                 thread.join(timeout=10.0)
+            _retrieve_late_errors(ex)
         for _, _, node in reversed(self._spinners):
             node.destroy_node()
         rclpy.shutdown(context=self.context)
+
+
+def _retrieve_late_errors(executor: Any) -> None:
+    """rclpy 9.1's shutdown does not wait for callbacks in flight; one finishing afterwards
+    raises InvalidHandle, which nobody retrieves, and its Task prints "The following exception
+    was never retrieved" when collected. Retrieve those (expected); report any other."""
+    from rclpy.exceptions import InvalidHandle
+
+    for task in list(getattr(executor, "_futures", ())):
+        error = task.exception() if task.done() else None  # exception() marks it retrieved
+        if error is not None and not isinstance(error, InvalidHandle):
+            print(f"a callback failed at shutdown: {error!r}", file=sys.stderr)
 
 
 # -- the baseline: approximate time sync over every sensor --------------------------------------
