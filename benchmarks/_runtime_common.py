@@ -732,14 +732,38 @@ class Child:
 
 # -- process sampling ----------------------------------------------------------------------------
 
+class _ProcProcess:
+    """The two psutil.Process calls the sampler makes, from /proc (Linux)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._last: tuple[float, float] | None = None
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def cpu_percent(self, interval: None = None) -> float:
+        """% of one core since the previous call (0.0 on the first), like psutil's."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        cpu_s = (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+        now, last = time.monotonic(), self._last
+        self._last = (now, cpu_s)
+        return 0.0 if last is None else 100.0 * (cpu_s - last[1]) / max(now - last[0], 1e-9)
+
+    def memory_info(self) -> Any:
+        rss_pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
+        return type("MemoryInfo", (), {"rss": rss_pages * self._page})()
+
+
 class ProcessSampler:
     """CPU% (100 = one core) and RSS of some processes, sampled every ``period_s`` seconds."""
 
     def __init__(self, pids: dict[str, int], period_s: float = 1.0) -> None:
-        import psutil
-
+        try:
+            from psutil import Process
+        except ImportError:  # psutil is no project dependency: read /proc instead
+            Process = _ProcProcess  # noqa: N806
         self.period_s = period_s
-        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._procs = {name: Process(pid) for name, pid in pids.items()}
         self.samples: dict[str, list[tuple[float, float, float]]] = {n: [] for n in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
