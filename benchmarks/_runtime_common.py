@@ -361,14 +361,20 @@ class SimControl:
 
 # -- the in-process rig -----------------------------------------------------------------------
 
-EXECUTORS = ("multi", "single")
+EXECUTORS = ("multi", "rclpy-multi", "single")
 
 
 def make_executor(kind: str, context: Context) -> Any:
-    """``multi``: MultiThreadedExecutor(4), what omnibind_perception's main() uses; ``single``:
+    """``multi``: PoolSafeExecutor(4), what omnibind_perception's main() uses; ``rclpy-multi``:
+    rclpy's own MultiThreadedExecutor(4), which floods its pool on rclpy 9.x (see
+    omnibind_ros/ros/executor.py); ``single``:
     what rclpy.spin uses (the simulator's main). (rclpy.experimental.EventsExecutor of Kilted
     was tried: the perception node under it ran no callback at all, so it is not offered.)"""
     if kind == "multi":
+        from omnibind_ros.ros.executor import PoolSafeExecutor
+
+        return PoolSafeExecutor(num_threads=4, context=context)
+    if kind == "rclpy-multi":
         return MultiThreadedExecutor(num_threads=4, context=context)
     if kind == "single":
         return SingleThreadedExecutor(context=context)

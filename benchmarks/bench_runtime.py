@@ -56,9 +56,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     src.add_argument("--tiny", action="store_true", help="use a random tiny bundle (quick runs)")
     common.add_argument("--two-process", action="store_true",
                         help="perception node in a process of its own (latency, hotplug)")
-    common.add_argument("--executor", choices=("multi", "single"), default="multi",
-                        help="executor of the perception node; multi = MultiThreadedExecutor(4)"
-                             " as omnibind_perception's main() (default)")
+    common.add_argument("--executor", choices=("multi", "rclpy-multi", "single"), default="multi",
+                        help="executor of the perception node; multi = PoolSafeExecutor(4) as "
+                             "omnibind_perception's main() (default); rclpy-multi = rclpy's "
+                             "MultiThreadedExecutor(4), for comparison")
     common.add_argument("--warmup", type=float, default=5.0, help="s before measuring")
     common.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="perception parameter override, e.g. fusion.rate_hz=0")

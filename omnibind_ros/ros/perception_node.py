@@ -31,10 +31,12 @@ def __getattr__(name: str) -> Any:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console entry: spin one PerceptionNode in a MultiThreadedExecutor until shut down."""
+    """Console entry: spin one PerceptionNode in a multi-threaded executor until shut down."""
     ensure_safe_ros_env()
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
+
+    from omnibind_ros.ros.executor import PoolSafeExecutor
 
     from omnibind_ros.ros.perception_lifecycle import PerceptionNode
 
@@ -44,7 +46,7 @@ def main(args: list[str] | None = None) -> int:
             # Encoders run in the sensors' own worker threads; the executor runs only cheap
             # callbacks, timers and services, so 4 threads keep the fusion tick and the status
             # independent of a burst of sensor callbacks.
-            executor = MultiThreadedExecutor(num_threads=4)
+            executor = PoolSafeExecutor(num_threads=4)
             executor.add_node(node)
             try:
                 if node.get_parameter("autostart").value and not node.autostart():

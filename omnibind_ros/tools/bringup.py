@@ -2,7 +2,7 @@
 
 The launch system is not installable from PyPI, so this is the pip user's (and ``make demo``'s)
 equivalent of ``ros2 launch omnibind_ros perception.launch.py``: the same nodes, from the same
-configuration, spun by one MultiThreadedExecutor::
+configuration, spun by one multi-threaded executor (omnibind_ros.ros.executor)::
 
     omnibind-bringup                                  # perception + simulated sensors; Ctrl-C
     omnibind-bringup --scenario hotplug_demo          # scripted hot-plug; stops after 40 s
@@ -528,10 +528,10 @@ class Bringup:
         """Create the nodes, configure and activate perception, then the simulated sensors."""
         import rclpy
         from rclpy.context import Context
-        from rclpy.executors import MultiThreadedExecutor
         from rclpy.node import Node
         from rclpy.signals import SignalHandlerOptions
 
+        from omnibind_ros.ros.executor import PoolSafeExecutor
         from omnibind_ros.ros.perception_node import PerceptionNode
 
         self.context = Context()
@@ -545,7 +545,7 @@ class Bringup:
         self.monitor_node = Node(MONITOR_NODE, context=self.context, namespace=ns)
         # Encoders run in the perception node's own worker threads; six executor threads keep
         # the fusion tick, the sim's pacing timer and the monitor from waiting on each other.
-        self.executor = MultiThreadedExecutor(num_threads=6, context=self.context)
+        self.executor = PoolSafeExecutor(num_threads=6, context=self.context)
         if self.opts.sim:  # streams only once spun: its clock starts with spin()
             self._start_sim()
         if not self.perception.autostart():

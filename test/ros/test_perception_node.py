@@ -84,7 +84,6 @@ class Harness:
     def __init__(self, ctx: Any, bundle_dir: Path, overrides: list[Any]) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from omnibind_ros.msg import Recognition, SensorStatusArray
-        from rclpy.executors import MultiThreadedExecutor
         from rclpy.parameter import Parameter
 
         from omnibind_ros.ros import qos
@@ -105,7 +104,9 @@ class Harness:
         self.helper.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append,
                                         qos.DIAGNOSTICS)
         self.pubs: dict[str, Any] = {}
-        self.executor = MultiThreadedExecutor(num_threads=4, context=ctx)
+        from omnibind_ros.ros.executor import PoolSafeExecutor
+
+        self.executor = PoolSafeExecutor(num_threads=4, context=ctx)
         self.executor.add_node(self.node)
         self.executor.add_node(self.helper)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -1,0 +1,81 @@
+"""A MultiThreadedExecutor that does not flood its thread pool (rclpy 9.x, ros2/rclpy#1452).
+
+rclpy's ``Executor._wait_for_ready_callbacks`` yields, before waiting, every task that is
+neither executing nor done. In a ``MultiThreadedExecutor`` a task that was *submitted* to the
+thread pool but not yet picked up by a worker is such a task, so the spin thread yields it
+again, submits it again, and does so without ever blocking in the wait set while it holds the
+GIL. Measured here (omnibind-bringup, 2 cores, rclpy 9.1.2 from the Kilted wheels): 2 000-4 000
+duplicate submissions queued at any moment, the fusion timer starved to 3 Hz of its 10 Hz and
+the simulated sensors dropping 90 % of their messages as late. Upstream fixed it in rclpy
+10.0.4 (ros2/rclpy#1547); the Kilted wheels predate that.
+
+:class:`PoolSafeExecutor` submits each task once: a task that comes back while it is still
+queued is not submitted again, and the spin thread waits (releasing the GIL) until some queued
+task starts, instead of spinning. Everything else is rclpy's executor, unchanged.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from rclpy.executors import (
+    ConditionReachedException,
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    ShutdownException,
+    TimeoutException,
+)
+
+__all__ = ["PoolSafeExecutor"]
+
+#: Longest the spin thread waits for a queued task to start before looking again (seconds).
+#: Only bounds the reaction to a shutdown or a new node while every pool thread is busy.
+_QUEUED_WAIT_S = 0.01
+
+
+class PoolSafeExecutor(MultiThreadedExecutor):
+    """``MultiThreadedExecutor`` that never queues a task twice (see the module docstring).
+
+    Parameters are those of :class:`rclpy.executors.MultiThreadedExecutor`.
+    """
+
+    def __init__(self, num_threads: int | None = None, *, context: Any = None,
+                 **kwargs: Any) -> None:
+        super().__init__(num_threads=num_threads, context=context, **kwargs)
+        self._queued: set[int] = set()  # id() of tasks submitted and not yet started
+        self._queue_changed = threading.Condition()
+
+    @property
+    def queued_count(self) -> int:
+        """Tasks submitted to the pool that no worker has started yet (for diagnostics)."""
+        with self._queue_changed:
+            return len(self._queued)
+
+    def _spin_once_impl(self, timeout_sec: Any = None,
+                        wait_condition: Callable[[], bool] = lambda: False) -> None:
+        try:
+            handler, _entity, _node = self.wait_for_ready_callbacks(
+                timeout_sec, None, wait_condition)
+        except (ExternalShutdownException, ShutdownException, TimeoutException,
+                ConditionReachedException):
+            return
+        key = id(handler)
+        with self._queue_changed:
+            if key in self._queued:
+                # Yielded again only because no worker has picked it up yet: let one run.
+                self._queue_changed.wait(_QUEUED_WAIT_S)
+                return
+            self._queued.add(key)
+        self._executor.submit(self._run_queued, handler, key)
+        self._futures.append(handler)
+        for future in self._futures[:]:
+            if future.done():
+                self._futures.remove(future)
+                future.result()  # raise any exception of a callback, as rclpy does
+
+    def _run_queued(self, handler: Callable[[], Any], key: int) -> None:
+        with self._queue_changed:
+            self._queued.discard(key)
+            self._queue_changed.notify_all()
+        handler()
