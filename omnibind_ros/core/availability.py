@@ -74,7 +74,7 @@ import math
 import numbers
 import threading
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from omnibind_ros.core.modalities import parse_modality
 
@@ -305,11 +305,17 @@ class AvailabilityMonitor:
         well above NTP/PTP skew between hosts, well below any timeout that matters).
     now_s : time at which the initial sensors start their startup grace (None: at the first
         clock reading).
+    clock : optional callable returning the current time in seconds. Every method whose
+        ``now_s`` is left as None then reads it *inside the lock*. Use this from multi-threaded
+        callers: a time read outside the lock by a thread that is then descheduled for longer
+        than ``clock_jump_tolerance_s`` would otherwise arrive after a newer reading and look
+        like the clock jumping back (seen on a loaded 2-core CI machine).
     """
 
     def __init__(self, sensors: list[SensorConfig] | tuple[SensorConfig, ...] = (), *,
                  clock_jump_tolerance_s: float = 0.1, max_future_s: float = 0.2,
-                 now_s: float | None = None) -> None:
+                 now_s: float | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         for key, value in (("clock_jump_tolerance_s", clock_jump_tolerance_s),
                            ("max_future_s", max_future_s)):
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
@@ -317,6 +323,7 @@ class AvailabilityMonitor:
         self.clock_jump_tolerance_s = float(clock_jump_tolerance_s)
         self.max_future_s = float(max_future_s)
         self._lock = threading.RLock()
+        self._clock = clock
         self._sensors: dict[str, _Sensor] = {}
         self._pending: list[Transition] = []
         self._last_now: float | None = None
@@ -341,6 +348,7 @@ class AvailabilityMonitor:
         with self._lock:
             if cfg.name in self._sensors:
                 raise ValueError(f"sensor {cfg.name!r} is already monitored")
+            now_s = self._read_clock(now_s, required=False)
             if now_s is not None:
                 self._observe_clock(now_s)
             self._sensors[cfg.name] = _Sensor(cfg, now_s if now_s is not None else self._last_now)
@@ -362,6 +370,7 @@ class AvailabilityMonitor:
         """
         with self._lock:
             sensor = self._get(name)
+            now_s = self._read_clock(now_s, required=False)
             if now_s is not None:
                 self._observe_clock(now_s)
             if enabled and not sensor.enabled:
@@ -392,7 +401,7 @@ class AvailabilityMonitor:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def on_sample(self, name: str, stamp_s: float, now_s: float) -> bool:
+    def on_sample(self, name: str, stamp_s: float, now_s: float | None = None) -> bool:
         """Record a valid message of ``name`` with header stamp ``stamp_s`` received at ``now_s``.
 
         Returns
@@ -402,25 +411,27 @@ class AvailabilityMonitor:
         leftover of a vanished publisher).
         """
         with self._lock:
+            now_s = self._read_clock(now_s)
             sensor = self._get(name)
             self._observe_clock(now_s)
             accepted = self._sample(sensor, float(stamp_s), float(now_s))
             self._commit(sensor, now_s)
             return accepted
 
-    def on_bad_sample(self, name: str, now_s: float, reason: str = "bad sample") -> None:
+    def on_bad_sample(self, name: str, now_s: float | None, reason: str = "bad sample") -> None:
         """Record a message of ``name`` that arrived at ``now_s`` but could not be used.
 
         ``reason`` (e.g. the preprocessing error) is reported while the sensor is DEGRADED.
         """
         with self._lock:
+            now_s = self._read_clock(now_s)
             sensor = self._get(name)
             self._observe_clock(now_s)
             self._maybe_new_session(sensor, now_s)
             self._bad(sensor, now_s, reason or "bad sample")
             self._commit(sensor, now_s)
 
-    def on_publisher_count(self, name: str, count: int, now_s: float) -> None:
+    def on_publisher_count(self, name: str, count: int, now_s: float | None = None) -> None:
         """Record the number of publishers the ROS graph reports on the sensor's topic.
 
         0 makes the sensor LOST at once. A count > 0 after 0 starts a new session: the old
@@ -429,6 +440,7 @@ class AvailabilityMonitor:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"publisher count must be an int >= 0, got {count!r}")
         with self._lock:
+            now_s = self._read_clock(now_s)
             sensor = self._get(name)
             self._observe_clock(now_s)
             previous = sensor.publisher_count
@@ -448,7 +460,7 @@ class AvailabilityMonitor:
 
     # -- queries --------------------------------------------------------------------------------
 
-    def update(self, now_s: float) -> list[Transition]:
+    def update(self, now_s: float | None = None) -> list[Transition]:
         """Re-evaluate every sensor at ``now_s``; return the state changes since the last call.
 
         Changes caused by events (samples, publisher counts, enable/disable, clock resets) are
@@ -456,25 +468,28 @@ class AvailabilityMonitor:
         this call. Each change is returned once.
         """
         with self._lock:
+            now_s = self._read_clock(now_s)
             self._observe_clock(now_s)
             for sensor in self._sensors.values():
                 self._commit(sensor, now_s)
             pending, self._pending = self._pending, []
             return pending
 
-    def state(self, name: str, now_s: float) -> SensorState:
+    def state(self, name: str, now_s: float | None = None) -> SensorState:
         """State of ``name`` at ``now_s`` (does not consume transitions)."""
         with self._lock:
+            now_s = self._read_clock(now_s)
             self._observe_clock(now_s)
             return self._evaluate(self._get(name), now_s).state
 
-    def health(self, now_s: float) -> list[SensorHealth]:
+    def health(self, now_s: float | None = None) -> list[SensorHealth]:
         """Snapshot of every sensor at ``now_s``, in the order they were added."""
         with self._lock:
+            now_s = self._read_clock(now_s)
             self._observe_clock(now_s)
             return [self._snapshot(sensor, now_s) for sensor in self._sensors.values()]
 
-    def fusable(self, now_s: float, max_age_s: float) -> list[str]:
+    def fusable(self, now_s: float | None, max_age_s: float) -> list[str]:
         """Names of the sensors whose newest embedding may enter a fusion tick at ``now_s``.
 
         A sensor is fusable when it is LIVE or DEGRADED by rate only (never DISABLED, STALE,
@@ -484,6 +499,7 @@ class AvailabilityMonitor:
         if not (_is_number(max_age_s) and max_age_s >= 0):
             raise ValueError(f"max_age_s must be a number >= 0, got {max_age_s!r}")
         with self._lock:
+            now_s = self._read_clock(now_s)
             self._observe_clock(now_s)
             names = []
             for name, sensor in self._sensors.items():
@@ -494,6 +510,16 @@ class AvailabilityMonitor:
             return names
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _read_clock(self, now_s: float | None, *, required: bool = True) -> float | None:
+        """``now_s`` if given, else the injected clock (call with the lock held)."""
+        if now_s is not None:
+            return now_s
+        if self._clock is not None:
+            return float(self._clock())
+        if required:
+            raise ValueError("now_s is required: this monitor has no injected clock")
+        return None
 
     def _get(self, name: str) -> _Sensor:
         try:

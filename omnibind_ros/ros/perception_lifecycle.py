@@ -158,10 +158,12 @@ class PerceptionNode(LifecycleNode):
                                        fallback=bool(self._param("backend_fallback")), **opts)
         self.get_logger().info(f"bundle {self._bundle.root} ({list(self._bundle.modalities)}, "
                                f"D={self._bundle.dim}), backend {self._backend.name}")
-        # Worker threads read the node clock before taking the monitor's lock, so on a loaded
-        # machine readings reach it slightly out of order (measured: 0.14 s on 2 busy cores).
-        # A real jump back (looping bag, simulator reset) is seconds; 1 s separates the two.
-        self._monitor = AvailabilityMonitor(clock_jump_tolerance_s=CLOCK_JUMP_TOLERANCE_S)
+        # The monitor reads the node clock itself, inside its lock: a time read by a thread
+        # that is then descheduled (seen: 2 s on a loaded 2-core CI machine) would otherwise
+        # reach it after newer readings and look like the clock jumping back. A real jump back
+        # (looping bag, simulator reset) is seconds; the tolerance only absorbs sim-time jitter.
+        self._monitor = AvailabilityMonitor(clock_jump_tolerance_s=CLOCK_JUMP_TOLERANCE_S,
+                                            clock=self.now_s)
         self._store.clear()
         self._fusion = self._build_fusion()
         for name in self._param("sensors"):
@@ -260,7 +262,7 @@ class PerceptionNode(LifecycleNode):
             sensor = _Sensor(cfg)
             sensor.pipeline = make_pipeline(cfg.modality, self._bundle, self._backend)
             self._monitor.add_sensor(
-                cfg.monitor_config(int(self._param("bad_samples_to_degrade"))), self.now_s())
+                cfg.monitor_config(int(self._param("bad_samples_to_degrade"))), None)
             self._sensors[cfg.name] = sensor
             if self._active:
                 self._subscribe(sensor)
@@ -281,8 +283,8 @@ class PerceptionNode(LifecycleNode):
         monitor = self._monitor
         sensor.worker = SensorWorker(
             name, sensor.convert, sensor.pipeline,
-            on_valid=lambda stamp: monitor.on_sample(name, stamp, self.now_s()),
-            on_bad=lambda reason: monitor.on_bad_sample(name, self.now_s(), reason),
+            on_valid=lambda stamp: monitor.on_sample(name, stamp),
+            on_bad=lambda reason: monitor.on_bad_sample(name, None, reason),
             on_embedding=lambda stamp, emb: self._on_embedding(cfg, stamp, emb),
             warn=self.get_logger().warning, encode_rate_hz=cfg.encode_rate_hz)
         worker = sensor.worker
@@ -353,8 +355,8 @@ class PerceptionNode(LifecycleNode):
             tick, monitor = self._fusion, self._monitor
             if tick is None or monitor is None:
                 return
+            fusable = monitor.fusable(None, tick.max_age_s)  # reads the clock under its lock
             now = self.now_s()
-            fusable = monitor.fusable(now, tick.max_age_s)
             try:
                 result = tick.tick(self._store, fusable, now)
             except Exception as exc:  # noqa: BLE001
@@ -392,8 +394,8 @@ class PerceptionNode(LifecycleNode):
         monitor = self._monitor
         if monitor is None:
             return
+        transitions = monitor.update()  # reads the clock under its lock
         now = self.now_s()
-        transitions = monitor.update(now)
         if monitor.clock_resets != self._clock_resets:  # sim reset or looping bag
             self._clock_resets = monitor.clock_resets
             self._store.clear()
@@ -410,7 +412,7 @@ class PerceptionNode(LifecycleNode):
         if monitor is None or not self._pubs:
             return
         self._last_status_s = now
-        healths = monitor.health(now)
+        healths = monitor.health()
         stamp = _to_time(now)
         self._pubs["status"].publish(diagnostics.sensor_status_array(healths, stamp))
         result = self._last_result
@@ -432,10 +434,7 @@ class PerceptionNode(LifecycleNode):
         for name, topic in topics.items():
             count = self.count_publishers(topic)  # a graph query: can take a while under load
             try:
-                # Read the clock after the query, not before the loop: a time read before slow
-                # graph calls reaches the monitor later than newer readings from sensor workers
-                # and would look like the clock jumping back.
-                monitor.on_publisher_count(name, count, self.now_s())
+                monitor.on_publisher_count(name, count)  # reads the clock under its lock
             except KeyError:
                 pass  # removed meanwhile
 
@@ -478,7 +477,7 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().info(f"sensor {name} added")
             elif keys == {"enabled"}:
                 enabled = bool(self._param(sensor_param(name, "enabled")))
-                self._monitor.set_enabled(name, enabled, self.now_s(), "disabled by parameter")
+                self._monitor.set_enabled(name, enabled, None, "disabled by parameter")
                 self._publish_status(self.now_s())
             elif keys:  # topic, type, QoS or rates changed: rebuild the sensor
                 self._remove_sensor(name)

@@ -637,3 +637,67 @@ def test_sensor_at_its_rate_is_live_from_its_first_message(rate, latency, start,
             assert mon.fusable(t, max_age_s=2 * period) == ["cam"]
     unplugged = start + (n - 1) * period + 1e-6
     assert mon.fusable(unplugged + 3 * period, max_age_s=10.0) == []  # hot-plug target
+
+
+# ---------------------------------------------------------------------------------------------
+# The injected clock: read under the lock, so threads cannot deliver stale readings
+
+
+def test_injected_clock_is_read_inside_the_lock() -> None:
+    seen_owned: list[bool] = []
+    times = iter(np.arange(0.0, 100.0, 0.05))
+
+    def clock() -> float:
+        seen_owned.append(mon._lock._is_owned())  # noqa: SLF001  (the point of the test)
+        return float(next(times))
+
+    mon = AvailabilityMonitor(clock=clock)
+    mon.add_sensor(cam())
+    for k in range(10):
+        assert mon.on_sample("cam", k * 0.1)
+        mon.update()
+    assert mon.state("cam") is S.LIVE
+    assert seen_owned and all(seen_owned)
+    assert mon.clock_resets == 0
+
+
+def test_explicit_time_wins_over_the_injected_clock() -> None:
+    mon = AvailabilityMonitor([cam()], clock=lambda: 1000.0)
+    assert mon.on_sample("cam", 0.0, 0.0)
+    assert mon.state("cam", 0.05) is S.LIVE  # the clock would say 1000 s: LOST
+    assert mon.state("cam") is S.LOST
+
+
+def test_threads_sharing_the_injected_clock_never_fake_a_clock_jump() -> None:
+    """Many threads hammering the monitor with a clock that advances on every reading: times
+    reach the monitor in reading order, so no reset however the threads interleave."""
+    import threading
+
+    lock, now = threading.Lock(), [0.0]
+
+    def clock() -> float:
+        with lock:
+            now[0] += 0.001
+            return now[0]
+
+    mon = AvailabilityMonitor([cam(f"c{i}") for i in range(4)], clock=clock,
+                              clock_jump_tolerance_s=0.0)
+
+    def hammer(name: str) -> None:
+        for k in range(300):
+            mon.on_sample(name, k * 1e-6)  # stamps far in the past: only the clock matters
+            mon.update()
+            mon.fusable(None, MAX_AGE)
+
+    threads = [threading.Thread(target=hammer, args=(f"c{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert mon.clock_resets == 0
+
+
+def test_no_time_and_no_clock_is_a_clear_error() -> None:
+    mon = AvailabilityMonitor([cam()])
+    with pytest.raises(ValueError, match="no injected clock"):
+        mon.update()
