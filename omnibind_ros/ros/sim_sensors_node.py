@@ -154,6 +154,7 @@ class SimSensorsNode(Node):
         self._lookahead: StreamItem | None = None
         self._pending: list[tuple[float, int, StreamItem]] = []  # (due stream s, seq, item)
         self._seq = 0
+        self._last_drop_warning = -math.inf
         self.stream_time_s = 0.0
         for sensor in self.sensors.values():
             if sensor.enabled:
@@ -320,8 +321,22 @@ class SimSensorsNode(Node):
 
     def _publish_due(self, target: float, deadline: float) -> None:
         """Render messages stamped up to ``target`` and publish those whose time has come."""
+        max_lag = float(self._param("max_lag_s")) * float(self._param("realtime_factor"))
         while True:
             if self._lookahead is None:
+                stamp, name = self.stream.peek()
+                if stamp > target:
+                    break
+                if target - (stamp + self.sensors[name].delay_s) > max_lag:
+                    # Too late to publish: skip it unrendered, so a stall (a loaded machine,
+                    # a debugger) is caught up at once instead of rendering what gets dropped.
+                    self.stream.skip()
+                    self._count_dropped(name, target - stamp)
+                    continue
+                if name not in self._sensor_pubs:  # unplugged: nothing to render
+                    self.stream.skip()
+                    self.stats[f"unplugged/{name}"] += 1
+                    continue
                 self._lookahead = self.stream.next()  # renders (one item ahead at most)
             item = self._lookahead
             if item.stamp_s > target:
@@ -343,11 +358,7 @@ class SimSensorsNode(Node):
             self.stats[f"unplugged/{item.sensor}"] += 1
             return
         if lag_s > float(self._param("max_lag_s")):
-            self.stats[f"dropped/{item.sensor}"] += 1
-            self.get_logger().warning(
-                f"falling behind: {item.sensor} message {lag_s:.2f} s late, dropped "
-                f"({sum(v for k, v in self.stats.items() if k.startswith('dropped/'))} so far)",
-                throttle_duration_sec=5.0)
+            self._count_dropped(item.sensor, lag_s)
             return
         payload = item.payload
         if sensor.noise:
@@ -355,6 +366,19 @@ class SimSensorsNode(Node):
         stamp = _to_time(self._start_ns + round(item.stamp_s * 1e9))  # type: ignore[operator]
         pub.publish(_MESSAGES[item.modality][1](payload, stamp, sensor.frame_id))
         self.stats[f"published/{item.sensor}"] += 1
+
+    def _count_dropped(self, sensor: str, lag_s: float) -> None:
+        self.stats[f"dropped/{sensor}"] += 1
+        # Throttled here, not with throttle_duration_sec: rclpy resolves the caller's frame
+        # (realpath) on every call, even throttled ones, which costs CPU exactly when the
+        # node is already behind.
+        now = time.monotonic()
+        if now - self._last_drop_warning >= 5.0:
+            self._last_drop_warning = now
+            dropped = sum(v for k, v in self.stats.items() if k.startswith("dropped/"))
+            self.get_logger().warning(
+                f"falling behind: {sensor} message {lag_s:.2f} s late, dropped "
+                f"({dropped} so far)")
 
     def _publish_ground_truth(self, t: float) -> None:
         if self._gt_pub is None:

@@ -160,6 +160,26 @@ class WorldStream:
         self.time_s = stamp
         return StreamItem(stamp, name, mod.value, self._payload(name, mod, rate, stamp))
 
+    def peek(self) -> tuple[float, str]:
+        """Stamp and sensor name of the next message, without rendering it."""
+        stamp, _, name = self._heap[0]
+        return stamp, name
+
+    def skip(self) -> tuple[float, str]:
+        """Advance past the next message without rendering it; return its stamp and sensor.
+
+        For a consumer that fell behind and would drop the message anyway (the ROS sim node
+        under load): it catches up at no rendering cost. The sensor's noise generator is not
+        advanced, so the noise of later messages differs from a run that skipped nothing;
+        ground truth (class and pose at each time) does not depend on skipping.
+        """
+        stamp, order, name = heapq.heappop(self._heap)
+        k = self._count[name] + 1
+        self._count[name] = k
+        heapq.heappush(self._heap, (k / self.sensors[name][1], order, name))
+        self.time_s = stamp
+        return stamp, name
+
     def until(self, t_end: float) -> Iterator[StreamItem]:
         """Messages with stamps < ``t_end``, in order (continues where the stream is)."""
         while self._heap[0][0] < t_end:
