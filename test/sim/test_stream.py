@@ -116,3 +116,30 @@ def test_bad_sensor_specs_raise() -> None:
         WorldStream(sensor_rates={"x": ("image", 0.0)})
     with pytest.raises(ValueError):
         WorldStream(sensor_rates={"x": ("sonar", 1.0)})
+
+
+def test_peek_and_skip_keep_the_schedule_without_rendering(monkeypatch) -> None:
+    cfg = WorldConfig(image_size=48, event_size=(32, 32), event_render_size=32)
+    rates = {"cam": ("image", 5.0), "mic": ("audio", 25.0)}
+    full = [(x.stamp_s, x.sensor) for x in WorldStream(World(cfg), 4, rates, 1.0).until(1.0)]
+    stream = WorldStream(World(cfg), 4, rates, 1.0)
+    rendered = []
+    original = stream._payload  # noqa: SLF001
+
+    def counting(name, mod, rate, t):
+        rendered.append((t, name))
+        return original(name, mod, rate, t)
+
+    monkeypatch.setattr(stream, "_payload", counting)
+    order = []
+    while stream.peek()[0] < 1.0:
+        peeked = stream.peek()
+        if peeked[1] == "cam":
+            assert stream.skip() == peeked
+            order.append(peeked)
+        else:
+            item = stream.next()
+            order.append((item.stamp_s, item.sensor))
+    assert order == full  # skipping changes nothing in the schedule
+    assert all(name == "mic" for _, name in rendered)  # skipped camera frames never rendered
+    assert len(rendered) == sum(1 for _, n in full if n == "mic")
