@@ -1,0 +1,486 @@
+"""What an evaluation produced (ticks, sensor states, phases) and how it is scored (ROS-free).
+
+Shared by offline and live evaluation: both fill an :class:`EvalResult` with one
+:class:`TickRecord` per fusion tick and one :class:`StateChange` per sensor state change, and
+:func:`score` turns it into JSON-able numbers that ``report.write_report`` renders.
+
+Time base: integer nanoseconds of the bag clock (rosbag2 log time / header stamps share one
+epoch); reports show seconds since the bag's first message (``t_s``).
+
+Scoring rules (those of ``omnibind-bringup``, so a bag scores like the live demo):
+
+* a *tick* is one fusion tick (one ``~/recognition`` message); it is *answered* when
+  ``best_label`` is not empty;
+* an answered tick is matched with the ground truth in force at its ``stamp_ns`` (the header
+  stamp of the newest sensor sample it fused, on the timeline the ground truth shares); an
+  unanswered tick has no stamp and is placed at its tick time ``t_ns``;
+* answers less than ``transition_s`` (0.5 s) after the object changed are *transition*, not
+  scored: the other sensors' fused embeddings still show the previous object for up to
+  ``fusion.max_age_s``; answers at a time no ground truth covers are *unscored*;
+* accuracy = correct / scored answers; top-k accuracy = the truth is among ``top_labels``;
+* per combination: keyed by the sorted set of fused modalities (``"image+point_cloud"``; two
+  cameras are one modality) and, separately, by the sorted fused sensor names;
+* per phase: the dropout phase (:class:`Phase`) the tick's time falls in;
+* over time: the same counts per ``bin_s`` bin of tick time;
+* unanswered ticks are grouped by the kind of reason (numbers and sensor lists stripped) with
+  one full example each;
+* ``input_age_s`` is ``t_ns - stamp_ns`` on the bag clock (how old the newest fused sample was
+  at the tick; deterministic offline). ``latency_s`` is wall-clock (live: input to
+  recognition; offline: compute time) and therefore kept apart from the deterministic numbers
+  (``score(...)["timing"]``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # A's module; scoring only calls label_at/change_before/intervals
+    from omnibind_ros.bag.truth import GroundTruth
+
+__all__ = [
+    "EvalResult", "Phase", "StateChange", "TickRecord", "phases_from_events",
+    "phases_from_states", "score", "tick_verdict",
+]
+
+NS = 1_000_000_000
+#: Monitor states that keep a sensor in (or eligible for) fusion; the others end a phase.
+FUSABLE_STATES = ("LIVE",)
+#: Candidate widths (s) of the over-time bins; the smallest giving at most MAX_BINS is used.
+BIN_WIDTHS_S = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+MAX_BINS = 40
+VERDICTS = ("correct", "wrong", "transition", "unscored", "no_answer")
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    """One fusion tick.
+
+    Attributes
+    ----------
+    t_ns : bag-clock time of the tick (live: the /clock time at which it was received).
+    stamp_ns : header stamp of the Recognition (newest input fused); None without an answer.
+    sensors, modalities : fused sensors and their modalities (parallel, token order).
+    best_label : "" = no answer.
+    top_labels : the k best labels, best first.
+    no_answer_reason : why there is no answer; "" when answered (live: may be unknown, "").
+    latency_s : wall-clock seconds (live: input to recognition; offline: compute time); None
+        when not measured.
+    best_score : probability of ``best_label`` (0 without an answer).
+    """
+
+    t_ns: int
+    stamp_ns: int | None
+    sensors: tuple[str, ...]
+    modalities: tuple[str, ...]
+    best_label: str
+    top_labels: tuple[str, ...]
+    no_answer_reason: str
+    latency_s: float | None
+    best_score: float = 0.0
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.best_label)
+
+    @property
+    def when_ns(self) -> int:
+        """The time the tick is scored at: its stamp when answered, else its tick time."""
+        return self.stamp_ns if self.stamp_ns is not None else self.t_ns
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A sensor entering ``state`` (SensorState name: LIVE, STALE, LOST, DEGRADED...).
+
+    ``reason`` is the monitor's reason (empty for LIVE); a DEGRADED whose reason starts with
+    "rate " is a rate verdict (still fused), otherwise a quality one (not fused).
+    """
+
+    t_ns: int
+    sensor: str
+    state: str
+    reason: str = ""
+
+    @property
+    def fusable(self) -> bool:
+        return self.state in FUSABLE_STATES or (
+            self.state == "DEGRADED" and self.reason.startswith("rate "))
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A dropout phase: ``[start_ns, end_ns)`` of bag clock with one set of sensors out.
+
+    ``label`` as ``omnibind_ros.tools.bringup.phase_label``: "all sensors", "camera unplugged",
+    "camera+lidar unplugged, tactile noisy"...
+    """
+
+    label: str
+    start_ns: int
+    end_ns: int
+
+
+@dataclass
+class EvalResult:
+    """Everything one evaluation (offline or live) recorded; input of :func:`score`.
+
+    Attributes
+    ----------
+    bag : path of the bag, as given.
+    mode : "offline" or "live".
+    ticks : fusion ticks in time order.
+    states : sensor state changes in time order.
+    truth : ground truth (None: nothing is scored, only answered/unanswered counted).
+    phases : dropout phases covering [start_ns, end_ns).
+    sensors : configured sensor names, in configuration order.
+    skipped_topics : topic -> why it was not used (unknown topic, unsupported type...).
+    error : a read error that ended the evaluation early (position included); None if clean.
+    wall_s : wall-clock seconds the evaluation took.
+    extra : mode-specific metadata (JSON-able); keys under "timing" are wall-clock figures.
+    start_ns, end_ns : bag-clock span evaluated (first to last message read).
+    modalities : sensor -> modality.
+    """
+
+    bag: str
+    mode: str
+    ticks: list[TickRecord]
+    states: list[StateChange]
+    truth: GroundTruth | None
+    phases: list[Phase]
+    sensors: list[str]
+    skipped_topics: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    start_ns: int = 0
+    end_ns: int = 0
+    modalities: dict[str, str] = field(default_factory=dict)
+
+    def t_s(self, t_ns: int) -> float:
+        """Seconds since the bag's first message."""
+        return (t_ns - self.start_ns) / NS
+
+
+# ---------------------------------------------------------------------------------------------
+# phases
+
+
+def phases_from_events(events: Iterable[tuple[int, Any]], sensors: Sequence[str],
+                       start_ns: int, end_ns: int) -> list[Phase]:
+    """Dropout phases from the scenario events recorded in a bag.
+
+    Parameters
+    ----------
+    events : ``(log_time_ns, payload)`` of each ``/omnibind/scenario_event`` message; payload
+        is the JSON text (or the parsed dict) ``{"t_s", "action", "sensors"}``. The log time
+        is the event's time on the bag clock (the messages have no header).
+    sensors : sensor names in configuration order (labels list them in this order).
+    start_ns, end_ns : span to cover.
+
+    The scenario's own ``PhaseTimeline`` (``omnibind-bringup``) labels the phases, so a bag
+    and the live demo name them alike.
+    """
+    from omnibind_ros.sim.scenario import Scenario, ScenarioEvent
+    from omnibind_ros.tools.bringup import PhaseTimeline
+
+    parsed: list[tuple[int, ScenarioEvent]] = []
+    for log_ns, payload in events:
+        data = json.loads(payload) if isinstance(payload, str | bytes) else dict(payload)
+        names = data.get("sensors", data.get("sensor", []))
+        names = (names,) if isinstance(names, str) else tuple(names)
+        parsed.append((int(log_ns), ScenarioEvent(
+            (int(log_ns) - start_ns) / NS, names, str(data["action"]))))
+    if not parsed:
+        return [Phase("all sensors", start_ns, max(end_ns, start_ns))]
+    # Timeline seconds are relative to start_ns; event times come from the log times, so a
+    # bag whose stream origin differs from its first message still places them exactly.
+    timeline = PhaseTimeline(Scenario(tuple(e for _, e in parsed)), list(sensors))
+    out = []
+    for p in timeline.phases((end_ns - start_ns) / NS):
+        lo = start_ns + round(p.start_s * NS)
+        hi = start_ns + round(p.end_s * NS)
+        out.append(Phase(p.label, lo, max(lo, hi)))
+    return _snap_to_events(out, [t for t, _ in parsed])
+
+
+def _snap_to_events(phases: list[Phase], times: list[int]) -> list[Phase]:
+    """Replace boundaries that float rounding moved by < 1 us with the exact event times."""
+    exact = sorted(set(times))
+
+    def snap(t: int) -> int:
+        near = min(exact, key=lambda e: abs(e - t), default=t)
+        return near if abs(near - t) < 1000 else t
+
+    return [Phase(p.label, snap(p.start_ns) if i else p.start_ns,
+                  snap(p.end_ns) if i < len(phases) - 1 else p.end_ns)
+            for i, p in enumerate(phases)]
+
+
+def phases_from_states(states: Sequence[StateChange], sensors: Sequence[str],
+                       start_ns: int, end_ns: int) -> list[Phase]:
+    """Dropout phases from the monitor's verdicts (bags without scenario events).
+
+    A phase is a maximal interval with one set of sensors out of fusion: a sensor DEGRADED by
+    quality counts as "noisy", one that is STALE, LOST, UNKNOWN or DISABLED as "unplugged" (a
+    bag cannot tell an unplug from a silent driver). Before a sensor's first state change it
+    counts as out (UNKNOWN).
+    """
+    from omnibind_ros.tools.bringup import phase_label
+
+    current: dict[str, StateChange | None] = {name: None for name in sensors}
+
+    def label() -> str:
+        out = [n for n in sensors if current[n] is None
+               or (not current[n].fusable and current[n].state != "DEGRADED")]
+        noisy = [n for n in sensors if current[n] is not None
+                 and current[n].state == "DEGRADED" and not current[n].fusable]
+        return phase_label(out, noisy)
+
+    phases: list[Phase] = []
+    cursor, cur_label = start_ns, label()
+    for t_ns, group in _group_by_time(states):
+        for change in group:
+            if change.sensor in current:
+                current[change.sensor] = change
+        new = label()
+        if new == cur_label:
+            continue
+        t = min(max(t_ns, start_ns), end_ns)
+        if t > cursor:
+            phases.append(Phase(cur_label, cursor, t))
+            cursor = t
+        cur_label = new
+    phases.append(Phase(cur_label, cursor, max(end_ns, cursor)))
+    return _merge_equal(phases)
+
+
+def _group_by_time(states: Sequence[StateChange]) -> list[tuple[int, list[StateChange]]]:
+    groups: dict[int, list[StateChange]] = {}
+    for change in sorted(states, key=lambda s: s.t_ns):
+        groups.setdefault(change.t_ns, []).append(change)
+    return list(groups.items())
+
+
+def _merge_equal(phases: list[Phase]) -> list[Phase]:
+    out: list[Phase] = []
+    for p in phases:
+        if out and out[-1].label == p.label:
+            out[-1] = Phase(p.label, out[-1].start_ns, p.end_ns)
+        else:
+            out.append(p)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+
+
+def tick_verdict(tick: TickRecord, truth: GroundTruth | None, transition_ns: int) -> str:
+    """no_answer | unscored (no truth at its time) | transition | correct | wrong."""
+    if not tick.answered:
+        return "no_answer"
+    if truth is None:
+        return "unscored"
+    when = tick.when_ns
+    label = truth.label_at(when)
+    if label is None:
+        return "unscored"
+    change = truth.change_before(when)
+    if change is not None and when - change < transition_ns:
+        return "transition"
+    return "correct" if tick.best_label == label else "wrong"
+
+
+@dataclass
+class _Tally:
+    ticks: int = 0
+    answered: int = 0
+    scored: int = 0
+    correct: int = 0
+    top_k_correct: int = 0
+    transition: int = 0
+    unscored: int = 0
+
+    def add(self, verdict: str, in_top_k: bool) -> None:
+        self.ticks += 1
+        if verdict == "no_answer":
+            return
+        self.answered += 1
+        if verdict in ("transition", "unscored"):
+            setattr(self, verdict, getattr(self, verdict) + 1)
+            return
+        self.scored += 1
+        self.correct += verdict == "correct"
+        self.top_k_correct += in_top_k
+
+    def stats(self) -> dict[str, Any]:
+        return {"ticks": self.ticks, "answered": self.answered,
+                "answered_fraction": _ratio(self.answered, self.ticks),
+                "scored": self.scored, "correct": self.correct,
+                "accuracy": _ratio(self.correct, self.scored),
+                "top_k_accuracy": _ratio(self.top_k_correct, self.scored),
+                "transition": self.transition, "unscored": self.unscored}
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return round(num / den, 6) if den else None
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0, "p50": None, "p95": None, "p99": None, "mean": None, "max": None}
+    import numpy as np
+
+    arr = np.asarray(values, dtype=np.float64)
+    p50, p95, p99 = (float(v) for v in np.percentile(arr, [50, 95, 99]))
+    return {"count": int(arr.size), "p50": round(p50, 6), "p95": round(p95, 6),
+            "p99": round(p99, 6), "mean": round(float(arr.mean()), 6),
+            "max": round(float(arr.max()), 6)}
+
+
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+_LIST = re.compile(r"\[[^\]]*\]")
+
+
+def reason_kind(reason: str) -> str:
+    """A no-answer reason without its numbers and sensor lists (the grouping key)."""
+    if not reason:
+        return "unknown (no reason recorded)"
+    text = _LIST.sub("[...]", reason)
+    text = re.sub(r"\(sensors \[\.\.\.\]\)", "", text)
+    return re.sub(r"\s+", " ", _NUMBER.sub("#", text)).strip()
+
+
+def auto_bin_s(duration_s: float) -> float:
+    """The smallest of :data:`BIN_WIDTHS_S` giving at most :data:`MAX_BINS` bins."""
+    for width in BIN_WIDTHS_S:
+        if duration_s / width <= MAX_BINS:
+            return width
+    return BIN_WIDTHS_S[-1]
+
+
+def score(result: EvalResult, *, transition_s: float = 0.5,
+          bin_s: float | None = None) -> dict[str, Any]:
+    """Score an evaluation (see the module docstring for the rules).
+
+    Parameters
+    ----------
+    result : the evaluation.
+    transition_s : answers this soon after an object change are not scored.
+    bin_s : width of the over-time bins in s; None = :func:`auto_bin_s` of the bag span.
+
+    Returns
+    -------
+    A JSON-able dict with ``overall``, ``by_modalities``, ``by_sensors``, ``by_phase``,
+    ``over_time``, ``input_age_s``, ``unanswered``, ``sensor_state_s``, ``verdicts`` (per tick,
+    for plots) and ``timing`` (wall-clock figures: ``latency_s``, ``wall_s``, ``ticks_per_s``;
+    the only part that differs between two runs of a deterministic evaluation).
+    """
+    if not transition_s >= 0:
+        raise ValueError(f"transition_s must be >= 0, got {transition_s!r}")
+    truth = result.truth
+    transition_ns = round(transition_s * NS)
+    span_s = max(0.0, (result.end_ns - result.start_ns) / NS)
+    width = float(bin_s) if bin_s else auto_bin_s(span_s)
+    if width <= 0:
+        raise ValueError(f"bin_s must be > 0, got {bin_s!r}")
+    phase_starts = [p.start_ns for p in result.phases]
+
+    overall = _Tally()
+    by_modalities: dict[str, _Tally] = defaultdict(_Tally)
+    by_sensors: dict[str, _Tally] = defaultdict(_Tally)
+    by_phase: dict[int, _Tally] = defaultdict(_Tally)
+    by_bin: dict[int, _Tally] = defaultdict(_Tally)
+    reasons: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    verdicts: list[str] = []
+    ages: list[float] = []
+    latencies: list[float] = []
+    top_k = 0
+    for tick in result.ticks:
+        verdict = tick_verdict(tick, truth, transition_ns)
+        verdicts.append(verdict)
+        label = truth.label_at(tick.when_ns) if truth is not None else None
+        in_top_k = label is not None and label in tick.top_labels
+        top_k = max(top_k, len(tick.top_labels))
+        overall.add(verdict, in_top_k)
+        if tick.answered:
+            by_modalities["+".join(sorted(set(tick.modalities))) or "(none)"].add(
+                verdict, in_top_k)
+            by_sensors["+".join(sorted(tick.sensors)) or "(none)"].add(verdict, in_top_k)
+            if tick.stamp_ns is not None:
+                ages.append((tick.t_ns - tick.stamp_ns) / NS)
+        else:
+            kind = reason_kind(tick.no_answer_reason)
+            reasons[kind] += 1
+            examples.setdefault(kind, tick.no_answer_reason)
+        index = _phase_index(phase_starts, tick.when_ns)
+        if index is not None:
+            by_phase[index].add(verdict, in_top_k)
+        by_bin[max(0, math.floor((tick.t_ns - result.start_ns) / NS / width))].add(
+            verdict, in_top_k)
+        if tick.latency_s is not None:
+            latencies.append(float(tick.latency_s))
+
+    n_bins = max(1, math.ceil(span_s / width)) if result.ticks else 0
+    n_bins = max(n_bins, max(by_bin, default=-1) + 1)
+    return {
+        "overall": {**overall.stats(), "top_k": top_k},
+        "transition_s": transition_s,
+        "by_modalities": _keyed(by_modalities),
+        "by_sensors": _keyed(by_sensors),
+        "by_phase": [{"label": p.label, "start_s": round(result.t_s(p.start_ns), 6),
+                      "end_s": round(result.t_s(p.end_ns), 6),
+                      **by_phase.get(i, _Tally()).stats()}
+                     for i, p in enumerate(result.phases)],
+        "over_time": {"bin_s": width, "bins": [
+            {"start_s": i * width, "end_s": (i + 1) * width, **by_bin.get(i, _Tally()).stats()}
+            for i in range(n_bins)]},
+        "input_age_s": _percentiles(ages),
+        "unanswered": {"ticks": sum(reasons.values()), "reasons": [
+            {"reason": kind, "ticks": count, "example": examples[kind]}
+            for kind, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]},
+        "sensor_state_s": sensor_state_seconds(result),
+        "verdicts": verdicts,
+        "timing": {"latency_s": _percentiles(latencies), "wall_s": round(result.wall_s, 3),
+                   "ticks_per_s": round(len(result.ticks) / result.wall_s, 2)
+                   if result.wall_s > 0 else None},
+    }
+
+
+def _keyed(tallies: dict[str, _Tally]) -> list[dict[str, Any]]:
+    """Most ticks first, then by key: a stable order for tables and JSON."""
+    items = sorted(tallies.items(), key=lambda kv: (-kv[1].ticks, kv[0]))
+    return [{"key": key, **tally.stats()} for key, tally in items]
+
+
+def _phase_index(starts: list[int], t_ns: int) -> int | None:
+    if not starts:
+        return None
+    import bisect
+
+    return max(0, bisect.bisect_right(starts, t_ns) - 1)
+
+
+def sensor_state_seconds(result: EvalResult) -> dict[str, dict[str, float]]:
+    """Seconds each sensor spent in each state over [start_ns, end_ns] (UNKNOWN before its
+    first change)."""
+    out: dict[str, dict[str, float]] = {}
+    by_sensor: dict[str, list[StateChange]] = defaultdict(list)
+    for change in sorted(result.states, key=lambda s: s.t_ns):
+        by_sensor[change.sensor].append(change)
+    for name in result.sensors:
+        totals: dict[str, int] = defaultdict(int)
+        t, state = result.start_ns, "UNKNOWN"
+        for change in by_sensor.get(name, []):
+            at = min(max(change.t_ns, result.start_ns), result.end_ns)
+            totals[state] += at - t
+            t, state = at, change.state
+        totals[state] += max(0, result.end_ns - t)
+        out[name] = {s: round(v / NS, 6) for s, v in sorted(totals.items()) if v > 0}
+    return out
