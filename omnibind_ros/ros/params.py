@@ -144,6 +144,9 @@ GLOBAL_PARAMS: dict[str, ParamSpec] = {
                          check=_names_reason),
     "fusion.rate_hz": ParamSpec(_D, 10.0, "fusion ticks per second; 0 = tick on every new "
                                 "embedding", 0.0, 1000.0),
+    "fusion.tick_on_embedding": ParamSpec(_B, True, "a new embedding ticks at once when the "
+                                          "last tick is >= 1/rate_hz old; the timer only "
+                                          "ticks when no embedding comes"),
     "fusion.max_age_s": ParamSpec(_D, 1.0, "oldest embedding (s, by header stamp) that may "
                                   "be fused", 0.0, 3600.0),
     "fusion.min_modalities": ParamSpec(_I, 1, "distinct live modalities needed for an answer",
@@ -295,6 +298,7 @@ class FusionParams:
     min_modalities: int
     top_k: int
     publish_embedding: bool
+    tick_on_embedding: bool = True
 
 
 def read_fusion(lookup: Callable[[str], Any]) -> FusionParams:
@@ -302,7 +306,8 @@ def read_fusion(lookup: Callable[[str], Any]) -> FusionParams:
                         max_age_s=float(lookup("fusion.max_age_s")),
                         min_modalities=int(lookup("fusion.min_modalities")),
                         top_k=int(lookup("fusion.top_k")),
-                        publish_embedding=bool(lookup("fusion.publish_embedding")))
+                        publish_embedding=bool(lookup("fusion.publish_embedding")),
+                        tick_on_embedding=bool(lookup("fusion.tick_on_embedding")))
 
 
 def validate_update(params: Iterable[Parameter], current: Callable[[str], Any]) -> str:

@@ -29,7 +29,13 @@ from rclpy.parameter import Parameter
 from omnibind_ros.core.availability import AvailabilityMonitor
 from omnibind_ros.core.backends import create_backend, embed_labels
 from omnibind_ros.core.bundle import default_bundle_dir, load_bundle
-from omnibind_ros.core.fusion import EmbeddingSlot, FusionResult, FusionTick, LatestEmbeddings
+from omnibind_ros.core.fusion import (
+    EmbeddingSlot,
+    FusionResult,
+    FusionTick,
+    LatestEmbeddings,
+    TickScheduler,
+)
 from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import ModalityPrediction, Recognition
 from omnibind_ros.ros import diagnostics, params, qos
@@ -107,6 +113,7 @@ class PerceptionNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._timers: list[Any] = []
         self._fusion_timer: Any = None
+        self._scheduler = TickScheduler(10.0)  # replaced from the parameters on activate
         self._last_status_s: float | None = None
         self._last_result: FusionResult | None = None
         self._clock_resets = 0
@@ -314,8 +321,8 @@ class PerceptionNode(LifecycleNode):
         if cfg.name not in self._sensors:
             return  # removed while its last message was being encoded
         self._store.put(EmbeddingSlot(cfg.name, cfg.modality, stamp_s, embedding), self.now_s())
-        if self._active and float(self._param("fusion.rate_hz")) == 0.0:
-            self._fusion_tick()
+        if self._active:
+            self._fusion_tick(trigger="embedding")
 
     # -- fusion --------------------------------------------------------------------------------
 
@@ -346,17 +353,23 @@ class PerceptionNode(LifecycleNode):
             self.destroy_timer(self._fusion_timer)
             self._fusion_timer = None
         rate = float(self._param("fusion.rate_hz"))
+        self._scheduler = TickScheduler(rate, bool(self._param("fusion.tick_on_embedding")))
         if self._active and rate > 0:
             self._fusion_timer = self.create_timer(1.0 / rate, self._fusion_tick,
                                                    callback_group=self._fusion_group)
 
-    def _fusion_tick(self) -> None:
+    def _fusion_tick(self, trigger: str = "timer") -> None:
         with self._lock:
-            tick, monitor = self._fusion, self._monitor
+            tick, monitor, scheduler = self._fusion, self._monitor, self._scheduler
             if tick is None or monitor is None:
                 return
-            fusable = monitor.fusable(None, tick.max_age_s)  # reads the clock under its lock
             now = self.now_s()
+            due = (scheduler.embedding_due(now) if trigger == "embedding"
+                   else scheduler.timer_due(now))
+            if not due:
+                return
+            scheduler.ticked(now)
+            fusable = monitor.fusable(None, tick.max_age_s)  # reads the clock under its lock
             try:
                 result = tick.tick(self._store, fusable, now)
             except Exception as exc:  # noqa: BLE001
@@ -457,7 +470,7 @@ class PerceptionNode(LifecycleNode):
                     self._fusion = fusion
                 if names & {"labels.names", "labels.file"}:
                     self.get_logger().info(f"labels now {list(fusion.label_names)}")
-            if "fusion.rate_hz" in names:
+            if names & {"fusion.rate_hz", "fusion.tick_on_embedding"}:
                 with self._lock:
                     self._restart_fusion_timer()
         except Exception as exc:  # noqa: BLE001  (validated already; report, don't crash)

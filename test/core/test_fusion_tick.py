@@ -340,3 +340,61 @@ def test_store_and_tick_under_threads() -> None:
             t.join(timeout=10)
     assert errors == [] and not any(t.is_alive() for t in threads)
     assert {s.stamp_s for s in store.snapshot().values()} <= set(map(float, range(5000)))
+
+
+# ---------------------------------------------------------------------------------------------
+# TickScheduler: when ticks run
+
+
+def test_scheduler_ticks_on_embedding_at_most_at_rate() -> None:
+    from omnibind_ros.core.fusion import TickScheduler
+
+    sched = TickScheduler(10.0)
+    ticks = []
+    for k in range(100):  # embeddings every 14 ms for 1.4 s
+        now = k * 0.014
+        if sched.embedding_due(now):
+            sched.ticked(now)
+            ticks.append(now)
+    assert ticks[0] == 0.0
+    gaps = np.diff(ticks)
+    assert gaps.min() >= 0.1 - 1e-9 and gaps.max() < 0.1 + 0.014 + 1e-9
+    assert 10 <= len(ticks) <= 14
+
+
+def test_scheduler_timer_is_a_heartbeat_only() -> None:
+    from omnibind_ros.core.fusion import TickScheduler
+
+    sched = TickScheduler(10.0)
+    sched.ticked(1.0)  # an embedding tick
+    assert not sched.timer_due(1.05)  # the timer skips its turn right after it
+    assert sched.timer_due(1.095)  # within the jitter margin of a period: ticks
+    sched.ticked(1.095)
+    # no embeddings: the timer alone keeps 10 Hz
+    times = [1.095 + 0.1 * k for k in range(1, 11)]
+    for t in times:
+        assert sched.timer_due(t)
+        sched.ticked(t)
+
+
+def test_scheduler_timer_only_and_unthrottled_modes() -> None:
+    from omnibind_ros.core.fusion import TickScheduler
+
+    timer_only = TickScheduler(10.0, on_embedding=False)
+    assert not timer_only.embedding_due(0.0) and timer_only.timer_due(0.0)
+    timer_only.ticked(0.0)
+    assert timer_only.timer_due(0.01)  # the timer decides its own period
+    every = TickScheduler(0.0, on_embedding=False)  # rate 0: every embedding, no timer
+    assert every.embedding_due(0.0) and not every.uses_timer and not every.timer_due(0.0)
+    every.ticked(0.0)
+    assert every.embedding_due(0.0001)
+    with pytest.raises(ValueError):
+        TickScheduler(-1.0)
+
+
+def test_scheduler_survives_a_clock_jump_back() -> None:
+    from omnibind_ros.core.fusion import TickScheduler
+
+    sched = TickScheduler(10.0)
+    sched.ticked(100.0)
+    assert sched.embedding_due(5.0)  # looping bag: the old tick time does not block
