@@ -253,10 +253,12 @@ def instrument_perception(rec: StageRecorder) -> None:
         rec.add(f"{cfg.name}/stamp_to_embedding", (time.time() - stamp_s) * 1e3)
         on_embedding(self, cfg, stamp_s, emb)
 
-    def fusion_tick_timed(self: Any) -> None:
+    def fusion_tick_timed(self: Any, *args: Any, **kwargs: Any) -> None:
+        before = self._last_result
         start = time.perf_counter()
-        fusion_tick(self)
-        rec.add("fusion/tick", (time.perf_counter() - start) * 1e3)
+        fusion_tick(self, *args, **kwargs)
+        if self._last_result is not before:  # the scheduler may skip a turn: not a tick
+            rec.add("fusion/tick", (time.perf_counter() - start) * 1e3)
 
     node._on_embedding, node._fusion_tick = on_embedding_timed, fusion_tick_timed
 
