@@ -60,7 +60,9 @@ from omnibind_ros.ros.qos import qos_from_name  # noqa: E402
 from omnibind_ros.sim.scenario import ALL, Scenario, corrupt, load_scenario  # noqa: E402
 from omnibind_ros.sim.stream import DEFAULT_SENSORS, WINDOWED, StreamItem, WorldStream  # noqa: E402
 
-__all__ = ["DEFAULT_TOPIC_SUFFIX", "SensorConfig", "SimSensorsNode", "main"]
+__all__ = ["DEFAULT_TOPIC_SUFFIX", "GROUND_TRUTH_TOPIC", "SensorConfig", "SimSensorsNode",
+           "build_sensor_message", "ground_truth_message", "main", "sensor_defaults",
+           "sensor_message_class", "sensor_qos_name", "stamp_from_ns"]
 
 NODE_NAME = "omnibind_sim_sensors"
 GROUND_TRUTH_TOPIC = "/omnibind/ground_truth"
@@ -111,8 +113,47 @@ def _descriptor(text: str, ptype: int, *, read_only: bool = True,
     return desc
 
 
-def _to_time(ns: int) -> Time:
+def stamp_from_ns(ns: int) -> Time:
+    """builtin_interfaces/Time of a nanosecond count."""
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+# Message building, public so that bag recording (omnibind_ros.bag.record) produces exactly the
+# messages this node publishes, without a node.
+
+def sensor_message_class(modality: str) -> type:
+    """rclpy message class a simulated sensor of ``modality`` publishes."""
+    return _MESSAGES[modality][0]
+
+
+def build_sensor_message(modality: str, payload: Any, stamp: Time, frame_id: str) -> Any:
+    """The message for one :class:`~omnibind_ros.sim.stream.StreamItem` payload."""
+    return _MESSAGES[modality][1](payload, stamp, frame_id)
+
+
+def sensor_qos_name(modality: str) -> str:
+    """Named QoS profile (omnibind_ros.ros.qos) of a simulated sensor's publisher."""
+    return "text" if modality == "text" else "sensor_data"
+
+
+def sensor_defaults(name: str, modality: str | None = None) -> dict[str, Any]:
+    """Defaults of the ``sensors.<name>.*`` parameters (modality and rate by name from
+    ``DEFAULT_SENSORS``; topic and frame from the name and the modality)."""
+    default_mod, rate = DEFAULT_SENSORS.get(name, ("", 10.0))
+    mod = modality or default_mod
+    return {"modality": mod, "topic": f"/sim/{name}/{DEFAULT_TOPIC_SUFFIX.get(mod, 'data')}",
+            "rate_hz": float(rate), "frame_id": f"sim_{name}", "enabled": True, "noise": False}
+
+
+def ground_truth_message(stream: WorldStream, t_s: float, start_ns: int) -> GroundTruth:
+    """Ground truth at stream time ``t_s``: the object in view, its episode and start."""
+    episode = stream.episode_at(t_s)
+    cls = stream.class_at(t_s)
+    return GroundTruth(
+        header=Header(stamp=stamp_from_ns(start_ns + round(t_s * 1e9))), label=cls.name,
+        class_index=cls.index, episode=episode, shape=cls.shape.name,
+        material=cls.material.name,
+        episode_start=stamp_from_ns(start_ns + round(episode * stream.period * 1e9)))
 
 
 def resolve_config_file(path: str) -> Path:
@@ -204,21 +245,22 @@ class SimSensorsNode(Node):
 
     def _declare_sensor(self, name: str) -> SensorConfig:
         d, p = _descriptor, ParameterType
-        modality, rate = DEFAULT_SENSORS.get(name, ("", 10.0))
+        defaults = sensor_defaults(name)
         prefix = f"sensors.{name}."
-        mod = self.declare_parameter(prefix + "modality", modality, d(
+        mod = self.declare_parameter(prefix + "modality", defaults["modality"], d(
             "Modality: image, thermal, event, tactile, audio, point_cloud or text.",
             p.PARAMETER_STRING)).value
         if mod not in _MESSAGES:
             raise ValueError(f"sensor {name!r}: {prefix}modality must be one of "
                              f"{', '.join(_MESSAGES)}, got {mod!r}")
+        defaults = sensor_defaults(name, mod)
         topic = self.declare_parameter(
-            prefix + "topic", f"/sim/{name}/{DEFAULT_TOPIC_SUFFIX[mod]}",
+            prefix + "topic", defaults["topic"],
             d("Topic the sensor publishes on.", p.PARAMETER_STRING))
-        rate_hz = self.declare_parameter(prefix + "rate_hz", float(rate), d(
+        rate_hz = self.declare_parameter(prefix + "rate_hz", defaults["rate_hz"], d(
             "Messages per second (window sensors: one window per message).",
             p.PARAMETER_DOUBLE, low=0.01, high=1000.0))
-        frame = self.declare_parameter(prefix + "frame_id", f"sim_{name}", d(
+        frame = self.declare_parameter(prefix + "frame_id", defaults["frame_id"], d(
             "header.frame_id of the sensor's messages.", p.PARAMETER_STRING))
         enabled = self.declare_parameter(prefix + "enabled", True, d(
             "Plugged in: false destroys the publisher (an unplug), true recreates it.",
@@ -261,8 +303,8 @@ class SimSensorsNode(Node):
 
     # ------------------------------------------------------------------ plugging
     def _plug(self, sensor: SensorConfig) -> None:
-        msg_type = _MESSAGES[sensor.modality][0]
-        qos = qos_from_name("text" if sensor.modality == "text" else "sensor_data")
+        msg_type = sensor_message_class(sensor.modality)
+        qos = qos_from_name(sensor_qos_name(sensor.modality))
         self._sensor_pubs[sensor.name] = self.create_publisher(msg_type, sensor.topic, qos)
         self.get_logger().info(f"sensor {sensor.name} plugged in on {sensor.topic}")
 
@@ -363,8 +405,8 @@ class SimSensorsNode(Node):
         payload = item.payload
         if sensor.noise:
             payload = corrupt(item.modality, payload, self._noise_rng)
-        stamp = _to_time(self._start_ns + round(item.stamp_s * 1e9))  # type: ignore[operator]
-        pub.publish(_MESSAGES[item.modality][1](payload, stamp, sensor.frame_id))
+        stamp = stamp_from_ns(self._start_ns + round(item.stamp_s * 1e9))  # type: ignore[operator]
+        pub.publish(build_sensor_message(item.modality, payload, stamp, sensor.frame_id))
         self.stats[f"published/{item.sensor}"] += 1
 
     def _count_dropped(self, sensor: str, lag_s: float) -> None:
@@ -387,13 +429,7 @@ class SimSensorsNode(Node):
         every = float(self._param("realtime_factor")) / float(self._param("ground_truth_rate_hz"))
         if episode == self._gt_episode and t - self._gt_last < every:
             return
-        cls = self.stream.class_at(t)
-        start_ns = self._start_ns or 0
-        self._gt_pub.publish(GroundTruth(
-            header=Header(stamp=_to_time(start_ns + round(t * 1e9))), label=cls.name,
-            class_index=cls.index, episode=episode, shape=cls.shape.name,
-            material=cls.material.name,
-            episode_start=_to_time(start_ns + round(episode * self.period_s * 1e9))))
+        self._gt_pub.publish(ground_truth_message(self.stream, t, self._start_ns or 0))
         self._gt_episode, self._gt_last = episode, t
         self.stats["ground_truth"] += 1
 
