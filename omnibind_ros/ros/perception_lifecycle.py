@@ -44,7 +44,8 @@ from omnibind_ros.ros.params import SENSOR_KEYS, SensorParams, sensor_param
 from omnibind_ros.ros.sensor_worker import SensorWorker, make_pipeline
 from omnibind_ros.srv import AddSensor, RemoveSensor
 
-__all__ = ["PerceptionNode"]
+__all__ = ["PerceptionNode", "bundle_logit_scale", "build_fusion_tick", "read_label_file",
+           "resolve_labels"]
 
 NODE_NAME = "omnibind_perception"
 #: How often the monitor is evaluated (state changes are published when seen, so this bounds
@@ -62,9 +63,42 @@ def _msg_class(type_name: str) -> type:
     return getattr(importlib.import_module(f"{package}.msg"), name)
 
 
-def _read_label_file(path: str) -> list[str]:
+def read_label_file(path: str) -> list[str]:
+    """Label names of a text file: one per line, '#' starts a comment."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+
+
+_read_label_file = read_label_file
+
+
+def resolve_labels(bundle: Any, backend: Any, names: list[str] | tuple[str, ...],
+                   label_file: str = "") -> tuple[tuple[str, ...], np.ndarray]:
+    """The label set: ``names``, else ``label_file``'s, else the bundle's (embedded as cached)."""
+    names = list(names or [])
+    if not names and label_file:
+        names = read_label_file(label_file)
+    if not names:
+        return bundle.label_names, bundle.label_embeddings
+    return tuple(names), embed_labels(backend, names)
+
+
+def bundle_logit_scale(bundle: Any) -> float:
+    """The bundle's logit scale (multiplier of the cosines)."""
+    # Bundles of format 1 carry no scale yet; 100 is CLIP's (exp of its learned 4.6052).
+    labels = bundle.manifest.get("labels")
+    scale = labels.get("logit_scale") if isinstance(labels, dict) else None
+    return float(scale or bundle.manifest.get("logit_scale") or 100.0)
+
+
+def build_fusion_tick(bundle: Any, backend: Any, fp: params.FusionParams,
+                      label_names: tuple[str, ...], label_embeddings: np.ndarray) -> FusionTick:
+    """The node's FusionTick for a bundle, backend, fusion parameters and label set (shared
+    with offline bag evaluation)."""
+    pad_to = bundle.fusion.max_tokens if bundle.fusion is not None else None
+    return FusionTick(backend.fuse, label_names, label_embeddings, bundle_logit_scale(bundle),
+                      max_age_s=fp.max_age_s, top_k=fp.top_k,
+                      min_modalities=fp.min_modalities, pad_to=pad_to)
 
 
 #: Backward clock steps smaller than this are reordering between threads, not a jump.
@@ -327,26 +361,16 @@ class PerceptionNode(LifecycleNode):
     # -- fusion --------------------------------------------------------------------------------
 
     def _labels(self) -> tuple[tuple[str, ...], np.ndarray]:
-        names = list(self._param("labels.names") or [])
-        if not names and self._param("labels.file"):
-            names = _read_label_file(self._param("labels.file"))
-        if not names:
-            return self._bundle.label_names, self._bundle.label_embeddings
-        return tuple(names), embed_labels(self._backend, names)
+        return resolve_labels(self._bundle, self._backend, self._param("labels.names") or [],
+                              self._param("labels.file") or "")
 
     def _build_fusion(self) -> FusionTick:
-        fp = params.read_fusion(self._param)
         names, embeddings = self._labels()
-        pad_to = self._bundle.fusion.max_tokens if self._bundle.fusion is not None else None
-        return FusionTick(self._backend.fuse, names, embeddings, self._logit_scale(),
-                          max_age_s=fp.max_age_s, top_k=fp.top_k,
-                          min_modalities=fp.min_modalities, pad_to=pad_to)
+        return build_fusion_tick(self._bundle, self._backend, params.read_fusion(self._param),
+                                 names, embeddings)
 
     def _logit_scale(self) -> float:
-        # Bundles of format 1 carry no scale yet; 100 is CLIP's (exp of its learned 4.6052).
-        labels = self._bundle.manifest.get("labels")
-        scale = labels.get("logit_scale") if isinstance(labels, dict) else None
-        return float(scale or self._bundle.manifest.get("logit_scale") or 100.0)
+        return bundle_logit_scale(self._bundle)
 
     def _restart_fusion_timer(self) -> None:
         if self._fusion_timer is not None:

@@ -17,12 +17,18 @@ throttle, because the monitor judges the *sensor's* rate, not the encoder's. A m
 fails conversion, preprocessing or encoding, or whose stamp is not newer than the previous
 one, is a bad sample. Stamps reach the monitor in increasing order only (the worker may finish
 an older message after a newer one was reported), so reordering here never counts as bad input.
+
+The synchronous decisions (stamp order, conversion, streaming push, encode-rate throttle;
+then model input and embedding checks) live in :class:`SampleGate` and :func:`checked_embedding`,
+which the offline bag evaluator (``omnibind_ros.bag.offline``) calls directly: a bag is judged
+by exactly the rules the node applies, without the threads.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,7 +36,8 @@ import numpy as np
 from omnibind_ros.core.errors import PreprocessError
 from omnibind_ros.core.preprocess import build_preprocessor
 
-__all__ = ["Pipeline", "SensorWorker", "make_pipeline"]
+__all__ = ["Admission", "Pipeline", "SampleGate", "SensorWorker", "checked_embedding",
+           "make_pipeline"]
 
 #: Minimum interval between two warnings of one sensor (a broken driver at 50 Hz would
 #: otherwise flood the log).
@@ -52,10 +59,17 @@ class Pipeline:
         self.modality = modality
         self.preprocessor = preprocessor
         self.streaming = modality == "audio"
+        self._backend = backend
         if modality == "text":
             self.encode: Callable[[Any], np.ndarray] = lambda t: backend.embed_text([t])[0]
         else:
             self.encode = lambda x: backend.encode(modality, np.asarray(x)[None])[0]
+
+    def encode_batch(self, inputs: list[Any]) -> np.ndarray:
+        """Model inputs -> embeddings ``[B, D]`` in one encoder run (offline evaluation)."""
+        if self.modality == "text":
+            return self._backend.embed_text(list(inputs))
+        return self._backend.encode(self.modality, np.stack([np.asarray(x) for x in inputs]))
 
     def preprocess(self, payload: Any) -> Any:
         if self.modality == "image":  # converters return DecodedImage for image topics
@@ -84,6 +98,81 @@ def _reason(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc}"
 
 
+def bad_reason(exc: BaseException) -> str:
+    """How a failed conversion, preprocessing or encoding is reported (a bad sample)."""
+    return _reason(exc) + "; message dropped"
+
+
+def checked_embedding(embedding: Any) -> np.ndarray:
+    """An encoder output as float32 ``[D]``; ValueError if non-finite or mis-shaped."""
+    embedding = np.asarray(embedding, dtype=np.float32)
+    if embedding.ndim != 1 or not np.isfinite(embedding).all():
+        raise ValueError(f"encoder returned a non-finite or mis-shaped embedding "
+                         f"{list(embedding.shape)}")
+    return embedding
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What :meth:`SampleGate.admit` decided about one message.
+
+    kind : "bad" (report ``reason`` as a bad sample), "valid" (a valid sample that is not
+        encoded: the encode-rate throttle skipped it) or "due" (preprocess and encode
+        ``payload``; its validity depends on that).
+    """
+
+    kind: str
+    reason: str = ""
+    payload: Any = None
+
+
+class SampleGate:
+    """The callback-side rules of one sensor, without threads (see the module docstring).
+
+    Parameters
+    ----------
+    convert : ``msg -> payload``.
+    pipeline : the sensor's :class:`Pipeline`.
+    encode_rate_hz : encode at most this often (arrival time); 0 = every message.
+    """
+
+    def __init__(self, convert: Callable[[Any], Any], pipeline: Pipeline,
+                 encode_rate_hz: float = 0.0) -> None:
+        self.convert = convert
+        self.pipeline = pipeline
+        self.encode_period_s = 1.0 / encode_rate_hz if encode_rate_hz > 0 else 0.0
+        self.last_stamp: float | None = None
+        self.last_submit: float | None = None
+        self.lock = threading.Lock()  # streaming preprocessor: callback pushes, worker reads
+
+    def admit(self, msg: Any, stamp_s: float, arrival_s: float) -> Admission:
+        """Stamp order, conversion (and the streaming push), encode-rate throttle."""
+        if self.last_stamp is not None and stamp_s <= self.last_stamp:
+            return Admission("bad", f"stamp {stamp_s:.3f} not newer than the previous "
+                             f"{self.last_stamp:.3f} (out of order or duplicate); message dropped")
+        try:
+            payload = self.convert(msg)
+            if self.pipeline.streaming:
+                with self.lock:
+                    self.pipeline.push(payload)
+        except Exception as exc:  # noqa: BLE001  (a bad message must never kill the node)
+            return Admission("bad", bad_reason(exc))
+        self.last_stamp = stamp_s
+        due = (self.last_submit is None or self.encode_period_s == 0.0
+               or arrival_s - self.last_submit >= self.encode_period_s)
+        if not due:
+            return Admission("valid")
+        self.last_submit = arrival_s
+        return Admission("due", payload=payload)
+
+    def model_input(self, payload: Any) -> Any:
+        """The encoder input of a due payload (streaming sensors: the current window)."""
+        if self.pipeline.streaming:
+            with self.lock:
+                return self.pipeline.features()
+        return self.pipeline.preprocess(payload)
+
+
 class SensorWorker:
     """Encodes one sensor's newest message in a thread of its own.
 
@@ -108,15 +197,13 @@ class SensorWorker:
         self.pipeline = pipeline
         self._on_valid, self._on_bad, self._on_embedding = on_valid, on_bad, on_embedding
         self._warn = warn
-        self.encode_period_s = 1.0 / encode_rate_hz if encode_rate_hz > 0 else 0.0
+        self.gate = SampleGate(convert, pipeline, encode_rate_hz)
+        self.encode_period_s = self.gate.encode_period_s
         self._cond = threading.Condition()
         self._pending: tuple[Any, float] | None = None
         self._stop = False
-        self._last_stamp: float | None = None  # arrival-order check (callback side)
-        self._last_submit: float | None = None
         self._report_lock = threading.Lock()
         self._reported_max = -float("inf")
-        self._pre_lock = threading.Lock()  # streaming preprocessor: callback pushes, thread reads
         self._last_warn = -float("inf")
         self.received = self.encoded = self.superseded = self.bad = 0
         self._thread = threading.Thread(target=self._run, name=f"omnibind_{name}", daemon=True)
@@ -127,27 +214,15 @@ class SensorWorker:
     def submit(self, msg: Any, stamp_s: float, arrival_s: float) -> None:
         """Take one message (subscription callback; cheap). Never raises."""
         self.received += 1
-        if self._last_stamp is not None and stamp_s <= self._last_stamp:
-            self._bad(f"stamp {stamp_s:.3f} not newer than the previous {self._last_stamp:.3f} "
-                      "(out of order or duplicate); message dropped")
+        admission = self.gate.admit(msg, stamp_s, arrival_s)
+        if admission.kind == "bad":
+            self._bad(admission.reason)
             return
-        try:
-            payload = self.convert(msg)
-            if self.pipeline.streaming:
-                with self._pre_lock:
-                    self.pipeline.push(payload)
-        except Exception as exc:  # noqa: BLE001  (a bad message must never kill the node)
-            self._bad(_reason(exc) + "; message dropped")
-            return
-        self._last_stamp = stamp_s
-        due = (self._last_submit is None or self.encode_period_s == 0.0
-               or arrival_s - self._last_submit >= self.encode_period_s)
-        if not due:
+        if admission.kind == "valid":
             self._report_valid(stamp_s)
             return
         with self._cond:
-            superseded, self._pending = self._pending, (payload, stamp_s)
-            self._last_submit = arrival_s
+            superseded, self._pending = self._pending, (admission.payload, stamp_s)
             self._cond.notify()
         if superseded is not None:
             self.superseded += 1
@@ -176,17 +251,9 @@ class SensorWorker:
 
     def _process(self, payload: Any, stamp_s: float) -> None:
         try:
-            if self.pipeline.streaming:
-                with self._pre_lock:
-                    model_input = self.pipeline.features()
-            else:
-                model_input = self.pipeline.preprocess(payload)
-            embedding = np.asarray(self.pipeline.encode(model_input), dtype=np.float32)
-            if embedding.ndim != 1 or not np.isfinite(embedding).all():
-                raise ValueError(f"encoder returned a non-finite or mis-shaped embedding "
-                                 f"{list(embedding.shape)}")
+            embedding = checked_embedding(self.pipeline.encode(self.gate.model_input(payload)))
         except Exception as exc:  # noqa: BLE001
-            self._bad(_reason(exc) + "; message dropped")
+            self._bad(bad_reason(exc))
             return
         if self._report_valid(stamp_s):
             self.encoded += 1
