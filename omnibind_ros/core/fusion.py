@@ -476,7 +476,8 @@ class TickScheduler:
     embedding ticks at once when the previous tick is at least one period old, so an answer
     follows its newest input by the encode time only, not by a random share of the timer's
     period (measured at 10 Hz: a timer alone adds 38 ms at p50, the p50 latency target is
-    30 ms). The timer (period ``1 / rate_hz``) remains as a heartbeat: when no embedding comes
+    30 ms). A sensor that (re)joins fusion ticks at once (``embedding_due(..., joins=True)``).
+    The timer (period ``1 / rate_hz``) remains as a heartbeat: when no embedding comes
     (every sensor silent) it still ticks, so the "no answer" and its reason are published; it
     skips its turn when an embedding tick ran less than ``0.9`` periods ago (the margin absorbs
     timer jitter without doubling the rate). Without ``on_embedding`` only the timer ticks.
@@ -505,9 +506,17 @@ class TickScheduler:
             return math.inf
         return now_s - self.last_tick_s
 
-    def embedding_due(self, now_s: float) -> bool:
-        """A new embedding arrived at ``now_s``: tick now?"""
-        return self.on_embedding and self._since_last(now_s) >= self.period_s
+    def embedding_due(self, now_s: float, joins: bool = False) -> bool:
+        """A new embedding arrived at ``now_s``: tick now?
+
+        ``joins``: its sensor is fusable but was not in the previous tick (a replugged or new
+        sensor). Such an embedding ticks at once whatever the rate, so a sensor re-enters the
+        answer one encode after its first message instead of up to a period later; it happens
+        once per (re)join, so it cannot raise the rate for long.
+        """
+        if not self.on_embedding:
+            return False
+        return joins or self._since_last(now_s) >= self.period_s
 
     def timer_due(self, now_s: float) -> bool:
         """The heartbeat timer fired at ``now_s``: tick now?"""

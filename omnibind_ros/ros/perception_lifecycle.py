@@ -356,7 +356,7 @@ class PerceptionNode(LifecycleNode):
             return  # removed while its last message was being encoded
         self._store.put(EmbeddingSlot(cfg.name, cfg.modality, stamp_s, embedding), self.now_s())
         if self._active:
-            self._fusion_tick(trigger="embedding")
+            self._fusion_tick(trigger="embedding", sensor=cfg.name)
 
     # -- fusion --------------------------------------------------------------------------------
 
@@ -382,18 +382,25 @@ class PerceptionNode(LifecycleNode):
             self._fusion_timer = self.create_timer(1.0 / rate, self._fusion_tick,
                                                    callback_group=self._fusion_group)
 
-    def _fusion_tick(self, trigger: str = "timer") -> None:
+    def _fusion_tick(self, trigger: str = "timer", sensor: str | None = None) -> None:
+        """One fusion tick, if the scheduler says it is due (``trigger``: "timer" or
+        "embedding"; ``sensor``: whose new embedding triggered it)."""
         with self._lock:
             tick, monitor, scheduler = self._fusion, self._monitor, self._scheduler
             if tick is None or monitor is None:
                 return
             now = self.now_s()
-            due = (scheduler.embedding_due(now) if trigger == "embedding"
-                   else scheduler.timer_due(now))
+            fusable = monitor.fusable(None, tick.max_age_s)  # reads the clock under its lock
+            if trigger == "embedding":
+                last = self._last_result
+                joins = (sensor is not None and sensor in fusable
+                         and (last is None or sensor not in last.sensors))
+                due = scheduler.embedding_due(now, joins=joins)
+            else:
+                due = scheduler.timer_due(now)
             if not due:
                 return
             scheduler.ticked(now)
-            fusable = monitor.fusable(None, tick.max_age_s)  # reads the clock under its lock
             try:
                 result = tick.tick(self._store, fusable, now)
             except Exception as exc:  # noqa: BLE001

@@ -398,3 +398,14 @@ def test_scheduler_survives_a_clock_jump_back() -> None:
     sched = TickScheduler(10.0)
     sched.ticked(100.0)
     assert sched.embedding_due(5.0)  # looping bag: the old tick time does not block
+
+
+def test_scheduler_a_joining_sensor_ticks_at_once() -> None:
+    from omnibind_ros.core.fusion import TickScheduler
+
+    sched = TickScheduler(10.0)
+    sched.ticked(1.0)
+    assert not sched.embedding_due(1.02)
+    assert sched.embedding_due(1.02, joins=True)  # a replugged sensor does not wait
+    timer_only = TickScheduler(10.0, on_embedding=False)
+    assert not timer_only.embedding_due(1.02, joins=True)  # timer-only mode stays timer-only
