@@ -226,17 +226,19 @@ def phases_from_states(states: Sequence[StateChange], sensors: Sequence[str],
     """Dropout phases from the monitor's verdicts (bags without scenario events).
 
     A phase is a maximal interval with one set of sensors out of fusion: a sensor DEGRADED by
-    quality counts as "noisy", one that is STALE, LOST, UNKNOWN or DISABLED as "unplugged" (a
-    bag cannot tell an unplug from a silent driver). Before a sensor's first state change it
-    counts as out (UNKNOWN).
+    quality counts as "noisy", one that is STALE, LOST or DISABLED as "unplugged" (a bag cannot
+    tell an unplug from a silent driver). UNKNOWN (waiting for the first sample, within the
+    startup grace) counts as in: otherwise every bag would start with a phase of a fraction of
+    a second while the sensors' first messages arrive; a sensor that never comes is LOST at
+    the end of its grace.
     """
     from omnibind_ros.tools.bringup import phase_label
 
     current: dict[str, StateChange | None] = {name: None for name in sensors}
 
     def label() -> str:
-        out = [n for n in sensors if current[n] is None
-               or (not current[n].fusable and current[n].state != "DEGRADED")]
+        out = [n for n in sensors if current[n] is not None
+               and current[n].state in ("STALE", "LOST", "DISABLED")]
         noisy = [n for n in sensors if current[n] is not None
                  and current[n].state == "DEGRADED" and not current[n].fusable]
         return phase_label(out, noisy)
@@ -390,6 +392,7 @@ def score(result: EvalResult, *, transition_s: float = 0.5,
     if width <= 0:
         raise ValueError(f"bin_s must be > 0, got {bin_s!r}")
     phase_starts = [p.start_ns for p in result.phases]
+    last_bin = max(1, math.ceil(span_s / width)) - 1  # a tick at the very end: the last bin
 
     overall = _Tally()
     by_modalities: dict[str, _Tally] = defaultdict(_Tally)
@@ -422,13 +425,12 @@ def score(result: EvalResult, *, transition_s: float = 0.5,
         index = _phase_index(phase_starts, tick.when_ns)
         if index is not None:
             by_phase[index].add(verdict, in_top_k)
-        by_bin[max(0, math.floor((tick.t_ns - result.start_ns) / NS / width))].add(
-            verdict, in_top_k)
+        by_bin[min(max(0, math.floor((tick.t_ns - result.start_ns) / NS / width)),
+                   last_bin)].add(verdict, in_top_k)
         if tick.latency_s is not None:
             latencies.append(float(tick.latency_s))
 
-    n_bins = max(1, math.ceil(span_s / width)) if result.ticks else 0
-    n_bins = max(n_bins, max(by_bin, default=-1) + 1)
+    n_bins = last_bin + 1 if result.ticks else 0
     return {
         "overall": {**overall.stats(), "top_k": top_k},
         "transition_s": transition_s,

@@ -1,0 +1,696 @@
+"""Offline evaluation of a bag: the node's recognition path, driven by the bag's clock.
+
+Offline is the *infinitely fast machine*: every message reaches the node at its log time (the
+time the recorder received it), is converted, preprocessed and encoded with zero latency, and
+its embedding is available at that same instant. What remains is exactly what the node decides,
+so the numbers measure the model and the availability logic, not this machine's speed (live
+mode, ``omnibind_ros.bag.live``, measures the real-time behaviour). Nothing here depends on
+wall-clock time or thread scheduling: the same bag gives the same numbers on every run.
+
+The path is the node's, piece by piece:
+
+* messages are deserialized with ``rclpy.serialization.deserialize_message`` into the installed
+  message classes (the objects the node's callbacks get); the stamp is ``header.stamp``, or the
+  arrival (log) time for header-less messages (operator text), as in the node's callback;
+* ``ros.sensor_worker.SampleGate`` applies the callback-side rules (stamp order, conversion via
+  ``ros.conversions``, the audio stream push, the ``encode_rate_hz`` throttle) and gives the
+  model input (``core.preprocess`` via ``make_pipeline``); ``checked_embedding`` checks the
+  encoder output. A message that fails any step is a bad sample, one skipped by the throttle a
+  valid one (the sensor worker's docstring explains the rule); no message is ever superseded
+  (an infinitely fast worker is never busy);
+* ``core.availability.AvailabilityMonitor`` hears every sample at its log time, with the node's
+  settings (``bad_samples_to_degrade``, clock-jump tolerance); it is evaluated on the node's
+  ``MONITOR_HZ`` grid for the state changes it reports. A bag has no ROS graph, so publisher
+  counts are never reported: an unplugged sensor is found by its silence (STALE, LOST), as it
+  would be by a node whose graph poll lags;
+* ``core.fusion``: accepted embeddings go into a ``LatestEmbeddings`` store, the node's
+  ``TickScheduler`` decides when a tick runs (on a new embedding, at most ``fusion.rate_hz``;
+  the heartbeat timer at ``start + k / rate_hz`` of the bag clock, from the first message to
+  the last), and the node's ``FusionTick`` (labels and logit scale from the same helpers,
+  ``ros.perception_lifecycle.build_fusion_tick``) computes the answer.
+
+Ordering at equal times: messages with a log time <= T are handled before the timer tick at T,
+then the monitor evaluation at T; messages of equal log time in bag order.
+
+How it is fast (>= 100 ticks/s on 2 cores with the default bundle is the target):
+
+1. *per-sensor stage* (one sequential task per sensor and window of ``WINDOW_S`` bag seconds,
+   sensors in parallel): deserialize, admit, preprocess. Sensors are independent until the
+   monitor, and their preprocessors (audio, tactile) keep state, so each sensor's messages stay
+   in order on one task at a time;
+2. *replay* (main thread, log-time order): monitor, store and scheduler over the window's
+   outcomes. Each tick records which stored sample of which fusable sensor it would fuse;
+3. *encode* only what a tick fuses (batched per encoder, encoders in parallel; ONNX Runtime
+   releases the GIL). A sample no tick reads is never encoded: its embedding could not change
+   any answer. The one thing this skips is noticing an encoder *failure* (non-finite output) on
+   such a sample, which would have been a bad sample; failures on fused samples are caught and
+   the window is replayed with them as bad samples. ``encode_all=True`` encodes every due
+   message instead (exact also for that case, slower);
+4. *fuse* the recorded ticks in order.
+
+Sessions run single-threaded (``threads`` parallelises across sensors and encoders instead), so
+an encoder gives bit-identical outputs whatever the scheduling.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omnibind_ros.bag.scoring import (
+    EvalResult,
+    StateChange,
+    TickRecord,
+    phases_from_events,
+    phases_from_states,
+)
+
+__all__ = ["BagEvalError", "OfflineEvaluator", "SCENARIO_TOPIC", "evaluate_offline"]
+
+NS = 1_000_000_000
+#: Topic of record-sim's scenario events (std_msgs/String, JSON; see the shared plan).
+SCENARIO_TOPIC = "/omnibind/scenario_event"
+#: Bag seconds handled per window: big enough for useful encoder batches, small enough to keep
+#: the model inputs of one window in memory (~60 inputs/s of ~0.3 MB with 7 sensors).
+WINDOW_S = 2.0
+#: Largest encoder batch (bounds memory; the split is deterministic).
+MAX_BATCH = 16
+#: Windows the per-sensor stage may run ahead of the replay (bounds memory).
+READ_AHEAD = 2
+
+
+class BagEvalError(RuntimeError):
+    """The bag cannot be evaluated (no mapped topic, unusable configuration...)."""
+
+
+@dataclass
+class _Outcome:
+    """One sensor message after the per-sensor stage.
+
+    kind : "bad" (``reason``), "valid" (counted, not encoded) or "due" (``model_input`` or,
+        once encoded, ``embedding``).
+    """
+
+    order: int
+    log_ns: int
+    sensor: str
+    stamp_ns: int
+    stamp_s: float
+    kind: str
+    reason: str = ""
+    model_input: Any = None
+    embedding: np.ndarray | None = None
+    cost_s: float = 0.0  # wall time of preprocessing + its share of the encode (latency)
+
+
+@dataclass
+class _TickPlan:
+    """A fusion tick decided by the replay: its time and what it fuses."""
+
+    t_ns: int
+    now_s: float
+    fusable: list[str]
+    slots: dict[str, _Outcome]  # fusable sensor -> stored sample
+
+
+@dataclass
+class _Replay:
+    """Everything the replay mutates (cloned per window so a window can be replayed)."""
+
+    monitor: Any
+    store: Any
+    scheduler: Any
+    reported_max: dict[str, float]
+    refs: dict[tuple[str, float], _Outcome]
+    next_timer: int = 1
+    next_update: int = 1
+    pending_states: list[StateChange] = field(default_factory=list)
+    #: float seconds given to the monitor -> exact ns (transitions carry the float back)
+    ns_of: dict[float, int] = field(default_factory=dict)
+
+
+def _clone(replay: _Replay) -> _Replay:
+    # Locks cannot be deep-copied: give the copies fresh ones (the replay is single-threaded).
+    memo: dict[int, Any] = {id(replay.monitor._lock): threading.RLock(),
+                            id(replay.store._lock): threading.Lock()}
+    for outcome in replay.refs.values():  # outcomes are shared, not copied
+        memo[id(outcome)] = outcome
+    return copy.deepcopy(replay, memo)
+
+
+@dataclass
+class _SensorRun:
+    """Per-sensor state of the per-sensor stage (touched by one task at a time)."""
+
+    cfg: Any
+    msg_class: type
+    gate: Any
+    pipeline: Any
+    received: int = 0
+    bad: int = 0
+    undecodable: int = 0
+    encoded: int = 0
+    first_error: str = ""
+
+
+def _stamp_of(msg: Any, log_ns: int) -> tuple[int, float]:
+    """(stamp ns, stamp s as the node computes it); header-less: the arrival time."""
+    header = getattr(msg, "header", None)
+    if header is None:
+        return log_ns, log_ns * 1e-9
+    sec, nanosec = int(header.stamp.sec), int(header.stamp.nanosec)
+    return sec * NS + nanosec, sec + nanosec * 1e-9
+
+
+class OfflineEvaluator:
+    """Runs one offline evaluation (use :func:`evaluate_offline`).
+
+    Parameters
+    ----------
+    config : a loaded ``NodeConfig``.
+    bundle, backend : a loaded model bundle and an inference backend on it.
+    threads : parallel tasks (sensors, encoders).
+    encode_all : encode every due message (see the module docstring).
+    """
+
+    def __init__(self, config: Any, bundle: Any, backend: Any, *, threads: int = 2,
+                 encode_all: bool = False) -> None:
+        from omnibind_ros.core.availability import AvailabilityMonitor
+        from omnibind_ros.core.fusion import LatestEmbeddings, TickScheduler
+        from omnibind_ros.ros import perception_lifecycle as pl
+        from omnibind_ros.ros.sensor_worker import SampleGate, make_pipeline
+
+        self.config, self.bundle, self.backend = config, bundle, backend
+        self.threads = max(1, int(threads))
+        self.encode_all = bool(encode_all)
+        names, embeddings = pl.resolve_labels(bundle, backend, config.label_names,
+                                              config.label_file)
+        self.fusion = pl.build_fusion_tick(bundle, backend, config.fusion, names, embeddings)
+        self.monitor_period_ns = round(NS / pl.MONITOR_HZ)
+        rate = float(config.fusion.rate_hz)
+        self.timer_period_ns = round(NS / rate) if rate > 0 else 0
+        self.sensors: dict[str, _SensorRun] = {}
+        for cfg in config.sensors:
+            pipeline = make_pipeline(cfg.modality, bundle, backend)
+            from omnibind_ros.ros.conversions import conversion_for
+
+            gate = SampleGate(conversion_for(cfg.modality, cfg.message_type), pipeline,
+                              cfg.encode_rate_hz)
+            self.sensors[cfg.name] = _SensorRun(cfg, pl._msg_class(cfg.message_type), gate,
+                                                pipeline)
+        self._make_monitor = lambda: AvailabilityMonitor(
+            clock_jump_tolerance_s=pl.CLOCK_JUMP_TOLERANCE_S)
+        self._make_store = LatestEmbeddings
+        self._make_scheduler = lambda: TickScheduler(
+            rate, bool(getattr(config.fusion, "tick_on_embedding", False)))
+        self._sem = threading.Semaphore(self.threads)
+        self._encode_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bag_encode")
+        self._sensor_pools = {name: ThreadPoolExecutor(1, thread_name_prefix=f"bag_{name}")
+                              for name in self.sensors}
+        self._batchable = {m: spec.input.fixed_shape[0] is None
+                           for m, spec in bundle.modalities.items()}
+        self.timing: dict[str, float] = defaultdict(float)
+        self.fusion_errors: list[str] = []
+
+    def close(self) -> None:
+        for pool in [self._encode_pool, *self._sensor_pools.values()]:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- per-sensor stage ------------------------------------------------------------------------
+
+    def _sensor_stage(self, name: str, messages: list[Any]) -> list[_Outcome]:
+        from rclpy.serialization import deserialize_message
+
+        from omnibind_ros.ros.sensor_worker import bad_reason
+
+        run = self.sensors[name]
+        out: list[_Outcome] = []
+        with self._sem:
+            for m in messages:
+                run.received += 1
+                try:
+                    msg = deserialize_message(m.rawdata, run.msg_class)
+                except Exception as exc:  # noqa: BLE001  (rmw drops what it cannot decode)
+                    run.undecodable += 1
+                    run.first_error = run.first_error or f"message {m.index}: {exc}"
+                    continue
+                stamp_ns, stamp_s = _stamp_of(msg, m.log_time_ns)
+                start = time.perf_counter()
+                admission = run.gate.admit(msg, stamp_s, m.log_time_ns * 1e-9)
+                outcome = _Outcome(m.index, m.log_time_ns, name, stamp_ns, stamp_s,
+                                   admission.kind, admission.reason)
+                if admission.kind == "due":
+                    try:
+                        outcome.model_input = run.gate.model_input(admission.payload)
+                    except Exception as exc:  # noqa: BLE001
+                        outcome.kind, outcome.reason = "bad", bad_reason(exc)
+                outcome.cost_s = time.perf_counter() - start
+                out.append(outcome)
+            if self.encode_all:
+                self._encode([o for o in out if o.kind == "due"], hold_semaphore=False)
+        return out
+
+    # -- encoding --------------------------------------------------------------------------------
+
+    def _encode(self, outcomes: list[_Outcome], hold_semaphore: bool = True) -> list[_Outcome]:
+        """Embed ``outcomes`` (same sensor or modality) in batches; return those that failed
+        (marked bad)."""
+        from omnibind_ros.ros.sensor_worker import bad_reason, checked_embedding
+
+        if not outcomes:
+            return []
+        pipeline = self.sensors[outcomes[0].sensor].pipeline
+        size = MAX_BATCH if self._batchable.get(pipeline.modality, True) else 1
+        failed = []
+        for i in range(0, len(outcomes), size):
+            batch = outcomes[i:i + size]
+            start = time.perf_counter()
+            try:
+                if hold_semaphore:
+                    with self._sem:
+                        out = pipeline.encode_batch([o.model_input for o in batch])
+                else:
+                    out = pipeline.encode_batch([o.model_input for o in batch])
+                rows: list[Any] = list(out)
+                if len(rows) != len(batch):
+                    raise ValueError(f"encoder returned {len(rows)} rows for {len(batch)}")
+            except Exception:  # noqa: BLE001  (one at a time tells which input fails)
+                rows = []
+                for o in batch:
+                    try:
+                        rows.append(pipeline.encode(o.model_input))
+                    except Exception as exc:  # noqa: BLE001
+                        rows.append(exc)
+            share = (time.perf_counter() - start) / len(batch)
+            for o, row in zip(batch, rows, strict=True):
+                o.cost_s += share
+                try:
+                    if isinstance(row, BaseException):
+                        raise row
+                    o.embedding = checked_embedding(row)
+                    o.model_input = None
+                    self.sensors[o.sensor].encoded += 1
+                except Exception as exc:  # noqa: BLE001
+                    o.kind, o.reason, o.model_input = "bad", bad_reason(exc), None
+                    failed.append(o)
+        return failed
+
+    def _encode_needed(self, plans: list[_TickPlan]) -> list[_Outcome]:
+        needed: dict[int, _Outcome] = {}
+        for plan in plans:
+            for o in plan.slots.values():
+                if o.embedding is None and o.kind == "due":
+                    needed[id(o)] = o
+        by_modality: dict[str, list[_Outcome]] = defaultdict(list)
+        for o in sorted(needed.values(), key=lambda o: o.order):
+            by_modality[self.sensors[o.sensor].cfg.modality].append(o)
+        futures = [self._encode_pool.submit(self._encode, group)
+                   for _, group in sorted(by_modality.items())]
+        return [o for f in futures for o in f.result()]
+
+    # -- replay ----------------------------------------------------------------------------------
+
+    def new_replay(self, start_ns: int) -> _Replay:
+        monitor = self._make_monitor()
+        for cfg in self.config.sensors:
+            monitor.add_sensor(cfg.monitor_config(self.config.bad_samples_to_degrade),
+                               start_ns * 1e-9)
+        return _Replay(monitor, self._make_store(), self._make_scheduler(), {}, {})
+
+    def replay(self, state: _Replay, outcomes: list[_Outcome], start_ns: int, until_ns: int,
+               final: bool) -> list[_TickPlan]:
+        """Feed ``outcomes`` (log-time order) and the timers up to ``until_ns`` (exclusive;
+        inclusive when ``final``) through monitor, store and scheduler."""
+        from omnibind_ros.core.fusion import EmbeddingSlot
+
+        plans: list[_TickPlan] = []
+        placeholder = np.ones(1, dtype=np.float32)  # embeddings come later (lazy encoding)
+
+        def tick(t_ns: int, now_s: float) -> None:
+            state.scheduler.ticked(now_s)
+            fusable = state.monitor.fusable(now_s, self.fusion.max_age_s)
+            snapshot = state.store.snapshot()
+            slots = {name: state.refs[(name, snapshot[name].stamp_s)]
+                     for name in fusable if name in snapshot}
+            plans.append(_TickPlan(t_ns, now_s, fusable, slots))
+
+        def timers_until(t_ns: int, inclusive: bool) -> None:
+            while True:
+                timer = (start_ns + state.next_timer * self.timer_period_ns
+                         if self.timer_period_ns else math.inf)
+                update = start_ns + state.next_update * self.monitor_period_ns
+                nxt = min(timer, update)
+                if nxt > t_ns or (nxt == t_ns and not inclusive):
+                    return
+                if timer <= update:
+                    state.next_timer += 1
+                    if state.scheduler.timer_due(timer * 1e-9):
+                        tick(int(timer), timer * 1e-9)
+                else:
+                    state.next_update += 1
+                    self._collect_states(state, update)
+
+        monitor = state.monitor
+        for o in outcomes:
+            timers_until(o.log_ns, inclusive=False)
+            now_s = o.log_ns * 1e-9
+            state.ns_of[now_s] = o.log_ns
+            if o.kind == "bad":
+                monitor.on_bad_sample(o.sensor, now_s, o.reason)
+                continue
+            # SensorWorker._report_valid: a stamp not above the highest reported one was
+            # counted already (cannot happen in order, kept for fidelity).
+            if o.stamp_s <= state.reported_max.get(o.sensor, -math.inf):
+                continue
+            state.reported_max[o.sensor] = o.stamp_s
+            accepted = monitor.on_sample(o.sensor, o.stamp_s, now_s)
+            if o.kind != "due" or not accepted:
+                continue
+            cfg = self.sensors[o.sensor].cfg
+            state.store.put(EmbeddingSlot(cfg.name, cfg.modality, o.stamp_s, placeholder),
+                            now_s)
+            state.refs[(cfg.name, o.stamp_s)] = o
+            if state.scheduler.embedding_due(now_s):
+                tick(o.log_ns, now_s)
+        timers_until(until_ns, inclusive=final)
+        if final:
+            self._collect_states(state, until_ns)
+        self._forget_unreachable(state)
+        return plans
+
+    @staticmethod
+    def _forget_unreachable(state: _Replay) -> None:
+        """Drop references to samples the store no longer holds (memory)."""
+        held = {(name, slot.stamp_s) for name, slot in state.store.snapshot().items()}
+        for key in [k for k in state.refs if k not in held]:
+            del state.refs[key]
+
+    @staticmethod
+    def _collect_states(state: _Replay, now_ns: int) -> None:
+        state.ns_of[now_ns * 1e-9] = now_ns
+        for t in state.monitor.update(now_ns * 1e-9):
+            t_ns = state.ns_of.get(t.time_s, round(t.time_s * NS))
+            state.pending_states.append(StateChange(t_ns, t.name, t.new.name, t.reason))
+        state.ns_of.clear()  # update() returned every queued change: none refers to these
+
+    # -- fusion ----------------------------------------------------------------------------------
+
+    def fuse(self, plan: _TickPlan) -> TickRecord | None:
+        from omnibind_ros.core.fusion import EmbeddingSlot
+
+        start = time.perf_counter()
+        slots = {name: EmbeddingSlot(name, self.sensors[name].cfg.modality, o.stamp_s,
+                                     o.embedding) for name, o in plan.slots.items()}
+        try:
+            result = self.fusion.tick(slots, plan.fusable, plan.now_s)
+        except Exception as exc:  # noqa: BLE001  (the node logs it and publishes nothing)
+            self.fusion_errors.append(f"t={plan.now_s:.3f}: {exc}")
+            return None
+        spent = time.perf_counter() - start
+        if not result.answered:
+            return TickRecord(plan.t_ns, None, (), (), "", (), result.no_answer_reason, spent)
+        used = [plan.slots[name] for name in result.sensors]
+        newest = max(used, key=lambda o: o.stamp_ns)
+        return TickRecord(plan.t_ns, newest.stamp_ns, result.sensors, result.modalities,
+                          result.best_label, result.top_labels, "", spent + newest.cost_s,
+                          round(result.best_score, 6))
+
+    # -- driver ----------------------------------------------------------------------------------
+
+    def run(self, messages: Iterable[Any], start_ns: int, *,
+            topics: dict[str, str] | None = None,
+            on_other: Callable[[Any], None] | None = None,
+            progress: Callable[[int], None] | None = None) -> tuple[
+                list[TickRecord], list[StateChange], int]:
+        """Evaluate ``messages`` (BagMessage-like: topic, log_time_ns, rawdata, index; log-time
+        order) from bag time ``start_ns``.
+
+        ``topics`` maps topic -> sensor (default: every configured sensor's topic; leave out
+        topics whose type does not match). Messages of other topics go to ``on_other``.
+
+        Returns (ticks, state changes, last log time). An exception of the message iterator
+        (a damaged bag) ends the reading; everything read before it is evaluated, and the
+        exception is left in ``self.read_error``.
+        """
+        if topics is None:
+            topics = {run.cfg.topic: name for name, run in self.sensors.items()}
+        window_ns = round(WINDOW_S * NS)
+        state = self.new_replay(start_ns)
+        ticks: list[TickRecord] = []
+        states: list[StateChange] = []
+        pending: list[tuple[int, dict[str, Future]]] = []
+        self.read_error: BaseException | None = None
+        last_ns = start_ns
+
+        def dispatch(batch: dict[str, list[Any]], until: int) -> None:
+            futures = {name: self._sensor_pools[name].submit(self._sensor_stage, name, msgs)
+                       for name, msgs in batch.items() if msgs}
+            pending.append((until, futures))
+
+        def finish(until: int, futures: dict[str, Future], final: bool) -> None:
+            t0 = time.perf_counter()
+            outcomes = sorted((o for f in futures.values() for o in f.result()),
+                              key=lambda o: (o.log_ns, o.order))
+            t1 = time.perf_counter()
+            nonlocal state
+            while True:
+                snapshot = _clone(state)
+                plans = self.replay(state, outcomes, start_ns, until, final)
+                t2 = time.perf_counter()
+                failed = self._encode_needed(plans)
+                self.timing["encode_s"] += time.perf_counter() - t2
+                if not failed:
+                    break
+                state = snapshot  # encoder failures are bad samples: replay the window
+            t3 = time.perf_counter()
+            for plan in plans:
+                record = self.fuse(plan)
+                if record is not None:
+                    ticks.append(record)
+            states.extend(state.pending_states)
+            state.pending_states = []
+            self.timing["wait_sensor_stage_s"] += t1 - t0
+            self.timing["replay_s"] += t2 - t1
+            self.timing["fuse_s"] += time.perf_counter() - t3
+            if progress is not None:
+                progress(until)
+
+        window_end = start_ns + window_ns
+        batch: dict[str, list[Any]] = defaultdict(list)
+        iterator: Iterator[Any] = iter(messages)
+        try:
+            for m in iterator:
+                while m.log_time_ns >= window_end:
+                    dispatch(batch, window_end)
+                    batch = defaultdict(list)
+                    window_end += window_ns
+                    while len(pending) > READ_AHEAD:
+                        until, futures = pending.pop(0)
+                        finish(until, futures, final=False)
+                name = topics.get(m.topic)
+                if name is not None:
+                    batch[name].append(m)
+                elif on_other is not None:
+                    on_other(m)
+                last_ns = max(last_ns, m.log_time_ns)
+        except Exception as exc:  # noqa: BLE001  (a damaged bag: keep what was read)
+            self.read_error = exc
+        dispatch(batch, last_ns)
+        while pending:
+            until, futures = pending.pop(0)
+            final = not pending
+            finish(max(until, last_ns) if final else until, futures, final=final)
+        return ticks, states, last_ns
+
+
+def _progress_bar(enabled: bool, start_ns: int, end_ns: int) -> tuple[Callable[[int], None],
+                                                                     Callable[[], None]]:
+    if not enabled:
+        return (lambda _t: None), (lambda: None)
+    from tqdm import tqdm
+
+    total = max(0.0, (end_ns - start_ns) / NS)
+    bar = tqdm(total=round(total, 1), unit="bag s", desc="offline eval", leave=False)
+    done = [0.0]
+
+    def update(t_ns: int) -> None:
+        now = round(min(total, max(0.0, (t_ns - start_ns) / NS)), 1)
+        bar.update(max(0.0, now - done[0]))
+        done[0] = max(done[0], now)
+
+    return update, bar.close
+
+
+def _map_topics(info: Any, config: Any, truth_topic: str) -> tuple[dict[str, str],
+                                                                   dict[str, str]]:
+    """(topic -> sensor, skipped topic -> why) from the bag's topics and the config."""
+    from omnibind_ros.ros.conversions import normalise_msg_type
+
+    mapped: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    by_topic = {cfg.topic: cfg for cfg in config.sensors}
+    for topic, (msgtype, count) in sorted(info.topics.items()):
+        cfg = by_topic.get(topic)
+        if topic in (truth_topic, SCENARIO_TOPIC):
+            continue
+        if cfg is None:
+            skipped[topic] = f"no sensor configured for it ({msgtype}, {count} messages)"
+            continue
+        try:
+            same = normalise_msg_type(msgtype) == normalise_msg_type(cfg.message_type)
+        except ValueError:
+            same = False
+        if not same:
+            skipped[topic] = (f"type {msgtype}, but sensor {cfg.name} is configured for "
+                              f"{cfg.message_type} ({count} messages)")
+            continue
+        mapped[topic] = cfg.name
+    return mapped, skipped
+
+
+def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
+                     config: str | Path | None = None, truth_csv: str | Path | None = None,
+                     truth_topic: str = "/omnibind/ground_truth",
+                     backend: str = "onnxruntime", threads: int | None = None,
+                     progress: bool = True, encode_all: bool = False) -> EvalResult:
+    """Evaluate a bag offline (see the module docstring).
+
+    Parameters
+    ----------
+    bag : rosbag2 directory (or a bare .mcap/.db3).
+    bundle : model bundle; None = the config's ``bundle_path``, else the default bundle.
+    config : the node's parameter YAML (topic -> sensor mapping, fusion, labels); None = the
+        package's ``config/perception.yaml``.
+    truth_csv : ground truth as labelled intervals (replaces the truth topic).
+    truth_topic : ground-truth topic (omnibind_ros/msg/GroundTruth).
+    backend : inference backend (sessions single-threaded: deterministic outputs).
+    threads : parallel sensors/encoders; None = the machine's cores (at most 8).
+    progress : a progress bar (tqdm) on stderr.
+    encode_all : encode every due message, not only the fused ones.
+
+    Raises
+    ------
+    FileNotFoundError : bag, bundle or config missing.
+    BagEvalError : no topic of the bag maps to a configured sensor (the message lists both),
+        or nothing of the bag is readable.
+    ConfigError, TruthError : an unusable config or ground-truth CSV.
+
+    A bag damaged part-way is not an error: the result holds everything up to the damage and
+    ``error`` names the position.
+    """
+    import os
+
+    from omnibind_ros.ros.env import ensure_safe_ros_env
+
+    ensure_safe_ros_env()  # rclpy (serialization) is imported below
+    from omnibind_ros.bag.config import load_node_config
+    from omnibind_ros.bag.reader import BagReadError, iter_messages, open_info
+    from omnibind_ros.bag.truth import GroundTruth
+    from omnibind_ros.core.backends import create_backend
+    from omnibind_ros.core.bundle import default_bundle_dir, load_bundle
+
+    wall0 = time.perf_counter()
+    bag = Path(bag)
+    cfg = load_node_config(config)
+    try:
+        info = open_info(bag)
+    except BagReadError as exc:
+        raise BagEvalError(f"nothing of bag {bag} is readable: {exc}") from exc
+    mapped, skipped = _map_topics(info, cfg, truth_topic)
+    if not mapped:
+        raise BagEvalError(
+            f"no topic of bag {bag} belongs to a configured sensor. Bag topics: "
+            + (", ".join(f"{t} ({v[0]})" for t, v in sorted(info.topics.items())) or "none")
+            + ". Configured sensors ("
+            + (str(cfg.path) if cfg.path else "defaults") + "): "
+            + ", ".join(f"{s.name} on {s.topic} ({s.message_type})" for s in cfg.sensors)
+            + ". Pass the node configuration the bag was recorded for (--config).")
+    bundle_path = bundle or cfg.params.get("bundle_path") or default_bundle_dir()
+    model = load_bundle(bundle_path)
+    n_threads = threads if threads else min(8, os.cpu_count() or 1)
+    engine = create_backend(backend, model, threads=1)
+    evaluator = OfflineEvaluator(cfg, model, engine, threads=n_threads, encode_all=encode_all)
+    truth_msgs: list[tuple[int, Any]] = []
+    events: list[tuple[int, str]] = []
+
+    def on_other(m: Any) -> None:
+        from rclpy.serialization import deserialize_message
+
+        if m.topic == truth_topic and truth_csv is None:
+            from omnibind_ros.msg import GroundTruth as GroundTruthMsg
+
+            truth_msgs.append((m.log_time_ns, deserialize_message(m.rawdata, GroundTruthMsg)))
+        elif m.topic == SCENARIO_TOPIC:
+            from std_msgs.msg import String
+
+            events.append((m.log_time_ns, deserialize_message(m.rawdata, String).data))
+
+    update, close_bar = _progress_bar(progress, info.start_ns, info.end_ns)
+    setup_s = time.perf_counter() - wall0
+    try:
+        # Every topic is read (unknown ones are dropped in on_other): the evaluation spans the
+        # bag from its first to its last message, whatever their topic.
+        ticks, states, last_ns = evaluator.run(iter_messages(bag), info.start_ns,
+                                               topics=mapped, on_other=on_other,
+                                               progress=update)
+    finally:
+        close_bar()
+        evaluator.close()
+    error = None
+    if evaluator.read_error is not None:
+        exc = evaluator.read_error
+        if not isinstance(exc, BagReadError):
+            raise exc
+        error = str(exc)
+    end_ns = last_ns
+    if truth_csv is not None:
+        truth = GroundTruth.from_csv(truth_csv, info.start_ns)
+    elif truth_msgs:
+        truth = GroundTruth.from_messages(truth_msgs, end_ns)
+    else:
+        truth = None
+    names = [s.name for s in cfg.sensors]
+    if events:
+        phases = phases_from_events(events, names, info.start_ns, end_ns)
+    else:
+        phases = phases_from_states(states, names, info.start_ns, end_ns)
+    sensors_extra = {}
+    for name, run in evaluator.sensors.items():
+        sensors_extra[name] = {"topic": run.cfg.topic, "modality": run.cfg.modality,
+                               "mapped": run.cfg.topic in mapped, "messages": run.received,
+                               "undecodable": run.undecodable, "encoded": run.encoded}
+        if run.first_error:
+            sensors_extra[name]["first_undecodable"] = run.first_error
+    wall = time.perf_counter() - wall0
+    extra = {
+        "config": str(cfg.path) if cfg.path else None,
+        "bundle": str(Path(bundle_path)),
+        "backend": getattr(engine, "name", backend),
+        "encode_all": encode_all,
+        "fusion": {"rate_hz": cfg.fusion.rate_hz, "max_age_s": cfg.fusion.max_age_s,
+                   "min_modalities": cfg.fusion.min_modalities, "top_k": cfg.fusion.top_k,
+                   "tick_on_embedding": bool(getattr(cfg.fusion, "tick_on_embedding", False))},
+        "labels": list(evaluator.fusion.label_names),
+        "sensors": sensors_extra,
+        "truth_source": ("csv" if truth_csv is not None else
+                         truth_topic if truth_msgs else None),
+        "scenario_events": len(events),
+        "unknown_params": list(cfg.unknown),
+        "fusion_errors": evaluator.fusion_errors[:20],
+        "timing": {"setup_s": round(setup_s, 3), "threads": n_threads,
+                   **{k: round(v, 3) for k, v in evaluator.timing.items()}},
+    }
+    return EvalResult(
+        bag=str(bag), mode="offline", ticks=ticks, states=states, truth=truth, phases=phases,
+        sensors=names, skipped_topics=skipped, error=error, wall_s=wall, extra=extra,
+        start_ns=info.start_ns, end_ns=end_ns,
+        modalities={s.name: s.modality for s in cfg.sensors})
