@@ -31,6 +31,7 @@ setup(
             "omnibind-perception = omnibind_ros.ros.perception_node:main",
             "omnibind-sim-sensors = omnibind_ros.ros.sim_sensors_node:main",
             "omnibind-bringup = omnibind_ros.tools.bringup:main",
+            "omnibind-bag = omnibind_ros.bag.cli:main",
         ],
     },
 )
