@@ -49,7 +49,11 @@ How it is fast (>= 100 ticks/s on 2 cores with the default bundle is the target)
 4. *fuse* the recorded ticks in order.
 
 Sessions run single-threaded (``threads`` parallelises across sensors and encoders instead), so
-an encoder gives bit-identical outputs whatever the scheduling.
+an encoder gives bit-identical outputs whatever the scheduling. For the same reason BLAS
+(numpy's OpenBLAS: the audio mel matrix product, point-cloud plane fits) is limited to one
+thread while an evaluation runs (``threadpoolctl``, when installed): its worker threads
+busy-wait, and with the evaluation's own threads on every core they made the audio features
+8x slower (measured on 2 cores).
 """
 from __future__ import annotations
 
@@ -82,8 +86,10 @@ SCENARIO_TOPIC = "/omnibind/scenario_event"
 #: Bag seconds handled per window: big enough for useful encoder batches, small enough to keep
 #: the model inputs of one window in memory (~60 inputs/s of ~0.3 MB with 7 sensors).
 WINDOW_S = 2.0
-#: Largest encoder batch (bounds memory; the split is deterministic).
-MAX_BATCH = 16
+#: Largest encoder batch (the split is deterministic). EfficientNet-Lite0 at 160 px costs
+#: 2.50 / 2.39 / 2.40 / 2.71 ms of CPU per sample at batch 1 / 4 / 8 / 16 (one thread; larger
+#: batches spill the caches).
+MAX_BATCH = 8
 #: Windows the per-sensor stage may run ahead of the replay (bounds memory).
 READ_AHEAD = 2
 
@@ -113,13 +119,22 @@ class _Outcome:
 
 
 @dataclass
-class _TickPlan:
-    """A fusion tick decided by the replay: its time and what it fuses."""
+class _Plan:
+    """A tick as pass 1 saw it: the store's slots and the samples the tick fuses."""
 
     t_ns: int
     now_s: float
     fusable: list[str]
-    slots: dict[str, _Outcome]  # fusable sensor -> stored sample
+    slots: dict[str, Any]
+    used: dict[str, _Outcome]
+
+
+class _Redo(Exception):
+    """A sample a tick fuses failed to encode: replay the window with it as a bad sample."""
+
+
+#: ``fuse(t_ns, now_s, fusable, state) -> sensors of the result, or None if the tick failed``
+FuseFn = Callable[[int, float, list[str], "_Replay"], "tuple[str, ...] | None"]
 
 
 @dataclass
@@ -133,6 +148,8 @@ class _Replay:
     refs: dict[tuple[str, float], _Outcome]
     next_timer: int = 1
     next_update: int = 1
+    #: sensors of the last successful tick (the node's ``_last_result.sensors``)
+    last_sensors: tuple[str, ...] | None = None
     pending_states: list[StateChange] = field(default_factory=list)
     #: float seconds given to the monitor -> exact ns (transitions carry the float back)
     ns_of: dict[float, int] = field(default_factory=dict)
@@ -162,6 +179,15 @@ class _SensorRun:
     first_error: str = ""
 
 
+def _single_threaded_blas() -> Any:
+    """Limit BLAS to one thread (see the module docstring); the limiter, or None."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only speed depends on it
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _stamp_of(msg: Any, log_ns: int) -> tuple[int, float]:
     """(stamp ns, stamp s as the node computes it); header-less: the arrival time."""
     header = getattr(msg, "header", None)
@@ -185,7 +211,7 @@ class OfflineEvaluator:
     def __init__(self, config: Any, bundle: Any, backend: Any, *, threads: int = 2,
                  encode_all: bool = False) -> None:
         from omnibind_ros.core.availability import AvailabilityMonitor
-        from omnibind_ros.core.fusion import LatestEmbeddings, TickScheduler
+        from omnibind_ros.core.fusion import FusionTick, LatestEmbeddings, TickScheduler
         from omnibind_ros.ros import perception_lifecycle as pl
         from omnibind_ros.ros.sensor_worker import SampleGate, make_pipeline
 
@@ -195,6 +221,14 @@ class OfflineEvaluator:
         names, embeddings = pl.resolve_labels(bundle, backend, config.label_names,
                                               config.label_file)
         self.fusion = pl.build_fusion_tick(bundle, backend, config.fusion, names, embeddings)
+        # Same selection and no-answer rules, on 1-d placeholder embeddings: tells which
+        # samples a tick fuses before they are encoded.
+        f = self.fusion
+        self._shadow = FusionTick(
+            lambda tokens, mask: np.ones((1, 1), np.float32), ("-",),
+            np.ones((1, 1), np.float32), f.logit_scale, max_age_s=f.max_age_s, top_k=1,
+            min_modalities=f.min_modalities, max_tokens=f.max_tokens, pad_to=f.pad_to,
+            min_quality=f.min_quality, future_tolerance_s=f.future_tolerance_s)
         self.monitor_period_ns = round(NS / pl.MONITOR_HZ)
         rate = float(config.fusion.rate_hz)
         self.timer_period_ns = round(NS / rate) if rate > 0 else 0
@@ -219,11 +253,16 @@ class OfflineEvaluator:
         self._batchable = {m: spec.input.fixed_shape[0] is None
                            for m, spec in bundle.modalities.items()}
         self.timing: dict[str, float] = defaultdict(float)
+        self._timing_lock = threading.Lock()
+        self._blas_limits = _single_threaded_blas()
         self.fusion_errors: list[str] = []
 
     def close(self) -> None:
         for pool in [self._encode_pool, *self._sensor_pools.values()]:
             pool.shutdown(wait=True, cancel_futures=True)
+        if self._blas_limits is not None:
+            self._blas_limits.restore_original_limits()
+            self._blas_limits = None
 
     # -- per-sensor stage ------------------------------------------------------------------------
 
@@ -235,6 +274,7 @@ class OfflineEvaluator:
         run = self.sensors[name]
         out: list[_Outcome] = []
         with self._sem:
+            cpu0 = time.thread_time()
             for m in messages:
                 run.received += 1
                 try:
@@ -255,9 +295,14 @@ class OfflineEvaluator:
                         outcome.kind, outcome.reason = "bad", bad_reason(exc)
                 outcome.cost_s = time.perf_counter() - start
                 out.append(outcome)
+            self._add_cpu(f"cpu_s.sensor_stage.{name}", time.thread_time() - cpu0)
             if self.encode_all:
                 self._encode([o for o in out if o.kind == "due"], hold_semaphore=False)
         return out
+
+    def _add_cpu(self, key: str, seconds: float) -> None:
+        with self._timing_lock:
+            self.timing[key] += seconds
 
     # -- encoding --------------------------------------------------------------------------------
 
@@ -273,7 +318,7 @@ class OfflineEvaluator:
         failed = []
         for i in range(0, len(outcomes), size):
             batch = outcomes[i:i + size]
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), time.thread_time()
             try:
                 if hold_semaphore:
                     with self._sem:
@@ -291,6 +336,7 @@ class OfflineEvaluator:
                     except Exception as exc:  # noqa: BLE001
                         rows.append(exc)
             share = (time.perf_counter() - start) / len(batch)
+            self._add_cpu(f"cpu_s.encode.{pipeline.modality}", time.thread_time() - cpu0)
             for o, row in zip(batch, rows, strict=True):
                 o.cost_s += share
                 try:
@@ -304,14 +350,10 @@ class OfflineEvaluator:
                     failed.append(o)
         return failed
 
-    def _encode_needed(self, plans: list[_TickPlan]) -> list[_Outcome]:
-        needed: dict[int, _Outcome] = {}
-        for plan in plans:
-            for o in plan.slots.values():
-                if o.embedding is None and o.kind == "due":
-                    needed[id(o)] = o
+    def _encode_group(self, outcomes: list[_Outcome]) -> list[_Outcome]:
+        """Encode outcomes of several sensors: batched per modality, modalities in parallel."""
         by_modality: dict[str, list[_Outcome]] = defaultdict(list)
-        for o in sorted(needed.values(), key=lambda o: o.order):
+        for o in sorted(outcomes, key=lambda o: o.order):
             by_modality[self.sensors[o.sensor].cfg.modality].append(o)
         futures = [self._encode_pool.submit(self._encode, group)
                    for _, group in sorted(by_modality.items())]
@@ -327,21 +369,29 @@ class OfflineEvaluator:
         return _Replay(monitor, self._make_store(), self._make_scheduler(), {}, {})
 
     def replay(self, state: _Replay, outcomes: list[_Outcome], start_ns: int, until_ns: int,
-               final: bool) -> list[_TickPlan]:
+               final: bool, fuse: FuseFn) -> None:
         """Feed ``outcomes`` (log-time order) and the timers up to ``until_ns`` (exclusive;
-        inclusive when ``final``) through monitor, store and scheduler."""
+        inclusive when ``final``) through monitor, store and scheduler; ``fuse`` runs the
+        ticks (the node's ``_on_embedding`` and ``_fusion_tick``, without the threads)."""
         from omnibind_ros.core.fusion import EmbeddingSlot
 
-        plans: list[_TickPlan] = []
-        placeholder = np.ones(1, dtype=np.float32)  # embeddings come later (lazy encoding)
+        monitor, scheduler = state.monitor, state.scheduler
+        placeholder = np.ones(1, dtype=np.float32)  # embeddings are looked up by the fuse step
 
-        def tick(t_ns: int, now_s: float) -> None:
-            state.scheduler.ticked(now_s)
-            fusable = state.monitor.fusable(now_s, self.fusion.max_age_s)
-            snapshot = state.store.snapshot()
-            slots = {name: state.refs[(name, snapshot[name].stamp_s)]
-                     for name in fusable if name in snapshot}
-            plans.append(_TickPlan(t_ns, now_s, fusable, slots))
+        def fusion_tick(t_ns: int, now_s: float, sensor: str | None) -> None:
+            fusable = monitor.fusable(now_s, self.fusion.max_age_s)
+            if sensor is not None:
+                last = state.last_sensors
+                joins = sensor in fusable and (last is None or sensor not in last)
+                due = scheduler.embedding_due(now_s, joins=joins)
+            else:
+                due = scheduler.timer_due(now_s)
+            if not due:
+                return
+            scheduler.ticked(now_s)
+            used = fuse(t_ns, now_s, fusable, state)
+            if used is not None:
+                state.last_sensors = used
 
         def timers_until(t_ns: int, inclusive: bool) -> None:
             while True:
@@ -353,13 +403,11 @@ class OfflineEvaluator:
                     return
                 if timer <= update:
                     state.next_timer += 1
-                    if state.scheduler.timer_due(timer * 1e-9):
-                        tick(int(timer), timer * 1e-9)
+                    fusion_tick(int(timer), timer * 1e-9, None)
                 else:
                     state.next_update += 1
                     self._collect_states(state, update)
 
-        monitor = state.monitor
         for o in outcomes:
             timers_until(o.log_ns, inclusive=False)
             now_s = o.log_ns * 1e-9
@@ -379,13 +427,11 @@ class OfflineEvaluator:
             state.store.put(EmbeddingSlot(cfg.name, cfg.modality, o.stamp_s, placeholder),
                             now_s)
             state.refs[(cfg.name, o.stamp_s)] = o
-            if state.scheduler.embedding_due(now_s):
-                tick(o.log_ns, now_s)
+            fusion_tick(o.log_ns, now_s, cfg.name)
         timers_until(until_ns, inclusive=final)
         if final:
             self._collect_states(state, until_ns)
         self._forget_unreachable(state)
-        return plans
 
     @staticmethod
     def _forget_unreachable(state: _Replay) -> None:
@@ -404,25 +450,68 @@ class OfflineEvaluator:
 
     # -- fusion ----------------------------------------------------------------------------------
 
-    def fuse(self, plan: _TickPlan) -> TickRecord | None:
+    def _selected(self, now_s: float, fusable: list[str], state: _Replay) -> Any:
+        """The shadow tick: which stored samples the real tick fuses (no embeddings needed:
+        token selection and the no-answer rules read stamps, sensors and modalities only)."""
+        return self._shadow.tick(state.store, fusable, now_s)
+
+    def planner(self, plans: list[_Plan]) -> FuseFn:
+        """Pass 1: run the ticks in shadow, recording what each one fuses."""
+        def fuse(t_ns: int, now_s: float, fusable: list[str], state: _Replay
+                 ) -> tuple[str, ...] | None:
+            shadow = self._selected(now_s, fusable, state)
+            snapshot = state.store.snapshot()
+            used = {name: state.refs[(name, snapshot[name].stamp_s)] for name in shadow.sensors}
+            plans.append(_Plan(t_ns, now_s, fusable, snapshot, used))
+            return shadow.sensors
+        return fuse
+
+    def _fuse(self, t_ns: int, now_s: float, fusable: list[str], slots: dict[str, Any],
+              used: list[_Outcome], records: list[TickRecord]) -> tuple[str, ...] | None:
+        """The real tick on ``slots`` whose ``used`` samples carry their embeddings; appends
+        its TickRecord; returns its sensors, None if fusion raised (the node logs that and
+        publishes nothing)."""
         from omnibind_ros.core.fusion import EmbeddingSlot
 
         start = time.perf_counter()
-        slots = {name: EmbeddingSlot(name, self.sensors[name].cfg.modality, o.stamp_s,
-                                     o.embedding) for name, o in plan.slots.items()}
+        slots = dict(slots)
+        for o in used:
+            slots[o.sensor] = EmbeddingSlot(o.sensor, slots[o.sensor].modality, o.stamp_s,
+                                            o.embedding)
         try:
-            result = self.fusion.tick(slots, plan.fusable, plan.now_s)
-        except Exception as exc:  # noqa: BLE001  (the node logs it and publishes nothing)
-            self.fusion_errors.append(f"t={plan.now_s:.3f}: {exc}")
+            result = self.fusion.tick(slots, fusable, now_s)
+        except Exception as exc:  # noqa: BLE001
+            self.fusion_errors.append(f"t={now_s:.3f}: {exc}")
             return None
         spent = time.perf_counter() - start
+        if result.sensors != tuple(o.sensor for o in used):  # the same selection code
+            raise RuntimeError(f"fusion used {result.sensors}, the plan "
+                               f"{[o.sensor for o in used]}")
         if not result.answered:
-            return TickRecord(plan.t_ns, None, (), (), "", (), result.no_answer_reason, spent)
-        used = [plan.slots[name] for name in result.sensors]
-        newest = max(used, key=lambda o: o.stamp_ns)
-        return TickRecord(plan.t_ns, newest.stamp_ns, result.sensors, result.modalities,
-                          result.best_label, result.top_labels, "", spent + newest.cost_s,
-                          round(result.best_score, 6))
+            records.append(TickRecord(t_ns, None, (), (), "", (), result.no_answer_reason,
+                                      spent))
+        else:
+            newest = max(used, key=lambda o: o.stamp_ns)
+            records.append(TickRecord(
+                t_ns, newest.stamp_ns, result.sensors, result.modalities, result.best_label,
+                result.top_labels, "", spent + newest.cost_s, round(result.best_score, 6)))
+        return result.sensors
+
+    def fuser(self, records: list[TickRecord]) -> FuseFn:
+        """Pass 2 (when pass 1's plan cannot be used): the real ticks inline; a sample not
+        encoded yet is encoded here, and if that fails, :class:`_Redo`."""
+        def fuse(t_ns: int, now_s: float, fusable: list[str], state: _Replay
+                 ) -> tuple[str, ...] | None:
+            shadow = self._selected(now_s, fusable, state)
+            slots = state.store.snapshot()
+            used = []
+            for name in shadow.sensors:
+                o = state.refs[(name, slots[name].stamp_s)]
+                if o.embedding is None and (o.kind != "due" or self._encode([o])):
+                    raise _Redo(name)
+                used.append(o)
+            return self._fuse(t_ns, now_s, fusable, slots, used, records)
+        return fuse
 
     # -- driver ----------------------------------------------------------------------------------
 
@@ -457,29 +546,41 @@ class OfflineEvaluator:
             pending.append((until, futures))
 
         def finish(until: int, futures: dict[str, Future], final: bool) -> None:
+            nonlocal state
             t0 = time.perf_counter()
             outcomes = sorted((o for f in futures.values() for o in f.result()),
                               key=lambda o: (o.log_ns, o.order))
             t1 = time.perf_counter()
-            nonlocal state
-            while True:
-                snapshot = _clone(state)
-                plans = self.replay(state, outcomes, start_ns, until, final)
-                t2 = time.perf_counter()
-                failed = self._encode_needed(plans)
-                self.timing["encode_s"] += time.perf_counter() - t2
-                if not failed:
-                    break
-                state = snapshot  # encoder failures are bad samples: replay the window
+            # pass 1: replay with shadow ticks, recording what each tick fuses; encode that
+            snapshot = _clone(state)
+            plans: list[_Plan] = []
+            self.replay(state, outcomes, start_ns, until, final, self.planner(plans))
+            t2 = time.perf_counter()
+            needed = {id(o): o for plan in plans for o in plan.used.values()
+                      if o.embedding is None and o.kind == "due"}
+            failed = self._encode_group(list(needed.values()))  # failures: bad samples
             t3 = time.perf_counter()
-            for plan in plans:
-                record = self.fuse(plan)
-                if record is not None:
-                    ticks.append(record)
+            records: list[TickRecord] = []
+            exact = not failed and all(
+                self._fuse(plan.t_ns, plan.now_s, plan.fusable, plan.slots,
+                           list(plan.used.values()), records) is not None for plan in plans)
+            # pass 2, only when the plan is off: a sample failed to encode (a bad sample the
+            # plan counted as valid) or a tick raised (the node's last result differs). The
+            # window is replayed from its start with the real ticks inline.
+            while not exact:
+                state = _clone(snapshot)
+                records = []
+                try:
+                    self.replay(state, outcomes, start_ns, until, final, self.fuser(records))
+                    exact = True
+                except _Redo:
+                    pass
+            ticks.extend(records)
             states.extend(state.pending_states)
             state.pending_states = []
             self.timing["wait_sensor_stage_s"] += t1 - t0
             self.timing["replay_s"] += t2 - t1
+            self.timing["encode_s"] += t3 - t2
             self.timing["fuse_s"] += time.perf_counter() - t3
             if progress is not None:
                 progress(until)

@@ -103,18 +103,25 @@ def direct_evaluation(bag: Path, config: Path, bundle_dir: Path) -> list[tuple[i
     out: list[tuple[int, Any]] = []
     k = 1
 
-    def tick(t_ns: int) -> None:
+    def tick(t_ns: int, sensor: str | None = None) -> None:  # PerceptionNode._fusion_tick
         now = t_ns * 1e-9
-        scheduler.ticked(now)
-        out.append((t_ns, fusion.tick(store, monitor.fusable(now, fusion.max_age_s), now)))
+        fusable = monitor.fusable(now, fusion.max_age_s)
+        if sensor is None:
+            due = scheduler.timer_due(now)
+        else:
+            last = out[-1][1].sensors if out else None
+            due = scheduler.embedding_due(now, joins=sensor in fusable and (
+                last is None or sensor not in last))
+        if due:
+            scheduler.ticked(now)
+            out.append((t_ns, fusion.tick(store, fusable, now)))
 
     def timers(until: int, inclusive: bool) -> None:
         nonlocal k
         while start + k * period < until or (inclusive and start + k * period == until):
             t = start + k * period
             k += 1
-            if scheduler.timer_due(t * 1e-9):
-                tick(t)
+            tick(t)
 
     last = start
     for m in iter_messages(bag):
@@ -142,8 +149,7 @@ def direct_evaluation(bag: Path, config: Path, bundle_dir: Path) -> list[tuple[i
             continue
         if monitor.on_sample(s.name, stamp, now):
             store.put(EmbeddingSlot(s.name, s.modality, stamp, embedding), now)
-            if scheduler.embedding_due(now):
-                tick(m.log_time_ns)
+            tick(m.log_time_ns, s.name)
     timers(last, inclusive=True)
     return out
 
