@@ -568,6 +568,7 @@ class OfflineEvaluator:
             # plan counted as valid) or a tick raised (the node's last result differs). The
             # window is replayed from its start with the real ticks inline.
             while not exact:
+                self.timing["windows_replayed"] += 1
                 state = _clone(snapshot)
                 records = []
                 try:

@@ -282,7 +282,7 @@ def _plot_timeline(path: Path, result: EvalResult, scores: dict[str, Any]) -> No
     ax_a.set_ylim(-0.05, 1.05)
     ax_a.set_ylabel("fraction")
     ax_a.set_xlabel("bag time (s since the first message)")
-    ax_a.set_title(f"per {scores['over_time']['bin_s']:g} s of bag time")
+    ax_a.set_title(f"per {scores['over_time']['bin_s']:g} s of bag time", loc="left")
     ax_a.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax_a.set_xlim(0, span)
     fig.tight_layout()
@@ -311,7 +311,8 @@ def _plot_combinations(path: Path, scores: dict[str, Any]) -> None:
     if not rows:
         ax.text(0.5, 0.5, "no answered ticks", ha="center", va="center",
                 transform=ax.transAxes)
-    ax.set_xlim(0, 1.45)
+    ax.set_xlim(0, 1.45)  # room for the annotations
+    ax.set_xticks([0.0, 0.25, 0.5, 0.75, 1.0])
     ax.set_xlabel("accuracy (correct / scored answers)")
     ax.set_title("accuracy per active-modality combination")
     fig.tight_layout()

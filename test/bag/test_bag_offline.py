@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,10 @@ def result(setup: dict[str, Any]) -> Any:
                             threads=2, progress=False)
 
 
-def direct_evaluation(bag: Path, config: Path, bundle_dir: Path) -> list[tuple[int, Any]]:
-    """(tick ns, FusionResult) of the node's path run message by message (module docstring)."""
+def direct_evaluation(bag: Path, config: Path, bundle_dir: Path,
+                      wrap: Any = None) -> list[tuple[int, Any]]:
+    """(tick ns, FusionResult) of the node's path run message by message (module docstring);
+    ``wrap(backend)`` may replace the backend."""
     from rclpy.serialization import deserialize_message
 
     from omnibind_ros.bag.config import load_node_config
@@ -82,11 +85,18 @@ def direct_evaluation(bag: Path, config: Path, bundle_dir: Path) -> list[tuple[i
     from omnibind_ros.core.fusion import EmbeddingSlot, LatestEmbeddings, TickScheduler
     from omnibind_ros.ros import perception_lifecycle as pl
     from omnibind_ros.ros.conversions import conversion_for
-    from omnibind_ros.ros.sensor_worker import SampleGate, checked_embedding, make_pipeline
+    from omnibind_ros.ros.sensor_worker import (
+        SampleGate,
+        bad_reason,
+        checked_embedding,
+        make_pipeline,
+    )
 
     cfg = load_node_config(config)
     bundle = load_bundle(bundle_dir)
     backend = create_backend("onnxruntime", bundle, threads=1)
+    if wrap is not None:
+        backend = wrap(backend)
     names, embeddings = pl.resolve_labels(bundle, backend, cfg.label_names, cfg.label_file)
     fusion = pl.build_fusion_tick(bundle, backend, cfg.fusion, names, embeddings)
     start = open_info(bag).start_ns
@@ -145,7 +155,7 @@ def direct_evaluation(bag: Path, config: Path, bundle_dir: Path) -> list[tuple[i
             model_input = gate.model_input(admission.payload)
             embedding = checked_embedding(gate.pipeline.encode(model_input))
         except Exception as exc:  # noqa: BLE001
-            monitor.on_bad_sample(s.name, now, str(exc))
+            monitor.on_bad_sample(s.name, now, bad_reason(exc))
             continue
         if monitor.on_sample(s.name, stamp, now):
             store.put(EmbeddingSlot(s.name, s.modality, stamp, embedding), now)
@@ -183,6 +193,64 @@ def test_offline_matches_direct_evaluation(setup: dict[str, Any], result: Any) -
     overall = ours["overall"]
     assert overall["scored"] > 10 and overall["accuracy"] is not None
     assert overall["correct"] == sum(v == "correct" for v in ours["verdicts"])
+
+
+class FailingEncoder:
+    """A backend whose camera encoder returns NaN for a third of its inputs (by content, so
+    the same input fails whatever the batch)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def encode(self, modality: str, batch: Any) -> Any:
+        import numpy as np
+
+        out = np.array(self.inner.encode(modality, batch), copy=True)
+        if modality == "image":
+            for i, x in enumerate(batch):
+                if zlib.crc32(np.ascontiguousarray(x).tobytes()) % 3 == 0:
+                    out[i] = np.nan
+        return out
+
+
+def _ticks_equal(ours: list[Any], direct: list[tuple[int, Any]]) -> None:
+    assert [(t.t_ns, t.best_label, t.sensors, t.no_answer_reason) for t in ours] == [
+        (t, r.best_label, r.sensors, r.no_answer_reason) for t, r in direct]
+
+
+def test_encoder_failures_are_bad_samples(setup: dict[str, Any]) -> None:
+    """The engine on in-memory messages with a failing encoder: with encode_all, exactly the
+    direct evaluation; lazily, failures of fused samples are still bad samples (pass 2)."""
+    from omnibind_ros.bag.config import load_node_config
+    from omnibind_ros.bag.offline import OfflineEvaluator
+    from omnibind_ros.bag.reader import iter_messages
+    from omnibind_ros.core.backends import create_backend
+    from omnibind_ros.core.bundle import load_bundle
+
+    messages = list(iter_messages(setup["bag"]))
+    cfg = load_node_config(setup["config"])
+    bundle = load_bundle(setup["bundle"])
+    direct = direct_evaluation(setup["bag"], setup["config"], setup["bundle"], FailingEncoder)
+    runs, replayed = {}, {}
+    for encode_all in (True, False):
+        backend = FailingEncoder(create_backend("onnxruntime", bundle, threads=1))
+        evaluator = OfflineEvaluator(cfg, bundle, backend, threads=2, encode_all=encode_all)
+        try:
+            runs[encode_all] = evaluator.run(messages, messages[0].log_time_ns)
+        finally:
+            evaluator.close()
+        replayed[encode_all] = evaluator.timing["windows_replayed"]
+    assert replayed == {True: 0, False: replayed[False]} and replayed[False] > 0
+    ticks, states, _ = runs[True]
+    _ticks_equal(ticks, direct)
+    camera = [c for c in states if c.sensor == "camera"]
+    assert any(c.state == "DEGRADED" and "non-finite" in c.reason for c in camera)
+    lazy_ticks, lazy_states, _ = runs[False]
+    assert any(c.state == "DEGRADED" for c in lazy_states if c.sensor == "camera")
+    assert len(lazy_ticks) > 30 and all(t.best_label or t.no_answer_reason for t in lazy_ticks)
 
 
 def test_offline_follows_the_scenario(result: Any) -> None:

@@ -1,0 +1,102 @@
+"""The report files of an evaluation: tables, JSON without wall-clock outside "timing", plots."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+from omnibind_ros.bag.report import render_markdown, write_report
+from omnibind_ros.bag.scoring import EvalResult, Phase, StateChange, TickRecord, score
+from omnibind_ros.bag.truth import GroundTruth, TruthInterval
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+MS = 1_000_000
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _result(latency: float = 0.01, wall_s: float = 3.0) -> EvalResult:
+    ticks = []
+    for k in range(1, 60):  # 10 Hz for 6 s; the camera is out in [2, 4) s
+        t = T0 + k * 100 * MS
+        sensors, mods = (("lidar",), ("point_cloud",)) if 2 * S <= t - T0 < 4 * S else (
+            ("cam", "lidar"), ("image", "point_cloud"))
+        if k % 13 == 0:
+            ticks.append(TickRecord(t, None, (), (), "", (), "no sensor is live", None))
+            continue
+        label = "mug" if t - T0 < 3 * S else ("can" if k % 4 else "mug")
+        ticks.append(TickRecord(t, t - 20 * MS, sensors, mods, label, (label, "cup"), "",
+                                latency * k, 0.9))
+    states = [StateChange(T0 + 10 * MS, "cam", "LIVE"), StateChange(T0 + 10 * MS, "lidar", "LIVE"),
+              StateChange(T0 + 2170 * MS, "cam", "STALE", "no sample for 0.17 s"),
+              StateChange(T0 + 2700 * MS, "cam", "LOST", "no sample for 0.7 s"),
+              StateChange(T0 + 4 * S, "cam", "LIVE")]
+    truth = GroundTruth([TruthInterval(T0, T0 + 3 * S, "mug", 0),
+                         TruthInterval(T0 + 3 * S, T0 + 6 * S, "can", 1)])
+    return EvalResult(
+        bag="/data/run.mcap", mode="offline", ticks=ticks, states=states, truth=truth,
+        phases=[Phase("all sensors", T0, T0 + 2 * S), Phase("cam unplugged", T0 + 2 * S,
+                                                            T0 + 4 * S),
+                Phase("all sensors", T0 + 4 * S, T0 + 6 * S)],
+        sensors=["cam", "lidar"], skipped_topics={"/tf": "no sensor configured for it"},
+        error=None, wall_s=wall_s,
+        extra={"bundle": "/b", "truth_source": "/omnibind/ground_truth",
+               "timing": {"encode_s": wall_s / 2}},
+        start_ns=T0, end_ns=T0 + 6 * S, modalities={"cam": "image", "lidar": "point_cloud"})
+
+
+def test_write_report_files(tmp_path: Path) -> None:
+    result = _result()
+    scores = score(result)
+    paths = write_report(result, scores, tmp_path / "out")
+    assert set(paths) == {"markdown", "json", "ticks", "timeline", "accuracy_by_combination"}
+    for key in ("timeline", "accuracy_by_combination"):
+        data = paths[key].read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000
+    md = paths["markdown"].read_text()
+    for heading in ("## Overall", "## Accuracy per active-modality combination",
+                    "## Accuracy per dropout phase", "## Ticks without an answer: 4",
+                    "## Sensor states", "## Skipped topics", "![timeline](timeline.png)",
+                    "![accuracy per combination](accuracy_by_combination.png)"):
+        assert heading in md, heading
+    assert "| image+point_cloud |" in md and "| cam unplugged | 2.0 | 4.0 |" in md
+    assert "| no sensor is live | no sensor is live | 4 |" in md
+    doc = json.loads(paths["json"].read_text())
+    assert doc["scores"]["overall"] == scores["overall"]
+    assert doc["phases"][1] == {"label": "cam unplugged", "start_s": 2.0, "end_s": 4.0}
+    assert doc["timing"]["encode_s"] == 1.5 and "verdicts" not in doc["scores"]
+    rows = list(csv.DictReader(paths["ticks"].open()))
+    assert len(rows) == len(result.ticks)
+    assert rows[0]["t_s"] == "0.100000" and rows[0]["verdict"] == "transition"
+    assert rows[12]["verdict"] == "no_answer" and rows[12]["no_answer_reason"]
+    assert {r["truth"] for r in rows} == {"mug", "can"}
+
+
+def test_json_differs_only_in_timing(tmp_path: Path) -> None:
+    """Wall-clock figures (latency, evaluation time) live under "timing" and nowhere else."""
+    a, b = _result(latency=0.01, wall_s=3.0), _result(latency=0.05, wall_s=9.0)
+    ja = write_report(a, score(a), tmp_path / "a", plots=False)["json"]
+    jb = write_report(b, score(b), tmp_path / "b", plots=False)["json"]
+    da, db = json.loads(ja.read_text()), json.loads(jb.read_text())
+    assert da["timing"] != db["timing"]
+    da.pop("timing"), db.pop("timing")
+    assert da == db
+    assert ja.read_text().index('"bag"') < ja.read_text().index('"timing"')  # sorted keys
+
+
+def test_markdown_flags_damage_and_empty_runs() -> None:
+    result = dataclasses.replace(_result(), error="bag x is damaged at message 12 at t=1.20 s",
+                                 ticks=[], truth=None)
+    md = render_markdown(result, score(result))
+    assert "The bag is damaged" in md and "message 12 at t=1.20 s" in md
+    assert "ground truth: /omnibind/ground_truth" in md
+    assert "## Ticks without an answer: 0" in md
+
+
+def test_plots_without_answers(tmp_path: Path) -> None:
+    result = dataclasses.replace(_result(), ticks=[
+        TickRecord(T0 + S, None, (), (), "", (), "no sensor is live", None)], states=[])
+    paths = write_report(result, score(result), tmp_path)
+    assert paths["accuracy_by_combination"].read_bytes().startswith(PNG)
+    assert paths["timeline"].read_bytes().startswith(PNG)
