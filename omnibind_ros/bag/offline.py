@@ -32,21 +32,30 @@ The path is the node's, piece by piece:
 Ordering at equal times: messages with a log time <= T are handled before the timer tick at T,
 then the monitor evaluation at T; messages of equal log time in bag order.
 
-How it is fast (>= 100 ticks/s on 2 cores with the default bundle is the target):
+How it is fast (>= 100 ticks/s on 2 cores with the default bundle is the target). The bag is
+cut into windows of ``WINDOW_S`` bag seconds; per window:
 
-1. *per-sensor stage* (one sequential task per sensor and window of ``WINDOW_S`` bag seconds,
-   sensors in parallel): deserialize, admit, preprocess. Sensors are independent until the
-   monitor, and their preprocessors (audio, tactile) keep state, so each sensor's messages stay
-   in order on one task at a time;
-2. *replay* (main thread, log-time order): monitor, store and scheduler over the window's
-   outcomes. Each tick records which stored sample of which fusable sensor it would fuse;
-3. *encode* only what a tick fuses (batched per encoder, encoders in parallel; ONNX Runtime
-   releases the GIL). A sample no tick reads is never encoded: its embedding could not change
-   any answer. The one thing this skips is noticing an encoder *failure* (non-finite output) on
-   such a sample, which would have been a bad sample; failures on fused samples are caught and
-   the window is replayed with them as bad samples. ``encode_all=True`` encodes every due
-   message instead (exact also for that case, slower);
-4. *fuse* the recorded ticks in order.
+1. *per-sensor stage* (one sequential task per sensor, sensors in parallel, up to
+   ``READ_AHEAD`` windows ahead of the rest): deserialize, admit, preprocess. Sensors are
+   independent until the monitor, and their preprocessors (audio, tactile) keep state, so each
+   sensor's messages stay in order on one task at a time;
+2. *pass 1* (main thread, log-time order): monitor, store and scheduler over the window's
+   outcomes, with *shadow* ticks: a ``FusionTick`` with the node's selection and no-answer
+   rules on 1-d placeholder embeddings. Which samples a tick fuses, and whether it answers,
+   depend on stamps, sensors and modalities only, so the shadow tells exactly which samples the
+   real ticks will fuse (and the node's "a sensor joining ticks at once" rule, which reads the
+   previous tick's sensors, sees the same sensors);
+3. *encode* only those samples (batched per encoder, encoders in parallel; ONNX Runtime
+   releases the GIL). A sample no tick fuses is never encoded: its embedding cannot change any
+   answer;
+4. *fuse*: the real ticks of pass 1, in order.
+
+Exactness: an encoder *failure* (non-finite output) is a bad sample for the node, which pass 1
+could not know. When a sample fails to encode in step 3, or a real tick raises (the node then
+keeps its previous result), the window is replayed from its start (*pass 2*) with the real
+ticks inline, encoding on demand whatever the changed course needs (and replaying again if
+that fails too). What stays unobserved is a failure on a sample no tick fuses;
+``encode_all=True`` encodes every due message in step 1 instead (exact for that too, slower).
 
 Sessions run single-threaded (``threads`` parallelises across sensors and encoders instead), so
 an encoder gives bit-identical outputs whatever the scheduling. For the same reason BLAS

@@ -262,7 +262,7 @@ def _plot_timeline(path: Path, result: EvalResult, scores: dict[str, Any]) -> No
     ax_t.set_yticks([v[0] for v in VERDICT_STYLE.values()], list(VERDICT_STYLE))
     ax_t.set_ylim(-0.8, 4.8)
     ax_t.set_title("fusion ticks (by tick time) and ground-truth changes", loc="left",
-                   pad=14)
+                   pad=34 if result.truth is not None else 6)
     if result.truth is not None:
         for interval in result.truth.intervals:
             x = result.t_s(interval.start_ns)
