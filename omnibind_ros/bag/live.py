@@ -17,14 +17,17 @@ The pieces, in one process unless said otherwise:
   there until the node is active and its subscriptions are matched; plays; then keeps playing
   ``/clock`` for ``tail_ns`` of bag time after the last message so the last ticks come out.
   By default it runs in a **child process** (its own interpreter and rclpy context; see
-  :class:`_PlayerHandle`): in the node's process, reading and decompressing the bag and pacing
-  the messages share the GIL with the node's callbacks. Measured on the 2-core development
-  machine (shared, load average 4-6), default bundle, rate 1.0, 20 s sim bag: publish lag
-  in-process p50 0.3 / p95 50 / p99 153 / max 225 ms (364 of 2279 messages > 10 ms late),
-  child process p50 0.4 / p95 12 / p99 56 / max 123 ms (118 late); the node's monitor saw 122
-  and 77 state changes (a late frame flaps a sensor STALE). ``benchmarks/bench_bag.py
-  [--in-process-player]`` measures both on the 2-minute bag. ``player_process=False`` keeps it
-  in-process (a thread), for debugging.
+  :class:`_PlayerHandle`): a robot's sensor drivers are other processes, so the node then
+  receives the bag over DDS between processes as it would from them, and the player's pacing
+  never waits for the node's GIL (which matters on machines with more cores than busy
+  threads). Measured on the 2-core development machine (shared, load average 3-4), default
+  bundle, 30 s ``hotplug_demo`` bag, rate 1.0, three alternating runs each: publish lag
+  p95 5.9-6.6 ms, max 83-114 ms from the child process; p95 3.2-5.3 ms, max 67-81 ms from a
+  thread of the node's process; live accuracy 89.2-92.4 % and 89.3-92.7 %. So on 2 cores an
+  in-process player keeps up as well (its work is ~200 publishes per bag second; the machine's
+  load, not the GIL, makes the lag), and either gives live accuracy within 0.5 point of
+  offline on the 2-minute bag (``benchmarks/bench_bag.py [--in-process-player]``).
+  ``player_process=False`` plays from a thread.
 * **node**: the PerceptionNode with ``use_sim_time:=true`` (a parameter override on top of the
   node's YAML, like ``omnibind-bringup``'s ``--bundle``), configured and activated here
   (``autostart``) once its clock has the bag's time.
@@ -888,9 +891,13 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
         node listens to, or the node never received the bag's /clock.
     FileNotFoundError, BagReadError : the bag cannot be opened at all.
 
-    The calling process must have a safe ROS environment (``ensure_safe_ros_env`` before rclpy
-    is imported); it creates its own rclpy context and shuts it down.
+    The process environment is made safe first (``ensure_safe_ros_env``, which refuses if rclpy
+    was already imported with discovery beyond this machine); the evaluation creates its own
+    rclpy context and shuts it down.
     """
+    from omnibind_ros.ros.env import ensure_safe_ros_env
+
+    ensure_safe_ros_env()  # rclpy is imported below
     from omnibind_ros.bag.reader import open_info
 
     if not (math.isfinite(rate) and rate > 0):
