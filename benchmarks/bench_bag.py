@@ -128,12 +128,12 @@ def _summary(result: Any, scores: dict[str, Any]) -> dict[str, Any]:
 
 
 def _phase_table(offline: dict[str, Any], live: dict[str, Any] | None) -> list[str]:
-    lines = [f"  {'phase':<44} {'start':>6} {'end':>6} {'offline':>9} {'live':>9}"]
+    lines = [f"  {'phase':<52} {'start':>6} {'end':>6} {'offline':>9} {'live':>9}"]
     live_phases = {(p["label"], p["start_s"]): p for p in (live or {}).get("by_phase", [])}
     for p in offline["by_phase"]:
         other = live_phases.get((p["label"], p["start_s"]))
         live_acc = _pct(other["accuracy"]) if other else "-"
-        lines.append(f"  {p['label'][:44]:<44} {p['start_s']:6.1f} {p['end_s']:6.1f} "
+        lines.append(f"  {p['label'][:52]:<52} {p['start_s']:6.1f} {p['end_s']:6.1f} "
                      f"{_pct(p['accuracy']):>9} {live_acc:>9}")
     return lines
 
