@@ -39,6 +39,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 
 from omnibind_ros.ros import qos  # noqa: E402
+from omnibind_ros.ros.executor import retrieve_late_errors  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PERCEPTION_YAML = REPO / "config" / "perception.yaml"
@@ -420,22 +421,10 @@ class Rig:
         for ex, thread, _ in self._spinners:
             if thread is not None:
                 thread.join(timeout=10.0)
-            _retrieve_late_errors(ex)
+            retrieve_late_errors(ex, "bench_runtime")
         for _, _, node in reversed(self._spinners):
             node.destroy_node()
         rclpy.shutdown(context=self.context)
-
-
-def _retrieve_late_errors(executor: Any) -> None:
-    """rclpy 9.1's shutdown does not wait for callbacks in flight; one finishing afterwards
-    raises InvalidHandle, which nobody retrieves, and its Task prints "The following exception
-    was never retrieved" when collected. Retrieve those (expected); report any other."""
-    from rclpy.exceptions import InvalidHandle
-
-    for task in list(getattr(executor, "_futures", ())):
-        error = task.exception() if task.done() else None  # exception() marks it retrieved
-        if error is not None and not isinstance(error, InvalidHandle):
-            print(f"a callback failed at shutdown: {error!r}", file=sys.stderr)
 
 
 # -- the baseline: approximate time sync over every sensor --------------------------------------
@@ -523,7 +512,7 @@ class BaselineSyncNode(Node):
         from omnibind_ros.core.bundle import load_bundle
         from omnibind_ros.core.fusion import FusionTick
         from omnibind_ros.ros.conversions import conversion_for
-        from omnibind_ros.ros.perception_lifecycle import _msg_class
+        from omnibind_ros.ros.perception_lifecycle import message_class
         from omnibind_ros.ros.sensor_worker import make_pipeline
 
         super().__init__("omnibind_baseline_sync", context=context)
@@ -547,7 +536,7 @@ class BaselineSyncNode(Node):
         self._pub = self.create_publisher(Recognition, "~/recognition", qos.RECOGNITION)
         self.emitted = 0
         for index, spec in enumerate(self._specs):
-            self.create_subscription(_msg_class(spec.message_type), spec.topic,
+            self.create_subscription(message_class(spec.message_type), spec.topic,
                                      lambda msg, i=index: self._on_msg(i, msg),
                                      qos.SENSOR_DATA)
 

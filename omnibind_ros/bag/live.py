@@ -174,9 +174,9 @@ def header_stamp_ns(raw: bytes) -> int | None:
 
 
 def _has_header(msgtype: str) -> bool:
-    from omnibind_ros.ros.perception_lifecycle import _msg_class
+    from omnibind_ros.ros.perception_lifecycle import message_class
 
-    fields = _msg_class(msgtype).get_fields_and_field_types()
+    fields = message_class(msgtype).get_fields_and_field_types()
     return next(iter(fields.items()), ("", ""))[1] == "std_msgs/Header"
 
 
@@ -201,7 +201,7 @@ class Player:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from rosgraph_msgs.msg import Clock
 
-        from omnibind_ros.ros.perception_lifecycle import _msg_class
+        from omnibind_ros.ros.perception_lifecycle import message_class
 
         self.plan = plan
         self._clock_cls = Clock
@@ -213,7 +213,7 @@ class Player:
             qos = QoSProfile(depth=10 if reliable else 5,
                              reliability=ReliabilityPolicy.RELIABLE if reliable
                              else ReliabilityPolicy.BEST_EFFORT)
-            self._pubs[topic] = node.create_publisher(_msg_class(msgtype), topic, qos)
+            self._pubs[topic] = node.create_publisher(message_class(msgtype), topic, qos)
             self._headers[topic] = _has_header(msgtype)
         self.position_ns = plan.start_ns
 
@@ -918,9 +918,8 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
     from rclpy.parameter import Parameter
     from rclpy.signals import SignalHandlerOptions
 
-    from omnibind_ros.ros.executor import PoolSafeExecutor
+    from omnibind_ros.ros.executor import PoolSafeExecutor, retrieve_late_errors
     from omnibind_ros.ros.perception_node import PerceptionNode
-    from omnibind_ros.tools.bringup import _retrieve_late_errors
 
     context = Context()
     rclpy.init(args=["omnibind-bag-live"], context=context,
@@ -980,7 +979,7 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
         progress_bar.close()
         if executor is not None:
             executor.shutdown(timeout_sec=10.0)  # before destroy_node: never spin those
-            _retrieve_late_errors(executor)
+            retrieve_late_errors(executor, "omnibind-bag")
         if thread is not None:
             thread.join(timeout=10.0)
         for node in (perception, recorder_node):

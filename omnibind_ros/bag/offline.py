@@ -248,7 +248,7 @@ class OfflineEvaluator:
 
             gate = SampleGate(conversion_for(cfg.modality, cfg.message_type), pipeline,
                               cfg.encode_rate_hz)
-            self.sensors[cfg.name] = _SensorRun(cfg, pl._msg_class(cfg.message_type), gate,
+            self.sensors[cfg.name] = _SensorRun(cfg, pl.message_class(cfg.message_type), gate,
                                                 pipeline)
         self._make_monitor = lambda: AvailabilityMonitor(
             clock_jump_tolerance_s=pl.CLOCK_JUMP_TOLERANCE_S)

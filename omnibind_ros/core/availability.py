@@ -73,8 +73,9 @@ import enum
 import math
 import numbers
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from omnibind_ros.core.modalities import parse_modality
 

@@ -27,7 +27,7 @@ from rclpy.executors import (
     TimeoutException,
 )
 
-__all__ = ["PoolSafeExecutor"]
+__all__ = ["PoolSafeExecutor", "retrieve_late_errors"]
 
 #: Longest the spin thread waits for a queued task to start before looking again (seconds).
 #: Only bounds the reaction to a shutdown or a new node while every pool thread is busy.
@@ -79,3 +79,22 @@ class PoolSafeExecutor(MultiThreadedExecutor):
             self._queued.discard(key)
             self._queue_changed.notify_all()
         handler()
+
+
+def retrieve_late_errors(executor: Any, label: str = "omnibind") -> None:
+    """Collect the errors of callbacks that were running when ``executor`` shut down.
+
+    rclpy (9.1) ``Executor.shutdown`` does not wait for callbacks in flight (it tests
+    ``_is_shutdown`` right after setting it) and destroys its guard condition under them, so a
+    callback finishing then raises InvalidHandle; nothing retrieves that error and its Task
+    prints "The following exception was never retrieved" when collected. Those are expected and
+    dropped here; any other late error is printed to stderr, prefixed with ``label``.
+    """
+    import sys
+
+    from rclpy.exceptions import InvalidHandle
+
+    for task in list(getattr(executor, "_futures", ())):  # handlers the pool ran
+        error = task.exception() if task.done() else None  # exception() marks it retrieved
+        if error is not None and not isinstance(error, InvalidHandle):
+            print(f"{label}: a callback failed at shutdown: {error!r}", file=sys.stderr)

@@ -44,7 +44,8 @@ from omnibind_ros.ros.params import SENSOR_KEYS, SensorParams, sensor_param
 from omnibind_ros.ros.sensor_worker import SensorWorker, make_pipeline
 from omnibind_ros.srv import AddSensor, RemoveSensor
 
-__all__ = ["PerceptionNode", "bundle_logit_scale", "build_fusion_tick", "read_label_file",
+__all__ = ["PerceptionNode", "bundle_logit_scale", "build_fusion_tick", "message_class",
+           "read_label_file",
            "resolve_labels"]
 
 NODE_NAME = "omnibind_perception"
@@ -58,7 +59,8 @@ def _to_time(stamp_s: float) -> Time:
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
-def _msg_class(type_name: str) -> type:
+def message_class(type_name: str) -> type:
+    """The installed rclpy class of ``"pkg/msg/Name"`` (ImportError/AttributeError if absent)."""
     package, _, name = type_name.split("/")
     return getattr(importlib.import_module(f"{package}.msg"), name)
 
@@ -330,7 +332,7 @@ class PerceptionNode(LifecycleNode):
             warn=self.get_logger().warning, encode_rate_hz=cfg.encode_rate_hz)
         worker = sensor.worker
         sensor.subscription = self.create_subscription(
-            _msg_class(cfg.message_type), cfg.topic, self._callback(worker),
+            message_class(cfg.message_type), cfg.topic, self._callback(worker),
             cfg.qos_profile(), callback_group=sensor.group)
 
     def _callback(self, worker: SensorWorker) -> Callable[[Any], None]:

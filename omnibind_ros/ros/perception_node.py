@@ -37,7 +37,6 @@ def main(args: list[str] | None = None) -> int:
     from rclpy.executors import ExternalShutdownException
 
     from omnibind_ros.ros.executor import PoolSafeExecutor
-
     from omnibind_ros.ros.perception_lifecycle import PerceptionNode
 
     try:

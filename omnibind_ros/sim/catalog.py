@@ -1,10 +1,10 @@
 """What exists in the simulated world: shapes (real meshes) x materials = named classes.
 
-The class set is chosen so shape and material are seen by *different* sensors: LiDAR and the event
-camera see geometry (and little or no surface appearance), thermal and impact audio see the material
-(and at most a blurred silhouette / a size-dependent pitch), tactile sees material texture plus local
-curvature. Only the image (and a full caption) sees both, so no single student modality determines
-the class and fusion matters.
+The class set is chosen so shape and material are seen by *different* sensors: LiDAR and the
+event camera see geometry (and little or no surface appearance), thermal and impact audio see the
+material (and at most a blurred silhouette / a size-dependent pitch), tactile sees material
+texture plus local curvature. Only the image (and a full caption) sees both, so no single student
+modality determines the class and fusion matters.
 
 Physical constants are textbook-order values (emissivity, relative temperature, modal frequencies,
 damping); they are chosen to be plausible and clearly separable, not calibrated to any sensor.

@@ -448,23 +448,6 @@ class Monitor:
         return rows, view, truth_then or truth, kind
 
 
-def _retrieve_late_errors(executor: Any) -> None:
-    """Collect the errors of callbacks that were running when the executor shut down.
-
-    rclpy (9.1) ``Executor.shutdown`` does not wait for callbacks in flight (it tests
-    ``_is_shutdown`` right after setting it) and destroys its guard condition under them, so a
-    callback finishing then raises InvalidHandle; nothing retrieves that error and its Task
-    prints "The following exception was never retrieved" when collected. Those are expected and
-    dropped here; any other late error is reported.
-    """
-    from rclpy.exceptions import InvalidHandle
-
-    for task in list(getattr(executor, "_futures", ())):  # handlers the pool ran
-        error = task.exception() if task.done() else None  # exception() marks it retrieved
-        if error is not None and not isinstance(error, InvalidHandle):
-            print(f"omnibind-bringup: a callback failed at shutdown: {error!r}", file=sys.stderr)
-
-
 @dataclass
 class BringupOptions:
     """What ``omnibind-bringup`` runs (the CLI options; see :func:`build_parser`)."""
@@ -654,8 +637,10 @@ class Bringup:
         self._end_s = self.t_s()
         self._wall_s = time.monotonic() - self._t0 if self._t0 else 0.0
         if self.executor is not None:
+            from omnibind_ros.ros.executor import retrieve_late_errors
+
             self.executor.shutdown(timeout_sec=10.0)  # before destroy_node: never spin those
-            _retrieve_late_errors(self.executor)
+            retrieve_late_errors(self.executor, "omnibind-bringup")
         if self.thread is not None:
             self.thread.join(timeout=10.0)
 

@@ -240,8 +240,8 @@ def _write_bag(path: Path, duration_s: float, image_px: int = 32) -> None:
         for k in range(int(duration_s * 10)):
             t = T0 + k * S // 10
             stamp = Time(sec=t // S, nanosec=t % S)
-            img = conv.numpy_to_image(rng.integers(0, 255, (image_px, image_px, 3), np.uint8), "rgb8",
-                                      stamp)
+            pixels = rng.integers(0, 255, (image_px, image_px, 3), np.uint8)
+            img = conv.numpy_to_image(pixels, "rgb8", stamp)
             pts = conv.xyz_to_pointcloud2(rng.normal(0, 0.03, (300, 3)).astype(np.float32)
                                           + np.float32([1.5, 0, 0.3]), stamp)
             writer.write(cam, t, serialize_message(img))

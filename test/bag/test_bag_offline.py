@@ -106,7 +106,7 @@ def direct_evaluation(bag: Path, config: Path, bundle_dir: Path,
         monitor.add_sensor(s.monitor_config(cfg.bad_samples_to_degrade), start * 1e-9)
         gate = SampleGate(conversion_for(s.modality, s.message_type),
                           make_pipeline(s.modality, bundle, backend), s.encode_rate_hz)
-        sensors[s.topic] = (s, gate, pl._msg_class(s.message_type))
+        sensors[s.topic] = (s, gate, pl.message_class(s.message_type))
     store = LatestEmbeddings()
     scheduler = TickScheduler(cfg.fusion.rate_hz, cfg.fusion.tick_on_embedding)
     period = round(S / cfg.fusion.rate_hz)

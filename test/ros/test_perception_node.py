@@ -116,13 +116,13 @@ class Harness:
         return self.helper.get_clock().now().nanoseconds * 1e-9
 
     def publisher(self, name: str, modality: str, topic: str) -> Any:
-        from omnibind_ros.ros.perception_lifecycle import _msg_class
+        from omnibind_ros.ros.perception_lifecycle import message_class
 
         mtype = {"image": "sensor_msgs/msg/Image", "thermal": "sensor_msgs/msg/Image",
                  "point_cloud": "sensor_msgs/msg/PointCloud2",
                  "audio": "omnibind_ros/msg/AudioChunk"}[modality]
         from omnibind_ros.ros import qos
-        self.pubs[name] = (self.helper.create_publisher(_msg_class(mtype), topic,
+        self.pubs[name] = (self.helper.create_publisher(message_class(mtype), topic,
                                                         qos.SENSOR_DATA), modality)
         return self.pubs[name][0]
 
