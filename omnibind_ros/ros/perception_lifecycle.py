@@ -36,6 +36,7 @@ from omnibind_ros.core.fusion import (
     LatestEmbeddings,
     TickScheduler,
 )
+from omnibind_ros.core.threads import limit_blas_threads
 from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import ModalityPrediction, Recognition
 from omnibind_ros.ros import diagnostics, params, qos
@@ -193,6 +194,7 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
+        limit_blas_threads(1)  # OpenBLAS workers spin between the small matmuls (core.threads)
         path = self._param("bundle_path") or str(default_bundle_dir())
         self._bundle = load_bundle(path)
         threads = int(self._param("backend_threads"))

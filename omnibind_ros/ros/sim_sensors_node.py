@@ -367,19 +367,19 @@ class SimSensorsNode(Node):
         while True:
             if self._lookahead is None:
                 stamp, name = self.stream.peek()
-                if stamp > target:
-                    break
                 if target - (stamp + self.sensors[name].delay_s) > max_lag:
                     # Too late to publish: skip it unrendered, so a stall (a loaded machine,
                     # a debugger) is caught up at once instead of rendering what gets dropped.
                     self.stream.skip()
                     self._count_dropped(name, target - stamp)
                     continue
-                if name not in self._sensor_pubs:  # unplugged: nothing to render
+                if stamp <= target and name not in self._sensor_pubs:  # unplugged
                     self.stream.skip()
                     self.stats[f"unplugged/{name}"] += 1
                     continue
-                self._lookahead = self.stream.next()  # renders (one item ahead at most)
+                # Renders, up to one item ahead of its time: a frame is ready when its stamp
+                # comes, so rendering does not add to the stamp-to-publish delay.
+                self._lookahead = self.stream.next()
             item = self._lookahead
             if item.stamp_s > target:
                 break
