@@ -472,22 +472,30 @@ class FusionTick:
 class TickScheduler:
     """When a fusion tick runs: on a new embedding, on the heartbeat timer, or both.
 
-    ``rate_hz`` is the most ticks per second. With ``on_embedding`` (the default), a new
-    embedding ticks at once when the previous tick is at least one period old, so an answer
+    ``rate_hz`` is the tick rate. With ``on_embedding`` (the default), a new embedding ticks
+    at once when the previous tick is at least ``EMBED_MARGIN`` periods old and it is the
+    freshest evidence (see :meth:`embedding_due`), so an answer
     follows its newest input by the encode time only, not by a random share of the timer's
     period (measured at 10 Hz: a timer alone adds 38 ms at p50, the p50 latency target is
     30 ms). A sensor that (re)joins fusion ticks at once (``embedding_due(..., joins=True)``).
     The timer (period ``1 / rate_hz``) remains as a heartbeat: when no embedding comes
     (every sensor silent) it still ticks, so the "no answer" and its reason are published; it
-    skips its turn when an embedding tick ran less than ``0.9`` periods ago (the margin absorbs
-    timer jitter without doubling the rate). Without ``on_embedding`` only the timer ticks.
+    skips its turn unless the last tick is ``TIMER_MARGIN`` (1.5) periods old, so it only fills
+    gaps in the freshest-evidence ticks instead of pre-empting them with older inputs (ticks
+    every 2 periods when every sensor is silent). Without ``on_embedding`` only the timer ticks.
     ``rate_hz == 0`` ticks on every new embedding, unthrottled, and never on a timer.
 
     Times are the caller's clock (node clock, bag clock); the scheduler is not thread-safe:
     call it under the lock that serialises ticks.
     """
 
-    TIMER_MARGIN = 0.9
+    #: An embedding may start a tick this many periods after the last one: a little under one,
+    #: because the freshest evidence arrives some ms after the cooldown ends, so the average
+    #: rate stays close to ``rate_hz`` (at most ``rate_hz / EMBED_MARGIN``).
+    EMBED_MARGIN = 0.9
+    #: The heartbeat timer ticks only when the last tick is this many periods old.
+    TIMER_MARGIN = 1.5
+    _EPS_S = 1e-9  # float slack on the comparisons
 
     def __init__(self, rate_hz: float, on_embedding: bool = True) -> None:
         if not (math.isfinite(rate_hz) and rate_hz >= 0):
@@ -506,17 +514,27 @@ class TickScheduler:
             return math.inf
         return now_s - self.last_tick_s
 
-    def embedding_due(self, now_s: float, joins: bool = False) -> bool:
+    def embedding_due(self, now_s: float, joins: bool = False, freshest: bool = True) -> bool:
         """A new embedding arrived at ``now_s``: tick now?
 
         ``joins``: its sensor is fusable but was not in the previous tick (a replugged or new
         sensor). Such an embedding ticks at once whatever the rate, so a sensor re-enters the
         answer one encode after its first message instead of up to a period later; it happens
         once per (re)join, so it cannot raise the rate for long.
+
+        ``freshest``: its stamp is the newest among the fusable sensors' embeddings. Only such
+        an embedding starts a rate-limited tick: an event packet or an audio window is stamped
+        at the start of its window, so when one of them triggered the tick, the newest input
+        had often been waiting since the previous frame; triggering on the freshest evidence
+        makes the answer follow its newest input by the pipeline delay alone (measured at
+        10 Hz: p50 33 -> see benchmarks/README.md).
         """
         if not self.on_embedding:
             return False
-        return joins or self._since_last(now_s) >= self.period_s
+        if joins:
+            return True
+        cooldown = self.EMBED_MARGIN * self.period_s - self._EPS_S
+        return (freshest or self.rate_hz == 0.0) and self._since_last(now_s) >= cooldown
 
     def timer_due(self, now_s: float) -> bool:
         """The heartbeat timer fired at ``now_s``: tick now?"""
@@ -524,7 +542,7 @@ class TickScheduler:
             return False
         if not self.on_embedding:
             return True
-        return self._since_last(now_s) >= self.TIMER_MARGIN * self.period_s
+        return self._since_last(now_s) >= self.TIMER_MARGIN * self.period_s - self._EPS_S
 
     def ticked(self, now_s: float) -> None:
         """Record that a tick ran at ``now_s``."""

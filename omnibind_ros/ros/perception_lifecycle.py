@@ -45,7 +45,8 @@ from omnibind_ros.ros.params import SENSOR_KEYS, SensorParams, sensor_param
 from omnibind_ros.ros.sensor_worker import SensorWorker, make_pipeline
 from omnibind_ros.srv import AddSensor, RemoveSensor
 
-__all__ = ["PerceptionNode", "bundle_logit_scale", "build_fusion_tick", "message_class",
+__all__ = ["PerceptionNode", "bundle_logit_scale", "build_fusion_tick", "is_freshest",
+           "message_class",
            "read_label_file",
            "resolve_labels"]
 
@@ -92,6 +93,16 @@ def bundle_logit_scale(bundle: Any) -> float:
     labels = bundle.manifest.get("labels")
     scale = labels.get("logit_scale") if isinstance(labels, dict) else None
     return float(scale or bundle.manifest.get("logit_scale") or 100.0)
+
+
+def is_freshest(store: LatestEmbeddings, sensor: str | None, fusable: list[str]) -> bool:
+    """Whether ``sensor``'s stored embedding is stamped no earlier than any other fusable
+    sensor's (the rule for an embedding-triggered tick; ``TickScheduler.embedding_due``)."""
+    slots = store.snapshot()
+    own = slots.get(sensor) if sensor is not None else None
+    if own is None:
+        return False
+    return all(slots[n].stamp_s <= own.stamp_s for n in fusable if n in slots)
 
 
 def build_fusion_tick(bundle: Any, backend: Any, fp: params.FusionParams,
@@ -399,7 +410,8 @@ class PerceptionNode(LifecycleNode):
                 last = self._last_result
                 joins = (sensor is not None and sensor in fusable
                          and (last is None or sensor not in last.sensors))
-                due = scheduler.embedding_due(now, joins=joins)
+                due = scheduler.embedding_due(
+                    now, joins=joins, freshest=is_freshest(self._store, sensor, fusable))
             else:
                 due = scheduler.timer_due(now)
             if not due:

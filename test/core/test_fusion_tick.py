@@ -357,9 +357,9 @@ def test_scheduler_ticks_on_embedding_at_most_at_rate() -> None:
             sched.ticked(now)
             ticks.append(now)
     assert ticks[0] == 0.0
-    gaps = np.diff(ticks)
-    assert gaps.min() >= 0.1 - 1e-9 and gaps.max() < 0.1 + 0.014 + 1e-9
-    assert 10 <= len(ticks) <= 14
+    gaps = np.diff(ticks)  # cooldown 0.9 periods, then the next embedding
+    assert gaps.min() >= 0.09 - 1e-9 and gaps.max() < 0.09 + 0.014 + 1e-9
+    assert 13 <= len(ticks) <= 16
 
 
 def test_scheduler_timer_is_a_heartbeat_only() -> None:
@@ -367,14 +367,18 @@ def test_scheduler_timer_is_a_heartbeat_only() -> None:
 
     sched = TickScheduler(10.0)
     sched.ticked(1.0)  # an embedding tick
-    assert not sched.timer_due(1.05)  # the timer skips its turn right after it
-    assert sched.timer_due(1.095)  # within the jitter margin of a period: ticks
-    sched.ticked(1.095)
-    # no embeddings: the timer alone keeps 10 Hz
-    times = [1.095 + 0.1 * k for k in range(1, 11)]
-    for t in times:
-        assert sched.timer_due(t)
-        sched.ticked(t)
+    assert not sched.timer_due(1.1)  # the timer leaves the next tick to fresh evidence
+    assert not sched.timer_due(1.149)
+    assert sched.timer_due(1.15)  # ... unless none came for 1.5 periods
+    sched.ticked(1.15)
+    # no embeddings at all: a 10 Hz timer ticks every other turn (5 Hz of "no answer")
+    fired = []
+    for k in range(1, 21):
+        t = 1.15 + 0.1 * k
+        if sched.timer_due(t):
+            sched.ticked(t)
+            fired.append(t)
+    assert len(fired) == 10 and np.allclose(np.diff(fired), 0.2)
 
 
 def test_scheduler_timer_only_and_unthrottled_modes() -> None:
@@ -409,3 +413,14 @@ def test_scheduler_a_joining_sensor_ticks_at_once() -> None:
     assert sched.embedding_due(1.02, joins=True)  # a replugged sensor does not wait
     timer_only = TickScheduler(10.0, on_embedding=False)
     assert not timer_only.embedding_due(1.02, joins=True)  # timer-only mode stays timer-only
+
+
+def test_scheduler_only_the_freshest_embedding_starts_a_rate_limited_tick() -> None:
+    from omnibind_ros.core.fusion import TickScheduler
+
+    sched = TickScheduler(10.0)
+    sched.ticked(0.0)
+    assert not sched.embedding_due(0.2, freshest=False)  # an old-stamped event packet waits
+    assert sched.embedding_due(0.2, freshest=True)
+    assert sched.embedding_due(0.2, joins=True, freshest=False)  # joining beats freshness
+    assert TickScheduler(0.0).embedding_due(0.2, freshest=False)  # rate 0: every embedding
