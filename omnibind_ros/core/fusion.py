@@ -536,6 +536,12 @@ class TickScheduler:
         cooldown = self.EMBED_MARGIN * self.period_s - self._EPS_S
         return (freshest or self.rate_hz == 0.0) and self._since_last(now_s) >= cooldown
 
+    def change_due(self, now_s: float) -> bool:
+        """A sensor used by the previous tick just left fusion (STALE, LOST, DISABLED...) at
+        ``now_s``: tick now? Yes, whatever the rate (unless only the timer ticks), so the
+        answer stops using it at once instead of at the next evidence or heartbeat."""
+        return self.on_embedding
+
     def timer_due(self, now_s: float) -> bool:
         """The heartbeat timer fired at ``now_s``: tick now?"""
         if not self.uses_timer:

@@ -398,8 +398,9 @@ class PerceptionNode(LifecycleNode):
                                                    callback_group=self._fusion_group)
 
     def _fusion_tick(self, trigger: str = "timer", sensor: str | None = None) -> None:
-        """One fusion tick, if the scheduler says it is due (``trigger``: "timer" or
-        "embedding"; ``sensor``: whose new embedding triggered it)."""
+        """One fusion tick, if the scheduler says it is due (``trigger``: "timer",
+        "embedding" (``sensor``: whose new embedding) or "change" (a fused sensor changed
+        state))."""
         with self._lock:
             tick, monitor, scheduler = self._fusion, self._monitor, self._scheduler
             if tick is None or monitor is None:
@@ -412,6 +413,8 @@ class PerceptionNode(LifecycleNode):
                          and (last is None or sensor not in last.sensors))
                 due = scheduler.embedding_due(
                     now, joins=joins, freshest=is_freshest(self._store, sensor, fusable))
+            elif trigger == "change":
+                due = scheduler.change_due(now)
             else:
                 due = scheduler.timer_due(now)
             if not due:
@@ -462,6 +465,9 @@ class PerceptionNode(LifecycleNode):
         for t in transitions:
             self.get_logger().info(f"sensor {t.name}: {t.old.name} -> {t.new.name}"
                                    + (f" ({t.reason})" if t.reason else ""))
+        last = self._last_result
+        if self._active and last is not None and any(t.name in last.sensors for t in transitions):
+            self._fusion_tick(trigger="change")  # a fused sensor changed state: answer now
         period = 1.0 / float(self._param("status.rate_hz"))
         if transitions or self._last_status_s is None or now - self._last_status_s >= period \
                 or now < self._last_status_s:

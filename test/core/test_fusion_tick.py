@@ -424,3 +424,12 @@ def test_scheduler_only_the_freshest_embedding_starts_a_rate_limited_tick() -> N
     assert sched.embedding_due(0.2, freshest=True)
     assert sched.embedding_due(0.2, joins=True, freshest=False)  # joining beats freshness
     assert TickScheduler(0.0).embedding_due(0.2, freshest=False)  # rate 0: every embedding
+
+
+def test_scheduler_a_fused_sensor_leaving_ticks_at_once() -> None:
+    from omnibind_ros.core.fusion import TickScheduler
+
+    sched = TickScheduler(10.0)
+    sched.ticked(1.0)
+    assert sched.change_due(1.01)
+    assert not TickScheduler(10.0, on_embedding=False).change_due(1.01)
