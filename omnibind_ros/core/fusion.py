@@ -470,31 +470,37 @@ class FusionTick:
 
 
 class TickScheduler:
-    """When a fusion tick runs: on a new embedding, on the heartbeat timer, or both.
+    """When a fusion tick runs: on fresh evidence, at a deadline, or on a change of sensors.
 
-    ``rate_hz`` is the tick rate. With ``on_embedding`` (the default), a new embedding ticks
-    at once when the previous tick is at least ``EMBED_MARGIN`` periods old and it is the
-    freshest evidence (see :meth:`embedding_due`), so an answer
-    follows its newest input by the encode time only, not by a random share of the timer's
-    period (measured at 10 Hz: a timer alone adds 38 ms at p50, the p50 latency target is
-    30 ms). A sensor that (re)joins fusion ticks at once (``embedding_due(..., joins=True)``).
-    The timer (period ``1 / rate_hz``) remains as a heartbeat: when no embedding comes
-    (every sensor silent) it still ticks, so the "no answer" and its reason are published; it
-    skips its turn unless the last tick is ``TIMER_MARGIN`` (1.5) periods old, so it only fills
-    gaps in the freshest-evidence ticks instead of pre-empting them with older inputs (ticks
-    every 2 periods when every sensor is silent). Without ``on_embedding`` only the timer ticks.
-    ``rate_hz == 0`` ticks on every new embedding, unthrottled, and never on a timer.
+    ``rate_hz`` is the nominal tick rate (period ``P = 1 / rate_hz``). With ``on_embedding``
+    (the default), ticks follow the evidence instead of a free-running timer:
+
+    * after a cooldown of ``EMBED_MARGIN * P`` (0.8 P) since the last tick, the next embedding
+      that is the *freshest* evidence (its stamp is the newest of the fusable sensors') ticks
+      at once, so the answer follows its newest input by the pipeline delay alone (a 10 Hz
+      timer adds 38 ms at p50; the issue's p50 target is 30 ms);
+    * if none came by the deadline ``TIMER_MARGIN * P`` (1.2 P), the heartbeat timer ticks
+      (it fires every ``P / 4``, :attr:`timer_period_s`, to keep that deadline within a
+      quarter period). So the rate stays near ``rate_hz`` (between ``rate_hz / 1.45`` and
+      ``rate_hz / 0.8``) whatever the sensors do, and a robot whose sensors all went silent
+      still gets its "no answer" and the reason. The margins were set with
+      ``benchmarks/bench_runtime.py latency`` (default bundle, 2 cores): a deadline of 1.0 P
+      made late-evidence ticks the p99 (89 ms), 1.2 P gives p50 22 / p99 80 ms;
+    * a sensor that (re)joins fusion, or a fused one that leaves it, ticks at once, at most
+      every ``MIN_GAP * P`` (0.25 P): the answer changes with the set of sensors without
+      waiting for the next tick, and a flapping sensor cannot flood the output.
+
+    Without ``on_embedding`` only the timer ticks, every ``P``. ``rate_hz == 0`` ticks on every
+    new embedding, unthrottled, and never on a timer.
 
     Times are the caller's clock (node clock, bag clock); the scheduler is not thread-safe:
     call it under the lock that serialises ticks.
     """
 
-    #: An embedding may start a tick this many periods after the last one: a little under one,
-    #: because the freshest evidence arrives some ms after the cooldown ends, so the average
-    #: rate stays close to ``rate_hz`` (at most ``rate_hz / EMBED_MARGIN``).
-    EMBED_MARGIN = 0.9
-    #: The heartbeat timer ticks only when the last tick is this many periods old.
-    TIMER_MARGIN = 1.5
+    EMBED_MARGIN = 0.8
+    TIMER_MARGIN = 1.2
+    MIN_GAP = 0.25
+    HEARTBEATS_PER_PERIOD = 4
     _EPS_S = 1e-9  # float slack on the comparisons
 
     def __init__(self, rate_hz: float, on_embedding: bool = True) -> None:
@@ -509,46 +515,49 @@ class TickScheduler:
     def uses_timer(self) -> bool:
         return self.rate_hz > 0
 
+    @property
+    def timer_period_s(self) -> float:
+        """Period of the timer that calls :meth:`timer_due` (0 when there is none)."""
+        if not self.uses_timer:
+            return 0.0
+        return self.period_s / self.HEARTBEATS_PER_PERIOD if self.on_embedding else self.period_s
+
     def _since_last(self, now_s: float) -> float:
         if self.last_tick_s is None or now_s < self.last_tick_s:  # first tick, or clock reset
             return math.inf
         return now_s - self.last_tick_s
 
+    def _waited(self, now_s: float, periods: float) -> bool:
+        return self._since_last(now_s) >= periods * self.period_s - self._EPS_S
+
     def embedding_due(self, now_s: float, joins: bool = False, freshest: bool = True) -> bool:
         """A new embedding arrived at ``now_s``: tick now?
 
-        ``joins``: its sensor is fusable but was not in the previous tick (a replugged or new
-        sensor). Such an embedding ticks at once whatever the rate, so a sensor re-enters the
-        answer one encode after its first message instead of up to a period later; it happens
-        once per (re)join, so it cannot raise the rate for long.
-
-        ``freshest``: its stamp is the newest among the fusable sensors' embeddings. Only such
-        an embedding starts a rate-limited tick: an event packet or an audio window is stamped
-        at the start of its window, so when one of them triggered the tick, the newest input
-        had often been waiting since the previous frame; triggering on the freshest evidence
-        makes the answer follow its newest input by the pipeline delay alone (measured at
-        10 Hz: p50 33 -> see benchmarks/README.md).
+        ``joins``: its sensor is fusable but was not in the previous tick (replugged or new).
+        ``freshest``: its stamp is the newest among the fusable sensors' embeddings (an event
+        packet or an audio window is stamped at the start of its window, so when one of them
+        started the tick, the newest input had often been waiting since the previous frame).
         """
         if not self.on_embedding:
             return False
-        if joins:
+        if self.rate_hz == 0.0:
             return True
-        cooldown = self.EMBED_MARGIN * self.period_s - self._EPS_S
-        return (freshest or self.rate_hz == 0.0) and self._since_last(now_s) >= cooldown
+        if joins:
+            return self._waited(now_s, self.MIN_GAP)
+        return freshest and self._waited(now_s, self.EMBED_MARGIN)
 
     def change_due(self, now_s: float) -> bool:
         """A sensor used by the previous tick just left fusion (STALE, LOST, DISABLED...) at
-        ``now_s``: tick now? Yes, whatever the rate (unless only the timer ticks), so the
-        answer stops using it at once instead of at the next evidence or heartbeat."""
-        return self.on_embedding
+        ``now_s``: tick now, so the answer stops using it at once?"""
+        return self.on_embedding and (self.rate_hz == 0.0 or self._waited(now_s, self.MIN_GAP))
 
     def timer_due(self, now_s: float) -> bool:
-        """The heartbeat timer fired at ``now_s``: tick now?"""
+        """The timer (period :attr:`timer_period_s`) fired at ``now_s``: tick now?"""
         if not self.uses_timer:
             return False
         if not self.on_embedding:
             return True
-        return self._since_last(now_s) >= self.TIMER_MARGIN * self.period_s - self._EPS_S
+        return self._waited(now_s, self.TIMER_MARGIN)
 
     def ticked(self, now_s: float) -> None:
         """Record that a tick ran at ``now_s``."""

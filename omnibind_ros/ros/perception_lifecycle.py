@@ -393,8 +393,9 @@ class PerceptionNode(LifecycleNode):
             self._fusion_timer = None
         rate = float(self._param("fusion.rate_hz"))
         self._scheduler = TickScheduler(rate, bool(self._param("fusion.tick_on_embedding")))
-        if self._active and rate > 0:
-            self._fusion_timer = self.create_timer(1.0 / rate, self._fusion_tick,
+        if self._active and self._scheduler.uses_timer:
+            self._fusion_timer = self.create_timer(self._scheduler.timer_period_s,
+                                                   self._fusion_tick,
                                                    callback_group=self._fusion_group)
 
     def _fusion_tick(self, trigger: str = "timer", sensor: str | None = None) -> None:

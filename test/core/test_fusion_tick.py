@@ -346,50 +346,75 @@ def test_store_and_tick_under_threads() -> None:
 # TickScheduler: when ticks run
 
 
-def test_scheduler_ticks_on_embedding_at_most_at_rate() -> None:
+def test_scheduler_ticks_on_fresh_embeddings_near_the_rate() -> None:
     from omnibind_ros.core.fusion import TickScheduler
 
     sched = TickScheduler(10.0)
     ticks = []
-    for k in range(100):  # embeddings every 14 ms for 1.4 s
+    for k in range(100):  # fresh embeddings every 14 ms for 1.4 s
         now = k * 0.014
         if sched.embedding_due(now):
             sched.ticked(now)
             ticks.append(now)
     assert ticks[0] == 0.0
-    gaps = np.diff(ticks)  # cooldown 0.9 periods, then the next embedding
-    assert gaps.min() >= 0.09 - 1e-9 and gaps.max() < 0.09 + 0.014 + 1e-9
-    assert 13 <= len(ticks) <= 16
+    gaps = np.diff(ticks)  # cooldown 0.8 periods, then the next embedding
+    assert gaps.min() >= 0.08 - 1e-9 and gaps.max() < 0.08 + 0.014 + 1e-9
+    assert 14 <= len(ticks) <= 17
 
 
-def test_scheduler_timer_is_a_heartbeat_only() -> None:
+def test_scheduler_heartbeat_meets_the_deadline_when_evidence_is_late() -> None:
     from omnibind_ros.core.fusion import TickScheduler
 
     sched = TickScheduler(10.0)
-    sched.ticked(1.0)  # an embedding tick
-    assert not sched.timer_due(1.1)  # the timer leaves the next tick to fresh evidence
-    assert not sched.timer_due(1.149)
-    assert sched.timer_due(1.15)  # ... unless none came for 1.5 periods
-    sched.ticked(1.15)
-    # no embeddings at all: a 10 Hz timer ticks every other turn (5 Hz of "no answer")
-    fired = []
-    for k in range(1, 21):
-        t = 1.15 + 0.1 * k
+    assert sched.timer_period_s == pytest.approx(0.025)
+    sched.ticked(1.0)
+    assert not sched.timer_due(1.1)  # evidence may still come
+    assert sched.timer_due(1.125)  # past the deadline (1.2 periods), at the next heartbeat
+    # no embeddings at all: the quarter-period timer keeps 8 Hz of "no answer"
+    fired, t = [], 1.0
+    for k in range(1, 81):
+        t = 1.0 + 0.025 * k
         if sched.timer_due(t):
             sched.ticked(t)
             fired.append(t)
-    assert len(fired) == 10 and np.allclose(np.diff(fired), 0.2)
+    assert len(fired) == 16 and np.allclose(np.diff(fired), 0.125)
+
+
+def test_scheduler_only_the_freshest_embedding_starts_a_tick() -> None:
+    from omnibind_ros.core.fusion import TickScheduler
+
+    sched = TickScheduler(10.0)
+    sched.ticked(0.0)
+    assert not sched.embedding_due(0.09, freshest=False)  # an old-stamped event packet waits
+    assert sched.embedding_due(0.09, freshest=True)
+    assert TickScheduler(0.0).embedding_due(0.0, freshest=False)  # rate 0: every embedding
+
+
+def test_scheduler_sensor_set_changes_tick_at_once_but_bounded() -> None:
+    from omnibind_ros.core.fusion import TickScheduler
+
+    sched = TickScheduler(10.0)
+    sched.ticked(1.0)
+    assert not sched.embedding_due(1.01, joins=True)  # within MIN_GAP (25 ms): no burst
+    assert sched.embedding_due(1.03, joins=True, freshest=False)  # a replugged sensor
+    assert not sched.change_due(1.01)
+    assert sched.change_due(1.03)  # a fused sensor left
+    timer_only = TickScheduler(10.0, on_embedding=False)
+    assert not timer_only.embedding_due(1.5, joins=True)
+    assert not timer_only.change_due(1.5)
 
 
 def test_scheduler_timer_only_and_unthrottled_modes() -> None:
     from omnibind_ros.core.fusion import TickScheduler
 
     timer_only = TickScheduler(10.0, on_embedding=False)
+    assert timer_only.timer_period_s == pytest.approx(0.1)
     assert not timer_only.embedding_due(0.0) and timer_only.timer_due(0.0)
     timer_only.ticked(0.0)
     assert timer_only.timer_due(0.01)  # the timer decides its own period
     every = TickScheduler(0.0, on_embedding=False)  # rate 0: every embedding, no timer
     assert every.embedding_due(0.0) and not every.uses_timer and not every.timer_due(0.0)
+    assert every.timer_period_s == 0.0
     every.ticked(0.0)
     assert every.embedding_due(0.0001)
     with pytest.raises(ValueError):
@@ -402,34 +427,4 @@ def test_scheduler_survives_a_clock_jump_back() -> None:
     sched = TickScheduler(10.0)
     sched.ticked(100.0)
     assert sched.embedding_due(5.0)  # looping bag: the old tick time does not block
-
-
-def test_scheduler_a_joining_sensor_ticks_at_once() -> None:
-    from omnibind_ros.core.fusion import TickScheduler
-
-    sched = TickScheduler(10.0)
-    sched.ticked(1.0)
-    assert not sched.embedding_due(1.02)
-    assert sched.embedding_due(1.02, joins=True)  # a replugged sensor does not wait
-    timer_only = TickScheduler(10.0, on_embedding=False)
-    assert not timer_only.embedding_due(1.02, joins=True)  # timer-only mode stays timer-only
-
-
-def test_scheduler_only_the_freshest_embedding_starts_a_rate_limited_tick() -> None:
-    from omnibind_ros.core.fusion import TickScheduler
-
-    sched = TickScheduler(10.0)
-    sched.ticked(0.0)
-    assert not sched.embedding_due(0.2, freshest=False)  # an old-stamped event packet waits
-    assert sched.embedding_due(0.2, freshest=True)
-    assert sched.embedding_due(0.2, joins=True, freshest=False)  # joining beats freshness
-    assert TickScheduler(0.0).embedding_due(0.2, freshest=False)  # rate 0: every embedding
-
-
-def test_scheduler_a_fused_sensor_leaving_ticks_at_once() -> None:
-    from omnibind_ros.core.fusion import TickScheduler
-
-    sched = TickScheduler(10.0)
-    sched.ticked(1.0)
-    assert sched.change_due(1.01)
-    assert not TickScheduler(10.0, on_embedding=False).change_due(1.01)
+    assert sched.timer_due(5.0)
