@@ -487,8 +487,9 @@ class TickScheduler:
       ``benchmarks/bench_runtime.py latency`` (default bundle, 2 cores): a deadline of 1.0 P
       made late-evidence ticks the p99 (89 ms), 1.2 P gives p50 22 / p99 80 ms;
     * a sensor that (re)joins fusion, or a fused one that leaves it, ticks at once, at most
-      every ``MIN_GAP * P`` (0.25 P): the answer changes with the set of sensors without
-      waiting for the next tick, and a flapping sensor cannot flood the output.
+      every ``MIN_GAP * P`` (0.25 P; one that comes sooner is ticked by the next heartbeat
+      after the gap): the answer changes with the set of sensors without waiting for the next
+      evidence, and a flapping sensor cannot flood the output.
 
     Without ``on_embedding`` only the timer ticks, every ``P``. ``rate_hz == 0`` ticks on every
     new embedding, unthrottled, and never on a timer.
@@ -510,6 +511,9 @@ class TickScheduler:
         self.on_embedding = bool(on_embedding) or self.rate_hz == 0.0
         self.period_s = 1.0 / self.rate_hz if self.rate_hz > 0 else 0.0
         self.last_tick_s: float | None = None
+        #: A set change (join/leave) arrived within MIN_GAP of a tick: the next heartbeat
+        #: after MIN_GAP ticks for it, instead of leaving it to the next evidence.
+        self.change_pending = False
 
     @property
     def uses_timer(self) -> bool:
@@ -543,13 +547,21 @@ class TickScheduler:
         if self.rate_hz == 0.0:
             return True
         if joins:
-            return self._waited(now_s, self.MIN_GAP)
+            return self._change(now_s)
         return freshest and self._waited(now_s, self.EMBED_MARGIN)
+
+    def _change(self, now_s: float) -> bool:
+        if self._waited(now_s, self.MIN_GAP):
+            return True
+        self.change_pending = True
+        return False
 
     def change_due(self, now_s: float) -> bool:
         """A sensor used by the previous tick just left fusion (STALE, LOST, DISABLED...) at
         ``now_s``: tick now, so the answer stops using it at once?"""
-        return self.on_embedding and (self.rate_hz == 0.0 or self._waited(now_s, self.MIN_GAP))
+        if not self.on_embedding:
+            return False
+        return self.rate_hz == 0.0 or self._change(now_s)
 
     def timer_due(self, now_s: float) -> bool:
         """The timer (period :attr:`timer_period_s`) fired at ``now_s``: tick now?"""
@@ -557,8 +569,11 @@ class TickScheduler:
             return False
         if not self.on_embedding:
             return True
+        if self.change_pending and self._waited(now_s, self.MIN_GAP):
+            return True
         return self._waited(now_s, self.TIMER_MARGIN)
 
     def ticked(self, now_s: float) -> None:
         """Record that a tick ran at ``now_s``."""
         self.last_tick_s = float(now_s)
+        self.change_pending = False

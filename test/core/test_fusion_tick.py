@@ -395,7 +395,12 @@ def test_scheduler_sensor_set_changes_tick_at_once_but_bounded() -> None:
 
     sched = TickScheduler(10.0)
     sched.ticked(1.0)
-    assert not sched.embedding_due(1.01, joins=True)  # within MIN_GAP (25 ms): no burst
+    assert not sched.embedding_due(1.01, joins=True)  # within MIN_GAP (25 ms): no burst...
+    assert not sched.timer_due(1.02)
+    assert sched.timer_due(1.025)  # ... but the next heartbeat after the gap answers it
+    sched.ticked(1.025)
+    assert not sched.timer_due(1.05)  # and only once
+    sched.ticked(1.0)
     assert sched.embedding_due(1.03, joins=True, freshest=False)  # a replugged sensor
     assert not sched.change_due(1.01)
     assert sched.change_due(1.03)  # a fused sensor left
