@@ -1016,6 +1016,8 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
                        "messages_read": stats.messages_read,
                        "unmatched_topics": stats.unmatched},
             "tail_ticks_dropped": dropped,
+            "truth_source": ("csv" if truth_csv is not None else
+                             truth_topic if truth is not None else None),
             "timing": {"player_lag_s": stats.lag_s, "late_messages": stats.late_messages,
                        "playback_wall_s": round(stats.wall_s, 3)},
         })
