@@ -433,3 +433,71 @@ def test_changing_labels_at_runtime_re_embeds_them(make_harness) -> None:
     assert list(h.node._fusion.label_names) == labels
     assert h.wait(lambda: h.recognitions[-1].best_label in labels
                   and set(h.recognitions[-1].top_labels) == set(labels))
+
+
+# -- fuzz: random and malformed messages at the running node -----------------------------------
+
+FUZZ_SENSORS = {**SENSORS, "mic": ("audio", "/t/mic", "omnibind_ros/msg/AudioChunk")}
+
+
+def _fuzz_messages():
+    from hypothesis import strategies as st
+    from omnibind_ros.msg import AudioChunk
+    from sensor_msgs.msg import Image, PointCloud2, PointField
+
+    def stamp(msg, sec):
+        msg.header.stamp.sec, msg.header.stamp.nanosec = sec, 0
+        return msg
+
+    secs = st.sampled_from([0, 1, 2**31 - 1, int(time.time()) - 5, int(time.time()),
+                            int(time.time()) + 100])
+    image = st.builds(
+        lambda enc, h, w, step, big, data, sec: stamp(Image(
+            encoding=enc, height=h, width=w, step=step, is_bigendian=big, data=data), sec),
+        st.sampled_from(["rgb8", "bgr8", "mono8", "mono16", "16UC1", "32FC1", "rgba8",
+                         "weird", ""]),
+        st.integers(0, 12), st.integers(0, 12), st.integers(0, 60), st.integers(0, 1),
+        st.binary(max_size=600), secs)
+    field = st.builds(lambda name, off, dt, n: PointField(name=name, offset=off, datatype=dt,
+                                                          count=n),
+                      st.sampled_from(["x", "y", "z", "intensity", ""]), st.integers(0, 20),
+                      st.integers(0, 9), st.integers(0, 2))
+    cloud = st.builds(
+        lambda fields, ps, w, h, dense, data, sec: stamp(PointCloud2(
+            fields=fields, point_step=ps, row_step=ps * w, width=w, height=h, is_dense=dense,
+            data=data), sec),
+        st.lists(field, max_size=4), st.integers(0, 32), st.integers(0, 20),
+        st.integers(0, 2), st.booleans(), st.binary(max_size=640), secs)
+    audio = st.builds(
+        lambda rate, ch, enc, data, sec: stamp(AudioChunk(
+            sample_rate=rate, channels=ch, encoding=enc, data=data), sec),
+        st.sampled_from([0, 8000, 16000, 48000]), st.integers(0, 3),
+        st.sampled_from(["S16LE", "F32LE", "x"]), st.binary(max_size=800), secs)
+    return st.one_of(st.tuples(st.sampled_from(["camera", "thermal"]), image),
+                     st.tuples(st.just("lidar"), cloud), st.tuples(st.just("mic"), audio))
+
+
+def test_fuzzed_messages_never_crash_the_node(make_harness) -> None:
+    """Random and malformed Image / PointCloud2 / AudioChunk messages (bad sizes, steps,
+    encodings, field layouts, stamps 0, far past, far future) on every sensor topic: the node
+    keeps spinning, and valid data afterwards is recognised again."""
+    from hypothesis import HealthCheck, given, settings
+
+    h = active_harness(make_harness, FUZZ_SENSORS)
+    assert h.wait(lambda: h.recognitions)
+
+    @settings(max_examples=80, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(_fuzz_messages())
+    def publish(case) -> None:
+        name, msg = case
+        h.pubs[name][0].publish(msg)
+        time.sleep(0.002)
+
+    publish()
+    assert h.thread.is_alive(), "the executor thread died"
+    before = len(h.recognitions)
+    # Valid data again: stamps from now on; the lidar and camera come back into fusion.
+    assert h.wait(lambda: len(h.recognitions) > before + 5 and h.recognitions[-1].sensors
+                  and {"camera", "lidar"} <= set(h.recognitions[-1].sensors), timeout=15.0)
+    assert h.thread.is_alive()
