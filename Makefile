@@ -17,7 +17,7 @@ DEMO_ARGS ?=
 HAVE_BUNDLE := $(PY) -c 'import sys; from omnibind_ros.core.bundle import default_bundle_dir; \
 	sys.exit(not (default_bundle_dir() / "bundle.yaml").is_file())'
 
-.PHONY: setup demo demo-world test preview dataset bench lint clean help
+.PHONY: setup demo demo-world test preview dataset bench bench-runtime bench-bag lint clean help
 
 help:
 	@echo "make demo     set up (and build the default model bundle) if needed, then run"
@@ -27,6 +27,8 @@ help:
 	@echo "make preview  write a PNG grid of every simulated modality"
 	@echo "make dataset  generate the default simulated data set into the cache"
 	@echo "make bench    print simulator throughput (benchmarks/bench_sim.py)"
+	@echo "make bench-runtime  latency, hot-plug, baseline and soak of the running nodes"
+	@echo "make bench-bag      offline bag-evaluation throughput and live-vs-offline agreement"
 	@echo "make lint     ruff over the project"
 
 setup:
@@ -53,6 +55,13 @@ dataset: setup
 
 bench: setup
 	@$(PY) benchmarks/bench_sim.py
+
+bench-runtime: setup
+	@for sub in "latency" "latency --two-process" "hotplug --two-process" "baseline" \
+		"soak --minutes 2"; do $(ROS_SAFE_ENV) $(PY) benchmarks/bench_runtime.py $$sub || exit 1; done
+
+bench-bag: setup
+	@$(ROS_SAFE_ENV) $(PY) benchmarks/bench_bag.py
 
 lint: setup
 	@$(PY) -m ruff check omnibind_ros training test benchmarks
