@@ -35,20 +35,43 @@ then the monitor evaluation at T; messages of equal log time in bag order.
 How it is fast (>= 100 ticks/s on 2 cores with the default bundle is the target). The bag is
 cut into windows of ``WINDOW_S`` bag seconds; per window:
 
-1. *per-sensor stage* (one sequential task per sensor, sensors in parallel, up to
-   ``READ_AHEAD`` windows ahead of the rest): deserialize, admit, preprocess. Sensors are
-   independent until the monitor, and their preprocessors (audio, tactile) keep state, so each
-   sensor's messages stay in order on one task at a time;
+1. *per-sensor stage* (one sequential task per sensor, up to ``READ_AHEAD`` windows ahead of
+   the rest): deserialize, admit, preprocess. Sensors are independent until the monitor, and
+   their preprocessors (audio, tactile) keep state, so each sensor's messages stay in order on
+   one task;
 2. *pass 1* (main thread, log-time order): monitor, store and scheduler over the window's
    outcomes, with *shadow* ticks: a ``FusionTick`` with the node's selection and no-answer
    rules on 1-d placeholder embeddings. Which samples a tick fuses, and whether it answers,
    depend on stamps, sensors and modalities only, so the shadow tells exactly which samples the
    real ticks will fuse (and the node's "a sensor joining ticks at once" rule, which reads the
    previous tick's sensors, sees the same sensors);
-3. *encode* only those samples (batched per encoder, encoders in parallel; ONNX Runtime
-   releases the GIL). A sample no tick fuses is never encoded: its embedding cannot change any
-   answer;
+3. *encode* only those samples (batched per modality: the sorted samples of one window in
+   batches of ``MAX_BATCH``). A sample no tick fuses is never encoded: its embedding cannot
+   change any answer;
 4. *fuse*: the real ticks of pass 1, in order.
+
+Where steps 1 and 3 run (the results are the same either way; tests check it):
+
+* *worker processes* (``processes``, default one per core on 2+ cores with ONNX Runtime): each
+  worker (``omnibind_ros.bag._offline_worker``, a fresh interpreter started with
+  ``subprocess``: nothing of rclpy or ONNX Runtime is forked, and the caller's ``__main__`` is
+  never re-imported) owns some sensors, all sensors of a modality together, split by estimated
+  CPU (``STAGE_MS``/``ENCODE_MS`` x the bag's message counts). It loads its own encoders, runs
+  its sensors' stage and keeps the model inputs in its memory, keyed by message index; only
+  metadata (kind, stamps, bad reason) comes back for pass 1, and only embeddings (384 floats)
+  for step 4. The main process reads the bag, runs passes 1/2 and fusion. Workers take
+  encoding requests before stage windows (``PROCESS_READ_AHEAD`` windows ahead), and the
+  encoding of a window is requested right after its pass 1, up to ``ENCODE_AHEAD`` windows
+  before the older ones are fused, leaving out samples already requested: without that, the
+  workers waited on each other and on the main process once per window. If an older window
+  is then replayed (pass 2), the later requests are discarded unused (workers keep model
+  inputs until released) and made again from the new plans, so the embeddings used are
+  exactly the in-process design's. Workers end with the evaluation (also on errors and
+  Ctrl-C: killed by pid; a worker whose request pipe closes exits by itself).
+* *threads* (``processes=0``: on one core, other backends, or an injected in-process
+  backend): one thread per sensor for step 1, ``threads`` encoders in parallel for step 3
+  (ONNX Runtime releases the GIL). On 2 cores this leaves ~20 % of the CPU idle (the GIL between
+  the sensor threads, encoder threads and the main thread; see the measurements below).
 
 Exactness: an encoder *failure* (non-finite output) is a bad sample for the node, which pass 1
 could not know. When a sample fails to encode in step 3, or a real tick raises (the node then
@@ -57,22 +80,35 @@ ticks inline, encoding on demand whatever the changed course needs (and replayin
 that fails too). What stays unobserved is a failure on a sample no tick fuses;
 ``encode_all=True`` encodes every due message in step 1 instead (exact for that too, slower).
 
-Sessions run single-threaded (``threads`` parallelises across sensors and encoders instead), so
-an encoder gives bit-identical outputs whatever the scheduling. For the same reason BLAS
-(numpy's OpenBLAS: the audio mel matrix product, point-cloud plane fits) is limited to one
-thread while an evaluation runs (``threadpoolctl``, when installed): its worker threads
-busy-wait, and with the evaluation's own threads on every core they made the audio features
-8x slower (measured on 2 cores).
+Sessions run single-threaded, so an encoder gives bit-identical outputs whatever the
+scheduling (and the batches are the same in both designs). For the same reason BLAS (numpy's
+OpenBLAS: the audio mel matrix product, point-cloud plane fits) is limited to one thread while
+an evaluation runs (``threadpoolctl``, when installed; ``OPENBLAS_NUM_THREADS=1`` in the
+workers): its worker threads busy-wait, and with the evaluation's own threads on every core
+they made the audio features 8x slower (measured on 2 cores). Workers also run open3d (the
+point-cloud DBSCAN) on one thread: 5.95 instead of 6.5 ms of CPU per cloud, same clusters.
+
+Measured on 2 cores (AMD EPYC VM, idle, load average < 2 from these runs themselves), 120 s
+``hotplug_demo`` bag, default bundle, 1251 ticks, wall time of the whole evaluation (set-up
+included, as ``benchmarks/bench_bag.py``): threads 15.5-17.5 s = 71-81 ticks/s at 150-160 %
+CPU; worker processes 13.3-14.1 s = 89-94 ticks/s at 184-187 % CPU (bench_bag: 89.6). Short
+of the 100 ticks/s target: the work itself is ~24 s of CPU (encoders ~14 s for ~5,900
+samples at ~2.5 ms, stages ~8.4 s of which the lidar DBSCAN ~4.1 s, main process ~2 s, set-up
+~1.2 s in the workers), i.e. >= 12.2 s on 2 cores with no idle time at all; and the CPU per
+sample grows ~5-7 % when both cores run (24.5 s of CPU at 170 %, 26.2 s at 185 %). Three or
+four workers use more CPU (extra set-up) and were not faster.
 """
 from __future__ import annotations
 
 import copy
 import math
+import os
+import sys
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +123,8 @@ from omnibind_ros.bag.scoring import (
     phases_from_states,
 )
 
-__all__ = ["BagEvalError", "OfflineEvaluator", "SCENARIO_TOPIC", "evaluate_offline"]
+__all__ = ["BagEvalError", "OfflineEvaluator", "SCENARIO_TOPIC", "default_processes",
+           "evaluate_offline"]
 
 NS = 1_000_000_000
 #: Topic of record-sim's scenario events (std_msgs/String, JSON; see the shared plan).
@@ -101,6 +138,20 @@ WINDOW_S = 2.0
 MAX_BATCH = 8
 #: Windows the per-sensor stage may run ahead of the replay (bounds memory).
 READ_AHEAD = 2
+#: With worker processes: windows the stage may run ahead, and windows whose encoding may be
+#: requested before the oldest of them is fused (speculatively). Bounds the model inputs a
+#: worker holds (~620 with the default sensors: ~190 MB); 2/1 instead cost ~0.4 s on the
+#: 120 s bag.
+PROCESS_READ_AHEAD = 4
+ENCODE_AHEAD = 2
+#: CPU milliseconds per message of the per-sensor stage, and per encoded sample, by modality
+#: (default bundle, 2 cores, 120 s hotplug_demo bag). Only used to balance the sensors over the
+#: worker processes; any split gives the same results.
+STAGE_MS = {"point_cloud": 6.2, "event": 0.7, "audio": 0.24, "image": 0.18, "thermal": 0.36,
+            "tactile": 0.15, "text": 0.07}
+ENCODE_MS = {"point_cloud": 1.2, "audio": 1.7, "text": 5.0}  # the others: ~2.55
+#: CPU milliseconds a worker spends importing for a modality (open3d: DBSCAN).
+SETUP_MS = {"point_cloud": 450.0}
 
 
 class BagEvalError(RuntimeError):
@@ -136,6 +187,20 @@ class _Plan:
     fusable: list[str]
     slots: dict[str, Any]
     used: dict[str, _Outcome]
+
+
+@dataclass
+class _Window:
+    """A window of the bag between its per-sensor stage and its fused ticks."""
+
+    until: int
+    wid: int
+    final: bool
+    outcomes: list[_Outcome]
+    snapshot: Any = None  # the replay state before pass 1 (pass 2 starts from it)
+    plans: list[_Plan] = field(default_factory=list)
+    states: list[StateChange] = field(default_factory=list)
+    ticket: Any = None  # the encoding of what the plans fuse
 
 
 class _Redo(Exception):
@@ -206,6 +271,299 @@ def _stamp_of(msg: Any, log_ns: int) -> tuple[int, float]:
     return sec * NS + nanosec, sec + nanosec * 1e-9
 
 
+def _sensor_runs(config: Any, bundle: Any, backend: Any,
+                 names: Iterable[str] | None = None) -> dict[str, _SensorRun]:
+    """The per-sensor stage state (gate, pipeline) of ``names`` (default: every sensor)."""
+    from omnibind_ros.ros import perception_lifecycle as pl
+    from omnibind_ros.ros.conversions import conversion_for
+    from omnibind_ros.ros.sensor_worker import SampleGate, make_pipeline
+
+    wanted = None if names is None else set(names)
+    runs: dict[str, _SensorRun] = {}
+    for cfg in config.sensors:
+        if wanted is not None and cfg.name not in wanted:
+            continue
+        pipeline = make_pipeline(cfg.modality, bundle, backend)
+        gate = SampleGate(conversion_for(cfg.modality, cfg.message_type), pipeline,
+                          cfg.encode_rate_hz)
+        runs[cfg.name] = _SensorRun(cfg, pl.message_class(cfg.message_type), gate, pipeline)
+    return runs
+
+
+def _batch_size(bundle: Any, modality: str) -> int:
+    """Encoder batch of a modality: MAX_BATCH, or 1 for a graph with a fixed batch size."""
+    spec = bundle.modalities.get(modality)
+    return MAX_BATCH if spec is None or spec.input.fixed_shape[0] is None else 1
+
+
+def _stage(run: _SensorRun, name: str, messages: Iterable[tuple[int, int, bytes]]
+           ) -> list[_Outcome]:
+    """The per-sensor stage of ``(index, log ns, CDR bytes)`` messages of one sensor, in order:
+    deserialize, admit, preprocess (model inputs stay in the outcomes)."""
+    from rclpy.serialization import deserialize_message
+
+    from omnibind_ros.ros.sensor_worker import bad_reason
+
+    out: list[_Outcome] = []
+    for index, log_ns, rawdata in messages:
+        run.received += 1
+        try:
+            msg = deserialize_message(rawdata, run.msg_class)
+        except Exception as exc:  # noqa: BLE001  (rmw drops what it cannot decode)
+            run.undecodable += 1
+            run.first_error = run.first_error or f"message {index}: {exc}"
+            continue
+        stamp_ns, stamp_s = _stamp_of(msg, log_ns)
+        start = time.perf_counter()
+        admission = run.gate.admit(msg, stamp_s, log_ns * 1e-9)
+        outcome = _Outcome(index, log_ns, name, stamp_ns, stamp_s, admission.kind,
+                           admission.reason)
+        if admission.kind == "due":
+            try:
+                outcome.model_input = run.gate.model_input(admission.payload)
+            except Exception as exc:  # noqa: BLE001
+                outcome.kind, outcome.reason = "bad", bad_reason(exc)
+        outcome.cost_s = time.perf_counter() - start
+        out.append(outcome)
+    return out
+
+
+def _encode_inputs(pipeline: Any, inputs: list[Any], size: int, sem: Any = None,
+                   add_cpu: Callable[[float], None] | None = None
+                   ) -> list[tuple[np.ndarray | None, str, float]]:
+    """Embed model inputs in batches of ``size``: per input (embedding, "", wall share) or
+    (None, bad reason, wall share). ``sem`` is held around each batch run."""
+    from omnibind_ros.ros.sensor_worker import bad_reason, checked_embedding
+
+    results: list[tuple[np.ndarray | None, str, float]] = []
+    for i in range(0, len(inputs), size):
+        batch = inputs[i:i + size]
+        start, cpu0 = time.perf_counter(), time.thread_time()
+        try:
+            if sem is not None:
+                with sem:
+                    out = pipeline.encode_batch(batch)
+            else:
+                out = pipeline.encode_batch(batch)
+            rows: list[Any] = list(out)
+            if len(rows) != len(batch):
+                raise ValueError(f"encoder returned {len(rows)} rows for {len(batch)}")
+        except Exception:  # noqa: BLE001  (one at a time tells which input fails)
+            rows = []
+            for x in batch:
+                try:
+                    rows.append(pipeline.encode(x))
+                except Exception as exc:  # noqa: BLE001
+                    rows.append(exc)
+        share = (time.perf_counter() - start) / len(batch)
+        if add_cpu is not None:
+            add_cpu(time.thread_time() - cpu0)
+        for row in rows:
+            try:
+                if isinstance(row, BaseException):
+                    raise row
+                results.append((checked_embedding(row), "", share))
+            except Exception as exc:  # noqa: BLE001
+                results.append((None, bad_reason(exc), share))
+    return results
+
+
+def _backend_for(name: str, bundle: Any, modalities: Iterable[str], *, fusion: bool,
+                 text: bool) -> Any:
+    """A single-threaded backend with only the sessions a process needs."""
+    from omnibind_ros.core.backends import create_backend
+
+    encoders = sorted({m for m in modalities if m in bundle.modalities})
+    if not encoders:  # "no modalities" means all of them to the backends: open the smallest
+        encoders = [min(bundle.modalities,
+                        key=lambda m: (Path(bundle.modalities[m].file).stat().st_size, m))]
+    return create_backend(name, bundle, threads=1, modalities=encoders, fusion=fusion,
+                          text=text)
+
+
+def default_processes(backend: str = "onnxruntime") -> int:
+    """Worker processes :func:`evaluate_offline` uses by default: one per core (at most 8),
+    none (threads in this process) on one core or with a backend other than ONNX Runtime."""
+    from omnibind_ros.core.backends import _canonical
+
+    try:
+        canonical = _canonical(backend)
+    except ValueError:
+        return 0
+    cpus = os.cpu_count() or 1
+    return min(8, cpus) if cpus > 1 and canonical == "onnxruntime" else 0
+
+
+def _assign(config: Any, n: int, weights: dict[str, float] | None) -> list[list[str]]:
+    """Sensors split over ``n`` workers by estimated CPU (largest first onto the least loaded
+    worker); the sensors of one modality stay together (their encoder batches are shared)."""
+    by_modality: dict[str, list[str]] = defaultdict(list)
+    cost: dict[str, float] = defaultdict(float)
+    for cfg in config.sensors:
+        by_modality[cfg.modality].append(cfg.name)
+        if weights is not None and cfg.name in weights:
+            cost[cfg.modality] += weights[cfg.name]
+        else:  # per second at the nominal rate; about one encode per fusion period at most
+            rate = float(cfg.expected_rate_hz or 10.0)
+            encodes = min(rate, cfg.encode_rate_hz if cfg.encode_rate_hz > 0 else rate,
+                          1.1 * (float(config.fusion.rate_hz) or rate))
+            cost[cfg.modality] += (rate * STAGE_MS.get(cfg.modality, 0.3)
+                                   + encodes * ENCODE_MS.get(cfg.modality, 2.55))
+    groups: list[list[str]] = [[] for _ in range(max(1, min(n, len(by_modality))))]
+    load = [0.0] * len(groups)
+    for modality in by_modality:
+        cost[modality] += SETUP_MS.get(modality, 0.0) * (1.0 if weights is not None else 0.0)
+    for modality in sorted(by_modality, key=lambda m: (-cost[m], m)):
+        i = min(range(len(groups)), key=lambda k: (load[k], k))
+        groups[i].extend(by_modality[modality])
+        load[i] += cost[modality]
+    return [g for g in groups if g]
+
+
+def _grow_pipe(fd: int) -> None:
+    """Ask for a 1 MiB pipe buffer (fewer wake-ups per window of messages); best effort."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (OSError, ImportError):
+        pass
+
+
+class _WorkerProcess:
+    """One worker process (``omnibind_ros.bag._offline_worker``) and its two pipes.
+
+    The process is started with ``subprocess`` (a fresh interpreter: no rclpy or ONNX Runtime
+    state is forked, and the caller's ``__main__`` is never re-imported). Requests go through a
+    sender thread, so the main thread never blocks on a full pipe; replies are read when needed
+    and kept by (kind, key) until asked for.
+    """
+
+    def __init__(self, sensors: list[str]) -> None:
+        import queue
+        import subprocess
+        from multiprocessing.connection import Connection
+
+        self.sensors = sensors
+        r_req, w_req = os.pipe()
+        r_rep, w_rep = os.pipe()
+        for fd in (w_req, w_rep):
+            _grow_pipe(fd)
+        env = dict(os.environ)
+        # the caller's import path (a script's or a test's directory), threads off in BLAS
+        env["PYTHONPATH"] = os.pathsep.join(
+            [p for p in sys.path if isinstance(p, str) and p]
+            + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = "1"
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "omnibind_ros.bag._offline_worker", str(r_req),
+                 str(w_rep)], pass_fds=(r_req, w_rep), env=env, stdin=subprocess.DEVNULL)
+        except BaseException:
+            for fd in (r_req, w_req, r_rep, w_rep):
+                os.close(fd)
+            raise
+        os.close(r_req)
+        os.close(w_rep)
+        self._out = Connection(w_req, readable=False)
+        self._in = Connection(r_rep, writable=False)
+        self._queue: Any = queue.SimpleQueue()
+        self._stash: dict[tuple[str, Any], tuple[Any, ...]] = {}
+        self._thread = threading.Thread(target=self._sender, daemon=True,
+                                        name=f"bag_worker_{self.proc.pid}")
+        self._thread.start()
+        self.stats: dict[str, Any] = {}
+        self._closing = False
+
+    def _sender(self) -> None:
+        while True:
+            request = self._queue.get()
+            if request is None:
+                return
+            try:
+                self._out.send(request)
+            except OSError:  # the worker is gone: the reader sees EOF and says why
+                return
+
+    def send(self, request: Any) -> None:
+        self._queue.put(request)
+
+    def reply(self, kind: str, key: Any) -> tuple[Any, ...]:
+        """The worker's reply ``(kind, key, ...)``; BagEvalError if the worker failed."""
+        while (kind, key) not in self._stash:
+            try:
+                msg = self._in.recv()
+            except (EOFError, OSError):
+                try:
+                    code = self.proc.wait(timeout=5)
+                except Exception:  # noqa: BLE001
+                    code = None
+                raise BagEvalError(f"offline evaluation worker {self.proc.pid} (sensors "
+                                   f"{', '.join(self.sensors)}) ended unexpectedly (exit code "
+                                   f"{code})") from None
+            if msg[0] == "error":
+                raise BagEvalError(f"offline evaluation worker {self.proc.pid} (sensors "
+                                   f"{', '.join(self.sensors)}) failed:\n{msg[2]}")
+            self._stash[(msg[0], msg[1])] = tuple(msg[2:])
+        return self._stash.pop((kind, key))
+
+    def request_close(self) -> None:
+        """Ask the worker to finish (then :meth:`close`; several workers end in parallel)."""
+        if not self._closing and self.proc.poll() is None:
+            self.send(("close", None))
+            self._closing = True
+
+    def close(self, abort: bool) -> None:
+        """Stop the worker: politely (its statistics come back), or at once with ``abort``."""
+        import subprocess
+
+        done = False
+        try:
+            if not abort and (self._closing or self.proc.poll() is None):
+                self.request_close()
+                try:
+                    (self.stats,) = self.reply("closed", None)
+                except BagEvalError:
+                    abort = True
+            self._queue.put(None)
+            if abort and self.proc.poll() is None:
+                self.proc.kill()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            done = True
+        finally:
+            if not done:  # interrupted while closing (a second Ctrl-C): no waiting any more
+                self._queue.put(None)
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait()
+            for conn in (self._out, self._in):
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+            self._thread.join(timeout=5)
+
+
+def start_workers(config: Any, processes: int,
+                  weights: dict[str, float] | None = None) -> list[_WorkerProcess]:
+    """Start the worker processes of an evaluation (they import while the caller sets up);
+    give them to :class:`OfflineEvaluator` (``workers=``), which ends them."""
+    workers: list[_WorkerProcess] = []
+    try:
+        for sensors in _assign(config, processes, weights):
+            workers.append(_WorkerProcess(sensors))
+    except BaseException:
+        for worker in workers:
+            worker.close(abort=True)
+        raise
+    return workers
+
+
 class OfflineEvaluator:
     """Runs one offline evaluation (use :func:`evaluate_offline`).
 
@@ -213,27 +571,66 @@ class OfflineEvaluator:
     ----------
     config : a loaded ``NodeConfig``.
     bundle, backend : a loaded model bundle and an inference backend on it.
-    threads : parallel tasks (sensors, encoders).
+    threads : parallel tasks (sensors, encoders) of the in-process design (``processes=0``).
     encode_all : encode every due message (see the module docstring).
+    processes : worker processes for the per-sensor stage and the encoders (0 = threads in
+        this process). Workers create their own single-threaded ``backend.name`` backend on
+        ``bundle``; ``backend`` itself then only needs the fusion head (and the text tower
+        when the config's labels must be embedded).
+    weights : estimated CPU per sensor, to balance the workers (default from the config).
+    workers : worker processes already started by :func:`start_workers` (instead of
+        ``processes``); the evaluator ends them in :meth:`close`, as its own.
+    backend_wrapper : ``backend -> backend`` applied to each worker's backend (picklable:
+        tests use it to inject encoder failures).
     """
 
     def __init__(self, config: Any, bundle: Any, backend: Any, *, threads: int = 2,
-                 encode_all: bool = False) -> None:
+                 encode_all: bool = False, processes: int = 0,
+                 weights: dict[str, float] | None = None,
+                 backend_wrapper: Callable[[Any], Any] | None = None,
+                 workers: list[_WorkerProcess] | None = None) -> None:
         from omnibind_ros.core.availability import AvailabilityMonitor
         from omnibind_ros.core.fusion import FusionTick, LatestEmbeddings, TickScheduler
         from omnibind_ros.ros import perception_lifecycle as pl
-        from omnibind_ros.ros.sensor_worker import SampleGate, make_pipeline
 
         self.config, self.bundle, self.backend = config, bundle, backend
         self.threads = max(1, int(threads))
         self.encode_all = bool(encode_all)
+        self.timing: dict[str, float] = defaultdict(float)
+        self._timing_lock = threading.Lock()
+        self._workers: list[_WorkerProcess] = list(workers or [])
+        self._aborted = False
+        self._cpu0 = time.process_time()
+        try:
+            if not self._workers and processes > 0:  # first: they import while we set up
+                self._workers = start_workers(config, processes, weights)
+            spec = {"config": config, "bundle": bundle,
+                    "backend": getattr(backend, "name", "onnxruntime"),
+                    "encode_all": self.encode_all, "backend_wrapper": backend_wrapper}
+            for worker in self._workers:
+                worker.send({**spec, "sensors": worker.sensors})
+        except BaseException:
+            self.close(abort=True)
+            raise
+        self.processes = len(self._workers)
+        self.worker_sensors = [list(w.sensors) for w in self._workers]
+        self._worker_of = {name: w for w in self._workers for name in w.sensors}
+        try:
+            self._setup(pl, AvailabilityMonitor, FusionTick, LatestEmbeddings, TickScheduler)
+        except BaseException:
+            self.close(abort=True)
+            raise
+
+    def _setup(self, pl: Any, monitor_cls: Any, tick_cls: Any, store_cls: Any,
+               scheduler_cls: Any) -> None:
+        config, bundle, backend = self.config, self.bundle, self.backend
         names, embeddings = pl.resolve_labels(bundle, backend, config.label_names,
                                               config.label_file)
         self.fusion = pl.build_fusion_tick(bundle, backend, config.fusion, names, embeddings)
         # Same selection and no-answer rules, on 1-d placeholder embeddings: tells which
         # samples a tick fuses before they are encoded.
         f = self.fusion
-        self._shadow = FusionTick(
+        self._shadow = tick_cls(
             lambda tokens, mask: np.ones((1, 1), np.float32), ("-",),
             np.ones((1, 1), np.float32), f.logit_scale, max_age_s=f.max_age_s, top_k=1,
             min_modalities=f.min_modalities, max_tokens=f.max_tokens, pad_to=f.pad_to,
@@ -241,69 +638,61 @@ class OfflineEvaluator:
         self.monitor_period_ns = round(NS / pl.MONITOR_HZ)
         rate = float(config.fusion.rate_hz)
         self.timer_period_ns = round(NS / rate) if rate > 0 else 0
-        self.sensors: dict[str, _SensorRun] = {}
-        for cfg in config.sensors:
-            pipeline = make_pipeline(cfg.modality, bundle, backend)
-            from omnibind_ros.ros.conversions import conversion_for
-
-            gate = SampleGate(conversion_for(cfg.modality, cfg.message_type), pipeline,
-                              cfg.encode_rate_hz)
-            self.sensors[cfg.name] = _SensorRun(cfg, pl.message_class(cfg.message_type), gate,
-                                                pipeline)
-        self._make_monitor = lambda: AvailabilityMonitor(
+        # With worker processes these pipelines are not run here (the workers build their
+        # own); building them checks the bundle has every configured modality all the same.
+        self.sensors: dict[str, _SensorRun] = _sensor_runs(config, bundle, backend)
+        self._make_monitor = lambda: monitor_cls(
             clock_jump_tolerance_s=pl.CLOCK_JUMP_TOLERANCE_S)
-        self._make_store = LatestEmbeddings
-        self._make_scheduler = lambda: TickScheduler(
+        self._make_store = store_cls
+        self._make_scheduler = lambda: scheduler_cls(
             rate, bool(getattr(config.fusion, "tick_on_embedding", False)))
         self._sem = threading.Semaphore(self.threads)
-        self._encode_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bag_encode")
-        self._sensor_pools = {name: ThreadPoolExecutor(1, thread_name_prefix=f"bag_{name}")
-                              for name in self.sensors}
-        self._batchable = {m: spec.input.fixed_shape[0] is None
-                           for m, spec in bundle.modalities.items()}
-        self.timing: dict[str, float] = defaultdict(float)
-        self._timing_lock = threading.Lock()
+        self._encode_pool: ThreadPoolExecutor | None = None
+        self._sensor_pools: dict[str, ThreadPoolExecutor] = {}
+        if not self._workers:
+            self._encode_pool = ThreadPoolExecutor(self.threads,
+                                                   thread_name_prefix="bag_encode")
+            self._sensor_pools = {name: ThreadPoolExecutor(1, thread_name_prefix=f"bag_{name}")
+                                  for name in self.sensors}
         self._blas_limits = _single_threaded_blas()
         self.fusion_errors: list[str] = []
+        self._next_window = 0
+        self._next_request = 0
 
-    def close(self) -> None:
-        for pool in [self._encode_pool, *self._sensor_pools.values()]:
+    def close(self, abort: bool = False) -> None:
+        """Release threads and worker processes (``abort``: kill the workers at once)."""
+        abort = abort or self._aborted
+        if not abort:
+            for worker in self._workers:
+                worker.request_close()
+        error: BaseException | None = None
+        for i, worker in enumerate(self._workers):
+            try:
+                worker.close(abort)
+            except BaseException as exc:  # noqa: BLE001  (end the others all the same)
+                abort, error = True, error or exc
+            for key, value in worker.stats.items():
+                if isinstance(value, (int, float)) and key != "pid":
+                    self.timing[f"worker{i}.{key}"] = value
+        if self._workers:
+            self.timing["cpu_s.main_process"] = time.process_time() - self._cpu0
+        self._workers = []
+        for pool in [*filter(None, [getattr(self, "_encode_pool", None)]),
+                     *getattr(self, "_sensor_pools", {}).values()]:
             pool.shutdown(wait=True, cancel_futures=True)
-        if self._blas_limits is not None:
+        if getattr(self, "_blas_limits", None) is not None:
             self._blas_limits.restore_original_limits()
             self._blas_limits = None
+        if error is not None:
+            raise error
 
     # -- per-sensor stage ------------------------------------------------------------------------
 
     def _sensor_stage(self, name: str, messages: list[Any]) -> list[_Outcome]:
-        from rclpy.serialization import deserialize_message
-
-        from omnibind_ros.ros.sensor_worker import bad_reason
-
         run = self.sensors[name]
-        out: list[_Outcome] = []
         with self._sem:
             cpu0 = time.thread_time()
-            for m in messages:
-                run.received += 1
-                try:
-                    msg = deserialize_message(m.rawdata, run.msg_class)
-                except Exception as exc:  # noqa: BLE001  (rmw drops what it cannot decode)
-                    run.undecodable += 1
-                    run.first_error = run.first_error or f"message {m.index}: {exc}"
-                    continue
-                stamp_ns, stamp_s = _stamp_of(msg, m.log_time_ns)
-                start = time.perf_counter()
-                admission = run.gate.admit(msg, stamp_s, m.log_time_ns * 1e-9)
-                outcome = _Outcome(m.index, m.log_time_ns, name, stamp_ns, stamp_s,
-                                   admission.kind, admission.reason)
-                if admission.kind == "due":
-                    try:
-                        outcome.model_input = run.gate.model_input(admission.payload)
-                    except Exception as exc:  # noqa: BLE001
-                        outcome.kind, outcome.reason = "bad", bad_reason(exc)
-                outcome.cost_s = time.perf_counter() - start
-                out.append(outcome)
+            out = _stage(run, name, [(m.index, m.log_time_ns, m.rawdata) for m in messages])
             self._add_cpu(f"cpu_s.sensor_stage.{name}", time.thread_time() - cpu0)
             if self.encode_all:
                 self._encode([o for o in out if o.kind == "due"], hold_semaphore=False)
@@ -313,60 +702,134 @@ class OfflineEvaluator:
         with self._timing_lock:
             self.timing[key] += seconds
 
+    def _submit_stage(self, batch: dict[str, list[Any]]) -> tuple[int, Any]:
+        """Start the per-sensor stage of one window: (window number, handle)."""
+        wid = self._next_window
+        self._next_window += 1
+        if not self._workers:
+            return wid, {name: self._sensor_pools[name].submit(self._sensor_stage, name, msgs)
+                         for name, msgs in batch.items() if msgs}
+        for worker in self._workers:
+            worker.send(("window", wid, {
+                name: [(m.index, m.log_time_ns, m.rawdata) for m in batch[name]]
+                for name in worker.sensors if batch.get(name)}))
+        return wid, None
+
+    def _stage_result(self, wid: int, handle: Any) -> list[_Outcome]:
+        """The outcomes of a window's per-sensor stage (all sensors; any order)."""
+        if not self._workers:
+            return [o for f in handle.values() for o in f.result()]
+        out: list[_Outcome] = []
+        for worker in self._workers:
+            rows, counters, cpu = worker.reply("stage", wid)
+            for (order, log_ns, sensor, stamp_ns, stamp_s, kind, reason, cost_s,
+                 embedding) in rows:
+                o = _Outcome(order, log_ns, sensor, stamp_ns, stamp_s, kind, reason,
+                             embedding=embedding, cost_s=cost_s)
+                if embedding is not None:  # encode_all: encoded in the stage
+                    self.sensors[sensor].encoded += 1
+                out.append(o)
+            for name, (received, undecodable, first_error) in counters.items():
+                run = self.sensors[name]
+                run.received, run.undecodable, run.first_error = (received, undecodable,
+                                                                  first_error)
+            for key, seconds in cpu.items():
+                self.timing[key] += seconds
+        return out
+
+    def _release(self, wid: int, states: Iterable[_Replay]) -> None:
+        """Workers may forget the model inputs of windows <= ``wid`` that no store of
+        ``states`` holds (nothing later can fuse them)."""
+        if not self._workers:
+            return
+        keep = {o.order for state in states for o in state.refs.values()
+                if o.kind == "due" and o.embedding is None}
+        for worker in self._workers:
+            worker.send(("release", wid, keep))
+
     # -- encoding --------------------------------------------------------------------------------
+
+    def _apply(self, o: _Outcome, embedding: np.ndarray | None, reason: str, share: float,
+               failed: list[_Outcome]) -> None:
+        o.cost_s += share
+        o.model_input = None
+        if embedding is not None:
+            o.embedding = embedding
+            self.sensors[o.sensor].encoded += 1
+        else:
+            o.kind, o.reason = "bad", reason
+            failed.append(o)
 
     def _encode(self, outcomes: list[_Outcome], hold_semaphore: bool = True) -> list[_Outcome]:
         """Embed ``outcomes`` (same sensor or modality) in batches; return those that failed
         (marked bad)."""
-        from omnibind_ros.ros.sensor_worker import bad_reason, checked_embedding
-
         if not outcomes:
             return []
+        if self._workers:
+            return self._encode_wait(self._encode_start(outcomes))
         pipeline = self.sensors[outcomes[0].sensor].pipeline
-        size = MAX_BATCH if self._batchable.get(pipeline.modality, True) else 1
-        failed = []
-        for i in range(0, len(outcomes), size):
-            batch = outcomes[i:i + size]
-            start, cpu0 = time.perf_counter(), time.thread_time()
-            try:
-                if hold_semaphore:
-                    with self._sem:
-                        out = pipeline.encode_batch([o.model_input for o in batch])
-                else:
-                    out = pipeline.encode_batch([o.model_input for o in batch])
-                rows: list[Any] = list(out)
-                if len(rows) != len(batch):
-                    raise ValueError(f"encoder returned {len(rows)} rows for {len(batch)}")
-            except Exception:  # noqa: BLE001  (one at a time tells which input fails)
-                rows = []
-                for o in batch:
-                    try:
-                        rows.append(pipeline.encode(o.model_input))
-                    except Exception as exc:  # noqa: BLE001
-                        rows.append(exc)
-            share = (time.perf_counter() - start) / len(batch)
-            self._add_cpu(f"cpu_s.encode.{pipeline.modality}", time.thread_time() - cpu0)
-            for o, row in zip(batch, rows, strict=True):
-                o.cost_s += share
-                try:
-                    if isinstance(row, BaseException):
-                        raise row
-                    o.embedding = checked_embedding(row)
-                    o.model_input = None
-                    self.sensors[o.sensor].encoded += 1
-                except Exception as exc:  # noqa: BLE001
-                    o.kind, o.reason, o.model_input = "bad", bad_reason(exc), None
-                    failed.append(o)
+        results = _encode_inputs(
+            pipeline, [o.model_input for o in outcomes], _batch_size(self.bundle,
+                                                                     pipeline.modality),
+            self._sem if hold_semaphore else None,
+            lambda s: self._add_cpu(f"cpu_s.encode.{pipeline.modality}", s))
+        failed: list[_Outcome] = []
+        for o, (embedding, reason, share) in zip(outcomes, results, strict=True):
+            self._apply(o, embedding, reason, share, failed)
+        return failed
+
+    def _by_modality(self, outcomes: list[_Outcome]) -> list[list[_Outcome]]:
+        by_modality: dict[str, list[_Outcome]] = defaultdict(list)
+        for o in sorted(outcomes, key=lambda o: o.order):
+            by_modality[self.sensors[o.sensor].cfg.modality].append(o)
+        return [group for _, group in sorted(by_modality.items())]
+
+    def _encode_start(self, outcomes: list[_Outcome]) -> Any:
+        """Start encoding outcomes of several sensors (batched per modality, modalities in
+        parallel); :meth:`_encode_wait` gives the failures. In-process: done at once."""
+        groups = self._by_modality(outcomes)
+        if not self._workers:
+            futures = [self._encode_pool.submit(self._encode, g) for g in groups]
+            return [o for f in futures for o in f.result()]
+        request = self._next_request
+        self._next_request += 1
+        per_worker: dict[int, list[list[_Outcome]]] = defaultdict(list)
+        for group in groups:
+            per_worker[self._workers.index(self._worker_of[group[0].sensor])].append(group)
+        for i, worker_groups in per_worker.items():
+            self._workers[i].send(("encode", request,
+                                   [[o.order for o in g] for g in worker_groups]))
+        return request, per_worker
+
+    def _ticket_outcomes(self, ticket: Any) -> list[_Outcome]:
+        if not self._workers or ticket is None:
+            return []
+        return [o for groups in ticket[1].values() for g in groups for o in g]
+
+    def _encode_discard(self, ticket: Any) -> None:
+        """Wait for a request's embeddings and drop them (the plan they were for is off)."""
+        request, per_worker = ticket
+        for i in sorted(per_worker):
+            self._workers[i].reply("encoded", request)
+        self.timing["encodes_discarded"] += 1
+
+    def _encode_wait(self, ticket: Any) -> list[_Outcome]:
+        if not self._workers:
+            return ticket
+        request, per_worker = ticket
+        failed: list[_Outcome] = []
+        for i, worker_groups in sorted(per_worker.items()):
+            results, cpu = self._workers[i].reply("encoded", request)
+            outcomes = [o for g in worker_groups for o in g]
+            for o, (embedding, reason, share) in zip(outcomes, results, strict=True):
+                self._apply(o, embedding, reason, share, failed)
+            for key, seconds in cpu.items():
+                self.timing[key] += seconds
         return failed
 
     def _encode_group(self, outcomes: list[_Outcome]) -> list[_Outcome]:
         """Encode outcomes of several sensors: batched per modality, modalities in parallel."""
-        by_modality: dict[str, list[_Outcome]] = defaultdict(list)
-        for o in sorted(outcomes, key=lambda o: o.order):
-            by_modality[self.sensors[o.sensor].cfg.modality].append(o)
-        futures = [self._encode_pool.submit(self._encode, group)
-                   for _, group in sorted(by_modality.items())]
-        return [o for f in futures for o in f.result()]
+        return self._encode_wait(self._encode_start(outcomes))
 
     # -- replay ----------------------------------------------------------------------------------
 
@@ -539,62 +1002,135 @@ class OfflineEvaluator:
         (a damaged bag) ends the reading; everything read before it is evaluated, and the
         exception is left in ``self.read_error``.
         """
+        try:
+            return self._run(messages, start_ns, topics, on_other, progress)
+        except BaseException:
+            self._aborted = True  # close() kills the workers instead of waiting for them
+            raise
+
+    def _run(self, messages: Iterable[Any], start_ns: int, topics: dict[str, str] | None,
+             on_other: Callable[[Any], None] | None,
+             progress: Callable[[int], None] | None) -> tuple[
+                 list[TickRecord], list[StateChange], int]:
         if topics is None:
             topics = {run.cfg.topic: name for name, run in self.sensors.items()}
         window_ns = round(WINDOW_S * NS)
         state = self.new_replay(start_ns)
         ticks: list[TickRecord] = []
         states: list[StateChange] = []
-        pending: list[tuple[int, dict[str, Future]]] = []
+        pending: deque[tuple[int, int, Any]] = deque()  # (until, window number, stage handle)
+        planned: deque[_Window] = deque()  # pass 1 done, not yet fused
         self.read_error: BaseException | None = None
         last_ns = start_ns
+        # With worker processes, pass 1 of window k+1 runs, and its encoding is requested,
+        # while the workers encode window k: pass 1 needs no embedding, and the encoders never
+        # wait for the main process. If window k is then replayed (pass 2), what k+1 fuses may
+        # change: its request is discarded unused and made again from the new plan.
+        overlap = bool(self._workers)
 
         def dispatch(batch: dict[str, list[Any]], until: int) -> None:
-            futures = {name: self._sensor_pools[name].submit(self._sensor_stage, name, msgs)
-                       for name, msgs in batch.items() if msgs}
-            pending.append((until, futures))
+            wid, handle = self._submit_stage(batch)
+            pending.append((until, wid, handle))
 
-        def finish(until: int, futures: dict[str, Future], final: bool) -> None:
+        def plan(until: int, wid: int, handle: Any, final: bool) -> _Window:
+            t0 = time.perf_counter()
+            outcomes = sorted(self._stage_result(wid, handle),
+                              key=lambda o: (o.log_ns, o.order))
+            self.timing["wait_sensor_stage_s"] += time.perf_counter() - t0
+            window = _Window(until, wid, final, outcomes)
+            replan(window)
+            return window
+
+        def replan(window: _Window) -> None:
+            # pass 1: replay with shadow ticks, recording what each tick fuses
+            t0 = time.perf_counter()
+            window.snapshot = _clone(state)
+            window.plans = []
+            self.replay(state, window.outcomes, start_ns, window.until, window.final,
+                        self.planner(window.plans))
+            window.states, state.pending_states = state.pending_states, []
+            self.timing["replay_s"] += time.perf_counter() - t0
+
+        def request(window: _Window, in_flight: list[_Window] | None = None) -> None:
+            """Request the encoding of what the window fuses; samples requested ``in_flight``
+            (by earlier windows, not back yet) are left out: they will have their embedding,
+            or an earlier window is replayed and this request discarded."""
+            skip = {id(o) for w in in_flight or () for o in self._ticket_outcomes(w.ticket)}
+            needed = {id(o): o for plan in window.plans for o in plan.used.values()
+                      if o.embedding is None and o.kind == "due" and id(o) not in skip}
+            t0 = time.perf_counter()
+            window.ticket = self._encode_start(list(needed.values()))
+            self.timing["encode_s"] += time.perf_counter() - t0
+
+        def complete(window: _Window) -> bool:
+            """Fuse a planned window; True if it was replayed (``state`` replaced)."""
             nonlocal state
             t0 = time.perf_counter()
-            outcomes = sorted((o for f in futures.values() for o in f.result()),
-                              key=lambda o: (o.log_ns, o.order))
+            failed = self._encode_wait(window.ticket)  # failures: bad samples
             t1 = time.perf_counter()
-            # pass 1: replay with shadow ticks, recording what each tick fuses; encode that
-            snapshot = _clone(state)
-            plans: list[_Plan] = []
-            self.replay(state, outcomes, start_ns, until, final, self.planner(plans))
-            t2 = time.perf_counter()
-            needed = {id(o): o for plan in plans for o in plan.used.values()
-                      if o.embedding is None and o.kind == "due"}
-            failed = self._encode_group(list(needed.values()))  # failures: bad samples
-            t3 = time.perf_counter()
             records: list[TickRecord] = []
             exact = not failed and all(
                 self._fuse(plan.t_ns, plan.now_s, plan.fusable, plan.slots,
-                           list(plan.used.values()), records) is not None for plan in plans)
+                           list(plan.used.values()), records) is not None
+                for plan in window.plans)
             # pass 2, only when the plan is off: a sample failed to encode (a bad sample the
             # plan counted as valid) or a tick raised (the node's last result differs). The
             # window is replayed from its start with the real ticks inline.
+            replayed = not exact
             while not exact:
                 self.timing["windows_replayed"] += 1
-                state = _clone(snapshot)
+                state = _clone(window.snapshot)
                 records = []
                 try:
-                    self.replay(state, outcomes, start_ns, until, final, self.fuser(records))
+                    self.replay(state, window.outcomes, start_ns, window.until, window.final,
+                                self.fuser(records))
                     exact = True
                 except _Redo:
                     pass
+            if replayed:
+                window.states, state.pending_states = state.pending_states, []
             ticks.extend(records)
-            states.extend(state.pending_states)
-            state.pending_states = []
-            self.timing["wait_sensor_stage_s"] += t1 - t0
-            self.timing["replay_s"] += t2 - t1
-            self.timing["encode_s"] += t3 - t2
-            self.timing["fuse_s"] += time.perf_counter() - t3
+            states.extend(window.states)
+            self.timing["encode_s"] += t1 - t0
+            self.timing["fuse_s"] += time.perf_counter() - t1
             if progress is not None:
-                progress(until)
+                progress(window.until)
+            return replayed
 
+        def advance(last: bool) -> None:
+            """Plan the oldest dispatched window, encode what it fuses and fuse it."""
+            until, wid, handle = pending.popleft()
+            final = last and not pending
+            window = plan(max(until, last_ns) if final else until, wid, handle, final)
+            request(window)
+            complete(window)
+
+        def finish_oldest() -> None:
+            """Fuse the oldest planned window; if it was replayed, the later ones are planned
+            and requested again (their requests discarded unused)."""
+            previous = planned.popleft()
+            if complete(previous):
+                for window in planned:
+                    self._encode_discard(window.ticket)
+                for i, window in enumerate(planned):
+                    replan(window)
+                    request(window, in_flight=list(planned)[:i])
+            self._release(previous.wid, [state, *(w.snapshot for w in planned)])
+
+        def advance_overlapped(last: bool) -> None:
+            """Plan the oldest dispatched window and request its encoding (speculatively:
+            before the windows still being encoded are fused), then fuse the oldest planned
+            window once ``ENCODE_AHEAD`` others are in flight behind it."""
+            until, wid, handle = pending.popleft()
+            final = last and not pending
+            window = plan(max(until, last_ns) if final else until, wid, handle, final)
+            request(window, in_flight=list(planned))
+            planned.append(window)
+            while len(planned) > ENCODE_AHEAD:
+                finish_oldest()
+
+        step = advance_overlapped if overlap else advance
+        read_ahead = PROCESS_READ_AHEAD if overlap else READ_AHEAD
         window_end = start_ns + window_ns
         batch: dict[str, list[Any]] = defaultdict(list)
         iterator: Iterator[Any] = iter(messages)
@@ -604,9 +1140,8 @@ class OfflineEvaluator:
                     dispatch(batch, window_end)
                     batch = defaultdict(list)
                     window_end += window_ns
-                    while len(pending) > READ_AHEAD:
-                        until, futures = pending.pop(0)
-                        finish(until, futures, final=False)
+                    while len(pending) > read_ahead:
+                        step(last=False)
                 name = topics.get(m.topic)
                 if name is not None:
                     batch[name].append(m)
@@ -617,9 +1152,9 @@ class OfflineEvaluator:
             self.read_error = exc
         dispatch(batch, last_ns)
         while pending:
-            until, futures = pending.pop(0)
-            final = not pending
-            finish(max(until, last_ns) if final else until, futures, final=final)
+            step(last=True)
+        while planned:
+            finish_oldest()
         return ticks, states, last_ns
 
 
@@ -668,11 +1203,27 @@ def _map_topics(info: Any, config: Any, truth_topic: str) -> tuple[dict[str, str
     return mapped, skipped
 
 
+def _weights(config: Any, info: Any, mapped: dict[str, str]) -> dict[str, float]:
+    """Estimated CPU ms per sensor on this bag (message counts x STAGE_MS / ENCODE_MS; at most
+    about one encoded sample per fusion period), to balance the worker processes."""
+    counts = {mapped[t]: n for t, (_, n) in info.topics.items() if t in mapped}
+    rate = float(config.fusion.rate_hz) or 10.0
+    fused = max(1.0, info.duration_s * rate * 1.1)
+    out = {}
+    for cfg in config.sensors:
+        n = counts.get(cfg.name, 0)
+        due = n if cfg.encode_rate_hz <= 0 else min(n, info.duration_s * cfg.encode_rate_hz)
+        out[cfg.name] = (n * STAGE_MS.get(cfg.modality, 0.3)
+                         + min(due, fused) * ENCODE_MS.get(cfg.modality, 2.55))
+    return out
+
+
 def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
                      config: str | Path | None = None, truth_csv: str | Path | None = None,
                      truth_topic: str = "/omnibind/ground_truth",
                      backend: str = "onnxruntime", threads: int | None = None,
-                     progress: bool = True, encode_all: bool = False) -> EvalResult:
+                     progress: bool = True, encode_all: bool = False,
+                     processes: int | None = None) -> EvalResult:
     """Evaluate a bag offline (see the module docstring).
 
     Parameters
@@ -684,9 +1235,13 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
     truth_csv : ground truth as labelled intervals (replaces the truth topic).
     truth_topic : ground-truth topic (omnibind_ros/msg/GroundTruth).
     backend : inference backend (sessions single-threaded: deterministic outputs).
-    threads : parallel sensors/encoders; None = the machine's cores (at most 8).
+    threads : parallel sensors/encoders of the in-process design (``processes=0``); None =
+        the machine's cores (at most 8).
     progress : a progress bar (tqdm) on stderr.
     encode_all : encode every due message, not only the fused ones.
+    processes : worker processes for the per-sensor stages and encoders; 0 = threads in this
+        process; None = :func:`default_processes` (one per core; 0 on one core or with a
+        backend other than ONNX Runtime). The results are the same either way.
 
     Raises
     ------
@@ -726,10 +1281,25 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
             + ", ".join(f"{s.name} on {s.topic} ({s.message_type})" for s in cfg.sensors)
             + ". Pass the node configuration the bag was recorded for (--config).")
     bundle_path = bundle or cfg.params.get("bundle_path") or default_bundle_dir()
-    model = load_bundle(bundle_path)
     n_threads = threads if threads else min(8, os.cpu_count() or 1)
-    engine = create_backend(backend, model, threads=1)
-    evaluator = OfflineEvaluator(cfg, model, engine, threads=n_threads, encode_all=encode_all)
+    n_procs = default_processes(backend) if processes is None else max(0, int(processes))
+    # the workers start first: they import while this process loads the bundle
+    workers = start_workers(cfg, n_procs, _weights(cfg, info, mapped)) if n_procs else []
+    try:
+        model = load_bundle(bundle_path)
+        if workers:
+            # the workers hold the encoders; here only fusion (and the text tower when the
+            # config's labels must be embedded)
+            engine = _backend_for(backend, model, (), fusion=True,
+                                  text=bool(cfg.label_names or cfg.label_file))
+        else:
+            engine = create_backend(backend, model, threads=1)
+        evaluator = OfflineEvaluator(cfg, model, engine, threads=n_threads,
+                                     encode_all=encode_all, workers=workers)
+    except BaseException:
+        for worker in workers:
+            worker.close(abort=True)
+        raise
     truth_msgs: list[tuple[int, Any]] = []
     events: list[tuple[int, str]] = []
 
@@ -798,6 +1368,8 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
         "unknown_params": list(cfg.unknown),
         "fusion_errors": evaluator.fusion_errors[:20],
         "timing": {"setup_s": round(setup_s, 3), "threads": n_threads,
+                   "processes": len(evaluator.worker_sensors),
+                   "worker_sensors": evaluator.worker_sensors,
                    **{k: round(v, 3) for k, v in evaluator.timing.items()}},
     }
     return EvalResult(
