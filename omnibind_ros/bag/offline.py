@@ -637,7 +637,10 @@ class OfflineEvaluator:
             min_quality=f.min_quality, future_tolerance_s=f.future_tolerance_s)
         self.monitor_period_ns = round(NS / pl.MONITOR_HZ)
         rate = float(config.fusion.rate_hz)
-        self.timer_period_ns = round(NS / rate) if rate > 0 else 0
+        # The node's fusion timer runs at the scheduler's period (a quarter period as the
+        # deadline heartbeat when ticks follow the evidence).
+        self.timer_period_ns = round(scheduler_cls(
+            rate, bool(getattr(config.fusion, "tick_on_embedding", False))).timer_period_s * NS)
         # With worker processes these pipelines are not run here (the workers build their
         # own); building them checks the bundle has every configured modality all the same.
         self.sensors: dict[str, _SensorRun] = _sensor_runs(config, bundle, backend)
@@ -846,16 +849,22 @@ class OfflineEvaluator:
         inclusive when ``final``) through monitor, store and scheduler; ``fuse`` runs the
         ticks (the node's ``_on_embedding`` and ``_fusion_tick``, without the threads)."""
         from omnibind_ros.core.fusion import EmbeddingSlot
+        from omnibind_ros.ros.perception_lifecycle import is_freshest
 
         monitor, scheduler = state.monitor, state.scheduler
         placeholder = np.ones(1, dtype=np.float32)  # embeddings are looked up by the fuse step
 
-        def fusion_tick(t_ns: int, now_s: float, sensor: str | None) -> None:
+        def fusion_tick(t_ns: int, now_s: float, sensor: str | None,
+                        trigger: str = "timer") -> None:
+            # PerceptionNode._fusion_tick: the same triggers and the same scheduler calls.
             fusable = monitor.fusable(now_s, self.fusion.max_age_s)
             if sensor is not None:
                 last = state.last_sensors
                 joins = sensor in fusable and (last is None or sensor not in last)
-                due = scheduler.embedding_due(now_s, joins=joins)
+                due = scheduler.embedding_due(
+                    now_s, joins=joins, freshest=is_freshest(state.store, sensor, fusable))
+            elif trigger == "change":
+                due = scheduler.change_due(now_s)
             else:
                 due = scheduler.timer_due(now_s)
             if not due:
@@ -878,7 +887,14 @@ class OfflineEvaluator:
                     fusion_tick(int(timer), timer * 1e-9, None)
                 else:
                     state.next_update += 1
-                    self._collect_states(state, update)
+                    monitor_tick(update)
+
+        def monitor_tick(t_ns: int) -> None:
+            # PerceptionNode._monitor_tick: a fused sensor that changed state ticks at once.
+            changed = self._collect_states(state, t_ns)
+            last = state.last_sensors
+            if last is not None and any(name in last for name in changed):
+                fusion_tick(t_ns, t_ns * 1e-9, None, trigger="change")
 
         for o in outcomes:
             timers_until(o.log_ns, inclusive=False)
@@ -902,7 +918,7 @@ class OfflineEvaluator:
             fusion_tick(o.log_ns, now_s, cfg.name)
         timers_until(until_ns, inclusive=final)
         if final:
-            self._collect_states(state, until_ns)
+            monitor_tick(until_ns)
         self._forget_unreachable(state)
 
     @staticmethod
@@ -913,12 +929,16 @@ class OfflineEvaluator:
             del state.refs[key]
 
     @staticmethod
-    def _collect_states(state: _Replay, now_ns: int) -> None:
+    def _collect_states(state: _Replay, now_ns: int) -> list[str]:
+        """Evaluate the monitor at ``now_ns``; record its changes; return the changed names."""
         state.ns_of[now_ns * 1e-9] = now_ns
+        changed = []
         for t in state.monitor.update(now_ns * 1e-9):
             t_ns = state.ns_of.get(t.time_s, round(t.time_s * NS))
             state.pending_states.append(StateChange(t_ns, t.name, t.new.name, t.reason))
+            changed.append(t.name)
         state.ns_of.clear()  # update() returned every queued change: none refers to these
+        return changed
 
     # -- fusion ----------------------------------------------------------------------------------
 

@@ -109,29 +109,45 @@ def direct_evaluation(bag: Path, config: Path, bundle_dir: Path,
         sensors[s.topic] = (s, gate, pl.message_class(s.message_type))
     store = LatestEmbeddings()
     scheduler = TickScheduler(cfg.fusion.rate_hz, cfg.fusion.tick_on_embedding)
-    period = round(S / cfg.fusion.rate_hz)
+    period = round(scheduler.timer_period_s * S)  # the node's fusion timer
+    monitor_period = round(S / pl.MONITOR_HZ)  # the node's monitor timer
     out: list[tuple[int, Any]] = []
-    k = 1
+    k = u = 1
 
-    def tick(t_ns: int, sensor: str | None = None) -> None:  # PerceptionNode._fusion_tick
-        now = t_ns * 1e-9
+    def tick(t_ns: int, sensor: str | None = None, trigger: str = "timer") -> None:
+        now = t_ns * 1e-9  # PerceptionNode._fusion_tick
         fusable = monitor.fusable(now, fusion.max_age_s)
-        if sensor is None:
-            due = scheduler.timer_due(now)
-        else:
+        if sensor is not None:
             last = out[-1][1].sensors if out else None
             due = scheduler.embedding_due(now, joins=sensor in fusable and (
-                last is None or sensor not in last))
+                last is None or sensor not in last),
+                freshest=pl.is_freshest(store, sensor, fusable))
+        elif trigger == "change":
+            due = scheduler.change_due(now)
+        else:
+            due = scheduler.timer_due(now)
         if due:
             scheduler.ticked(now)
             out.append((t_ns, fusion.tick(store, fusable, now)))
 
+    def monitor_tick(t_ns: int) -> None:  # PerceptionNode._monitor_tick
+        changed = {t.name for t in monitor.update(t_ns * 1e-9)}
+        if out and changed & set(out[-1][1].sensors):
+            tick(t_ns, trigger="change")
+
     def timers(until: int, inclusive: bool) -> None:
-        nonlocal k
-        while start + k * period < until or (inclusive and start + k * period == until):
-            t = start + k * period
-            k += 1
-            tick(t)
+        nonlocal k, u
+        while True:  # fusion timer and monitor timer, earliest first (fusion on a tie)
+            t_fusion, t_monitor = start + k * period, start + u * monitor_period
+            t = min(t_fusion, t_monitor)
+            if t > until or (t == until and not inclusive):
+                return
+            if t_fusion <= t_monitor:
+                k += 1
+                tick(t_fusion)
+            else:
+                u += 1
+                monitor_tick(t_monitor)
 
     last = start
     for m in iter_messages(bag):
@@ -161,6 +177,7 @@ def direct_evaluation(bag: Path, config: Path, bundle_dir: Path,
             store.put(EmbeddingSlot(s.name, s.modality, stamp, embedding), now)
             tick(m.log_time_ns, s.name)
     timers(last, inclusive=True)
+    monitor_tick(last)
     return out
 
 
