@@ -36,7 +36,7 @@ from omnibind_ros.core.fusion import (
     LatestEmbeddings,
     TickScheduler,
 )
-from omnibind_ros.core.threads import limit_blas_threads
+from omnibind_ros.core.threads import limit_blas_threads, limit_malloc_arenas
 from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import ModalityPrediction, Recognition
 from omnibind_ros.ros import diagnostics, params, qos
@@ -206,6 +206,7 @@ class PerceptionNode(LifecycleNode):
 
     def _configure(self) -> None:
         limit_blas_threads(1)  # OpenBLAS workers spin between the small matmuls (core.threads)
+        limit_malloc_arenas(2)  # per-thread arenas made RSS creep (core.threads)
         path = self._param("bundle_path") or str(default_bundle_dir())
         self._bundle = load_bundle(path)
         threads = int(self._param("backend_threads"))
