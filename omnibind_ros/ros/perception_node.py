@@ -33,6 +33,9 @@ def __getattr__(name: str) -> Any:
 def main(args: list[str] | None = None) -> int:
     """Console entry: spin one PerceptionNode in a multi-threaded executor until shut down."""
     ensure_safe_ros_env()
+    from omnibind_ros.core.threads import limit_malloc_arenas
+
+    limit_malloc_arenas(2)  # before any thread exists (core.threads explains why)
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
