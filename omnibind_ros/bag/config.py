@@ -19,12 +19,12 @@ unset values get the node's defaults. Parameters the node does not know are repo
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "NodeConfig", "default_config_path", "load_node_config",
+__all__ = ["ConfigError", "NodeConfig", "default_config_path", "load_node_config", "map_topics",
            "parse_node_params"]
 
 NODE_NAME = "omnibind_perception"
@@ -211,3 +211,37 @@ def _with_topic(cfg: Any, topic: str) -> Any:
     import dataclasses
 
     return cfg if cfg.topic == topic else dataclasses.replace(cfg, topic=topic)
+
+
+def map_topics(bag_topics: Mapping[str, tuple[str, int]], sensors: Sequence[Any],
+               used: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """Which bag topics feed which configured sensor (offline and live modes alike).
+
+    ``bag_topics``: topic -> (message type, count); ``sensors``: objects with ``name``,
+    ``topic`` and ``message_type``; ``used``: topics the evaluator reads itself (ground truth,
+    scenario events), neither mapped nor skipped. Returns (topic -> sensor, skipped topic ->
+    why): a topic no sensor listens to, or one whose type is not the sensor's, is skipped.
+    """
+    from omnibind_ros.ros.conversions import normalise_msg_type
+
+    used = set(used)
+    by_topic = {s.topic: s for s in sensors}
+    mapped: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for topic, (msgtype, count) in sorted(bag_topics.items()):
+        if topic in used:
+            continue
+        sensor = by_topic.get(topic)
+        if sensor is None:
+            skipped[topic] = f"no sensor configured for it ({msgtype}, {count} messages)"
+            continue
+        try:
+            same = normalise_msg_type(msgtype) == normalise_msg_type(sensor.message_type)
+        except ValueError:
+            same = False
+        if not same:
+            skipped[topic] = (f"type {msgtype}, but sensor {sensor.name} is configured for "
+                              f"{sensor.message_type} ({count} messages)")
+            continue
+        mapped[topic] = sensor
+    return mapped, skipped

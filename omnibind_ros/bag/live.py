@@ -759,29 +759,14 @@ def _node_sensors(node: Any) -> list[_Sensor]:
 
 def _plan_topics(bag_topics: dict[str, tuple[str, int]], sensors: Sequence[_Sensor],
                  used: Iterable[str]) -> tuple[dict[str, tuple[str, bool]], dict[str, str]]:
-    """(topics to play, skipped topic -> why), worded as offline mode's. ``used``: topics the
+    """(topics to play, skipped topic -> why), as offline mode maps them. ``used``: topics the
     evaluator reads itself (ground truth, scenario events): neither played nor skipped."""
+    from omnibind_ros.bag.config import map_topics
     from omnibind_ros.ros.conversions import normalise_msg_type
 
-    by_topic = {s.topic: s for s in sensors}
-    play: dict[str, tuple[str, bool]] = {}
-    skipped: dict[str, str] = {}
-    for topic, (msgtype, count) in sorted(bag_topics.items()):
-        if topic in used:
-            continue
-        sensor = by_topic.get(topic)
-        if sensor is None:
-            skipped[topic] = f"no sensor configured for it ({msgtype}, {count} messages)"
-            continue
-        try:
-            same = normalise_msg_type(msgtype) == normalise_msg_type(sensor.message_type)
-        except ValueError:
-            same = False
-        if not same:
-            skipped[topic] = (f"type {msgtype}, but sensor {sensor.name} is configured for "
-                              f"{sensor.message_type} ({count} messages)")
-            continue
-        play[topic] = (normalise_msg_type(msgtype), sensor.reliable)
+    mapped, skipped = map_topics(bag_topics, sensors, used)
+    play = {topic: (normalise_msg_type(bag_topics[topic][0]), sensor.reliable)
+            for topic, sensor in mapped.items()}
     return play, skipped
 
 

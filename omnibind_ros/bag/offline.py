@@ -849,7 +849,7 @@ class OfflineEvaluator:
         inclusive when ``final``) through monitor, store and scheduler; ``fuse`` runs the
         ticks (the node's ``_on_embedding`` and ``_fusion_tick``, without the threads)."""
         from omnibind_ros.core.fusion import EmbeddingSlot
-        from omnibind_ros.ros.perception_lifecycle import is_freshest
+        from omnibind_ros.ros.perception_lifecycle import tick_due
 
         monitor, scheduler = state.monitor, state.scheduler
         placeholder = np.ones(1, dtype=np.float32)  # embeddings are looked up by the fuse step
@@ -859,15 +859,9 @@ class OfflineEvaluator:
             # PerceptionNode._fusion_tick: the same triggers and the same scheduler calls.
             fusable = monitor.fusable(now_s, self.fusion.max_age_s)
             if sensor is not None:
-                last = state.last_sensors
-                joins = sensor in fusable and (last is None or sensor not in last)
-                due = scheduler.embedding_due(
-                    now_s, joins=joins, freshest=is_freshest(state.store, sensor, fusable))
-            elif trigger == "change":
-                due = scheduler.change_due(now_s)
-            else:
-                due = scheduler.timer_due(now_s)
-            if not due:
+                trigger = "embedding"
+            if not tick_due(scheduler, state.store, trigger, now_s, fusable, sensor,
+                            state.last_sensors):
                 return
             scheduler.ticked(now_s)
             used = fuse(t_ns, now_s, fusable, state)
@@ -1198,29 +1192,11 @@ def _progress_bar(enabled: bool, start_ns: int, end_ns: int) -> tuple[Callable[[
 
 def _map_topics(info: Any, config: Any, truth_topic: str) -> tuple[dict[str, str],
                                                                    dict[str, str]]:
-    """(topic -> sensor, skipped topic -> why) from the bag's topics and the config."""
-    from omnibind_ros.ros.conversions import normalise_msg_type
+    """(topic -> sensor name, skipped topic -> why) from the bag's topics and the config."""
+    from omnibind_ros.bag.config import map_topics
 
-    mapped: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    by_topic = {cfg.topic: cfg for cfg in config.sensors}
-    for topic, (msgtype, count) in sorted(info.topics.items()):
-        cfg = by_topic.get(topic)
-        if topic in (truth_topic, SCENARIO_TOPIC):
-            continue
-        if cfg is None:
-            skipped[topic] = f"no sensor configured for it ({msgtype}, {count} messages)"
-            continue
-        try:
-            same = normalise_msg_type(msgtype) == normalise_msg_type(cfg.message_type)
-        except ValueError:
-            same = False
-        if not same:
-            skipped[topic] = (f"type {msgtype}, but sensor {cfg.name} is configured for "
-                              f"{cfg.message_type} ({count} messages)")
-            continue
-        mapped[topic] = cfg.name
-    return mapped, skipped
+    mapped, skipped = map_topics(info.topics, config.sensors, (truth_topic, SCENARIO_TOPIC))
+    return {topic: cfg.name for topic, cfg in mapped.items()}, skipped
 
 
 def _weights(config: Any, info: Any, mapped: dict[str, str]) -> dict[str, float]:

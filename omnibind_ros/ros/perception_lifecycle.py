@@ -46,7 +46,7 @@ from omnibind_ros.ros.sensor_worker import SensorWorker, make_pipeline
 from omnibind_ros.srv import AddSensor, RemoveSensor
 
 __all__ = ["PerceptionNode", "bundle_logit_scale", "build_fusion_tick", "is_freshest",
-           "message_class",
+           "message_class", "tick_due",
            "read_label_file",
            "resolve_labels"]
 
@@ -103,6 +103,25 @@ def is_freshest(store: LatestEmbeddings, sensor: str | None, fusable: list[str])
     if own is None:
         return False
     return all(slots[n].stamp_s <= own.stamp_s for n in fusable if n in slots)
+
+
+def tick_due(scheduler: TickScheduler, store: LatestEmbeddings, trigger: str, now_s: float,
+             fusable: list[str], sensor: str | None = None,
+             last_sensors: tuple[str, ...] | None = None) -> bool:
+    """The node's rule for whether a fusion tick runs now (shared with offline evaluation).
+
+    ``trigger``: "embedding" (``sensor``'s new embedding is stored), "change" (a fused sensor
+    changed state) or "timer". ``last_sensors``: the previous tick's sensors (None before the
+    first tick). A sensor *joins* when it is fusable but was not in the previous tick.
+    """
+    if trigger == "embedding":
+        joins = (sensor is not None and sensor in fusable
+                 and (last_sensors is None or sensor not in last_sensors))
+        return scheduler.embedding_due(now_s, joins=joins,
+                                       freshest=is_freshest(store, sensor, fusable))
+    if trigger == "change":
+        return scheduler.change_due(now_s)
+    return scheduler.timer_due(now_s)
 
 
 def build_fusion_tick(bundle: Any, backend: Any, fp: params.FusionParams,
@@ -409,17 +428,9 @@ class PerceptionNode(LifecycleNode):
                 return
             now = self.now_s()
             fusable = monitor.fusable(None, tick.max_age_s)  # reads the clock under its lock
-            if trigger == "embedding":
-                last = self._last_result
-                joins = (sensor is not None and sensor in fusable
-                         and (last is None or sensor not in last.sensors))
-                due = scheduler.embedding_due(
-                    now, joins=joins, freshest=is_freshest(self._store, sensor, fusable))
-            elif trigger == "change":
-                due = scheduler.change_due(now)
-            else:
-                due = scheduler.timer_due(now)
-            if not due:
+            last = self._last_result
+            if not tick_due(scheduler, self._store, trigger, now, fusable, sensor,
+                            None if last is None else last.sensors):
                 return
             scheduler.ticked(now)
             try:
