@@ -133,6 +133,23 @@ def _absolute(topic: str, node_name: str) -> str:
     return topic if topic.startswith("/") else "/" + topic
 
 
+def read_params_file(path: Path, node_name: str, *, what: str = "parameter file",
+                     error: type[Exception] | None = None) -> dict[str, Any]:
+    """The flattened ``ros__parameters`` of ``node_name`` in a ``--params-file`` YAML.
+
+    Raises FileNotFoundError (naming ``what``) or ``error`` (default ConfigError) on bad YAML.
+    """
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise (error or ConfigError)(f"{path}: not valid YAML: {exc}") from exc
+    return parse_node_params(document, node_name, str(path))
+
+
 def load_node_config(path: str | Path | None = None,
                      node_name: str = NODE_NAME) -> NodeConfig:
     """Read the node's parameters from a YAML file (default: the package's perception.yaml).
@@ -147,18 +164,10 @@ def load_node_config(path: str | Path | None = None,
     FileNotFoundError : the file does not exist.
     ConfigError : YAML syntax, a bad value (the node's reason), two sensors on one topic.
     """
-    import yaml
-
     from omnibind_ros.ros import params as P
 
     path = Path(path).expanduser() if path is not None else default_config_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"configuration file {path} not found")
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    raw = parse_node_params(document, node_name, str(path))
+    raw = read_params_file(path, node_name, what="configuration file")
     values = {name: spec.default for name, spec in P.GLOBAL_PARAMS.items()}
     unknown: list[str] = []
     for name, value in raw.items():

@@ -122,17 +122,10 @@ class _Timeline:
 
 
 def _sim_params(path: Path) -> dict[str, Any]:
-    import yaml
+    from omnibind_ros.bag.config import read_params_file
 
-    from omnibind_ros.bag.config import parse_node_params
-
-    if not path.is_file():
-        raise FileNotFoundError(f"simulator parameter file {path} not found")
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RecordError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_node_params(document, SIM_NODE_NAME, str(path))
+    return read_params_file(path, SIM_NODE_NAME, what="simulator parameter file",
+                            error=RecordError)
 
 
 def _sensor_configs(params: Mapping[str, Any], source: Path,
