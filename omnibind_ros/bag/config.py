@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omnibind_ros.core.names import PERCEPTION_NODE
+
 __all__ = ["ConfigError", "NodeConfig", "default_config_path", "load_node_config", "map_topics",
            "parse_node_params"]
 
-NODE_NAME = "omnibind_perception"
 #: Node-level keys rcl and rclpy handle themselves (accepted, not checked here).
 _ROS_KEYS = ("use_sim_time",)
 
@@ -76,7 +77,7 @@ class NodeConfig:
 
 def default_config_path() -> Path:
     """``config/perception.yaml`` of the package (source tree first, then share/)."""
-    from omnibind_ros.tools.bringup import config_file
+    from omnibind_ros.core.paths import config_file
 
     return config_file("perception.yaml")
 
@@ -97,7 +98,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def parse_node_params(document: Any, node_name: str = NODE_NAME,
+def parse_node_params(document: Any, node_name: str = PERCEPTION_NODE,
                       source: str = "<config>") -> dict[str, Any]:
     """The flattened ``ros__parameters`` of every section matching ``node_name``.
 
@@ -151,7 +152,7 @@ def read_params_file(path: Path, node_name: str, *, what: str = "parameter file"
 
 
 def load_node_config(path: str | Path | None = None,
-                     node_name: str = NODE_NAME) -> NodeConfig:
+                     node_name: str = PERCEPTION_NODE) -> NodeConfig:
     """Read the node's parameters from a YAML file (default: the package's perception.yaml).
 
     Parameters

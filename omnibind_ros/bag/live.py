@@ -803,7 +803,7 @@ def _perception_overrides(bundle: Path | None, backend: str, threads: int) -> li
 
 
 def _default_config() -> Path:
-    from omnibind_ros.tools.bringup import config_file
+    from omnibind_ros.core.paths import config_file
 
     return config_file("perception.yaml")
 

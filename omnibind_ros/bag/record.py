@@ -46,15 +46,13 @@ from pathlib import Path
 from typing import Any
 
 from omnibind_ros.bag.reader import BagInfo, open_info
-from omnibind_ros.bag.truth import DEFAULT_TRUTH_TOPIC
+from omnibind_ros.core.names import GROUND_TRUTH_TOPIC, SCENARIO_EVENT_TOPIC, SIM_SENSORS_NODE
 
-__all__ = ["RecordError", "SCENARIO_EVENT_TOPIC", "SIM_EPOCH_NS", "SimPlan", "plan_sim",
+__all__ = ["RecordError", "SIM_EPOCH_NS", "SimPlan", "plan_sim",
            "record_live", "record_sim"]
 
 #: Stream time 0 of every record-sim bag (a fixed epoch makes recordings reproducible).
 SIM_EPOCH_NS = 1_700_000_000 * 1_000_000_000
-SCENARIO_EVENT_TOPIC = "/omnibind/scenario_event"
-SIM_NODE_NAME = "omnibind_sim_sensors"
 STORAGES = ("mcap", "sqlite3")
 
 
@@ -124,7 +122,7 @@ class _Timeline:
 def _sim_params(path: Path) -> dict[str, Any]:
     from omnibind_ros.bag.config import read_params_file
 
-    return read_params_file(path, SIM_NODE_NAME, what="simulator parameter file",
+    return read_params_file(path, SIM_SENSORS_NODE, what="simulator parameter file",
                             error=RecordError)
 
 
@@ -178,9 +176,9 @@ def plan_sim(*, duration_s: float, scenario: str | Path | None = None, seed: int
     FileNotFoundError : the parameter or scenario file does not exist.
     RecordError / ScenarioError : invalid values (the message names the file and key).
     """
+    from omnibind_ros.core.paths import config_file
     from omnibind_ros.ros.sim_sensors_node import resolve_config_file
     from omnibind_ros.sim.scenario import ALL, load_scenario
-    from omnibind_ros.tools.bringup import config_file
 
     if not duration_s > 0 or not math.isfinite(duration_s):
         raise RecordError(f"duration must be a positive number of seconds, got {duration_s}")
@@ -371,7 +369,7 @@ def _write_sim(sink: _BagSink, plan: SimPlan, progress: bool) -> None:
 
     # Ground truth and scenario events are known up front: queue them, the stream interleaves.
     if plan.ground_truth_rate_hz > 0:
-        gt_key = sink.connect(DEFAULT_TRUTH_TOPIC, msgtype_of(GroundTruth),
+        gt_key = sink.connect(GROUND_TRUTH_TOPIC, msgtype_of(GroundTruth),
                               qos_from_name("sensor_status"))
         for t in _ground_truth_times(plan):
             push(SIM_EPOCH_NS + round(t * 1e9), gt_key,
@@ -460,7 +458,7 @@ def _message_class(msgtype: str) -> type:
 
 
 def record_live(config: str | Path | None, out: str | Path, duration_s: float,
-                storage: str = "mcap", *, truth_topic: str | None = DEFAULT_TRUTH_TOPIC,
+                storage: str = "mcap", *, truth_topic: str | None = GROUND_TRUTH_TOPIC,
                 extra_topics: Mapping[str, str] | None = None, context: Any = None,
                 progress: bool = True,
                 on_ready: Callable[[], None] | None = None) -> BagInfo:

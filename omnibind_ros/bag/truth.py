@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_TRUTH_TOPIC", "GroundTruth", "TruthError", "TruthInterval"]
+from omnibind_ros.core.names import GROUND_TRUTH_TOPIC
 
-DEFAULT_TRUTH_TOPIC = "/omnibind/ground_truth"
+__all__ = ["GroundTruth", "TruthError", "TruthInterval"]
+
 _TIME_COLUMNS = {("start_s", "end_s"): 1e9, ("start_ns", "end_ns"): 1}
 
 
@@ -134,7 +135,7 @@ class GroundTruth:
         return cls(intervals)
 
     @classmethod
-    def from_bag(cls, path: Path | str, topic: str = DEFAULT_TRUTH_TOPIC,
+    def from_bag(cls, path: Path | str, topic: str = GROUND_TRUTH_TOPIC,
                  end_ns: int | None = None) -> GroundTruth:
         """Intervals from the ground-truth topic of a bag (decoded with rosbags, ROS-free).
 

@@ -5,6 +5,7 @@ Pure standard library, so every layer (core, sim, training, ros) can resolve it 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 #: Environment variable that overrides the cache directory for every omnibind_ros tool.
@@ -28,3 +29,16 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return (base / "omnibind_ros").absolute()
+
+
+def config_file(name: str) -> Path:
+    """``config/<name>`` of the package: the source tree first, then the installed share
+    directories (``$AMENT_PREFIX_PATH/share/omnibind_ros/config``, then ``sys.prefix``'s).
+
+    Returns the source tree's path when none exists, so an error names the expected place.
+    """
+    candidates = [Path(__file__).resolve().parents[2] / "config" / name]
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    candidates += [Path(p) / "share" / "omnibind_ros" / "config" / name
+                   for p in [*prefixes, sys.prefix]]
+    return next((c for c in candidates if c.is_file()), candidates[0])

@@ -54,18 +54,17 @@ from rclpy.publisher import Publisher  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 
+from omnibind_ros.core.names import GROUND_TRUTH_TOPIC, SIM_SENSORS_NODE  # noqa: E402
 from omnibind_ros.msg import AudioChunk, EventArray, GroundTruth  # noqa: E402
 from omnibind_ros.ros import conversions as conv  # noqa: E402
 from omnibind_ros.ros.qos import qos_from_name  # noqa: E402
 from omnibind_ros.sim.scenario import ALL, Scenario, corrupt, load_scenario  # noqa: E402
 from omnibind_ros.sim.stream import DEFAULT_SENSORS, WINDOWED, StreamItem, WorldStream  # noqa: E402
 
-__all__ = ["DEFAULT_TOPIC_SUFFIX", "GROUND_TRUTH_TOPIC", "SensorConfig", "SimSensorsNode",
+__all__ = ["DEFAULT_TOPIC_SUFFIX", "SensorConfig", "SimSensorsNode",
            "build_sensor_message", "ground_truth_message", "main", "sensor_defaults",
            "sensor_message_class", "sensor_qos_name", "stamp_from_ns"]
 
-NODE_NAME = "omnibind_sim_sensors"
-GROUND_TRUTH_TOPIC = "/omnibind/ground_truth"
 #: Topic of sensor <name> by default: /sim/<name>/<suffix> (the names the perception node's
 #: default configuration subscribes to).
 DEFAULT_TOPIC_SUFFIX = {"image": "image_raw", "thermal": "image_raw", "event": "events",
@@ -174,7 +173,7 @@ def resolve_config_file(path: str) -> Path:
 class SimSensorsNode(Node):
     """Streams a simulated world on hot-pluggable sensor topics (see the module docstring)."""
 
-    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+    def __init__(self, node_name: str = SIM_SENSORS_NODE, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self._declare_parameters()
         self.sensors = self._read_sensors()

@@ -56,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from omnibind_ros.core.names import GROUND_TRUTH_TOPIC, PERCEPTION_NODE
+from omnibind_ros.core.paths import config_file
 from omnibind_ros.ros.env import ensure_safe_ros_env
 from omnibind_ros.sim.scenario import ALL, Scenario
 from omnibind_ros.tools.live_view import (
@@ -70,9 +72,7 @@ from omnibind_ros.tools.live_view import (
 __all__ = ["BringupError", "BringupOptions", "PhaseTimeline", "Scoreboard", "main",
            "run_bringup"]
 
-PERCEPTION_NODE = "omnibind_perception"
 MONITOR_NODE = "omnibind_bringup_monitor"
-GROUND_TRUTH_TOPIC = "/omnibind/ground_truth"
 EXECUTOR_THREAD = "omnibind-bringup-executor"
 #: Without a duration_s in the scenario, run this long after its last event.
 TAIL_AFTER_LAST_EVENT_S = 5.0
@@ -84,15 +84,6 @@ _REFRESH_S = 0.25
 
 class BringupError(RuntimeError):
     """Bringup cannot run (a node failed to start); the message says what to do."""
-
-
-def config_file(name: str) -> Path:
-    """``config/<name>`` of the package: source tree first, then installed share dirs."""
-    candidates = [Path(__file__).resolve().parents[2] / "config" / name]
-    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    candidates += [Path(p) / "share" / "omnibind_ros" / "config" / name
-                   for p in [*prefixes, sys.prefix]]
-    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 # ---------------------------------------------------------------------------------------------
