@@ -2,7 +2,8 @@
 
 Layout (format version 1; every path is relative to the bundle root)::
 
-    bundle.yaml                    manifest: versions, modalities, configs, SHA-256 of each file
+    bundle.yaml                    manifest: versions, modalities, configs, the logit scale,
+                                   SHA-256 of each file
     encoders/<modality>.onnx       trunk + head + L2 norm, input [batch, *sample_shape]
     fusion/<kind>_head.onnx        tokens [batch, tokens, D] + mask [batch, tokens] -> [batch, D]
     text/text_encoder.onnx         input_ids + attention_mask [batch, sequence] -> [batch, D]
@@ -182,11 +183,15 @@ class LabelSet:
     names : C label names.
     prompt_templates : templates with one ``{}`` each.
     embeddings : float32 ``[C, D]`` (read-only).
+    logit_scale : the multiplier of the cosines before the softmax over labels: ``1 / tau`` of
+        the loss the fusion head was trained with (manifest ``labels.logit_scale``); None in a
+        bundle exported without it.
     """
 
     names: tuple[str, ...]
     prompt_templates: tuple[str, ...]
     embeddings: np.ndarray
+    logit_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,11 @@ class ModelBundle:
     @property
     def prompt_templates(self) -> tuple[str, ...]:
         return self.labels.prompt_templates
+
+    @property
+    def logit_scale(self) -> float | None:
+        """Multiplier of the label cosines (``1 / tau`` of training); None if not exported."""
+        return self.labels.logit_scale
 
     @property
     def label_embeddings(self) -> np.ndarray:
@@ -680,7 +690,17 @@ def _labels(reader: _Reader, data: Any, dim: int) -> LabelSet:
         raise BundleCorruptError(f"{emb_file}: label embeddings hold NaN/inf", path=emb_file)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     embeddings.flags.writeable = False
-    return LabelSet(tuple(names), tuple(templates), embeddings)
+    return LabelSet(tuple(names), tuple(templates), embeddings, _logit_scale(reader, data))
+
+
+def _logit_scale(reader: _Reader, data: Any) -> float | None:
+    scale = data.get("logit_scale")
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+            or not (np.isfinite(scale) and scale > 0):
+        raise reader.fail("labels.logit_scale", f"must be a finite number > 0, got {scale!r}")
+    return float(scale)
 
 
 def _build(manifest: dict[str, Any], root: Path, files: dict[str, str]) -> ModelBundle:
