@@ -9,7 +9,9 @@
   ``[batch, tokens, D]`` + mask ``[batch, tokens]`` -> ``[batch, D]``;
 * the text encoder (``input_ids`` + ``attention_mask`` ``[batch, sequence]``, both dynamic) and
   its tokenizer files, so the runtime embeds new labels without torch;
-* the label set (names, prompt templates, cached ``[C, D]`` embeddings);
+* the label set (names, prompt templates, cached ``[C, D]`` embeddings) and the logit scale the
+  fusion head was trained with (``labels.logit_scale``: ``1 / tau`` of the AF loss, the
+  multiplier of the label cosines before the runtime's softmax);
 * optional safetensors weights for the runtime's torch fallback (``include_torch_weights``);
 * ``bundle.yaml`` with configs, versions, provenance and the SHA-256 of every file.
 
@@ -30,6 +32,7 @@ import contextlib
 import copy
 import importlib.metadata
 import logging
+import math
 import os
 import platform
 import shutil
@@ -152,6 +155,7 @@ class _Plan:
     label_names: list[str]
     prompt_templates: list[str]
     label_embeddings: np.ndarray
+    logit_scale: float
     provenance: dict[str, Any]
 
 
@@ -232,6 +236,16 @@ def _check_labels(names: Sequence[str], templates: Sequence[str], embeddings: An
     return np.ascontiguousarray(emb, dtype=np.float32)
 
 
+def _check_logit_scale(scale: Any) -> float:
+    if isinstance(scale, torch.Tensor):
+        scale = scale.detach().cpu().item() if scale.numel() == 1 else scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) \
+            or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"logit_scale must be a finite number > 0 (1 / tau of the AF loss), "
+                         f"got {scale!r}")
+    return float(scale)
+
+
 def _modality_encoders(encoders: Mapping[str, ModalityEncoder], text_encoder: nn.Module
                        ) -> dict[str, ModalityEncoder]:
     if not encoders:
@@ -250,7 +264,7 @@ def _modality_encoders(encoders: Mapping[str, ModalityEncoder], text_encoder: nn
 
 def _plan(*, encoders: Mapping[str, ModalityEncoder], fusion: nn.Module, fusion_config: Any,
           text_encoder: ModalityEncoder, label_names: Sequence[str],
-          prompt_templates: Sequence[str], label_embeddings: Any,
+          prompt_templates: Sequence[str], label_embeddings: Any, logit_scale: Any,
           preprocess_configs: Mapping[str, Any], provenance: Mapping[str, Any],
           sample_inputs: Mapping[str, torch.Tensor]) -> _Plan:
     mods = _modality_encoders(encoders, text_encoder)
@@ -291,7 +305,7 @@ def _plan(*, encoders: Mapping[str, ModalityEncoder], fusion: nn.Module, fusion_
         text_preprocess=build_config(Modality.TEXT.value, text_pre).to_dict(),
         label_names=list(label_names), prompt_templates=list(prompt_templates),
         label_embeddings=_check_labels(label_names, prompt_templates, label_embeddings, dim),
-        provenance=dict(provenance))
+        logit_scale=_check_logit_scale(logit_scale), provenance=dict(provenance))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,7 +644,7 @@ def _write_labels(plan: _Plan, tmp: Path) -> dict[str, Any]:
         yaml.safe_dump(content, sort_keys=False, allow_unicode=True), encoding="utf-8")
     np.save(tmp / "labels" / "label_embeddings.npy", plan.label_embeddings, allow_pickle=False)
     return {"file": "labels/labels.yaml", "embeddings": "labels/label_embeddings.npy",
-            "count": len(plan.label_names)}
+            "count": len(plan.label_names), "logit_scale": plan.logit_scale}
 
 
 def _versions(opset: int) -> dict[str, Any]:
@@ -787,6 +801,7 @@ def export_bundle(out_dir: str | Path, *, encoders: Mapping[str, ModalityEncoder
                   fusion: nn.Module, fusion_config: Mapping[str, Any] | Any,
                   text_encoder: ModalityEncoder, label_names: Sequence[str],
                   prompt_templates: Sequence[str], label_embeddings: torch.Tensor,
+                  logit_scale: float,
                   preprocess_configs: Mapping[str, Any], provenance: Mapping[str, Any],
                   sample_inputs: Mapping[str, torch.Tensor],
                   exporter: str | Mapping[str, str] = "auto",
@@ -808,6 +823,9 @@ def export_bundle(out_dir: str | Path, *, encoders: Mapping[str, ModalityEncoder
     label_names : C class names.
     prompt_templates : templates with one ``{}``; the label embeddings average over them.
     label_embeddings : ``[C, D]`` cached label embeddings (as the trainer computed them).
+    logit_scale : ``1 / tau`` of the AF loss the fusion head was trained with (the value of
+        ``AFLoss.logit_scale()``), written to ``labels.logit_scale``: the runtime multiplies the
+        label cosines by it before its softmax, so its probabilities are the trainer's.
     preprocess_configs : modality -> preprocessing config (dict or config object) for every
         encoder modality, optionally ``"text"``; missing fields take their defaults.
     provenance : training provenance (data, seeds, checkpoint paths, metrics); plain YAML.
@@ -843,8 +861,8 @@ def export_bundle(out_dir: str | Path, *, encoders: Mapping[str, ModalityEncoder
         plan = _plan(encoders=encoders, fusion=fusion, fusion_config=fusion_config,
                      text_encoder=text_encoder, label_names=label_names,
                      prompt_templates=prompt_templates, label_embeddings=label_embeddings,
-                     preprocess_configs=preprocess_configs, provenance=provenance,
-                     sample_inputs=sample_inputs)
+                     logit_scale=logit_scale, preprocess_configs=preprocess_configs,
+                     provenance=provenance, sample_inputs=sample_inputs)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()

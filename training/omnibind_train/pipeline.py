@@ -55,7 +55,13 @@ from .data import (
 from .models.encoders import ModalityEncoder
 from .models.fusion import MODALITY_SLOTS
 from .models.registry import DEFAULT_ENCODERS, EncoderConfig, build_encoder, get_encoder_config
-from .trainers.af import AFConfig, FusionData, fused_accuracy, train_fusion
+from .trainers.af import (
+    AFConfig,
+    FusionData,
+    checkpoint_logit_scale,
+    fused_accuracy,
+    train_fusion,
+)
 from .trainers.cad import (
     ABLATION_VARIANTS,
     CADConfig,
@@ -458,6 +464,11 @@ class Workspace:
             heads[kind] = head.eval()
         return heads
 
+    def fusion_logit_scale(self, kind: str = "af") -> float:
+        """``1 / tau`` the trained fusion head ``kind`` was trained with (its checkpoint's
+        ``AFLoss.logit_scale()``): what the runtime must scale the label cosines by."""
+        return checkpoint_logit_scale(load_checkpoint(self.stage_dir("af") / kind / "final"))
+
     def fusion_config(self, kind: str, overrides: Mapping[str, Any] | None = None) -> AFConfig:
         """The AF config with the head ``kind`` and the shared embedding size."""
         raw = self.cfg.af.to_dict()
@@ -814,7 +825,7 @@ def run_export(ws: Workspace) -> Path | None:
         fusion_config=ws.fusion_config("af").fusion.to_dict(),
         text_encoder=ws.text_encoder.cpu(), label_names=list(ws.class_names),
         prompt_templates=list(ws.preprocess_configs["text"]["prompt_templates"]),
-        label_embeddings=ws.label_embeddings,
+        label_embeddings=ws.label_embeddings, logit_scale=ws.fusion_logit_scale("af"),
         preprocess_configs=dict(ws.preprocess_configs), provenance=provenance,
         sample_inputs=sample_inputs(ws, modalities, max(2, ws.cfg.export.sample_batch)),
         exporter=ws.cfg.export.exporter, threads=torch.get_num_threads())

@@ -17,7 +17,8 @@ What it holds (D = 32 unless ``text="minilm"``, then 384):
 * fusion: the AF head (4 heads, not zero-initialised, so it differs from the mean);
 * text: a 1-layer CLIP-style text tower over the real MiniLM WordPiece tokenizer (``"tiny"``),
   or the real all-MiniLM-L6-v2 (``"minilm"``, ~10 s more);
-* labels: :data:`TINY_LABELS` with two prompt templates.
+* labels: :data:`TINY_LABELS` with two prompt templates, and ``labels.logit_scale`` (default
+  :data:`TINY_LOGIT_SCALE`, ``1 / 0.07``: the AF loss's default ``1 / tau``).
 
 Weights are a pure function of ``seed`` (:func:`tiny_models` rebuilds the same torch modules, to
 compare a backend with torch). Preprocessing configs are the defaults shrunk to those sizes,
@@ -53,11 +54,14 @@ from .models.registry import (
     build_encoder,
 )
 
-__all__ = ["TINY_EXPORTER", "TINY_LABELS", "TINY_MODALITIES", "TINY_TEMPLATES", "TinyModels",
-           "build_tiny_bundle", "tiny_models", "tiny_preprocess_configs"]
+__all__ = ["TINY_EXPORTER", "TINY_LABELS", "TINY_LOGIT_SCALE", "TINY_MODALITIES",
+           "TINY_TEMPLATES", "TinyModels", "build_tiny_bundle", "tiny_models",
+           "tiny_preprocess_configs"]
 
 TINY_LABELS = ("wooden mug", "metal can", "rubber duck", "plastic cube", "fabric ball")
 TINY_TEMPLATES = ("a photo of a {}.", "a {}.")
+#: The tiny bundle's ``labels.logit_scale``: ``1 / tau`` for the AF loss's default tau = 0.07.
+TINY_LOGIT_SCALE = 1.0 / 0.07
 #: Every modality with an array encoder (text has its own encoder).
 TINY_MODALITIES = tuple(m.value for m in Modality if m is not Modality.TEXT)
 #: Exporters of the tiny bundle: fast tracing, except dynamo where tracing fixes a length.
@@ -120,6 +124,7 @@ class TinyModels:
     label_names: list[str]
     prompt_templates: list[str]
     label_embeddings: torch.Tensor
+    logit_scale: float
     preprocess_configs: dict[str, dict[str, Any]]
     provenance: dict[str, Any]
     sample_inputs: dict[str, torch.Tensor]
@@ -147,7 +152,8 @@ def _label_embeddings(text: ModalityEncoder, names: Sequence[str], templates: Se
 
 
 def tiny_models(*, text: str = "tiny", seed: int = 0,
-                modalities: Sequence[str] = TINY_MODALITIES) -> TinyModels:
+                modalities: Sequence[str] = TINY_MODALITIES,
+                logit_scale: float = TINY_LOGIT_SCALE) -> TinyModels:
     """Build the tiny bundle's torch modules and inputs (deterministic in ``seed``).
 
     Parameters
@@ -155,6 +161,7 @@ def tiny_models(*, text: str = "tiny", seed: int = 0,
     text : ``"tiny"`` (1-layer text tower, D = 32) or ``"minilm"`` (real MiniLM, D = 384).
     seed : weights and sample inputs seed; the global torch RNG is left as it was.
     modalities : the array modalities to include (default all six).
+    logit_scale : the ``labels.logit_scale`` to export (``1 / tau`` of the AF loss).
     """
     from omnibind_ros.core.preprocess import build_preprocessor
 
@@ -178,6 +185,7 @@ def tiny_models(*, text: str = "tiny", seed: int = 0,
         text_encoder=text_encoder, label_names=list(TINY_LABELS),
         prompt_templates=list(TINY_TEMPLATES),
         label_embeddings=_label_embeddings(text_encoder, TINY_LABELS, TINY_TEMPLATES),
+        logit_scale=float(logit_scale),
         preprocess_configs={m: preprocess[m] for m in (*modalities, "text")},
         provenance={"kind": "tiny random test bundle", "seed": seed, "text": text},
         sample_inputs=samples)
@@ -199,6 +207,7 @@ def build_tiny_bundle(out_dir: str | Path, *, text: str = "tiny", seed: int = 0,
                       modalities: Sequence[str] = TINY_MODALITIES,
                       exporter: str | Mapping[str, str] = TINY_EXPORTER,
                       include_torch_weights: bool = True,
+                      logit_scale: float = TINY_LOGIT_SCALE,
                       cache: bool = True) -> Path:
     """Export the tiny random bundle (see the module docstring) to ``out_dir``.
 
@@ -213,6 +222,9 @@ def build_tiny_bundle(out_dir: str | Path, *, text: str = "tiny", seed: int = 0,
         than dynamo on them) and exports text with dynamo (tracing bakes the sequence length
         in); the export tests cover dynamo everywhere.
     include_torch_weights : write ``torch/*.safetensors`` (needed by the torch backend).
+    logit_scale : ``labels.logit_scale`` of the bundle, the multiplier of the label cosines
+        before the runtime's softmax (default :data:`TINY_LOGIT_SCALE`, ``1 / 0.07``, what an
+        AF head trained with the default temperature exports).
     cache : reuse an export of the same parameters made earlier in this process.
 
     Returns
@@ -224,11 +236,11 @@ def build_tiny_bundle(out_dir: str | Path, *, text: str = "tiny", seed: int = 0,
 
     out_dir = Path(out_dir)
     frozen = exporter if isinstance(exporter, str) else tuple(sorted(exporter.items()))
-    key = (text, seed, tuple(modalities), frozen, include_torch_weights)
+    key = (text, seed, tuple(modalities), frozen, include_torch_weights, float(logit_scale))
     if cache and key in _CACHE and _CACHE[key].is_dir():
         shutil.copytree(_CACHE[key], out_dir, dirs_exist_ok=out_dir.is_dir())
         return out_dir
-    models = tiny_models(text=text, seed=seed, modalities=modalities)
+    models = tiny_models(text=text, seed=seed, modalities=modalities, logit_scale=logit_scale)
     target = _cache_root() / f"bundle{len(_CACHE)}" if cache else out_dir
     export_bundle(target, **models.export_kwargs(), exporter=exporter,
                   include_torch_weights=include_torch_weights)

@@ -24,7 +24,12 @@ from omnibind_train.export import (
     build_tensorrt_engines,
     export_bundle,
 )
-from omnibind_train.testing import TINY_MODALITIES, build_tiny_bundle, tiny_models
+from omnibind_train.testing import (
+    TINY_LOGIT_SCALE,
+    TINY_MODALITIES,
+    build_tiny_bundle,
+    tiny_models,
+)
 
 ALL_COMPONENTS = {f"encoder:{m}" for m in TINY_MODALITIES} | {"fusion", "text", "torch_fallback"}
 
@@ -110,6 +115,18 @@ def test_labels_are_stored_as_given(minilm_bundle):
     assert list(bundle.label_names) == models_labels["names"]
     assert bundle.label_embeddings.shape == (len(bundle.label_names), 384)
     np.testing.assert_allclose(np.linalg.norm(bundle.label_embeddings, axis=1), 1.0, atol=1e-5)
+    assert bundle.logit_scale == TINY_LOGIT_SCALE  # build_tiny_bundle's default 1 / 0.07
+
+
+def test_logit_scale_is_written_for_every_bundle(tmp_path):
+    out = build_tiny_bundle(tmp_path / "bundle", modalities=("point_cloud",), logit_scale=42.5)
+    manifest = yaml.safe_load((out / BUNDLE_FILE).read_text())
+    assert manifest["labels"]["logit_scale"] == 42.5
+    assert load_bundle(out).logit_scale == 42.5
+    kwargs = tiny_models(modalities=("point_cloud",)).export_kwargs()
+    del kwargs["logit_scale"]
+    with pytest.raises(TypeError, match="logit_scale"):
+        export_bundle(tmp_path / "other", **kwargs)  # required: no silent default
 
 
 class _TracerTrap(nn.Module):
@@ -182,6 +199,8 @@ def pc_kwargs() -> dict:
     (lambda kw: kw.update(prompt_templates=["no placeholder"]), "exactly one"),
     (lambda kw: kw["preprocess_configs"].pop("point_cloud"), "preprocess_configs lacks"),
     (lambda kw: kw.update(exporter="onnx-magic"), "exporter must be one of"),
+    (lambda kw: kw.update(logit_scale=0.0), "logit_scale must be a finite number > 0"),
+    (lambda kw: kw.update(logit_scale=float("nan")), "logit_scale must be a finite number > 0"),
 ])
 def test_export_rejects_inconsistent_inputs(tmp_path, pc_kwargs, change, message):
     change(pc_kwargs)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from _tiny import clustered, synthetic_points, tiny_cache, tiny_config
 
+from omnibind_train.losses import AFLoss
 from omnibind_train.models.encoders import ModalityEncoder
 from omnibind_train.models.fusion import MODALITY_SLOTS, FusionConfig
 from omnibind_train.models.registry import EncoderConfig, HeadConfig, PointNetTrunk, build_encoder
@@ -272,6 +273,9 @@ def test_tiny_pipeline_end_to_end_is_above_chance(tmp_path_factory) -> None:
     labels = ws.labels("student", "test")
     assert pl.zero_shot(emb["image"], labels, ws.label_embeddings) > 4 * chance
     assert fused_accuracy(ws.load_fusion_heads()["af"], data, ws.label_embeddings) > 4 * chance
+    # what the export writes as labels.logit_scale: the AF loss's 1 / tau (fixed here)
+    assert ws.fusion_logit_scale() == float(AFLoss(temperature=ws.cfg.af.temperature)
+                                            .logit_scale())
     # checkpoints carry model, preprocess and training configs
     cfg = json.loads((ws.stage_dir("cad") / "final" / "config.json").read_text())
     assert cfg["model"]["point_cloud"]["trunk"]["kind"] == "pointnet"

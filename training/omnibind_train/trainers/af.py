@@ -36,6 +36,7 @@ from omnibind_train.models.fusion import (
     select_negative_labels,
 )
 
+from .checkpoint import Checkpoint, load_trainable_state
 from .common import (
     ConfigBase,
     EpochBatches,
@@ -283,3 +284,29 @@ def fused_accuracy(head: nn.Module, data: FusionData, label_embeddings: torch.Te
         total += int(keep.sum())
     head.train(was)
     return correct / max(1, total)
+
+
+def checkpoint_logit_scale(ckpt: Checkpoint) -> float:
+    """The ``1 / tau`` an AF checkpoint's loss multiplies the label cosines by (Eq. 9).
+
+    Rebuilds :class:`~omnibind_train.losses.AFLoss` from the checkpoint's training config, loads
+    its saved state (part ``"loss"``, holding ``logit_scale.log_scale``) and returns exactly
+    ``AFLoss.logit_scale()``: ``exp(log_scale)`` clamped at ``max_scale``. A learned
+    temperature is therefore exported as trained, a fixed one as configured.
+
+    Raises
+    ------
+    KeyError
+        The checkpoint has no training config or no saved loss state.
+    """
+    train = ckpt.config.get("train")
+    if train is None:
+        raise KeyError(f"{ckpt.path}: no training config; not an AF checkpoint")
+    cfg = AFConfig.from_dict(train)
+    loss = AFLoss(temperature=cfg.temperature, learn_temperature=cfg.learn_temperature)
+    if "loss" not in ckpt.weights:
+        raise KeyError(f"{ckpt.path}: no saved AF loss state (part 'loss'), so the logit scale "
+                       "the head was trained with is unknown")
+    load_trainable_state(loss, ckpt.weights["loss"], what=f"{ckpt.path}:loss")
+    with torch.no_grad():
+        return float(loss.logit_scale())
