@@ -1,5 +1,6 @@
 """Inference backends on the tiny bundle: ONNX Runtime against the torch modules it was exported
-from, fusion with padding, text embedding, the torch fallback, create_backend and TensorRT."""
+from, fusion with padding, text embedding, create_backend and TensorRT (the torch fallback's tests
+live with the training package, training/tests/test_torch_backend.py)."""
 from __future__ import annotations
 
 import json
@@ -11,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from omnibind_ros.core.backends import BackendBase, InferenceBackend, create_backend, embed_labels
+from omnibind_ros.core.backends import InferenceBackend, create_backend, embed_labels
 from omnibind_ros.core.backends.onnxruntime_backend import OnnxRuntimeBackend
-from omnibind_ros.core.bundle import BUNDLE_FILE, dump_manifest, load_bundle
+from omnibind_ros.core.bundle import load_bundle
 from omnibind_ros.core.errors import BackendUnavailableError, InvalidShapeError
 
 testing = pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
@@ -173,31 +173,6 @@ def test_unavailable_execution_provider(bundle):
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
         OnnxRuntimeBackend(bundle, providers="cuda")
-
-
-def test_torch_backend_matches_onnxruntime(bundle, ort):
-    threads = torch.get_num_threads()
-    backend = create_backend("torch", bundle, threads=1)
-    torch.set_num_threads(threads)
-    assert isinstance(backend, BackendBase) and backend.name == "torch"
-    for modality in bundle.modality_names:
-        x = _batch(bundle, modality, 2, seed=7)
-        np.testing.assert_allclose(backend.encode(modality, x), ort.encode(modality, x),
-                                   atol=ATOL, rtol=0)
-    tokens = _tokens(ort, bundle, 4)
-    mask = np.array([[True, True, False, True], [True, False, False, False]])
-    np.testing.assert_allclose(backend.fuse(tokens, mask), ort.fuse(tokens, mask), atol=ATOL)
-    np.testing.assert_allclose(backend.embed_text(["a metal can."]),
-                               ort.embed_text(["a metal can."]), atol=ATOL, rtol=0)
-
-
-def test_torch_backend_needs_weights_in_the_bundle(tmp_path):
-    root = testing.build_tiny_bundle(tmp_path / "tiny")
-    manifest = yaml.safe_load((root / BUNDLE_FILE).read_text())
-    manifest["modalities"]["image"].pop("torch_weights")
-    dump_manifest(manifest, root / BUNDLE_FILE)
-    with pytest.raises(BackendUnavailableError, match="no torch weights for image"):
-        create_backend("torch", load_bundle(root), threads=None)
 
 
 def test_tensorrt_missing_raises_or_falls_back(bundle, no_tensorrt):
