@@ -7,19 +7,66 @@ concurrent test runs on one machine neither leave it nor see each other's nodes.
 Domain ids: an explicit ROS_DOMAIN_ID from the caller is kept (pytest-xdist workers add their
 worker index to it, so they stay distinct); otherwise each process reserves a free id in 1..100
 with a lock file (workers reserve their own), which keeps concurrent runs of several users apart.
+
+``OMNIBIND_BLOCK_TRAINING=1`` makes the training package unimportable for the whole run (an
+import hook installed here, before any test module is imported): ``import omnibind_train`` and
+its submodules raise ImportError, so ``pytest.importorskip("omnibind_train...")`` skips and any
+other import of it fails. ``OMNIBIND_BLOCK_TRAINING=1 pytest test/core test/sim`` shows that
+the runtime's tests need only the runtime requirements. Tests that need a bundle use
+:func:`omnibind_ros.testing.write_test_bundle` (or the ``tiny_bundle_dir`` fixture below).
 """
 from __future__ import annotations
 
 import atexit
+import importlib.abc
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
+
+# ---------------------------------------------------------------------------------------------
+# OMNIBIND_BLOCK_TRAINING: runtime tests without the training package.
+
+BLOCK_TRAINING_VAR = "OMNIBIND_BLOCK_TRAINING"
+TRAINING_PACKAGE = "omnibind_train"
+
+
+class TrainingImportBlocker(importlib.abc.MetaPathFinder):
+    """A ``sys.meta_path`` finder that refuses ``omnibind_train`` and every submodule."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> None:
+        if fullname == TRAINING_PACKAGE or fullname.startswith(TRAINING_PACKAGE + "."):
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r}: {BLOCK_TRAINING_VAR}=1 blocks the training "
+                f"package, so this run shows what the runtime does without it", name=fullname)
+        return None
+
+
+def training_blocked() -> bool:
+    """True when the environment asks for the training package to be blocked."""
+    return os.environ.get(BLOCK_TRAINING_VAR, "").strip().lower() in ("1", "true", "yes")
+
+
+def _install_training_blocker() -> None:
+    if not training_blocked():
+        return
+    loaded = sorted(m for m in sys.modules
+                    if m == TRAINING_PACKAGE or m.startswith(TRAINING_PACKAGE + "."))
+    if loaded:
+        raise pytest.UsageError(f"{BLOCK_TRAINING_VAR}=1 but {loaded} were imported before "
+                                "test/conftest.py could block them (a plugin?)")
+    if not any(isinstance(f, TrainingImportBlocker) for f in sys.meta_path):
+        sys.meta_path.insert(0, TrainingImportBlocker())
+
+
+_install_training_blocker()
 
 _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # the suite also runs without `pip install -e`
@@ -71,7 +118,25 @@ ROS_TEST_ENV = _configure_process_env()
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     keys = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_LOG_DIR")
-    return ["ros env: " + " ".join(f"{k}={ROS_TEST_ENV.get(k, '')}" for k in keys)]
+    lines = ["ros env: " + " ".join(f"{k}={ROS_TEST_ENV.get(k, '')}" for k in keys)]
+    if training_blocked():
+        lines.append(f"{BLOCK_TRAINING_VAR}=1: {TRAINING_PACKAGE} cannot be imported")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# A model bundle for tests that need one but not trained weights.
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One :func:`omnibind_ros.testing.write_test_bundle` bundle (the defaults) per session.
+
+    Shared by every test that asks for it: read it, never modify it; a test that damages or
+    edits a bundle writes its own with ``write_test_bundle(tmp_path / "bundle")``.
+    """
+    from omnibind_ros.testing import write_test_bundle
+
+    return write_test_bundle(tmp_path_factory.mktemp("tiny_bundle") / "tiny")
 
 
 # ---------------------------------------------------------------------------------------------
