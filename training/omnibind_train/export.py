@@ -63,9 +63,9 @@ from omnibind_ros.core.bundle import (
 from omnibind_ros.core.modalities import Modality, parse_modality
 from omnibind_ros.core.preprocess import build_config, build_preprocessor
 
+from .models.build import build_torch_module
 from .models.encoders import ModalityEncoder
 from .models.fusion import FusionConfig, export_fusion_onnx
-from .models.registry import EncoderConfig, build_encoder
 
 __all__ = ["EXPORTERS", "OPSET", "PARITY_ATOL", "ExportError", "ExportParityError",
            "build_tensorrt_engines", "build_torch_module", "export_bundle"]
@@ -901,32 +901,6 @@ def _write_and_check(plan: _Plan, tmp: Path, *, exporter: str | Mapping[str, str
         raise ExportParityError(diffs, atol)
     manifest["export"]["parity_max_abs_diff"] = {k: float(f"{v:.3g}") for k, v in diffs.items()}
     dump_manifest(manifest, tmp / BUNDLE_FILE)  # bundle.yaml is not in its own checksum list
-
-
-def build_torch_module(component: str, config: Mapping[str, Any],
-                       bundle: ModelBundle | None = None) -> nn.Module:
-    """Rebuild a bundle component with fresh weights (the torch backend's default builder).
-
-    Parameters
-    ----------
-    component : ``"encoder"``, ``"text"`` or ``"fusion"``.
-    config : the encoder config dict / fusion config dict from ``bundle.yaml``.
-    bundle : the bundle; text trunks then read their model config and tokenizer from the
-        bundle's ``text/tokenizer`` directory instead of the exporting machine's paths.
-    """
-    if component == "fusion":
-        return FusionConfig.from_dict(config).build()
-    if component not in ("encoder", "text"):
-        raise ValueError(f"unknown bundle component {component!r}")
-    data = copy.deepcopy(dict(config))
-    trunk = data.get("trunk", {})
-    if component == "text" and bundle is not None and bundle.text is not None:
-        local = bundle.text.tokenizer_dir
-        if trunk.get("kind") == "minilm" and (local / "config.json").is_file():
-            trunk["path"] = str(local)
-        if trunk.get("kind") == "open_clip_text":
-            trunk["tokenizer"] = None  # the runtime tokenises with the bundle's tokenizer.json
-    return build_encoder(EncoderConfig.from_dict(data), load_weights=False)
 
 
 def build_tensorrt_engines(bundle_dir: str | Path, *, fp16: bool = True, max_batch: int = 16,

@@ -5,12 +5,25 @@ so a bundle exported with ``include_torch_weights=True`` also carries each compo
 as safetensors (``torch/*.safetensors``, listed and checksummed like every file). This backend
 rebuilds each module from the config dict recorded in ``bundle.yaml`` and loads those weights.
 
-Rebuilding needs the model code, which lives in the training package: the default ``builder``
-is ``omnibind_train.export.build_torch_module``, imported when a TorchBackend is created (never
-at import time: core does not depend on training). Pass your own ``builder`` to use other code.
+Rebuilding needs the model code, which core does not have and never imports. It comes from a
+*module builder* registered under the entry-point group ``omnibind_ros.torch_builders``
+(:data:`BUILDER_GROUP`); the training package (``omnibind_train``, ``training/``) registers its
+``omnibind_train.models.build:build_torch_module`` there as ``default``. Any package can
+register one in its packaging metadata, e.g. in ``pyproject.toml``::
+
+    [project.entry-points."omnibind_ros.torch_builders"]
+    default = "my_models.build:build_module"
+
+The contract (:data:`ModuleBuilder`): ``builder(component, config, bundle) -> torch.nn.Module``,
+``component`` one of ``"encoder"``, ``"text"``, ``"fusion"``, ``config`` that component's
+config dict from ``bundle.yaml``, ``bundle`` the :class:`~omnibind_ros.core.bundle.ModelBundle`;
+the returned module has freshly initialised weights and exactly the ``state_dict`` keys of the
+component's safetensors file (it is loaded with ``strict=True``). The entry point is looked up
+when a TorchBackend is created, never at import time; pass ``builder=...`` to bypass it.
 """
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,23 +34,58 @@ from omnibind_ros.core.backends.base import BackendBase, import_runtime
 from omnibind_ros.core.bundle import ModelBundle
 from omnibind_ros.core.errors import BackendUnavailableError
 
-__all__ = ["ModuleBuilder", "TorchBackend", "default_builder"]
+__all__ = ["BUILDER_GROUP", "DEFAULT_BUILDER", "ModuleBuilder", "TorchBackend",
+           "default_builder"]
 
 #: ``builder(component, config, bundle) -> torch.nn.Module`` with freshly initialised weights;
 #: component is ``"encoder"``, ``"text"`` or ``"fusion"``, config the dict from bundle.yaml.
 ModuleBuilder = Callable[[str, Mapping[str, Any], ModelBundle], Any]
 
+#: Entry-point group the module builders are registered under.
+BUILDER_GROUP = "omnibind_ros.torch_builders"
+#: Name of the builder used when several are registered.
+DEFAULT_BUILDER = "default"
 
-def default_builder() -> ModuleBuilder:
-    """``omnibind_train.export.build_torch_module`` (BackendUnavailableError if missing)."""
-    try:
-        from omnibind_train.export import build_torch_module
-    except ImportError as exc:
+
+def default_builder(name: str | None = None) -> ModuleBuilder:
+    """The module builder registered under :data:`BUILDER_GROUP`.
+
+    Parameters
+    ----------
+    name : entry-point name; None takes ``"default"``, or the only one registered.
+
+    Raises
+    ------
+    BackendUnavailableError
+        No builder is registered (the training package is not installed), ``name`` is not
+        registered, several are and none is called ``"default"``, or loading it fails.
+    """
+    found = {ep.name: ep for ep in importlib.metadata.entry_points(group=BUILDER_GROUP)}
+    if not found:
         raise BackendUnavailableError(
-            "the torch backend rebuilds the bundle's modules with the omnibind_train package "
-            f"(training/), which cannot be imported here: {exc}. Install it "
-            "(pip install -e training) or pass builder=...") from exc
-    return build_torch_module
+            f"the torch backend rebuilds the bundle's modules with a builder registered under "
+            f"the entry-point group {BUILDER_GROUP!r}, and none is installed. Install the "
+            "training package, which registers one (pip install -e training), or pass "
+            "builder=...")
+    if name is None:
+        name = DEFAULT_BUILDER if DEFAULT_BUILDER in found or len(found) != 1 else next(
+            iter(found))
+    if name not in found:
+        raise BackendUnavailableError(
+            f"no torch module builder {name!r} in the entry-point group {BUILDER_GROUP!r}; "
+            f"registered: {sorted(found)}")
+    entry = found[name]
+    try:
+        builder = entry.load()
+    except Exception as exc:  # a broken install raises anything from ImportError on
+        raise BackendUnavailableError(
+            f"the torch module builder {entry.name} = {entry.value} (entry-point group "
+            f"{BUILDER_GROUP!r}) cannot be loaded: {type(exc).__name__}: {exc}. Reinstall the "
+            "package that provides it (pip install -e training) or pass builder=...") from exc
+    if not callable(builder):
+        raise BackendUnavailableError(
+            f"the torch module builder {entry.name} = {entry.value} is not callable")
+    return builder
 
 
 class TorchBackend(BackendBase):
@@ -48,7 +96,8 @@ class TorchBackend(BackendBase):
     bundle : a bundle exported with torch weights.
     threads : ``torch.set_num_threads`` (process-wide in torch; None leaves it alone).
     device : torch device string.
-    builder : rebuilds an uninitialised module (default :func:`default_builder`).
+    builder : rebuilds an uninitialised module (see :data:`ModuleBuilder`); default: the one
+        registered under :data:`BUILDER_GROUP` (:func:`default_builder`).
     modalities, fusion, text : what to load (default everything in the bundle).
     """
 
