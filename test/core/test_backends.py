@@ -1,6 +1,8 @@
-"""Inference backends on the tiny bundle: ONNX Runtime against the torch modules it was exported
-from, fusion with padding, text embedding, create_backend and TensorRT (the torch fallback's tests
-live with the training package, training/tests/test_torch_backend.py)."""
+"""Inference backends: ONNX Runtime on the runtime's test bundle (encoders, fusion with padding,
+text embedding, label embedding), create_backend and TensorRT, with no torch or training package;
+plus ONNX Runtime against the torch modules the training package's tiny bundle was exported from
+(those skip without omnibind_train; the torch fallback's tests live with the training package,
+training/tests/test_torch_backend.py)."""
 from __future__ import annotations
 
 import json
@@ -17,9 +19,7 @@ from omnibind_ros.core.backends import InferenceBackend, create_backend, embed_l
 from omnibind_ros.core.backends.onnxruntime_backend import OnnxRuntimeBackend
 from omnibind_ros.core.bundle import load_bundle
 from omnibind_ros.core.errors import BackendUnavailableError, InvalidShapeError
-
-testing = pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
-torch = pytest.importorskip("torch")
+from omnibind_ros.testing import TEST_MODALITIES, label_input, write_test_bundle
 
 ATOL = 1e-4
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return testing.build_tiny_bundle(tmp_path_factory.mktemp("backends") / "tiny")
+    return write_test_bundle(tmp_path_factory.mktemp("backends") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,26 @@ def ort(bundle) -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend(bundle, threads=1)
 
 
+# The training package's tiny bundle and the torch modules it was exported from: only the
+# ONNX-vs-torch parity tests use them.
+
 @pytest.fixture(scope="module")
-def models():
+def testing():
+    return pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
+
+
+@pytest.fixture(scope="module")
+def torch_bundle(testing, tmp_path_factory: pytest.TempPathFactory):
+    return load_bundle(testing.build_tiny_bundle(tmp_path_factory.mktemp("torch") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def torch_ort(torch_bundle) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(torch_bundle, threads=1)
+
+
+@pytest.fixture(scope="module")
+def models(testing):
     """The torch modules the bundle was exported from (same seed, same weights)."""
     return testing.tiny_models()
 
@@ -58,8 +76,23 @@ def _batch(bundle, modality: str, n: int, seed: int = 0) -> np.ndarray:
 
 
 def _torch(module, *arrays: np.ndarray) -> np.ndarray:
+    import torch
+
     with torch.no_grad():
         return module(*(torch.from_numpy(a) for a in arrays)).numpy()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _projection(bundle, modality: str) -> np.ndarray:
+    """The test bundle's encoder weights [F, D] (encoder = unit(flatten(x) @ projection))."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(bundle.modalities[modality].file)).graph
+    return numpy_helper.to_array(next(t for t in graph.initializer if t.name == "projection"))
 
 
 def test_backend_satisfies_the_protocol(ort, bundle):
@@ -68,12 +101,25 @@ def test_backend_satisfies_the_protocol(ort, bundle):
     assert ort.modalities == bundle.modality_names
 
 
-@pytest.mark.parametrize("modality", testing.TINY_MODALITIES)
+@pytest.mark.parametrize("modality", TEST_MODALITIES)
 @pytest.mark.parametrize("n", [1, 5])
-def test_ort_encode_matches_torch(ort, bundle, models, modality, n):
+def test_encode_runs_the_bundle_graph(ort, bundle, modality, n):
     x = _batch(bundle, modality, n, seed=n)
     out = ort.encode(modality, x)
     assert out.shape == (n, bundle.dim) and out.dtype == np.float32
+    reference = _unit(x.reshape(n, -1).astype(np.float64) @ _projection(bundle, modality))
+    np.testing.assert_allclose(out, reference, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # one sample at a time gives the same rows as the batch
+    np.testing.assert_allclose(ort.encode(modality, x[-1:]), out[-1:], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("modality", TEST_MODALITIES)
+@pytest.mark.parametrize("n", [1, 5])
+def test_ort_encode_matches_torch(torch_ort, torch_bundle, models, modality, n):
+    x = _batch(torch_bundle, modality, n, seed=n)
+    out = torch_ort.encode(modality, x)
+    assert out.shape == (n, torch_bundle.dim) and out.dtype == np.float32
     np.testing.assert_allclose(out, _torch(models.encoders[modality], x), atol=ATOL, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
@@ -101,12 +147,55 @@ def test_encode_with_real_preprocessing(ort, bundle):
 
 
 def _tokens(ort, bundle, n: int) -> np.ndarray:
-    names = testing.TINY_MODALITIES[:n]
+    names = TEST_MODALITIES[:n]
     return np.stack([ort.encode(m, _batch(bundle, m, 2, seed=i)) for i, m in enumerate(names)],
                     axis=1)  # [2, n, D]
 
 
-def test_fuse_matches_torch_and_ignores_padding(ort, bundle, models):
+def test_fuse_ignores_padding(ort, bundle):
+    live = _tokens(ort, bundle, 3)
+    mask = np.ones(live.shape[:2], dtype=bool)
+    fused = ort.fuse(live, mask)
+    assert fused.shape == (2, bundle.dim) and fused.dtype == np.float32
+    np.testing.assert_allclose(fused, _unit(live.astype(np.float64).mean(axis=1)), atol=1e-6)
+    # the same sensors padded to 6 slots with garbage (NaN included) give the same result
+    padded = np.full((2, 6, bundle.dim), 1e3, dtype=np.float32)
+    padded[:, [0, 2, 5]] = live
+    padded[1, 1] = np.nan
+    pad_mask = np.zeros((2, 6), dtype=bool)
+    pad_mask[:, [0, 2, 5]] = True
+    np.testing.assert_allclose(ort.fuse(padded, pad_mask), fused, atol=1e-6, rtol=0)
+
+
+def test_fuse_handles_varying_token_counts(ort, bundle):
+    tokens = _tokens(ort, bundle, 6)
+    for n in (1, 2, 6):
+        mask = np.ones((2, n), dtype=bool)
+        mask[1, n - 1] = n == 1  # the second sample lost its last sensor
+        out = ort.fuse(tokens[:, :n], mask)
+        expected = [_unit(tokens[b, :n][mask[b]].astype(np.float64).mean(axis=0))
+                    for b in range(2)]
+        np.testing.assert_allclose(out, np.stack(expected), atol=1e-6, rtol=0)
+    with pytest.raises(InvalidShapeError, match="mask"):
+        ort.fuse(tokens, np.ones((2, 5), dtype=bool))
+
+
+def test_fused_label_inputs_are_recognised(ort, bundle):
+    # every modality shown "plastic cube", one of them corrupted: the fusion still says cube
+    rng = np.random.default_rng(0)
+    tokens = []
+    for i, modality in enumerate(bundle.modality_names):
+        x = label_input(bundle, modality, "plastic cube")
+        if i == 0:
+            x = rng.standard_normal(x.shape).astype(np.float32)
+        tokens.append(ort.encode(modality, x[None])[0])
+    fused = ort.fuse(np.stack(tokens)[None], np.ones((1, len(tokens)), bool))[0]
+    scores = bundle.logit_scale * bundle.label_embeddings @ fused
+    assert bundle.label_names[int(np.argmax(scores))] == "plastic cube"
+
+
+def test_fuse_matches_torch_and_ignores_padding(torch_ort, torch_bundle, models):
+    ort, bundle = torch_ort, torch_bundle
     live = _tokens(ort, bundle, 3)
     mask = np.ones(live.shape[:2], dtype=bool)
     fused = ort.fuse(live, mask)
@@ -121,7 +210,8 @@ def test_fuse_matches_torch_and_ignores_padding(ort, bundle, models):
     np.testing.assert_allclose(ort.fuse(padded, pad_mask), fused, atol=1e-5, rtol=0)
 
 
-def test_fuse_handles_varying_token_counts(ort, bundle, models):
+def test_fuse_matches_torch_with_varying_token_counts(torch_ort, torch_bundle, models):
+    ort, bundle = torch_ort, torch_bundle
     tokens = _tokens(ort, bundle, 6)
     for n in (1, 2, 6):
         mask = np.ones((2, n), dtype=bool)
@@ -133,7 +223,21 @@ def test_fuse_handles_varying_token_counts(ort, bundle, models):
         ort.fuse(tokens, np.ones((2, 5), dtype=bool))
 
 
-def test_embed_text_matches_torch(ort, models):
+def test_embed_text(ort, bundle):
+    prompts = ["a photo of a wooden mug.", "metal", "a rubber duck on the floor of a lab"]
+    out = ort.embed_text(prompts)
+    assert out.shape == (3, bundle.dim) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(ort.embed_text(prompts[1]), out[1:2], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(ort.embed_text(prompts[::-1]), out[::-1], atol=1e-6, rtol=0)
+    assert out[0] @ out[1] < 0.99  # different texts, different embeddings
+    assert ort.embed_text([]).shape == (0, 32)
+
+
+def test_embed_text_matches_torch(torch_ort, models):
+    import torch
+
+    ort = torch_ort
     prompts = ["a photo of a wooden mug.", "metal", "a rubber duck on the floor of a lab"]
     batch = models.text_encoder.tokenizer(prompts)
     with torch.no_grad():
@@ -153,6 +257,11 @@ def test_embed_labels_reproduces_the_cached_label_embeddings(ort, bundle):
     np.testing.assert_allclose(embed_labels(ort, bundle.label_names), bundle.label_embeddings,
                                atol=ATOL, rtol=0)
     assert embed_labels(ort, ["pine cone"]).shape == (1, bundle.dim)
+    # a label is the normalised mean of its prompts' embeddings
+    prompts = [t.format("pine cone") for t in bundle.prompt_templates]
+    np.testing.assert_allclose(embed_labels(ort, ["pine cone"])[0],
+                               _unit(ort.embed_text(prompts).mean(axis=0)), atol=1e-6)
+    assert embed_labels(ort, []).shape == (0, bundle.dim)
 
 
 def test_modality_subset_creates_only_those_sessions(bundle):
@@ -218,6 +327,7 @@ def test_onnxruntime_backend_runs_without_torch(bundle_dir):
 def _tensorrt_ready() -> bool:
     try:
         import tensorrt  # noqa: F401
+        import torch
     except ImportError:
         return False
     return torch.cuda.is_available()
@@ -226,7 +336,7 @@ def _tensorrt_ready() -> bool:
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not _tensorrt_ready(), reason="needs TensorRT and a CUDA GPU")
 def test_tensorrt_backend_matches_onnxruntime(tmp_path, ort):
-    root = testing.build_tiny_bundle(tmp_path / "tiny")
+    root = write_test_bundle(tmp_path / "tiny")
     bundle = load_bundle(root)
     with pytest.raises(BackendUnavailableError, match="build_missing=True"):
         create_backend("tensorrt", bundle)

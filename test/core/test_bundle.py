@@ -1,7 +1,7 @@
 """Model bundle loading and validation: checksums, missing files, versions, modalities, archives.
 
-Bundles come from ``omnibind_train.testing.build_tiny_bundle`` (a real export, cached per process;
-each test gets its own copy to damage).
+Bundles come from :func:`omnibind_ros.testing.write_test_bundle` (onnx.helper graphs, no torch);
+each test writes its own to damage.
 """
 from __future__ import annotations
 
@@ -29,13 +29,18 @@ from omnibind_ros.core.errors import (
     BundleNotFoundError,
 )
 from omnibind_ros.core.preprocess import ImagePreprocessConfig, build_preprocessor
-
-testing = pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
+from omnibind_ros.testing import (
+    TEST_LABELS,
+    TEST_LOGIT_SCALE,
+    TEST_MODALITIES,
+    TEST_TEMPLATES,
+    write_test_bundle,
+)
 
 
 @pytest.fixture
 def bundle_dir(tmp_path: Path) -> Path:
-    return testing.build_tiny_bundle(tmp_path / "tiny")
+    return write_test_bundle(tmp_path / "tiny")
 
 
 def edit_manifest(root: Path, change: Callable[[dict], None]) -> None:
@@ -48,24 +53,25 @@ def test_loads_a_valid_bundle(bundle_dir):
     bundle = load_bundle(bundle_dir)
     assert bundle.root == bundle_dir
     assert bundle.format_version == 1 and bundle.dim == 32
-    assert bundle.modality_names == testing.TINY_MODALITIES
+    assert bundle.modality_names == TEST_MODALITIES
     assert isinstance(bundle.preprocess_configs["image"], ImagePreprocessConfig)
     assert bundle.preprocess_configs["image"].size == 32
-    assert bundle.preprocess_configs["text"].prompt_templates == testing.TINY_TEMPLATES
+    assert bundle.preprocess_configs["text"].prompt_templates == TEST_TEMPLATES
     for modality, spec in bundle.modalities.items():
-        assert spec.file.is_file() and spec.torch_weights.is_file()
+        assert spec.file.is_file() and spec.torch_weights is None
         assert spec.sample_shape == build_preprocessor(modality, spec.preprocess).output_shape
         assert spec.input.shape[0] == "batch" and spec.output.shape == ("batch", 32)
         assert spec.config["modality"] == modality
-    assert bundle.fusion.kind == "af" and bundle.fusion.max_tokens is None
+    assert bundle.fusion.kind == "mean" and bundle.fusion.max_tokens is None
     assert [s.dtype for s in bundle.fusion.inputs] == ["float32", "bool"]
     assert bundle.text.tokenizer_file.name == "tokenizer.json" and bundle.text.max_length == 32
-    assert bundle.label_names == testing.TINY_LABELS
+    assert bundle.label_names == TEST_LABELS
     assert bundle.label_embeddings.shape == (5, 32)
     assert bundle.label_embeddings.dtype == np.float32
     assert not bundle.label_embeddings.flags.writeable
-    assert bundle.versions["opset"] == 18 and "torch" in bundle.versions
-    assert bundle.provenance["kind"] == "tiny random test bundle"
+    assert bundle.logit_scale == pytest.approx(TEST_LOGIT_SCALE)
+    assert bundle.versions["opset"] == 18
+    assert bundle.provenance["kind"] == "runtime test bundle"
     assert load_bundle(bundle_dir / BUNDLE_FILE).modality_names == bundle.modality_names
 
 
@@ -136,11 +142,19 @@ def test_preprocess_shape_must_match_the_graph(bundle_dir):
      "encoders/thermal.onnx is not in the checksummed 'files' list"),
     (lambda m: m.update(embedding_dim=16), BundleCorruptError, "embedding size 32 != "),
     (lambda m: m.update(format_version="one"), BundleCorruptError, "format_version"),
+    (lambda m: m["labels"].update(logit_scale=-1.0), BundleCorruptError,
+     r"labels\.logit_scale: must be a finite number > 0"),
+    (lambda m: m["labels"].update(logit_scale=True), BundleCorruptError, "logit_scale"),
 ])
 def test_malformed_manifest(bundle_dir, change, error, message):
     edit_manifest(bundle_dir, change)
     with pytest.raises(error, match=message):
         load_bundle(bundle_dir)
+
+
+def test_logit_scale_is_optional(bundle_dir):
+    edit_manifest(bundle_dir, lambda m: m["labels"].pop("logit_scale"))
+    assert load_bundle(bundle_dir).logit_scale is None
 
 
 def test_invalid_yaml(bundle_dir):
@@ -188,7 +202,7 @@ def test_archive_round_trip_and_reuse(bundle_dir, tmp_path):
     cache = tmp_path / "cache"
     first = load_bundle(archive, cache_dir=cache)
     assert first.root.parent.parent == cache and first.root.name == "tiny"
-    assert first.modality_names == testing.TINY_MODALITIES
+    assert first.modality_names == TEST_MODALITIES
     again = load_bundle(archive, cache_dir=cache)
     assert again.root == first.root
     assert len(list(cache.iterdir())) == 1  # extracted once
