@@ -34,7 +34,17 @@ def test_known_counts_map_to_known_values(encoding):
     expected = np.array([[0.0, -1.0], [1.0, -0.5]])  # 25 C, 0 C, 50 C, 12.5 C
     for channel in range(3):
         np.testing.assert_allclose(out[channel], expected, atol=1e-5)
-    assert THERMAL_KELVIN_PER_COUNT == 0.01
+
+
+def test_a_frame_without_a_scale_uses_the_radiometric_convention():
+    # Counts written with THERMAL_KELVIN_PER_COUNT (as the simulator and thermal_from_image do)
+    # read back as the temperatures they encode when the frame does not state its scale.
+    celsius = np.array([[5.0, 20.0], [37.5, 45.0]])
+    counts = np.round((celsius + 273.15) / THERMAL_KELVIN_PER_COUNT).astype(np.uint16)
+    unit = thermal_to_unit(ThermalFrame(counts, "mono16"), CONFIG)
+    np.testing.assert_allclose(unit, celsius / 50.0, atol=1e-4)
+    stated = ThermalFrame(counts, "mono16", kelvin_per_count=THERMAL_KELVIN_PER_COUNT)
+    np.testing.assert_array_equal(thermal_to_unit(stated, CONFIG), unit)
 
 
 def test_counts_outside_the_window_are_clipped():

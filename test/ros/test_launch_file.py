@@ -1,9 +1,11 @@
 """launch/perception.launch.py: checked statically here, built for real where launch_ros exists.
 
-The launch system is not installable from PyPI (shared/notes/ros2_from_pypi.md), so the static
-checks parse the file with ``ast``: every DeclareLaunchArgument has a description, the agreed
-arguments exist, every LaunchConfiguration names a declared argument, and the executables and
-config files it refers to exist. The ``launch`` test builds the description with launch_ros.
+The launch system (``launch``, ``launch_ros``) comes with a ROS 2 installation and is not
+installable from PyPI, so most checks parse the file with ``ast``: every DeclareLaunchArgument
+has a description, the expected arguments exist, every LaunchConfiguration names a declared
+argument, the executables and config files it refers to exist, and each node's default
+parameter file holds a section for that node. The ``launch`` test builds the description with
+launch_ros where it is installed.
 """
 from __future__ import annotations
 
@@ -89,11 +91,41 @@ def test_nodes_use_registered_executables_and_shipped_configs(tree: ast.Module) 
         assert f'"{name}"' in LAUNCH_FILE.read_text() and (REPO / "config" / name).is_file()
 
 
-def test_perception_params_file_default_exists() -> None:
-    path = REPO / "config" / "perception.yaml"
-    if not path.is_file():
-        pytest.skip("config/perception.yaml is not written yet (the perception node's config)")
-    assert '"perception.yaml"' in LAUNCH_FILE.read_text()
+def _yaml_literals(node: ast.AST | None) -> list[str]:
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str) and n.value.endswith(".yaml")] if node else []
+
+
+def test_each_node_gets_a_shipped_params_file_with_its_section(tree: ast.Module) -> None:
+    from omnibind_ros.bag.config import read_params_file
+    from omnibind_ros.core.names import PERCEPTION_NODE, SIM_SENSORS_NODE
+
+    declared = _declared(tree)
+    params_argument = {}
+    for node in _calls(tree, "Node"):
+        name = _literal_str(_keyword(node, "name"))
+        files = _calls(node, "ParameterFile")
+        assert len(files) == 1 and files[0].args, f"node {name}: one ParameterFile(arg(...))"
+        argument = files[0].args[0]
+        assert isinstance(argument, ast.Call) and argument.args
+        params_argument[name] = _literal_str(argument.args[0])
+    assert params_argument == {PERCEPTION_NODE: "params_file",
+                               SIM_SENSORS_NODE: "sim_params_file"}, (
+        f"node names (omnibind_ros.core.names) and their params-file arguments: "
+        f"{params_argument}")
+    for name, argument in params_argument.items():
+        defaults = _yaml_literals(_keyword(declared[argument], "default_value"))
+        assert len(defaults) == 1, f"{argument}: default should name one config/*.yaml"
+        path = REPO / "config" / defaults[0]
+        # A section keyed by another node name is silently ignored by ROS: check it matches.
+        assert read_params_file(path, name), f"{path} has no ros__parameters for node {name}"
+
+
+def test_scenario_named_in_the_description_is_shipped(tree: ast.Module) -> None:
+    description = _literal_str(_keyword(_declared(tree)["scenario_file"], "description"))
+    named = re.findall(r"[\w.-]+\.yaml", description or "")
+    missing = [n for n in named if not (REPO / "config" / "scenarios" / n).is_file()]
+    assert named and not missing, f"scenario_file names {missing} not in config/scenarios"
 
 
 def _load_module() -> ModuleType:
@@ -132,8 +164,8 @@ def _launch_ros_reason() -> str | None:
     try:
         import launch_ros  # noqa: F401
     except ImportError as exc:
-        return (f"launch_ros is not importable ({exc}); the launch system is not on PyPI "
-                "(shared/notes/ros2_from_pypi.md)")
+        return (f"launch_ros is not importable ({exc}): the ROS 2 launch system comes with a "
+                "ROS 2 installation and is not installable from PyPI")
     return None
 
 
