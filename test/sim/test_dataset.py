@@ -1,6 +1,7 @@
 """Data-set writer and reader, against a small fake world (fast) and, if present, the real one."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -20,6 +21,7 @@ from omnibind_ros.sim.dataset import (
     SimDataset,
     build_index,
     class_indices,
+    code_fingerprint,
     dataset_info,
     generate,
     modality_free_records,
@@ -417,3 +419,17 @@ def test_reader_warns_when_simulator_code_changed(generated) -> None:
     path.write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match="other simulator code"):
         SimDataset(root, "train", "teacher")
+
+
+def test_code_fingerprint_covers_the_modules_that_shape_a_sample() -> None:
+    """Simulator modules are hashed; the data set package, the CLI, the preview and the stream
+    are not (changing them leaves every rendered sample as it was)."""
+    sim = REPO / "omnibind_ros" / "sim"
+    hashed = sorted(p for p in sim.glob("*.py")
+                    if p.name not in ("cli.py", "preview.py", "stream.py"))
+    assert {"world.py", "render.py", "thermal.py", "catalog.py"} <= {p.name for p in hashed}
+    assert (sim / "dataset").is_dir() and not (sim / "dataset.py").exists()
+    digest = hashlib.sha256()
+    for path in hashed:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    assert code_fingerprint() == digest.hexdigest()[:16]

@@ -26,7 +26,7 @@ from omnibind_ros.sim.dataset import DatasetConfig, SimDataset, generate
 
 pytest.importorskip("omnibind_ros.sim.world")
 
-PER_CLASS = 12  # 216 samples: ~3-5 s on 2 cores, enough for stable leave-one-out accuracies
+PER_CLASS = 12  # 216 samples: enough for stable leave-one-out accuracies, still quick
 N_MAT, N_SHAPE, N_CLASS = len(MATERIALS), len(SHAPES), len(CLASSES)
 RESULTS: dict[str, dict[str, float]] = {}
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from omnibind_ros.sim import cli, dataset
+from omnibind_ros.sim import cli
+from omnibind_ros.sim.dataset import writer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_dataset import fake_factory  # noqa: E402  (the fake world shared with the writer tests)
@@ -24,7 +25,7 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def fake_world(monkeypatch) -> None:
-    monkeypatch.setattr(dataset, "default_world_factory", fake_factory)
+    monkeypatch.setattr(writer, "default_world_factory", fake_factory)  # generate's default
 
 
 def write_yaml(path: Path, text: str) -> Path:

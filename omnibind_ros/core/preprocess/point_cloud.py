@@ -15,7 +15,7 @@ Ground: RANSAC draws ``ground_iterations`` point triples from a ``numpy`` genera
 most ``ground_max_below_fraction`` of the points lie below it (the top of a large box is
 horizontal too, but has the box and the floor under it). One plane is removed at most.
 open3d's ``segment_plane`` is not used: in open3d 0.20 it returns different planes on repeated
-calls on the same points even after ``open3d.utility.random.seed`` (measured here, also with
+calls on the same points even after ``open3d.utility.random.seed`` (also with
 ``OMP_NUM_THREADS=1``), which would break training/runtime reproducibility.
 
 Cluster choice: by default the cluster whose centroid is nearest, horizontally (perpendicular
