@@ -143,9 +143,9 @@ def test_mean_fusion_matches_a_hand_computed_mean_and_aggregates_by_size():
 
 
 def test_all_seven_modalities_run_every_head_in_batches(monkeypatch):
-    import omnibind_train.evaluation as ev
+    from omnibind_train.evaluation import metrics
 
-    monkeypatch.setattr(ev, "MAX_CHUNK_ELEMENTS", 7 * D * 37)  # force many uneven chunks
+    monkeypatch.setattr(metrics, "MAX_CHUNK_ELEMENTS", 7 * D * 37)  # force many uneven chunks
     base, labels, label_emb = _world(n=50)
     gen = torch.Generator().manual_seed(1)
     emb = {m: F.normalize(base["image"] + 0.6 * torch.randn(50, D, generator=gen), dim=-1)
