@@ -7,7 +7,8 @@ Shared by offline and live evaluation: both fill an :class:`EvalResult` with one
 Time base: integer nanoseconds of the bag clock (rosbag2 log time / header stamps share one
 epoch); reports show seconds since the bag's first message (``t_s``).
 
-Scoring rules (those of ``omnibind-bringup``, so a bag scores like the live demo):
+Scoring rules (:mod:`omnibind_ros.scoring`, shared with ``omnibind-bringup``, so a bag scores
+like the live demo):
 
 * a *tick* is one fusion tick (one ``~/recognition`` message); it is *answered* when
   ``best_label`` is not empty;
@@ -31,6 +32,7 @@ Scoring rules (those of ``omnibind-bringup``, so a bag scores like the live demo
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -39,21 +41,36 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # A's module; scoring only calls label_at/change_before/intervals
+from omnibind_ros.scoring import (
+    NS,
+    VERDICTS,
+    Phase,
+    PhaseTimeline,
+    SensorEvent,
+    Tally,
+    in_top_k,
+    percentiles,
+    phase_label,
+    s_to_ns,
+    verdict,
+)
+
+if TYPE_CHECKING:  # scoring only calls interval_at
     from omnibind_ros.bag.truth import GroundTruth
 
 __all__ = [
-    "EvalResult", "Phase", "StateChange", "TickRecord", "phases_from_events",
-    "phases_from_states", "score", "tick_verdict",
+    "EvalResult", "NS", "Phase", "StateChange", "TickRecord", "VERDICTS", "auto_bin_s",
+    "phases_from_events", "phases_from_states", "reason_kind", "score",
+    "sensor_state_seconds", "tick_verdict",
 ]
 
-NS = 1_000_000_000
 #: Monitor states that keep a sensor in (or eligible for) fusion; the others end a phase.
 FUSABLE_STATES = ("LIVE",)
 #: Candidate widths (s) of the over-time bins; the smallest giving at most MAX_BINS is used.
 BIN_WIDTHS_S = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 MAX_BINS = 40
-VERDICTS = ("correct", "wrong", "transition", "unscored", "no_answer")
+#: Ratios and percentiles of a report are rounded to this many digits (stable JSON).
+DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -110,19 +127,6 @@ class StateChange:
     def fusable(self) -> bool:
         return self.state in FUSABLE_STATES or (
             self.state == "DEGRADED" and self.reason.startswith("rate "))
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A dropout phase: ``[start_ns, end_ns)`` of bag clock with one set of sensors out.
-
-    ``label`` as ``omnibind_ros.tools.bringup.phase_label``: "all sensors", "camera unplugged",
-    "camera+lidar unplugged, tactile noisy"...
-    """
-
-    label: str
-    start_ns: int
-    end_ns: int
 
 
 @dataclass
@@ -182,43 +186,17 @@ def phases_from_events(events: Iterable[tuple[int, Any]], sensors: Sequence[str]
     sensors : sensor names in configuration order (labels list them in this order).
     start_ns, end_ns : span to cover.
 
-    The scenario's own ``PhaseTimeline`` (``omnibind-bringup``) labels the phases, so a bag
-    and the live demo name them alike.
+    The shared :class:`~omnibind_ros.scoring.PhaseTimeline` labels the phases, so a bag and
+    the live demo name them alike. Event times are the log times (exact nanoseconds), so a bag
+    whose stream origin differs from its first message still places them exactly.
     """
-    from omnibind_ros.sim.scenario import Scenario, ScenarioEvent
-    from omnibind_ros.tools.bringup import PhaseTimeline
-
-    parsed: list[tuple[int, ScenarioEvent]] = []
+    parsed: list[SensorEvent] = []
     for log_ns, payload in events:
         data = json.loads(payload) if isinstance(payload, str | bytes) else dict(payload)
         names = data.get("sensors", data.get("sensor", []))
         names = (names,) if isinstance(names, str) else tuple(names)
-        parsed.append((int(log_ns), ScenarioEvent(
-            (int(log_ns) - start_ns) / NS, names, str(data["action"]))))
-    if not parsed:
-        return [Phase("all sensors", start_ns, max(end_ns, start_ns))]
-    # Timeline seconds are relative to start_ns; event times come from the log times, so a
-    # bag whose stream origin differs from its first message still places them exactly.
-    timeline = PhaseTimeline(Scenario(tuple(e for _, e in parsed)), list(sensors))
-    out = []
-    for p in timeline.phases((end_ns - start_ns) / NS):
-        lo = start_ns + round(p.start_s * NS)
-        hi = start_ns + round(p.end_s * NS)
-        out.append(Phase(p.label, lo, max(lo, hi)))
-    return _snap_to_events(out, [t for t, _ in parsed])
-
-
-def _snap_to_events(phases: list[Phase], times: list[int]) -> list[Phase]:
-    """Replace boundaries that float rounding moved by < 1 us with the exact event times."""
-    exact = sorted(set(times))
-
-    def snap(t: int) -> int:
-        near = min(exact, key=lambda e: abs(e - t), default=t)
-        return near if abs(near - t) < 1000 else t
-
-    return [Phase(p.label, snap(p.start_ns) if i else p.start_ns,
-                  snap(p.end_ns) if i < len(phases) - 1 else p.end_ns)
-            for i, p in enumerate(phases)]
+        parsed.append((int(log_ns), str(data["action"]), names))
+    return PhaseTimeline(sensors, parsed, start_ns=start_ns).phases(end_ns)
 
 
 def phases_from_states(states: Sequence[StateChange], sensors: Sequence[str],
@@ -232,8 +210,6 @@ def phases_from_states(states: Sequence[StateChange], sensors: Sequence[str],
     a second while the sensors' first messages arrive; a sensor that never comes is LOST at
     the end of its grace.
     """
-    from omnibind_ros.tools.bringup import phase_label
-
     current: dict[str, StateChange | None] = {name: None for name in sensors}
 
     def label() -> str:
@@ -283,66 +259,10 @@ def _merge_equal(phases: list[Phase]) -> list[Phase]:
 
 
 def tick_verdict(tick: TickRecord, truth: GroundTruth | None, transition_ns: int) -> str:
-    """no_answer | unscored (no truth at its time) | transition | correct | wrong."""
-    if not tick.answered:
-        return "no_answer"
-    if truth is None:
-        return "unscored"
-    when = tick.when_ns
-    label = truth.label_at(when)
-    if label is None:
-        return "unscored"
-    change = truth.change_before(when)
-    if change is not None and when - change < transition_ns:
-        return "transition"
-    return "correct" if tick.best_label == label else "wrong"
-
-
-@dataclass
-class _Tally:
-    ticks: int = 0
-    answered: int = 0
-    scored: int = 0
-    correct: int = 0
-    top_k_correct: int = 0
-    transition: int = 0
-    unscored: int = 0
-
-    def add(self, verdict: str, in_top_k: bool) -> None:
-        self.ticks += 1
-        if verdict == "no_answer":
-            return
-        self.answered += 1
-        if verdict in ("transition", "unscored"):
-            setattr(self, verdict, getattr(self, verdict) + 1)
-            return
-        self.scored += 1
-        self.correct += verdict == "correct"
-        self.top_k_correct += in_top_k
-
-    def stats(self) -> dict[str, Any]:
-        return {"ticks": self.ticks, "answered": self.answered,
-                "answered_fraction": _ratio(self.answered, self.ticks),
-                "scored": self.scored, "correct": self.correct,
-                "accuracy": _ratio(self.correct, self.scored),
-                "top_k_accuracy": _ratio(self.top_k_correct, self.scored),
-                "transition": self.transition, "unscored": self.unscored}
-
-
-def _ratio(num: int, den: int) -> float | None:
-    return round(num / den, 6) if den else None
-
-
-def _percentiles(values: Sequence[float]) -> dict[str, Any]:
-    if not values:
-        return {"count": 0, "p50": None, "p95": None, "p99": None, "mean": None, "max": None}
-    import numpy as np
-
-    arr = np.asarray(values, dtype=np.float64)
-    p50, p95, p99 = (float(v) for v in np.percentile(arr, [50, 95, 99]))
-    return {"count": int(arr.size), "p50": round(p50, 6), "p95": round(p95, 6),
-            "p99": round(p99, 6), "mean": round(float(arr.mean()), 6),
-            "max": round(float(arr.max()), 6)}
+    """no_answer | unscored (no truth at its time) | transition | correct | wrong
+    (:func:`omnibind_ros.scoring.verdict` at the tick's :attr:`~TickRecord.when_ns`)."""
+    span = truth.interval_at(tick.when_ns) if truth is not None and tick.answered else None
+    return verdict(tick.best_label, span, tick.when_ns, transition_ns)
 
 
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
@@ -386,7 +306,7 @@ def score(result: EvalResult, *, transition_s: float = 0.5,
     if not transition_s >= 0:
         raise ValueError(f"transition_s must be >= 0, got {transition_s!r}")
     truth = result.truth
-    transition_ns = round(transition_s * NS)
+    transition_ns = s_to_ns(transition_s)
     span_s = max(0.0, (result.end_ns - result.start_ns) / NS)
     width = float(bin_s) if bin_s else auto_bin_s(span_s)
     if width <= 0:
@@ -394,11 +314,11 @@ def score(result: EvalResult, *, transition_s: float = 0.5,
     phase_starts = [p.start_ns for p in result.phases]
     last_bin = max(1, math.ceil(span_s / width)) - 1  # a tick at the very end: the last bin
 
-    overall = _Tally()
-    by_modalities: dict[str, _Tally] = defaultdict(_Tally)
-    by_sensors: dict[str, _Tally] = defaultdict(_Tally)
-    by_phase: dict[int, _Tally] = defaultdict(_Tally)
-    by_bin: dict[int, _Tally] = defaultdict(_Tally)
+    overall = Tally()
+    by_modalities: dict[str, Tally] = defaultdict(Tally)
+    by_sensors: dict[str, Tally] = defaultdict(Tally)
+    by_phase: dict[int, Tally] = defaultdict(Tally)
+    by_bin: dict[int, Tally] = defaultdict(Tally)
     reasons: Counter[str] = Counter()
     examples: dict[str, str] = {}
     verdicts: list[str] = []
@@ -406,66 +326,63 @@ def score(result: EvalResult, *, transition_s: float = 0.5,
     latencies: list[float] = []
     top_k = 0
     for tick in result.ticks:
-        verdict = tick_verdict(tick, truth, transition_ns)
-        verdicts.append(verdict)
-        label = truth.label_at(tick.when_ns) if truth is not None else None
-        in_top_k = label is not None and label in tick.top_labels
+        span = truth.interval_at(tick.when_ns) if truth is not None else None
+        kind = verdict(tick.best_label, span, tick.when_ns, transition_ns)
+        top = in_top_k(span, tick.top_labels)
+        verdicts.append(kind)
         top_k = max(top_k, len(tick.top_labels))
-        overall.add(verdict, in_top_k)
+        overall.add(kind, top)
         if tick.answered:
-            by_modalities["+".join(sorted(set(tick.modalities))) or "(none)"].add(
-                verdict, in_top_k)
-            by_sensors["+".join(sorted(tick.sensors)) or "(none)"].add(verdict, in_top_k)
+            by_modalities["+".join(sorted(set(tick.modalities))) or "(none)"].add(kind, top)
+            by_sensors["+".join(sorted(tick.sensors)) or "(none)"].add(kind, top)
             if tick.stamp_ns is not None:
                 ages.append((tick.t_ns - tick.stamp_ns) / NS)
         else:
-            kind = reason_kind(tick.no_answer_reason)
-            reasons[kind] += 1
-            examples.setdefault(kind, tick.no_answer_reason)
+            reason = reason_kind(tick.no_answer_reason)
+            reasons[reason] += 1
+            examples.setdefault(reason, tick.no_answer_reason)
         index = _phase_index(phase_starts, tick.when_ns)
         if index is not None:
-            by_phase[index].add(verdict, in_top_k)
+            by_phase[index].add(kind, top)
         by_bin[min(max(0, math.floor((tick.t_ns - result.start_ns) / NS / width)),
-                   last_bin)].add(verdict, in_top_k)
+                   last_bin)].add(kind, top)
         if tick.latency_s is not None:
             latencies.append(float(tick.latency_s))
 
     n_bins = last_bin + 1 if result.ticks else 0
     return {
-        "overall": {**overall.stats(), "top_k": top_k},
+        "overall": {**overall.stats(ndigits=DIGITS), "top_k": top_k},
         "transition_s": transition_s,
         "by_modalities": _keyed(by_modalities),
         "by_sensors": _keyed(by_sensors),
         "by_phase": [{"label": p.label, "start_s": round(result.t_s(p.start_ns), 6),
                       "end_s": round(result.t_s(p.end_ns), 6),
-                      **by_phase.get(i, _Tally()).stats()}
+                      **by_phase.get(i, Tally()).stats(ndigits=DIGITS)}
                      for i, p in enumerate(result.phases)],
         "over_time": {"bin_s": width, "bins": [
-            {"start_s": i * width, "end_s": (i + 1) * width, **by_bin.get(i, _Tally()).stats()}
-            for i in range(n_bins)]},
-        "input_age_s": _percentiles(ages),
+            {"start_s": i * width, "end_s": (i + 1) * width,
+             **by_bin.get(i, Tally()).stats(ndigits=DIGITS)} for i in range(n_bins)]},
+        "input_age_s": percentiles(ages, DIGITS),
         "unanswered": {"ticks": sum(reasons.values()), "reasons": [
             {"reason": kind, "ticks": count, "example": examples[kind]}
             for kind, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]},
         "sensor_state_s": sensor_state_seconds(result),
         "verdicts": verdicts,
-        "timing": {"latency_s": _percentiles(latencies), "wall_s": round(result.wall_s, 3),
+        "timing": {"latency_s": percentiles(latencies, DIGITS), "wall_s": round(result.wall_s, 3),
                    "ticks_per_s": round(len(result.ticks) / result.wall_s, 2)
                    if result.wall_s > 0 else None},
     }
 
 
-def _keyed(tallies: dict[str, _Tally]) -> list[dict[str, Any]]:
+def _keyed(tallies: dict[str, Tally]) -> list[dict[str, Any]]:
     """Most ticks first, then by key: a stable order for tables and JSON."""
-    items = sorted(tallies.items(), key=lambda kv: (-kv[1].ticks, kv[0]))
-    return [{"key": key, **tally.stats()} for key, tally in items]
+    items = sorted(tallies.items(), key=lambda kv: (-kv[1].count, kv[0]))
+    return [{"key": key, **tally.stats(ndigits=DIGITS)} for key, tally in items]
 
 
 def _phase_index(starts: list[int], t_ns: int) -> int | None:
     if not starts:
         return None
-    import bisect
-
     return max(0, bisect.bisect_right(starts, t_ns) - 1)
 
 

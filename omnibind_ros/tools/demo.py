@@ -1,4 +1,4 @@
-"""`make demo`: the simulated multimodal world streaming through every sensor.
+"""``omnibind-demo`` (``make demo-world``): the simulated multimodal world through every sensor.
 
 Plays the simulated sensors (:class:`omnibind_ros.sim.stream.WorldStream`) for a few seconds of
 simulated time, pushes every message through the shared per-modality preprocessing that training
@@ -6,8 +6,8 @@ and the runtime use, and shows a live table: the object in front of the sensors,
 message count, measured rate, the raw payload and the model input it becomes. At the end it writes
 the PNG grid of every modality (``omnibind-sim preview``) and prints where it is.
 
-Until the perception runtime lands this is what the demo can honestly show; the runtime issue turns
-it into the live hot-plug recognition demo.
+No model and no ROS are involved: recognition with hot-plugged sensors is ``omnibind-bringup``
+(:mod:`omnibind_ros.tools.bringup`).
 """
 from __future__ import annotations
 

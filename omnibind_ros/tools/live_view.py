@@ -2,7 +2,8 @@
 
 Pure presentation (rich, no ROS): :mod:`omnibind_ros.tools.bringup` fills a :class:`LiveState`
 snapshot from the ROS topics and hands it here; the summary is the dict bringup returns (also
-what ``--summary-json`` writes).
+what ``--summary-json`` writes). The live screen shows no log lines (they go to a file, see
+:mod:`omnibind_ros.tools.log_capture`): sensor state changes appear in its recent-events panel.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LiveState", "RecognitionView", "SensorRow", "render_live", "render_summary",
-           "status_line"]
+__all__ = ["LiveState", "RecognitionView", "SensorRow", "StateEvent", "render_events",
+           "render_live", "render_summary", "status_line"]
 
 #: Colour of each SensorStatus state name (msg/SensorStatus.msg) in the live table.
 STATE_STYLE = {"LIVE": "bold green", "UNKNOWN": "dim", "STALE": "yellow", "LOST": "bold red",
@@ -49,6 +50,17 @@ class RecognitionView:
     modalities: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class StateEvent:
+    """A sensor's state changed (from ``~/sensor_status``) at ``t_s`` of the run's clock."""
+
+    t_s: float
+    sensor: str
+    old: str
+    new: str
+    reason: str = ""
+
+
 @dataclass
 class LiveState:
     """Everything one frame of the live view shows (a snapshot; bringup builds a new one)."""
@@ -67,7 +79,9 @@ class LiveState:
     accuracy: float | None = None
     scored: int = 0
     title: str = ""
-    log_tail: Sequence[str] = field(default_factory=tuple)
+    events: Sequence[StateEvent] = field(default_factory=tuple)
+    events_total: int = 0
+    log_file: str = ""
 
 
 def _fmt(value: float | None, spec: str = ".2f", none: str = "-") -> str:
@@ -144,18 +158,40 @@ def _recognition_panel(state: LiveState) -> Any:
     return Panel(grid, title="recognition", title_align="left", border_style="cyan")
 
 
+def render_events(events: Sequence[StateEvent], total: int | None = None) -> Any:
+    """The recent-events panel: one line per sensor state change, newest last."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    # Time, sensor and change keep their width; the reason gets the rest and is cut short.
+    grid = Table.grid(padding=(0, 2), expand=True)
+    grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+    for e in events:
+        old, new = (f"[{STATE_STYLE.get(x, '')}]{x or '?'}[/]" for x in (e.old, e.new))
+        grid.add_row(f"{e.t_s:6.1f} s", e.sensor, f"{old} → {new}", f"[dim]{e.reason}[/]")
+    if not events:
+        grid.add_row("", "[dim]no sensor state change yet[/]", "", "")
+    total = len(events) if total is None else total
+    more = f" (last {len(events)} of {total})" if total > len(events) else ""
+    return Panel(grid, title=f"recent events{more}", title_align="left", border_style="blue")
+
+
 def render_live(state: LiveState, width: int = 120) -> Any:
     """One frame for a terminal ``width`` columns wide: header line, sensor table, recognition
-    panel, the newest log lines."""
+    panel, recent events, where the full log goes."""
     from rich.console import Group
     from rich.text import Text
 
     header = Text.assemble((state.title + "  ", "bold"), _clock(state), "   phase: ",
                            (state.phase or "-", "bold cyan"), f"  {_range(state.phase_range)}")
     parts: list[Any] = [header, _sensor_table(state.sensors, width),
-                        _recognition_panel(state)]
-    if state.log_tail:
-        parts.append(Text("\n".join(state.log_tail), style="dim", overflow="ellipsis",
+                        _recognition_panel(state),
+                        render_events(state.events, state.events_total)]
+    if state.log_file:
+        parts.append(Text(f"full log: {state.log_file}", style="dim", overflow="ellipsis",
                           no_wrap=True))
     return Group(*parts)
 
@@ -221,5 +257,5 @@ def render_summary(summary: dict[str, Any]) -> list[Any]:
                           f"{sim['dropped']} dropped late, {sim['unplugged']} discarded while "
                           "unplugged", style="dim"))
     if s.get("log_file"):
-        parts.append(Text(f"node log: {s['log_file']}", style="dim"))
+        parts.append(Text(f"full log (nodes, libraries): {s['log_file']}", style="dim"))
     return parts
