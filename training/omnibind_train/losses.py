@@ -139,7 +139,8 @@ def cad_cr_loss(student: torch.Tensor, text: torch.Tensor, image: torch.Tensor, 
 
     Teacher ``D_t^r = E_l . E_v^T`` (text x image; Eq. 3's ``E_t`` read as ``E_v``, see module
     docstring), student ``E_l . E_t^T`` (text x student), ``KL(D_t^r || E_l . E_t^T)`` row-wise.
-    Gradients flow only through ``student``'s side (teachers are frozen, not detached here).
+    Teachers are not detached here (:class:`CADLoss` detaches them): gradients reach a teacher
+    embedding that requires grad.
 
     Parameters
     ----------
@@ -209,8 +210,12 @@ class CADLoss(nn.Module):
         """``[k, D]`` student, text and image embeddings of the same k samples.
 
         Returns ``{"loss", "in_loss", "cr_loss", "se_loss"}``; without ``image`` there is no
-        teacher cross-correspondence, so ``cr_loss`` is 0 and L_se uses text only.
+        teacher cross-correspondence, so ``cr_loss`` is 0 and L_se uses text only. The teachers
+        are frozen: ``text`` and ``image`` are detached, so gradients reach only the student
+        (and the loss's own logit scale).
         """
+        text = text.detach()
+        image = image.detach() if image is not None else None
         kd = {"temperature": self.kd_temperature, "reduction": self.kl_reduction}
         in_loss = cad_in_loss(student, text, self.logit_scale())
         cr_loss = (cad_cr_loss(student, text, image, **kd) if image is not None

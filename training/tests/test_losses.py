@@ -129,11 +129,20 @@ def test_cad_total_uses_the_appendix_weighting():
     assert printed == pytest.approx(l_in + l_cr + l_se, rel=1e-6)
 
 
-def test_cad_gradients_reach_only_the_student():
+@pytest.mark.parametrize("with_image", [True, False])
+def test_cad_gradients_reach_only_the_student(with_image):
+    """The teachers are frozen: even teacher embeddings that require grad (e.g. computed by a
+    module in train mode) get none, while the student gets a non-zero gradient."""
     student = _unit(4, seed=20).float().requires_grad_(True)
-    text, image = _unit(4, seed=21).float(), _unit(4, seed=22).float()
-    CADLoss()(student, text, image)["loss"].backward()
+    text = _unit(4, seed=21).float().requires_grad_(True)
+    image = _unit(4, seed=22).float().requires_grad_(True) if with_image else None
+    loss = CADLoss(learn_temperature=True)
+    loss(student, text, image)["loss"].backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
+    assert loss.logit_scale.log_scale.grad is not None  # the loss's own parameter trains too
+    assert text.grad is None, "a gradient reached the text teacher"
+    if image is not None:
+        assert image.grad is None, "a gradient reached the image teacher"
 
 
 def test_af_loss_eq9_literal_value():

@@ -235,17 +235,20 @@ def test_crossfit_gives_out_of_fold_embeddings() -> None:
     torch.testing.assert_close(oof["thermal"][held_out], expect)
 
 
-def test_af_beats_chance_and_mean_head_is_not_trained() -> None:
+def test_af_training_improves_accuracy_and_mean_head_is_not_trained() -> None:
     data, label_emb = _fusion_data(240)
-    cfg = AFConfig(loop=LoopConfig(epochs=8, batch_size=60), fusion=FusionConfig(dim=D,
-                                                                                 num_heads=4))
+    # randomly initialised attention (not the zero-initialised start, which equals the mean
+    # baseline): the untrained head mixes the modalities badly, so training has room to improve
+    cfg = AFConfig(loop=LoopConfig(epochs=8, batch_size=60),
+                   fusion=FusionConfig(dim=D, num_heads=4, zero_init=False))
     torch.manual_seed(0)
     head = cfg.fusion.build()
     before = fused_accuracy(head, data, label_emb)
     res = train_fusion(head, data, label_emb, cfg, progress=False)
     assert res is not None and res.steps == 32
-    assert fused_accuracy(head, data, label_emb) >= before - 0.02
-    assert fused_accuracy(head, data, label_emb) > 3 / C
+    after = fused_accuracy(head, data, label_emb)
+    assert after >= before + 0.1, f"AF training did not improve top-1: {before:.3f} -> {after:.3f}"
+    assert after > 3 / C
     mean = FusionConfig(kind="mean", dim=D).build()
     assert train_fusion(mean, data, label_emb, cfg, progress=False) is None
 
