@@ -16,15 +16,15 @@ What it holds (D = 32 unless ``text="minilm"``, then 384):
 * point cloud: PointNet (16, 32) over 64 points;
 * fusion: the AF head (4 heads, not zero-initialised, so it differs from the mean);
 * text: a 1-layer CLIP-style text tower over the real MiniLM WordPiece tokenizer (``"tiny"``),
-  or the real all-MiniLM-L6-v2 (``"minilm"``, ~10 s more);
+  or the real all-MiniLM-L6-v2 (``"minilm"``, a larger export);
 * labels: :data:`TINY_LABELS` with two prompt templates, and ``labels.logit_scale`` (default
   :data:`TINY_LOGIT_SCALE`, ``1 / 0.07``: the AF loss's default ``1 / tau``).
 
 Weights are a pure function of ``seed`` (:func:`tiny_models` rebuilds the same torch modules, to
 compare a backend with torch). Preprocessing configs are the defaults shrunk to those sizes,
 so the runtime's real preprocessors produce the encoders' input shapes. The first build in a
-process takes ~5-10 s on two cores (mostly the text tower's dynamo export and the parity
-checks); later calls with the same parameters copy that export (~0.1 s for its 37 MB).
+process exports and checks the bundle (mostly the text tower's dynamo export and the parity
+checks); later calls with the same parameters copy that export (``cache``).
 """
 from __future__ import annotations
 
@@ -214,13 +214,14 @@ def build_tiny_bundle(out_dir: str | Path, *, text: str = "tiny", seed: int = 0,
     Parameters
     ----------
     out_dir : bundle directory to create (must not be a non-bundle directory).
-    text : ``"tiny"`` (default) or ``"minilm"`` (the real text teacher, D = 384, ~20 s more).
+    text : ``"tiny"`` (default) or ``"minilm"`` (the real text teacher, D = 384, slower to
+        export).
     seed : weights seed (same seed -> same weights as :func:`tiny_models`).
     modalities : array modalities to include.
     exporter : ONNX exporter(s) (see :func:`~omnibind_train.export.export_bundle`). The default
-        :data:`TINY_EXPORTER` traces the encoders with the TorchScript exporter (~5x faster
-        than dynamo on them) and exports text with dynamo (tracing bakes the sequence length
-        in); the export tests cover dynamo everywhere.
+        :data:`TINY_EXPORTER` traces the encoders with the TorchScript exporter (faster than
+        dynamo on them) and exports text with dynamo (tracing bakes the sequence length in);
+        the export tests cover dynamo everywhere.
     include_torch_weights : write ``torch/*.safetensors`` (needed by the torch backend).
     logit_scale : ``labels.logit_scale`` of the bundle, the multiplier of the label cosines
         before the runtime's softmax (default :data:`TINY_LOGIT_SCALE`, ``1 / 0.07``, what an

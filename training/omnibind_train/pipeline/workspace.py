@@ -188,8 +188,9 @@ class Workspace:
 
     def _use_onnxruntime(self, modality: str, trunk: Mapping[str, Any],
                          num_samples: int) -> bool:
-        """ONNX Runtime for image-like trunks on the CPU; ``auto`` only where the one-off export
-        (~10 s) pays for itself (>= ``ORT_MIN_SAMPLES`` samples, or already exported)."""
+        """ONNX Runtime for image-like trunks on the CPU; ``auto`` only where the one-off ONNX
+        export of the trunk pays for itself (>= ``ORT_MIN_SAMPLES`` samples, or already
+        exported)."""
         runtime = self.cfg.data.trunk_runtime
         if modality == "text" or runtime == "torch" or self.dist.device.type != "cpu":
             return False

@@ -74,9 +74,9 @@ class CADConfig(ConfigBase):
     point_rotate : random rotation of point sets about the up (z) axis during training.
     crossfit_folds : K >= 2 also trains K fold models (each on the other folds) to give every
         training sample an *out-of-fold* student embedding for stage II (0: off). Students fit
-        their scarce training samples far better than unseen ones (here e.g. event top-1 0.94
-        on train vs 0.31 on val), so a fusion head trained on in-sample embeddings learns to
-        over-trust them; cross-fitting is the standard remedy for stacking.
+        their scarce training samples far better than unseen ones, so a fusion head trained on
+        in-sample embeddings learns to over-trust them; cross-fitting is the standard remedy
+        for stacking.
     """
 
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=30, batch_size=64))
