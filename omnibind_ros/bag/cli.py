@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from omnibind_ros.core.names import GROUND_TRUTH_TOPIC
 from omnibind_ros.ros.env import ensure_safe_ros_env
 
 __all__ = ["EXIT_CORRUPT", "EXIT_USAGE", "build_parser", "main"]
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=_positive, required=True, metavar="S",
                    help="wall seconds to record")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    p.add_argument("--truth-topic", default="/omnibind/ground_truth", metavar="T",
+    p.add_argument("--truth-topic", default=GROUND_TRUTH_TOPIC, metavar="T",
                    help="ground-truth topic to record too ('' for none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_record)
@@ -133,15 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: config/perception.yaml)")
     p.add_argument("--truth-csv", type=Path, default=None, metavar="F",
                    help="ground truth as labelled intervals (start_s,end_s,label)")
-    p.add_argument("--truth-topic", default="/omnibind/ground_truth", metavar="T",
+    p.add_argument("--truth-topic", default=GROUND_TRUTH_TOPIC, metavar="T",
                    help="ground-truth topic in the bag (omnibind_ros/msg/GroundTruth)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="report directory (default: ./<bag name>_<mode>_report)")
     p.add_argument("--backend", default="onnxruntime", metavar="B",
                    help="inference backend (default: onnxruntime)")
+    p.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="offline: worker processes for the sensor stages; 0 = all in this "
+                        "process (default: one per core)")
     p.add_argument("--threads", type=_count, default=None, metavar="N",
-                   help="offline: parallel sensors/encoders (default: cores); live: the "
-                        "node's backend threads (default: 1)")
+                   help="--live: the node's backend threads (default: 1)")
     p.add_argument("--transition", type=float, default=0.5, metavar="S",
                    help="answers this soon after an object change are not scored (0.5)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -219,6 +222,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.rate is not None and not args.live:
         raise _UsageError("--rate applies to --live replay only (offline runs as fast as it "
                           "can)")
+    if args.threads is not None and not args.live:
+        raise _UsageError("--threads applies to --live only; offline parallelism is "
+                          "--processes N")
+    if args.processes is not None and (args.live or args.processes < 0):
+        raise _UsageError("--processes applies to offline evaluation and must be >= 0")
     if args.transition < 0:
         raise _UsageError(f"--transition must be >= 0, got {args.transition}")
     if not args.bag.exists():
@@ -235,12 +243,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     common: dict[str, Any] = dict(bundle=args.bundle, config=args.config,
                                   truth_csv=args.truth_csv, truth_topic=args.truth_topic,
                                   backend=args.backend, progress=not args.no_progress)
-    if args.threads is not None:
-        common["threads"] = args.threads
     if args.live:
-        result = evaluate(args.bag, rate=args.rate or 1.0, **common)
+        threads = {} if args.threads is None else {"threads": args.threads}
+        result = evaluate(args.bag, rate=args.rate or 1.0, **common, **threads)
     else:
-        result = evaluate(args.bag, **common)
+        result = evaluate(args.bag, processes=args.processes, **common)
     scores = score(result, transition_s=args.transition)
     out = args.out or Path.cwd() / f"{args.bag.resolve().name}_{mode}_report"
     paths = write_report(result, scores, out, plots=not args.no_plots)

@@ -26,11 +26,12 @@ from rclpy.parameter import Parameter
 from omnibind_ros.core.availability import SensorConfig
 from omnibind_ros.core.backends import BACKENDS
 from omnibind_ros.core.modalities import MODALITY_SPECS, parse_modality
+from omnibind_ros.core.recognizer import FusionSettings
 from omnibind_ros.ros.conversions import conversion_for
 from omnibind_ros.ros.qos import PROFILES, qos_for_modality, qos_from_name
 
 __all__ = [
-    "GLOBAL_PARAMS", "SENSOR_KEYS", "FusionParams", "ParamSpec", "SensorParams",
+    "GLOBAL_PARAMS", "SENSOR_KEYS", "ParamSpec", "SensorParams",
     "declare_globals", "declare_sensor", "read_fusion", "read_sensor", "sensor_param",
     "validate_update",
 ]
@@ -291,23 +292,14 @@ def read_sensor(node: Any, name: str) -> SensorParams:
     return build_sensor(name, sensor_values(lambda p: _get(node, p), name))
 
 
-@dataclass(frozen=True)
-class FusionParams:
-    rate_hz: float
-    max_age_s: float
-    min_modalities: int
-    top_k: int
-    publish_embedding: bool
-    tick_on_embedding: bool = True
-
-
-def read_fusion(lookup: Callable[[str], Any]) -> FusionParams:
-    return FusionParams(rate_hz=float(lookup("fusion.rate_hz")),
-                        max_age_s=float(lookup("fusion.max_age_s")),
-                        min_modalities=int(lookup("fusion.min_modalities")),
-                        top_k=int(lookup("fusion.top_k")),
-                        publish_embedding=bool(lookup("fusion.publish_embedding")),
-                        tick_on_embedding=bool(lookup("fusion.tick_on_embedding")))
+def read_fusion(lookup: Callable[[str], Any]) -> FusionSettings:
+    """The ``fusion.*`` parameters (``lookup(name)`` gives a parameter's value)."""
+    return FusionSettings(rate_hz=float(lookup("fusion.rate_hz")),
+                          max_age_s=float(lookup("fusion.max_age_s")),
+                          min_modalities=int(lookup("fusion.min_modalities")),
+                          top_k=int(lookup("fusion.top_k")),
+                          publish_embedding=bool(lookup("fusion.publish_embedding")),
+                          tick_on_embedding=bool(lookup("fusion.tick_on_embedding")))
 
 
 def validate_update(params: Iterable[Parameter], current: Callable[[str], Any]) -> str:

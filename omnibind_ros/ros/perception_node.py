@@ -23,7 +23,7 @@ __all__ = ["PerceptionNode", "main"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("PerceptionNode", "NODE_NAME"):
+    if name == "PerceptionNode":
         from omnibind_ros.ros import perception_lifecycle
 
         return getattr(perception_lifecycle, name)

@@ -1,4 +1,4 @@
-"""The offline evaluator's worker processes give exactly the in-process (threads) results.
+"""The parallel path (sensor stages in worker processes) gives exactly the reference's results.
 
 Same short bag and tiny bundle as ``test_bag_offline`` (its helpers build them). The workers
 are separate interpreters: an encoder failure is injected there with a picklable backend
@@ -82,7 +82,7 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_processes_match_threads(setup: dict[str, Any], tmp_path: Path) -> None:
+def test_processes_match_the_reference(setup: dict[str, Any], tmp_path: Path) -> None:
     """processes=2 and processes=0 give the same report (JSON minus timing) and ticks."""
     from omnibind_ros.bag.offline import evaluate_offline
     from omnibind_ros.bag.report import write_report
@@ -102,65 +102,50 @@ def test_processes_match_threads(setup: dict[str, Any], tmp_path: Path) -> None:
     assert docs[0]["ticks"].read_text() == docs[2]["ticks"].read_text()
     strip = [[dataclasses.replace(t, latency_s=None) for t in r.ticks] for r in results.values()]
     assert strip[0] == strip[1] and len(strip[0]) >= 35
-    # encode_all in workers: the same ticks again, more samples encoded
-    every = evaluate_offline(setup["bag"], processes=2, encode_all=True, **kwargs)
-    assert [dataclasses.replace(t, latency_s=None) for t in every.ticks] == strip[0]
-    assert every.states == results[0].states
-    assert sum(v["encoded"] for v in every.extra["sensors"].values()) > \
-        sum(v["encoded"] for v in results[2].extra["sensors"].values())
+    assert results[0].states == results[2].states
 
 
 def test_encoder_failures_in_workers(setup: dict[str, Any]) -> None:
-    """A failing encoder inside the workers: the same ticks and states as in-process, lazily
-    (pass 2 replays windows) and with encode_all; the workers are gone afterwards."""
-    from omnibind_ros.bag.config import load_node_config
-    from omnibind_ros.bag.offline import OfflineEvaluator, _backend_for
-    from omnibind_ros.bag.reader import iter_messages
-    from omnibind_ros.core.backends import create_backend
-    from omnibind_ros.core.bundle import load_bundle
+    """A failing encoder inside the workers: the same ticks and states as in the reference."""
+    from omnibind_ros.bag.offline import evaluate_offline
 
-    messages = list(iter_messages(setup["bag"]))
+    kwargs = dict(bundle=setup["bundle"], config=setup["config"], progress=False,
+                  backend_wrapper=FailingImageEncoder)
+    runs = {p: evaluate_offline(setup["bag"], processes=p, **kwargs) for p in (0, 2)}
+    ticks = [[dataclasses.replace(t, latency_s=None) for t in r.ticks] for r in runs.values()]
+    assert ticks[0] == ticks[1] and runs[0].states == runs[2].states
+    camera = [c for c in runs[2].states if c.sensor == "camera"]
+    assert any(c.state == "DEGRADED" and "non-finite" in c.reason for c in camera)
+
+
+def _parallel(setup: dict[str, Any], wrapper: Any = None) -> tuple[Any, Any]:
+    """Started and configured worker processes, and a fresh replay of the bag."""
+    from omnibind_ros.bag.config import load_node_config
+    from omnibind_ros.bag.parallel import ParallelStages, backend_for
+    from omnibind_ros.bag.reader import open_info
+    from omnibind_ros.bag.replay import BagReplay
+    from omnibind_ros.core.bundle import load_bundle
+    from omnibind_ros.core.labels import resolve_labels
+    from omnibind_ros.core.recognizer import build_fusion_tick
+
     cfg = load_node_config(setup["config"])
     bundle = load_bundle(setup["bundle"])
-    runs, replayed = {}, {}
-    for processes in (0, 2):
-        for encode_all in (True, False):
-            if processes:
-                backend = _backend_for("onnxruntime", bundle, (), fusion=True, text=True)
-            else:
-                backend = FailingImageEncoder(create_backend("onnxruntime", bundle, threads=1))
-            evaluator = OfflineEvaluator(cfg, bundle, backend, threads=2, encode_all=encode_all,
-                                         processes=processes,
-                                         backend_wrapper=FailingImageEncoder)
-            pids = [w.proc.pid for w in evaluator._workers]
-            assert len(pids) == processes
-            try:
-                ticks, states, _ = evaluator.run(messages, messages[0].log_time_ns)
-            finally:
-                evaluator.close()
-            assert all(_gone(pid) for pid in pids)
-            runs[processes, encode_all] = ([dataclasses.replace(t, latency_s=None)
-                                            for t in ticks], states)
-            replayed[processes, encode_all] = evaluator.timing["windows_replayed"]
-    for encode_all in (True, False):
-        assert runs[2, encode_all] == runs[0, encode_all]
-        assert replayed[2, encode_all] == replayed[0, encode_all]
-    assert replayed[2, False] > 0 and replayed[2, True] == 0
-    camera = [c for c in runs[2, True][1] if c.sensor == "camera"]
-    assert any(c.state == "DEGRADED" and "non-finite" in c.reason for c in camera)
+    info = open_info(setup["bag"])
+    topics = {s.topic: s.name for s in cfg.sensors}
+    parallel = ParallelStages.start(cfg, 2, info, topics)
+    parallel.configure(bundle, "onnxruntime", wrapper)
+    backend = backend_for("onnxruntime", bundle, (), fusion=True, text=True)
+    labels = resolve_labels(bundle, backend, cfg.label_names, cfg.label_file)
+    replay = BagReplay(cfg, build_fusion_tick(bundle, backend, cfg.fusion, *labels),
+                       info.start_ns)
+    return parallel, replay
 
 
 def test_workers_end_with_the_run(setup: dict[str, Any]) -> None:
     """An exception out of the message iterator (as Ctrl-C) ends the workers at once; a worker
     that fails to set up is a BagEvalError with its traceback."""
-    from omnibind_ros.bag.config import load_node_config
-    from omnibind_ros.bag.offline import BagEvalError, OfflineEvaluator, _backend_for
+    from omnibind_ros.bag.errors import BagEvalError
     from omnibind_ros.bag.reader import iter_messages
-    from omnibind_ros.core.bundle import load_bundle
-
-    cfg = load_node_config(setup["config"])
-    bundle = load_bundle(setup["bundle"])
-    backend = _backend_for("onnxruntime", bundle, (), fusion=True, text=True)
 
     def interrupted() -> Any:
         for i, m in enumerate(iter_messages(setup["bag"])):
@@ -168,27 +153,26 @@ def test_workers_end_with_the_run(setup: dict[str, Any]) -> None:
                 raise Stop
             yield m
 
-    evaluator = OfflineEvaluator(cfg, bundle, backend, processes=2)
-    pids = [w.proc.pid for w in evaluator._workers]
+    parallel, replay = _parallel(setup)
+    pids = [w.proc.pid for w in parallel.workers]
     with pytest.raises(Stop):
         try:
-            evaluator.run(interrupted(), bundle_start(setup["bag"]))
+            parallel.run(interrupted(), _topics(setup), replay)
         finally:
-            evaluator.close()
+            parallel.close()
     assert len(pids) == 2 and all(_gone(pid) for pid in pids)
 
-    evaluator = OfflineEvaluator(cfg, bundle, backend, processes=2,
-                                 backend_wrapper=BrokenBackend)
-    pids = [w.proc.pid for w in evaluator._workers]
+    parallel, replay = _parallel(setup, BrokenBackend)
+    pids = [w.proc.pid for w in parallel.workers]
     with pytest.raises(BagEvalError, match="no backend for you"):
         try:
-            evaluator.run(iter_messages(setup["bag"]), bundle_start(setup["bag"]))
+            parallel.run(iter_messages(setup["bag"]), _topics(setup), replay)
         finally:
-            evaluator.close()
+            parallel.close()
     assert all(_gone(pid) for pid in pids)
 
 
-def bundle_start(bag: Path) -> int:
-    from omnibind_ros.bag.reader import open_info
+def _topics(setup: dict[str, Any]) -> dict[str, str]:
+    from omnibind_ros.bag.config import load_node_config
 
-    return open_info(bag).start_ns
+    return {s.topic: s.name for s in load_node_config(setup["config"]).sensors}

@@ -116,7 +116,7 @@ class Harness:
         return self.helper.get_clock().now().nanoseconds * 1e-9
 
     def publisher(self, name: str, modality: str, topic: str) -> Any:
-        from omnibind_ros.ros.perception_lifecycle import message_class
+        from omnibind_ros.ros.interfaces import message_class
 
         mtype = {"image": "sensor_msgs/msg/Image", "thermal": "sensor_msgs/msg/Image",
                  "point_cloud": "sensor_msgs/msg/PointCloud2",
@@ -319,8 +319,8 @@ def test_min_modalities_not_met_publishes_no_answer_and_says_why(make_harness) -
                        **{"fusion.min_modalities": 2})
     assert h.wait(lambda: h.state_of("camera") == "LIVE")
     assert h.wait(lambda: h.recognitions and not h.recognitions[-1].best_label
-                  and h.node._last_result is not None)
-    assert "min_modalities" in h.node._last_result.no_answer_reason
+                  and h.node.engine.last_result is not None)
+    assert "min_modalities" in h.node.engine.last_result.no_answer_reason
 
     def fusion_message() -> str:
         for arr in reversed(h.diags):
@@ -416,7 +416,7 @@ def test_audio_chunks_are_streamed_and_encoded_at_the_encode_rate(make_harness) 
     sensors = {"mic": ("audio", "/t/mic", "omnibind_ros/msg/AudioChunk")}
     h = active_harness(make_harness, sensors, **{"sensors.mic.encode_rate_hz": 5.0})
     h.publish_for(1.2, rate_hz=50.0)
-    worker = h.node._sensors["mic"].worker
+    worker = h.node.sensor_worker("mic")
     assert worker.received >= 20
     assert 2 <= worker.encoded <= 9  # ~5 Hz over ~1.2 s, not one per chunk
     assert h.wait(lambda: h.recognitions and list(h.recognitions[-1].sensors) == ["mic"])
@@ -430,7 +430,7 @@ def test_changing_labels_at_runtime_re_embeds_them(make_harness) -> None:
     labels = ["red apple", "blue chair"]
     assert h.node.set_parameters([Parameter("labels.names", Parameter.Type.STRING_ARRAY,
                                             labels)])[0].successful
-    assert list(h.node._fusion.label_names) == labels
+    assert list(h.node.engine.fusion.label_names) == labels
     assert h.wait(lambda: h.recognitions[-1].best_label in labels
                   and set(h.recognitions[-1].top_labels) == set(labels))
 

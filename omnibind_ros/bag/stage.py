@@ -1,0 +1,102 @@
+"""One sensor of a bag evaluation: its recorded messages turned into outcomes, as the node would.
+
+:class:`BagSensor` deserializes a message's CDR bytes into the installed message class (the
+object the node's subscription callback gets), takes its stamp as the node does (the header
+stamp, or the arrival time for header-less messages such as operator text), and runs the
+sensor's :class:`~omnibind_ros.core.pipeline.SensorStage` at the message's log time (the
+arrival time of an infinitely fast machine): conversion, preprocessing and encoding. A message
+that does not deserialize is counted and dropped (the middleware would drop it), never reported.
+
+It runs in the evaluating process (the reference path) and in the worker processes of the
+parallel path alike.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from omnibind_ros.core.pipeline import SampleOutcome, SensorStage, make_pipeline
+
+__all__ = ["BagSensor", "StagedMessage", "stamp_of"]
+
+NS = 1_000_000_000
+
+
+def stamp_of(msg: Any, log_ns: int) -> int:
+    """A message's stamp in ns: its header stamp, or its log time without a header."""
+    header = getattr(msg, "header", None)
+    if header is None:
+        return log_ns
+    return int(header.stamp.sec) * NS + int(header.stamp.nanosec)
+
+
+@dataclass(frozen=True)
+class StagedMessage:
+    """A sensor message after its stage: what the engine hears, and what it cost.
+
+    index, log_ns : the message's position in the bag and its log time.
+    stamp_ns : its stamp (the outcome carries the same time in the engine's unit).
+    outcome : see :class:`~omnibind_ros.core.pipeline.SampleOutcome`.
+    cost_s : wall seconds of deserialization, conversion, preprocessing and encoding.
+    """
+
+    index: int
+    log_ns: int
+    stamp_ns: int
+    outcome: SampleOutcome
+    cost_s: float
+
+
+class BagSensor:
+    """The stage of one configured sensor (see the module docstring).
+
+    Parameters
+    ----------
+    cfg : the sensor's parameters (``ros.params.SensorParams``).
+    bundle, backend : the model bundle and a backend with this sensor's encoder.
+    """
+
+    def __init__(self, cfg: Any, bundle: Any, backend: Any) -> None:
+        from omnibind_ros.ros.conversions import conversion_for
+        from omnibind_ros.ros.interfaces import message_class
+
+        self.cfg = cfg
+        self.msg_class = message_class(cfg.message_type)
+        self.stage = SensorStage(conversion_for(cfg.modality, cfg.message_type),
+                                 make_pipeline(cfg.modality, bundle, backend),
+                                 cfg.encode_rate_hz)
+        self.received = self.undecodable = self.encoded = 0
+        self.first_error = ""
+
+    def process(self, index: int, log_ns: int, rawdata: bytes) -> StagedMessage | None:
+        """One message; None if it does not deserialize."""
+        from rclpy.serialization import deserialize_message
+
+        start = time.perf_counter()
+        self.received += 1
+        try:
+            msg = deserialize_message(rawdata, self.msg_class)
+        except Exception as exc:  # noqa: BLE001  (the middleware drops what it cannot decode)
+            self.undecodable += 1
+            self.first_error = self.first_error or f"message {index}: {exc}"
+            return None
+        stamp_ns = stamp_of(msg, log_ns)
+        # The node's clock is in float seconds: the stamp as its callback computes it.
+        header = getattr(msg, "header", None)
+        stamp_s = log_ns * 1e-9 if header is None else (
+            header.stamp.sec + header.stamp.nanosec * 1e-9)
+        outcome = self.stage.process(msg, stamp_s, log_ns * 1e-9)
+        if outcome.kind == "embedding":
+            self.encoded += 1
+        return StagedMessage(index, log_ns, stamp_ns, outcome, time.perf_counter() - start)
+
+    def counters(self) -> dict[str, Any]:
+        """Messages received, undecodable and encoded, and the first decoding error."""
+        return {"received": self.received, "undecodable": self.undecodable,
+                "encoded": self.encoded, "first_error": self.first_error}
+
+    @staticmethod
+    def no_counters() -> dict[str, Any]:
+        """The counters of a sensor that received nothing."""
+        return {"received": 0, "undecodable": 0, "encoded": 0, "first_error": ""}

@@ -1,0 +1,218 @@
+"""One sensor's path from a converted message to an embedding, and the rules that judge it.
+
+:class:`Pipeline` is how a payload becomes an embedding (preprocessing and encoder, both from the
+bundle). :class:`SensorStage` adds the rules applied to every message of one sensor, without any
+thread: stamp order, conversion (and the streaming push for audio), the ``encode_rate_hz``
+throttle, then the model input and the embedding checks. It turns each message into a
+:class:`SampleOutcome` that says what the availability monitor should hear:
+
+* ``"bad"``: the message failed conversion, preprocessing or encoding, or its stamp is not newer
+  than the previous one (a bad sample, with the reason);
+* ``"valid"``: a valid sample that is not encoded (the encode-rate throttle skipped it, or a newer
+  message replaced it while it waited for a busy encoder): the monitor judges the *sensor's*
+  rate, not the encoder's;
+* ``"embedding"``: a valid sample and its unit embedding.
+
+The same stage runs inside the node's threaded :class:`~omnibind_ros.core.sensor_worker.
+SensorWorker`, inline in the offline bag evaluation, and in its worker processes, so a bag is
+judged by exactly the rules the node applies.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from omnibind_ros.core.errors import PreprocessError
+from omnibind_ros.core.preprocess import build_preprocessor
+
+__all__ = ["Admission", "Pipeline", "SampleOutcome", "SensorStage", "StageHook", "bad_reason",
+           "checked_embedding", "error_reason", "make_pipeline"]
+
+#: ``hook(key, seconds)``: receives stage timings (``"<modality>/preprocess"``,
+#: ``"<modality>/encode"``, ...) when a caller (a benchmark) installs one; None costs nothing.
+StageHook = Callable[[str, float], None]
+
+
+class Pipeline:
+    """How one sensor's payload becomes an embedding (built from the bundle, nothing hard-coded).
+
+    Attributes
+    ----------
+    modality : the modality registry key.
+    preprocessor : the per-sensor preprocessor object (stateful for audio and tactile).
+    streaming : the preprocessor accumulates payloads (audio); see :meth:`push` /
+        :meth:`features`.
+    hook : optional :data:`StageHook` timing ``preprocess`` and ``encode``.
+    """
+
+    def __init__(self, modality: str, preprocessor: Any, backend: Any,
+                 hook: StageHook | None = None) -> None:
+        self.modality = modality
+        self.preprocessor = preprocessor
+        self.streaming = modality == "audio"
+        self.hook = hook
+        self._backend = backend
+
+    def encode(self, model_input: Any) -> np.ndarray:
+        """Model input -> unit embedding float32 ``[D]``."""
+        start = time.perf_counter()
+        if self.modality == "text":
+            out = self._backend.embed_text([model_input])[0]
+        else:
+            out = self._backend.encode(self.modality, np.asarray(model_input)[None])[0]
+        self._timed("encode", start)
+        return out
+
+    def preprocess(self, payload: Any) -> Any:
+        """Payload -> model input (not for streaming sensors)."""
+        start = time.perf_counter()
+        if self.modality == "image":  # converters return DecodedImage for image topics
+            out = self.preprocessor(payload.image, channel_order=payload.channel_order)
+        else:
+            out = self.preprocessor(payload)
+        self._timed("preprocess", start)
+        return out
+
+    def push(self, payload: Any) -> None:
+        """Feed one chunk into a streaming preprocessor."""
+        self.preprocessor.push(payload)
+
+    def features(self) -> Any:
+        """The current window of a streaming preprocessor as a model input."""
+        start = time.perf_counter()
+        out = self.preprocessor.features()
+        self._timed("preprocess", start)
+        return out
+
+    def _timed(self, stage: str, start: float) -> None:
+        if self.hook is not None:
+            self.hook(f"{self.modality}/{stage}", time.perf_counter() - start)
+
+
+def make_pipeline(modality: str, bundle: Any, backend: Any,
+                  hook: StageHook | None = None) -> Pipeline:
+    """A fresh pipeline (one per sensor: audio and tactile preprocessors keep state)."""
+    configs = bundle.preprocess_configs
+    if modality not in configs:
+        raise ValueError(f"the model bundle {bundle.root} has no {modality} encoder; it has "
+                         f"{sorted(configs)}")
+    return Pipeline(modality, build_preprocessor(modality, configs[modality]), backend, hook)
+
+
+def error_reason(exc: BaseException) -> str:
+    """How an exception is named in a bad-sample reason."""
+    if isinstance(exc, PreprocessError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"unexpected {type(exc).__name__}: {exc}"
+
+
+def bad_reason(exc: BaseException) -> str:
+    """How a failed conversion, preprocessing or encoding is reported (a bad sample)."""
+    return error_reason(exc) + "; message dropped"
+
+
+def checked_embedding(embedding: Any) -> np.ndarray:
+    """An encoder output as float32 ``[D]``; ValueError if non-finite or mis-shaped."""
+    embedding = np.asarray(embedding, dtype=np.float32)
+    if embedding.ndim != 1 or not np.isfinite(embedding).all():
+        raise ValueError(f"encoder returned a non-finite or mis-shaped embedding "
+                         f"{list(embedding.shape)}")
+    return embedding
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What :meth:`SensorStage.admit` decided about one message.
+
+    kind : "bad" (report ``reason`` as a bad sample), "valid" (a valid sample that is not
+        encoded: the encode-rate throttle skipped it) or "due" (preprocess and encode
+        ``payload``; its validity depends on that).
+    """
+
+    kind: str
+    reason: str = ""
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class SampleOutcome:
+    """What one message of a sensor amounts to (see the module docstring).
+
+    kind : "bad", "valid" or "embedding".
+    stamp_s : the message's stamp (header stamp, or the arrival time without a header).
+    reason : why it is bad ("" otherwise).
+    embedding : float32 ``[D]`` for "embedding", else None.
+    """
+
+    kind: str
+    stamp_s: float
+    reason: str = ""
+    embedding: np.ndarray | None = None
+
+
+class SensorStage:
+    """The per-message rules of one sensor, without threads (see the module docstring).
+
+    :meth:`admit` is the cheap part a subscription callback runs; :meth:`encode` the expensive
+    part an encoder thread runs; :meth:`process` both, for callers without threads.
+
+    Parameters
+    ----------
+    convert : ``msg -> payload``.
+    pipeline : the sensor's :class:`Pipeline`.
+    encode_rate_hz : encode at most this often (arrival time); 0 = every message.
+    """
+
+    def __init__(self, convert: Callable[[Any], Any], pipeline: Pipeline,
+                 encode_rate_hz: float = 0.0) -> None:
+        self.convert = convert
+        self.pipeline = pipeline
+        self.encode_period_s = 1.0 / encode_rate_hz if encode_rate_hz > 0 else 0.0
+        self.last_stamp: float | None = None
+        self.last_submit: float | None = None
+        self._lock = threading.Lock()  # streaming preprocessor: callback pushes, encoder reads
+
+    def admit(self, msg: Any, stamp_s: float, arrival_s: float) -> Admission:
+        """Stamp order, conversion (and the streaming push), encode-rate throttle."""
+        if self.last_stamp is not None and stamp_s <= self.last_stamp:
+            return Admission("bad", f"stamp {stamp_s:.3f} not newer than the previous "
+                             f"{self.last_stamp:.3f} (out of order or duplicate); message dropped")
+        try:
+            payload = self.convert(msg)
+            if self.pipeline.streaming:
+                with self._lock:
+                    self.pipeline.push(payload)
+        except Exception as exc:  # noqa: BLE001  (a bad message must never kill the node)
+            return Admission("bad", bad_reason(exc))
+        self.last_stamp = stamp_s
+        due = (self.last_submit is None or self.encode_period_s == 0.0
+               or arrival_s - self.last_submit >= self.encode_period_s)
+        if not due:
+            return Admission("valid")
+        self.last_submit = arrival_s
+        return Admission("due", payload=payload)
+
+    def encode(self, payload: Any, stamp_s: float) -> SampleOutcome:
+        """A due payload's embedding (streaming sensors: the current window), or a bad sample."""
+        try:
+            if self.pipeline.streaming:
+                with self._lock:
+                    model_input = self.pipeline.features()
+            else:
+                model_input = self.pipeline.preprocess(payload)
+            embedding = checked_embedding(self.pipeline.encode(model_input))
+        except Exception as exc:  # noqa: BLE001
+            return SampleOutcome("bad", stamp_s, bad_reason(exc))
+        return SampleOutcome("embedding", stamp_s, embedding=embedding)
+
+    def process(self, msg: Any, stamp_s: float, arrival_s: float) -> SampleOutcome:
+        """:meth:`admit` then, for a due message, :meth:`encode`."""
+        admission = self.admit(msg, stamp_s, arrival_s)
+        if admission.kind == "due":
+            return self.encode(admission.payload, stamp_s)
+        return SampleOutcome(admission.kind, stamp_s, admission.reason)

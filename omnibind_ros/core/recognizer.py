@@ -1,0 +1,311 @@
+"""The recognition engine: the runtime path from samples to recognitions, written once.
+
+A :class:`Recognizer` owns the availability monitor, the latest embedding of every sensor, the
+tick scheduler, the fusion tick and the last result. Its callers feed it events and timers with
+a clock they inject:
+
+* ``on_sample`` / ``on_bad_sample`` / ``on_embedding``: what a sensor's messages amount to
+  (delivered by :class:`~omnibind_ros.core.sensor_worker.SampleReporter`);
+* ``on_fusion_timer``: the heartbeat timer, every :attr:`Recognizer.timer_period_s`;
+* ``on_monitor_timer``: the availability monitor's evaluation, every ``1 / MONITOR_RATE_HZ``;
+* ``add_sensor`` / ``remove_sensor`` / ``set_enabled`` / ``on_publisher_count``: configuration
+  and the ROS graph.
+
+Every tick's result goes to ``on_result`` (and a failed tick's exception to ``on_tick_error``),
+whatever started it. The perception node (threads, ROS clock), offline bag evaluation (one
+thread, the bag clock), and through the node the live bag evaluation, ``omnibind-bringup`` and
+the benchmarks all run this class, so they cannot drift apart.
+
+When a tick runs (:class:`~omnibind_ros.core.fusion.TickScheduler` decides; these are the
+triggers it is asked about):
+
+* a new embedding: it *joins* fusion when its sensor is fusable but was not fused in the
+  previous tick, and it is the *freshest* evidence when its stamp is the newest of the fusable
+  sensors' embeddings;
+* a sensor fused in the previous tick changes state (the monitor evaluation reports it);
+* the heartbeat timer.
+
+Thread safety: every method may be called from any thread; one lock serialises ticks and
+configuration, and the monitor reads the clock inside its own lock.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from omnibind_ros.core.availability import AvailabilityMonitor, SensorConfig, Transition
+from omnibind_ros.core.fusion import (
+    EmbeddingSlot,
+    FusionResult,
+    FusionTick,
+    LatestEmbeddings,
+    TickScheduler,
+)
+from omnibind_ros.core.pipeline import StageHook
+
+__all__ = ["CLOCK_JUMP_TOLERANCE_S", "MONITOR_RATE_HZ", "FusionSettings", "MonitorUpdate",
+           "Recognizer", "build_fusion_tick", "logit_scale_of"]
+
+#: How often the monitor is evaluated (state changes are reported when seen, so this bounds the
+#: delay of a STALE/LOST report beyond its deadline).
+MONITOR_RATE_HZ = 20.0
+#: Backward clock steps smaller than this are reordering between threads, not a jump. A real
+#: jump back (looping bag, simulator reset) is seconds; this only absorbs sim-time jitter.
+CLOCK_JUMP_TOLERANCE_S = 1.0
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """The ``fusion.*`` parameters of the perception node.
+
+    rate_hz : nominal tick rate (see :class:`~omnibind_ros.core.fusion.TickScheduler`).
+    max_age_s : oldest sample that may be fused.
+    min_modalities : distinct modalities needed for an answer.
+    top_k : labels per answer.
+    publish_embedding : put the fused embedding into the Recognition message.
+    tick_on_embedding : tick on fresh evidence (else on the timer only).
+    """
+
+    rate_hz: float = 10.0
+    max_age_s: float = 1.0
+    min_modalities: int = 1
+    top_k: int = 5
+    publish_embedding: bool = False
+    tick_on_embedding: bool = True
+
+
+def logit_scale_of(bundle: Any) -> float:
+    """The bundle's logit scale (multiplier of the cosines)."""
+    # Bundles of format 1 carry no scale yet; 100 is CLIP's (exp of its learned 4.6052).
+    labels = bundle.manifest.get("labels")
+    scale = labels.get("logit_scale") if isinstance(labels, dict) else None
+    return float(scale or bundle.manifest.get("logit_scale") or 100.0)
+
+
+def build_fusion_tick(bundle: Any, backend: Any, settings: FusionSettings,
+                      label_names: Sequence[str], label_embeddings: np.ndarray) -> FusionTick:
+    """The FusionTick of a bundle, a backend on it, the fusion settings and a label set."""
+    pad_to = bundle.fusion.max_tokens if bundle.fusion is not None else None
+    return FusionTick(backend.fuse, label_names, label_embeddings, logit_scale_of(bundle),
+                      max_age_s=settings.max_age_s, top_k=settings.top_k,
+                      min_modalities=settings.min_modalities, pad_to=pad_to)
+
+
+@dataclass(frozen=True)
+class MonitorUpdate:
+    """What one monitor evaluation found.
+
+    transitions : sensor state changes since the previous evaluation, in order.
+    clock_reset : the clock jumped back since then (history and embeddings were dropped).
+    """
+
+    transitions: tuple[Transition, ...]
+    clock_reset: bool = False
+
+
+ResultListener = Callable[[FusionResult], None]
+ErrorListener = Callable[[Exception], None]
+
+
+class Recognizer:
+    """The engine (see the module docstring).
+
+    Parameters
+    ----------
+    fusion : the fusion tick (:func:`build_fusion_tick`).
+    clock : ``() -> now`` in seconds on the caller's clock (node clock, bag clock).
+    rate_hz, tick_on_embedding : the tick schedule (:class:`TickScheduler`).
+    on_result : receives every tick's result (outside the engine's lock).
+    on_tick_error : receives the exception of a tick that failed (the previous result stays).
+    hook : optional stage timings: ``"fusion/tick"`` (one tick, s) and
+        ``"<sensor>/stamp_to_embedding"`` (clock at storing minus the sample's stamp).
+    """
+
+    def __init__(self, fusion: FusionTick, *, clock: Callable[[], float],
+                 rate_hz: float = 10.0, tick_on_embedding: bool = True,
+                 on_result: ResultListener | None = None,
+                 on_tick_error: ErrorListener | None = None,
+                 hook: StageHook | None = None) -> None:
+        self._lock = threading.RLock()
+        self._clock = clock
+        self.monitor = AvailabilityMonitor(clock_jump_tolerance_s=CLOCK_JUMP_TOLERANCE_S,
+                                           clock=clock)
+        self.store = LatestEmbeddings()
+        self._fusion = fusion
+        self._scheduler = TickScheduler(rate_hz, tick_on_embedding)
+        self._modalities: dict[str, str] = {}
+        self._last: FusionResult | None = None
+        self._clock_resets = 0
+        self.on_result = on_result
+        self.on_tick_error = on_tick_error
+        self.hook = hook
+        #: False stops every tick (the node while inactive); samples are still recorded.
+        self.ticking = True
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def fusion(self) -> FusionTick:
+        return self._fusion
+
+    @property
+    def scheduler(self) -> TickScheduler:
+        return self._scheduler
+
+    @property
+    def timer_period_s(self) -> float:
+        """Period of :meth:`on_fusion_timer` calls (0: the schedule needs no timer)."""
+        return self._scheduler.timer_period_s
+
+    @property
+    def last_result(self) -> FusionResult | None:
+        """The newest successful tick's result."""
+        return self._last
+
+    @property
+    def sensor_names(self) -> tuple[str, ...]:
+        return self.monitor.sensor_names
+
+    def set_fusion(self, fusion: FusionTick) -> None:
+        """Replace the fusion tick (new labels, max age, top-k...)."""
+        with self._lock:
+            self._fusion = fusion
+
+    def set_schedule(self, rate_hz: float, tick_on_embedding: bool = True) -> None:
+        """Replace the tick schedule (the caller re-creates its timer: :attr:`timer_period_s`)."""
+        with self._lock:
+            self._scheduler = TickScheduler(rate_hz, tick_on_embedding)
+
+    def add_sensor(self, config: SensorConfig) -> None:
+        """Start watching a sensor (its startup grace starts now)."""
+        with self._lock:
+            self.monitor.add_sensor(config)
+            self._modalities[config.name] = config.modality
+
+    def remove_sensor(self, name: str) -> None:
+        """Forget a sensor and its embedding (unknown names are ignored)."""
+        with self._lock:
+            if self._modalities.pop(name, None) is None:
+                return
+            self.monitor.remove_sensor(name)
+            self.store.remove(name)
+
+    def set_enabled(self, name: str, enabled: bool, reason: str = "disabled by operator") -> None:
+        self.monitor.set_enabled(name, enabled, None, reason)
+
+    def on_publisher_count(self, name: str, count: int) -> None:
+        """Publishers on the sensor's topic, from the ROS graph (unknown names are ignored)."""
+        try:
+            self.monitor.on_publisher_count(name, count)
+        except KeyError:
+            pass  # removed meanwhile
+
+    def clear(self) -> None:
+        """Drop every embedding and the last result (sensors and their history stay)."""
+        with self._lock:
+            self.store.clear()
+            self._last = None
+
+    # -- samples ---------------------------------------------------------------------------------
+
+    def on_sample(self, name: str, stamp_s: float) -> bool:
+        """A valid message of ``name``; whether it is the sensor's newest (False for a removed
+        sensor, a future stamp, a leftover of a vanished publisher)."""
+        try:
+            return self.monitor.on_sample(name, stamp_s)
+        except KeyError:
+            return False
+
+    def on_bad_sample(self, name: str, reason: str) -> None:
+        try:
+            self.monitor.on_bad_sample(name, None, reason)
+        except KeyError:
+            pass
+
+    def on_embedding(self, name: str, stamp_s: float, embedding: np.ndarray
+                     ) -> FusionResult | None:
+        """Store the embedding of an accepted sample; tick if the scheduler says so. Returns the
+        tick's result, or None (no tick, a failed tick, or a sensor removed meanwhile)."""
+        modality = self._modalities.get(name)
+        if modality is None:
+            return None  # removed while its last message was being encoded
+        now = self._clock()
+        if self.hook is not None:
+            self.hook(f"{name}/stamp_to_embedding", now - stamp_s)
+        self.store.put(EmbeddingSlot(name, modality, stamp_s, embedding), now)
+        return self._tick("embedding", name)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def on_fusion_timer(self) -> FusionResult | None:
+        """The heartbeat timer fired: tick if due."""
+        return self._tick("timer")
+
+    def on_monitor_timer(self) -> MonitorUpdate:
+        """Evaluate the monitor; a fused sensor that changed state ticks at once."""
+        transitions = tuple(self.monitor.update())
+        resets = self.monitor.clock_resets
+        reset = resets != self._clock_resets
+        if reset:  # sim reset or looping bag: the stored embeddings belong to the old timeline
+            self._clock_resets = resets
+            self.store.clear()
+        last = self._last
+        if last is not None and any(t.name in last.sensors for t in transitions):
+            self._tick("change")
+        return MonitorUpdate(transitions, reset)
+
+    # -- the tick --------------------------------------------------------------------------------
+
+    def _tick(self, trigger: str, sensor: str | None = None) -> FusionResult | None:
+        error: Exception | None = None
+        with self._lock:
+            if not self.ticking:
+                return None
+            fusion, scheduler = self._fusion, self._scheduler
+            now = self._clock()
+            fusable = self.monitor.fusable(None, fusion.max_age_s)  # clock read in its lock
+            if not self._due(scheduler, trigger, now, fusable, sensor):
+                return None
+            scheduler.ticked(now)
+            start = time.perf_counter()
+            try:
+                result = fusion.tick(self.store, fusable, now)
+            except Exception as exc:  # noqa: BLE001  (reported; the previous result stays)
+                error = exc
+            else:
+                self.monitor.set_in_fusion(result.sensors)
+                self._last = result
+            spent = time.perf_counter() - start
+        if self.hook is not None:
+            self.hook("fusion/tick", spent)
+        if error is not None:
+            if self.on_tick_error is not None:
+                self.on_tick_error(error)
+            return None
+        if self.on_result is not None:
+            self.on_result(result)
+        return result
+
+    def _due(self, scheduler: TickScheduler, trigger: str, now: float, fusable: list[str],
+             sensor: str | None) -> bool:
+        if trigger == "embedding":
+            last = self._last
+            joins = (sensor is not None and sensor in fusable
+                     and (last is None or sensor not in last.sensors))
+            return scheduler.embedding_due(now, joins=joins,
+                                           freshest=self._is_freshest(sensor, fusable))
+        if trigger == "change":
+            return scheduler.change_due(now)
+        return scheduler.timer_due(now)
+
+    def _is_freshest(self, sensor: str | None, fusable: list[str]) -> bool:
+        slots = self.store.snapshot()
+        own = slots.get(sensor) if sensor is not None else None
+        if own is None:
+            return False
+        return all(slots[n].stamp_s <= own.stamp_s for n in fusable if n in slots)
