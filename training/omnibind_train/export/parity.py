@@ -12,6 +12,7 @@ import torch
 
 from omnibind_ros.core.bundle import ModelBundle
 
+from ..models.build import build_torch_module
 from .components import _fusion_example, _fusion_token_count
 from .onnx_io import ExportError
 from .plan import _Plan
@@ -133,7 +134,9 @@ def _torch_weights_parity(plan: _Plan, bundle: ModelBundle, *, threads: int) -> 
     from omnibind_ros.core.backends.torch_backend import TorchBackend
 
     previous = torch.get_num_threads()
-    backend = TorchBackend(bundle, threads=threads)
+    # this package's builder, passed explicitly: the one the runtime finds through the
+    # omnibind_ros.torch_builders entry point, without depending on installed metadata
+    backend = TorchBackend(bundle, threads=threads, builder=build_torch_module)
     torch.set_num_threads(previous)  # TorchBackend sets it process-wide
     with torch.no_grad():
         diffs = [_max_diff(backend.encode(m, x.numpy()), plan.encoders[m](x))
