@@ -1,7 +1,7 @@
 """Errors of bag evaluation, shared by its offline paths."""
 from __future__ import annotations
 
-__all__ = ["BagEvalError", "WorkerFailed"]
+__all__ = ["BagEvalError", "LiveEvalError", "WorkerFailed"]
 
 
 class BagEvalError(RuntimeError):
@@ -11,3 +11,7 @@ class BagEvalError(RuntimeError):
 class WorkerFailed(BagEvalError):
     """A worker process of the parallel path failed or ended unexpectedly (the message says
     which, and the worker's traceback)."""
+
+
+class LiveEvalError(RuntimeError):
+    """Live evaluation cannot run (the node failed to configure, no mapped topic, no clock)."""

@@ -124,14 +124,15 @@ def test_eval_calls_the_evaluator_scores_and_reports(cli_bag, tmp_path, capsys, 
     csv = tmp_path / "truth.csv"
     csv.write_text("start_s,end_s,label\n0,2,wooden duck\n")
     out = tmp_path / "report"
-    argv = ["eval", str(cli_bag), "--out", str(out), "--truth-csv", str(csv), "--threads", "3",
+    argv = ["eval", str(cli_bag), "--out", str(out), "--truth-csv", str(csv),
             "--no-plots", "--no-progress", "--truth-topic", "/gt"]
-    if live:
-        argv += ["--live", "--rate", "2"]
+    argv += ["--live", "--rate", "2", "--threads", "3"] if live else ["--processes", "3"]
     assert main(argv) == EXIT_CORRUPT
     (bag, kwargs), = calls
     assert Path(bag) == cli_bag
-    assert kwargs["truth_csv"] == csv and kwargs["threads"] == 3
+    assert kwargs["truth_csv"] == csv
+    assert kwargs.get("threads") == (3 if live else None)
+    assert kwargs.get("processes") == (None if live else 3)
     assert kwargs["truth_topic"] == "/gt" and kwargs["progress"] is False
     assert kwargs["bundle"] is None and kwargs["config"] is None
     assert kwargs.get("rate") == (2.0 if live else None)
@@ -151,6 +152,13 @@ def test_eval_calls_the_evaluator_scores_and_reports(cli_bag, tmp_path, capsys, 
     report = json.loads((out / "report.json").read_text())
     assert json.dumps(report).count("camera unplugged") >= 1
     assert (out / "report.md").is_file()
+
+
+@pytest.mark.parametrize("argv", [["--threads", "2"], ["--live", "--processes", "2"],
+                                  ["--processes", "-1"], ["--rate", "2"]])
+def test_eval_options_of_the_other_mode_are_usage_errors(cli_bag, capsys, argv) -> None:
+    assert main(["eval", str(cli_bag), "--no-progress", *argv]) == EXIT_USAGE
+    assert "applies to" in capsys.readouterr().err
 
 
 def test_eval_without_a_mapped_topic_exits_2(cli_bag, tmp_path, capsys) -> None:

@@ -20,13 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from omnibind_ros.bag.live import (
-    CLOCK_PERIOD_NS,
-    _Received,
-    header_stamp_ns,
-    state_changes,
-    tick_records,
-)
+from omnibind_ros.bag.live_recorder import Received, state_changes, tick_records
+from omnibind_ros.bag.player import CLOCK_PERIOD_NS, header_stamp_ns
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -36,8 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 # -- ROS-free: recorder data -> records --------------------------------------------------------
 
 def _rec(clock_s: float, stamp_s: float, label: str = "mug", wall: float = 0.0,
-         sensors: tuple[str, ...] = ("camera",)) -> _Received:
-    return _Received(clock_ns=T0 + round(clock_s * S), wall=wall,
+         sensors: tuple[str, ...] = ("camera",)) -> Received:
+    return Received(clock_ns=T0 + round(clock_s * S), wall=wall,
                      stamp_ns=T0 + round(stamp_s * S), best_label=label,
                      best_score=0.5 if label else 0.0, top_labels=(label,) if label else (),
                      sensors=sensors if label else (),
