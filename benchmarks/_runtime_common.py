@@ -1,9 +1,10 @@
 """Shared pieces of ``benchmarks/bench_runtime.py``: probes, instrumentation, baseline, children.
 
 Imports rclpy, so import it only after ``omnibind_ros.ros.env.ensure_safe_ros_env()`` (the import
-refuses to run otherwise). Nothing here edits the nodes under test: per-stage timings come from
-wrapping their methods in the benchmark's own process (:func:`instrument_perception`,
-:func:`instrument_sim`), which costs a few microseconds per call.
+refuses to run otherwise). Nothing here edits the nodes under test: the perception node's
+per-stage timings come from the stage hook it takes (``PerceptionNode(hook=...)``, handed to its
+sensor workers, pipelines and engine); the simulator's from wrapping its methods in the
+benchmark's own process (:func:`instrument_sim`). Either costs a few microseconds per call.
 
 Clocks: every node runs on ROS system time (``CLOCK_REALTIME``), the clock of ``time.time_ns()``,
 so "receive time minus header stamp" compares two readings of one clock, also across processes.
@@ -30,7 +31,7 @@ if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST":
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 import yaml  # noqa: E402
-from omnibind_ros.msg import ModalityPrediction, Recognition  # noqa: E402
+from omnibind_ros.msg import Recognition  # noqa: E402
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
@@ -162,6 +163,17 @@ class StageRecorder:
     def snapshot(self) -> dict[str, list[tuple[int, float]]]:
         return {key: list(values) for key, values in list(self.data.items())}
 
+    def hook(self, key: str, seconds: float) -> None:
+        """The perception node's stage hook (``PerceptionNode(hook=...)``): seconds -> ms.
+
+        Keys: ``<sensor>/stamp_to_callback`` (header stamp -> subscription callback: the
+        sensor's own stamp offset + transport + executor dispatch), ``<sensor>/queue_wait``
+        (callback -> worker picks it up), ``<modality>/preprocess``, ``<modality>/encode``,
+        ``<sensor>/stamp_to_embedding`` (stamp -> embedding stored), ``fusion/tick`` (one tick:
+        select, fuse, classify, publish).
+        """
+        self.add(key, seconds * 1e3)
+
 
 def window_values(samples: Sequence[Sequence[float]], start_ns: int, end_ns: int) -> list[float]:
     return [v for t, v in samples if start_ns <= t <= end_ns]
@@ -213,86 +225,6 @@ def records_between(records: Sequence[RecognitionRecord], start_ns: int,
 
 
 # -- instrumentation (wrappers; the node files stay untouched) -----------------------------------
-
-def instrument_perception(rec: StageRecorder) -> None:
-    """Time the perception node's stages by wrapping its methods (call before building it).
-
-    Keys: ``<sensor>/stamp_to_callback`` (header stamp -> subscription callback: the sensor's
-    own stamp offset + transport + executor dispatch), ``<sensor>/queue_wait`` (callback ->
-    worker picks it up), ``<modality>/preprocess``, ``<modality>/encode``,
-    ``<sensor>/stamp_to_embedding`` (stamp -> embedding stored), ``fusion/tick`` (one tick:
-    select, fuse, classify, publish).
-    """
-    from omnibind_ros.ros import perception_lifecycle as pl
-    from omnibind_ros.ros import sensor_worker as sw
-
-    worker, pipeline, node = sw.SensorWorker, sw.Pipeline, pl.PerceptionNode
-    if getattr(worker, "_bench_patched", False):
-        return
-    worker._bench_patched = True
-    submit, process = worker.submit, worker._process
-
-    def submit_timed(self: Any, msg: Any, stamp_s: float, arrival_s: float) -> None:
-        rec.add(f"{self.name}/stamp_to_callback", (arrival_s - stamp_s) * 1e3)
-        arrivals = self.__dict__.setdefault("_bench_arrivals", {})
-        if len(arrivals) > 64:  # superseded messages are never processed: bound the map
-            arrivals.clear()
-        arrivals[stamp_s] = time.time()
-        submit(self, msg, stamp_s, arrival_s)
-
-    def process_timed(self: Any, payload: Any, stamp_s: float) -> None:
-        arrival = self.__dict__.get("_bench_arrivals", {}).pop(stamp_s, None)
-        if arrival is not None:
-            rec.add(f"{self.name}/queue_wait", (time.time() - arrival) * 1e3)
-        process(self, payload, stamp_s)
-
-    worker.submit, worker._process = submit_timed, process_timed
-    _wrap_pipeline(pipeline, rec)
-    on_embedding, fusion_tick = node._on_embedding, node._fusion_tick
-
-    def on_embedding_timed(self: Any, cfg: Any, stamp_s: float, emb: np.ndarray) -> None:
-        rec.add(f"{cfg.name}/stamp_to_embedding", (time.time() - stamp_s) * 1e3)
-        on_embedding(self, cfg, stamp_s, emb)
-
-    def fusion_tick_timed(self: Any, *args: Any, **kwargs: Any) -> None:
-        before = self._last_result
-        start = time.perf_counter()
-        fusion_tick(self, *args, **kwargs)
-        if self._last_result is not before:  # the scheduler may skip a turn: not a tick
-            rec.add("fusion/tick", (time.perf_counter() - start) * 1e3)
-
-    node._on_embedding, node._fusion_tick = on_embedding_timed, fusion_tick_timed
-
-
-def _wrap_pipeline(pipeline: type, rec: StageRecorder) -> None:
-    init, preprocess, features = pipeline.__init__, pipeline.preprocess, pipeline.features
-
-    def init_timed(self: Any, modality: str, preprocessor: Any, backend: Any) -> None:
-        init(self, modality, preprocessor, backend)
-        encode = self.encode  # an instance attribute (a lambda): wrap it per pipeline
-
-        def encode_timed(x: Any) -> np.ndarray:
-            start = time.perf_counter()
-            out = encode(x)
-            rec.add(f"{modality}/encode", (time.perf_counter() - start) * 1e3)
-            return out
-        self.encode = encode_timed
-
-    def preprocess_timed(self: Any, payload: Any) -> Any:
-        start = time.perf_counter()
-        out = preprocess(self, payload)
-        rec.add(f"{self.modality}/preprocess", (time.perf_counter() - start) * 1e3)
-        return out
-
-    def features_timed(self: Any) -> Any:
-        start = time.perf_counter()
-        out = features(self)
-        rec.add(f"{self.modality}/preprocess", (time.perf_counter() - start) * 1e3)
-        return out
-
-    pipeline.__init__ = init_timed
-    pipeline.preprocess, pipeline.features = preprocess_timed, features_timed
-
 
 class SimLog:
     """What the simulator did, on the wall clock: publications and plug/noise commands."""
@@ -476,25 +408,6 @@ class ApproxTimeSync:
         return False
 
 
-def _to_time(seconds: float) -> Any:
-    from builtin_interfaces.msg import Time
-
-    ns = max(0, round(seconds * 1e9))
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def recognition_msg(result: Any) -> Recognition:
-    """The Recognition of a FusionResult, with the perception node's conventions."""
-    msg = Recognition(best_label=result.best_label, best_score=result.best_score,
-                      top_labels=list(result.top_labels), top_scores=list(result.top_scores),
-                      sensors=list(result.sensors), modalities=list(result.modalities))
-    msg.header.stamp = _to_time(result.stamp_s if result.stamp_s is not None else result.tick_s)
-    msg.per_modality = [
-        ModalityPrediction(sensor=p.sensor, modality=p.modality, label=p.label, score=p.score,
-                           stamp=_to_time(p.stamp_s), age=p.age_s) for p in result.per_modality]
-    return msg
-
-
 class BaselineSyncNode(Node):
     """The common design: approximate time sync over all stamped sensors, fuse each set.
 
@@ -511,9 +424,10 @@ class BaselineSyncNode(Node):
         from omnibind_ros.core.backends import create_backend
         from omnibind_ros.core.bundle import load_bundle
         from omnibind_ros.core.fusion import FusionTick
+        from omnibind_ros.core.pipeline import make_pipeline
+        from omnibind_ros.core.recognizer import logit_scale_of
         from omnibind_ros.ros.conversions import conversion_for
-        from omnibind_ros.ros.perception_lifecycle import message_class
-        from omnibind_ros.ros.sensor_worker import make_pipeline
+        from omnibind_ros.ros.interfaces import message_class
 
         super().__init__("omnibind_baseline_sync", context=context)
         params = yaml_params(PERCEPTION_YAML)
@@ -530,7 +444,7 @@ class BaselineSyncNode(Node):
         fusion = self._bundle.fusion
         self._fusion = FusionTick(
             self._backend.fuse, self._bundle.label_names, self._bundle.label_embeddings,
-            _logit_scale(self._bundle), max_age_s=60.0, top_k=int(params["fusion.top_k"]),
+            logit_scale_of(self._bundle), max_age_s=60.0, top_k=int(params["fusion.top_k"]),
             pad_to=fusion.max_tokens if fusion is not None else None)
         self._sync = ApproxTimeSync(len(self._specs), queue_size, slop_s, self._on_synced)
         self._pub = self.create_publisher(Recognition, "~/recognition", qos.RECOGNITION)
@@ -559,6 +473,7 @@ class BaselineSyncNode(Node):
 
     def _on_synced(self, msgs: list[Any]) -> None:
         from omnibind_ros.core.fusion import EmbeddingSlot
+        from omnibind_ros.ros.recognition import recognition_message
 
         start = time.perf_counter()
         slots = []
@@ -566,23 +481,17 @@ class BaselineSyncNode(Node):
             pipe = self._pipes[spec.name]
             x = pipe.features() if pipe.streaming else pipe.preprocess(
                 self._convert[spec.name](msg))
-            slots.append(EmbeddingSlot(spec.name, spec.modality, stamp_ns(msg.header.stamp) / 1e9,
+            slots.append(EmbeddingSlot(spec.name, spec.modality, stamp_ns(msg.header.stamp),
                                        np.asarray(pipe.encode(x), dtype=np.float32)))
-        now = self.get_clock().now().nanoseconds / 1e9
+        now = self.get_clock().now().nanoseconds
         result = self._fusion.tick(slots, [s.name for s in self._specs], now)
-        self._pub.publish(recognition_msg(result))
+        self._pub.publish(recognition_message(result))
         self.emitted += 1
         self._rec.add("baseline/emit", (time.perf_counter() - start) * 1e3)
 
     def destroy_node(self) -> None:
         super().destroy_node()
         self._backend.close()
-
-
-def _logit_scale(bundle: Any) -> float:
-    labels = bundle.manifest.get("labels")  # same rule as the perception node's
-    scale = labels.get("logit_scale") if isinstance(labels, dict) else None
-    return float(scale or bundle.manifest.get("logit_scale") or 100.0)
 
 
 # -- child processes -----------------------------------------------------------------------------
@@ -601,12 +510,11 @@ def child_main(kind: str, bundle: str, stats_path: Path, overrides: Sequence[str
     node: Node
     try:
         if kind == OURS:
-            if instrument:
-                instrument_perception(rec)
             from omnibind_ros.ros.perception_lifecycle import PerceptionNode
 
-            node = PerceptionNode(context=rig.context, parameter_overrides=[
-                Parameter("bundle_path", value=bundle), *parse_overrides(overrides)])
+            node = PerceptionNode(context=rig.context, hook=rec.hook if instrument else None,
+                                  parameter_overrides=[Parameter("bundle_path", value=bundle),
+                                                       *parse_overrides(overrides)])
             rig.add(node, executor, before_spin=lambda: _autostart(node))
         else:
             node = BaselineSyncNode(rig.context, bundle, slop_s=slop_s, queue_size=queue_size,

@@ -1,9 +1,11 @@
 """Bag evaluation: offline throughput and live-vs-offline accuracy on one simulated bag.
 
 Records (or reuses from ``<cache>/bags``) a simulated bag with the ``hotplug_demo`` dropout
-scenario, evaluates it offline (prints fusion ticks/s, wall time, accuracy), then live at
-``--rate`` (the perception node with ``use_sim_time`` fed by a bag player; prints its accuracy
-and the player's publish lag), and compares the two against the issue's targets:
+scenario, evaluates it offline twice, with the parallel path (sensor stages in ``--processes``
+worker processes) and with the reference path (everything in one process, message by message),
+printing fusion ticks/s, wall time and accuracy of each and whether their ticks are identical;
+then live at ``--rate`` (the perception node with ``use_sim_time`` fed by a bag player; prints
+its accuracy and the player's publish lag), and compares them against these targets:
 
 * offline evaluation >= 100 fusion ticks/s (on 2 cores, default bundle);
 * offline and live accuracy within 2 points on the same bag.
@@ -16,7 +18,8 @@ the end; quote numbers from an idle machine.
 Usage::
 
     python benchmarks/bench_bag.py [--duration 120] [--rate 1.0] [--bundle PATH] [--skip-live]
-                                   [--scenario hotplug_demo] [--seed 0] [--threads N]
+                                   [--scenario hotplug_demo] [--seed 0] [--processes N]
+                                   [--skip-reference]
                                    [--report-dir DIR] [--json PATH] [--fresh]
                                    [--in-process-player]
 """
@@ -53,8 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenario", default="hotplug_demo",
                         help="dropout scenario of the bag (default hotplug_demo)")
     parser.add_argument("--seed", type=int, default=0, help="world seed of the bag (default 0)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="offline evaluation threads (default: the machine's cores)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="worker processes of the parallel offline path (default: one per "
+                             "core)")
+    parser.add_argument("--skip-reference", action="store_true",
+                        help="do not run the single-process reference path for comparison")
     parser.add_argument("--config", type=Path, default=None,
                         help="perception node config (default: config/perception.yaml)")
     parser.add_argument("--report-dir", type=Path, default=None,
@@ -138,6 +144,24 @@ def _phase_table(offline: dict[str, Any], live: dict[str, Any] | None) -> list[s
     return lines
 
 
+def _print_throughput(title: str, result: Any, summary: dict[str, Any]) -> None:
+    setup = float(result.extra.get("timing", {}).get("setup_s", 0.0))
+    no_setup = len(result.ticks) / max(1e-9, result.wall_s - setup)
+    print(f"\n{title}: {summary['ticks']} fusion ticks in {summary['wall_s']:.2f} s wall = "
+          f"{summary['ticks_per_s']:.1f} ticks/s ({no_setup:.1f} ticks/s without the "
+          f"{setup:.2f} s set-up)")
+
+
+def _same_ticks(a: Any, b: Any) -> bool:
+    """The same ticks (latency, a wall-clock figure, aside) and the same sensor states."""
+    import dataclasses
+
+    def strip(result: Any) -> list[Any]:
+        return [dataclasses.replace(t, latency_s=None) for t in result.ticks]
+
+    return strip(a) == strip(b) and a.states == b.states
+
+
 def _write_report(result: Any, scores: dict[str, Any], out: Path) -> None:
     from omnibind_ros.bag.report import write_report
 
@@ -149,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ensure_safe_ros_env()  # live mode creates nodes; offline deserializes with rclpy
     from omnibind_ros.bag.live import evaluate_live
-    from omnibind_ros.bag.offline import evaluate_offline
+    from omnibind_ros.bag.offline import default_processes, evaluate_offline
     from omnibind_ros.bag.scoring import score
     from omnibind_ros.core.bundle import default_bundle_dir
 
@@ -164,14 +188,19 @@ def main(argv: list[str] | None = None) -> int:
           + ("reused from the cache)" if record_s is None else f"recorded in {record_s:.1f} s)"))
     print(f"bundle: {bundle}")
 
-    offline = evaluate_offline(bag, bundle=bundle, config=args.config, threads=args.threads)
+    processes = default_processes() if args.processes is None else args.processes
+    offline = evaluate_offline(bag, bundle=bundle, config=args.config, processes=processes)
     s_off = score(offline)
     off = _summary(offline, s_off)
-    setup = float(offline.extra.get("timing", {}).get("setup_s", 0.0))
-    no_setup = len(offline.ticks) / max(1e-9, offline.wall_s - setup)
-    print(f"\noffline: {off['ticks']} fusion ticks in {off['wall_s']:.2f} s wall = "
-          f"{off['ticks_per_s']:.1f} ticks/s ({no_setup:.1f} ticks/s without the "
-          f"{setup:.2f} s set-up); threads {offline.extra.get('timing', {}).get('threads')}")
+    _print_throughput(f"offline, {processes} worker processes", offline, off)
+    reference = None
+    if not args.skip_reference and processes:
+        reference = evaluate_offline(bag, bundle=bundle, config=args.config, processes=0)
+        ref = _summary(reference, score(reference))
+        _print_throughput("offline reference, one process", reference, ref)
+        same = _same_ticks(offline, reference)
+        print(f"  parallel vs reference: ticks {'identical' if same else 'DIFFER'}, "
+              f"{off['wall_s'] / ref['wall_s']:.2f}x the wall time")
     print(f"  accuracy {_pct(off['accuracy'])} over {off['scored']} scored ticks, top-k "
           f"{_pct(off['top_k_accuracy'])}, answered {_pct(off['answered_fraction'])}")
     if args.report_dir:
@@ -180,9 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"bag": str(bag), "duration_s": args.duration,
                            "scenario": args.scenario, "seed": args.seed, "bundle": str(bundle),
                            "cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
-                           "record_s": record_s, "offline": off}
+                           "record_s": record_s, "offline": off, "processes": processes}
+    if reference is not None:
+        out["offline_reference"] = _summary(reference, score(reference))
+        out["parallel_equals_reference"] = _same_ticks(offline, reference)
     verdicts = {"ticks_per_s": off["ticks_per_s"] is not None
                 and off["ticks_per_s"] >= TICKS_PER_S_TARGET}
+    if reference is not None:
+        verdicts["parallel_equals_reference"] = out["parallel_equals_reference"]
     live_sum = None
     if not args.skip_live:
         live = evaluate_live(bag, rate=args.rate, bundle=bundle, config=args.config,
@@ -218,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\ntargets:")
     print(f"  offline throughput {off['ticks_per_s']} ticks/s (>= {TICKS_PER_S_TARGET:g}): "
           f"{'PASS' if verdicts['ticks_per_s'] else 'FAIL'}")
+    if "parallel_equals_reference" in verdicts:
+        print(f"  parallel path == reference path: "
+              f"{'PASS' if verdicts['parallel_equals_reference'] else 'FAIL'}")
     if "live_vs_offline" in verdicts:
         diff = out.get("live_minus_offline_points")
         text = "n/a" if diff is None else f"{diff:+.2f} points"

@@ -197,11 +197,10 @@ class Session:
         if getattr(args, "tracemalloc", False):
             overrides += ["--tracemalloc-after", str(args.rss_warmup)]
         if ours_in_process:
-            if self.instrument:
-                rc.instrument_perception(self.recorder)
             from omnibind_ros.ros.perception_lifecycle import PerceptionNode
 
-            self.ours = PerceptionNode(context=self.rig.context, parameter_overrides=[
+            hook = self.recorder.hook if self.instrument else None
+            self.ours = PerceptionNode(context=self.rig.context, hook=hook, parameter_overrides=[
                 rc.Parameter("bundle_path", value=str(bundle)), *rc.parse_overrides(args.set)])
             self.rig.add(self.ours, args.executor, before_spin=lambda: rc._autostart(self.ours))
         elif ours_in_process is False:

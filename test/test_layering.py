@@ -1,10 +1,16 @@
-"""Imports point one way: ros -> core <- training, sim -> core (shared/DESIGN.md).
+"""Imports point one way: ros -> core <- training, sim -> core; tools are only ever callers.
 
 ``omnibind_ros.core`` and ``omnibind_ros.sim`` must import without rclpy, any message package or
 torch: training and the simulator run where ROS is absent, and torch costs seconds and gigabytes
 to import. Two checks: really importing every module in a clean interpreter (catches indirect
 imports), and an AST scan of the sources (names the offending line, and catches imports hidden
 behind a branch the first check did not take).
+
+Beyond the layers, the house rules that keep one thing in one place: nothing under
+``omnibind_ros`` imports the CLIs of ``omnibind_ros.tools`` or the training package; offline bag
+evaluation never imports the rclpy node module; only the engine (``core.recognizer``) builds the
+availability monitor, the embedding store and the tick scheduler; scoring is written once
+(``omnibind_ros.scoring``); the project's own topic names are written once (``core.names``).
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ def modules_under(root: Path, dotted_root: str) -> list[str]:
 
 PURE_MODULES = [m for layer in PURE_LAYERS if (PACKAGE / layer).is_dir()
                 for m in modules_under(PACKAGE / layer, f"omnibind_ros.{layer}")]
+PURE_MODULES.append("omnibind_ros.scoring")
 
 
 def is_forbidden_runtime(module: str) -> bool:
@@ -194,3 +201,106 @@ def test_import_scanner(tmp_path: Path, source: str, expected: list) -> None:
     path = tmp_path / "mod.py"
     path.write_text(source)
     assert list(imports_of(path, "omnibind_ros.core")) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# One thing in one place
+
+def _package_sources(exclude: tuple[str, ...] = ()) -> list[Path]:
+    return [p for p in python_files(PACKAGE)
+            if not any(p.is_relative_to(PACKAGE / e) for e in exclude)]
+
+
+def _import_violations(paths: list[Path], forbidden: tuple[str, ...], why: str) -> list[str]:
+    """Every import (lazy ones included) of a module under ``forbidden`` in ``paths``."""
+    return [f"{path.relative_to(REPO)}:{line} imports {module} ({why})"
+            for path in paths for line, module, _top in imports_of(path, package_of(path))
+            if any(_matches(module, f) for f in forbidden)]
+
+
+def test_nothing_in_the_package_imports_the_tools_or_the_training_package() -> None:
+    violations = _import_violations(_package_sources(exclude=("tools",)),
+                                    ("omnibind_ros.tools",), "the CLIs only call in")
+    violations += _import_violations(_package_sources(), ("omnibind_train",),
+                                     "the runtime never needs the training package")
+    assert violations == []
+
+
+#: The offline evaluation path: pure engine calls on the bag clock, no rclpy node.
+OFFLINE_MODULES = ("offline.py", "replay.py", "stage.py", "parallel.py", "_offline_worker.py")
+
+
+def test_offline_evaluation_does_not_import_the_node() -> None:
+    paths = [PACKAGE / "bag" / name for name in OFFLINE_MODULES]
+    assert all(p.is_file() for p in paths)
+    assert _import_violations(paths, ("omnibind_ros.ros.perception_lifecycle",
+                                      "omnibind_ros.ros.perception_node"),
+                              "offline evaluation runs core.recognizer, not the node") == []
+
+
+def _names_used(path: Path) -> set[tuple[int, str]]:
+    """(line, name) of every identifier and attribute read in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            out.add((node.lineno, node.id))
+        elif isinstance(node, ast.Attribute):
+            out.add((node.lineno, node.attr))
+        elif isinstance(node, ast.alias):
+            out.add((getattr(node, "lineno", 0), node.name.split(".")[-1]))
+    return out
+
+
+#: The engine's parts: only their own modules and the engine may name them.
+ENGINE_PARTS = {"AvailabilityMonitor": "core/availability.py", "TickScheduler": "core/fusion.py",
+                "LatestEmbeddings": "core/fusion.py"}
+ENGINE = "core/recognizer.py"
+
+
+def test_only_the_engine_builds_the_runtime_path() -> None:
+    violations = []
+    for path in _package_sources():
+        rel = path.relative_to(PACKAGE).as_posix()
+        for line, name in _names_used(path):
+            home = ENGINE_PARTS.get(name)
+            if home is not None and rel not in (home, ENGINE):
+                violations.append(f"{rel}:{line} uses {name} (use core.recognizer.Recognizer)")
+    assert violations == []
+
+
+#: Scoring definitions that exist once, in omnibind_ros/scoring.py.
+SCORING_NAMES = {"Tally", "PhaseTimeline", "phase_label", "verdict", "percentiles", "ratio"}
+
+
+def _definitions(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [(node.lineno, node.name.lstrip("_")) for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+
+
+def test_scoring_is_defined_once() -> None:
+    home = PACKAGE / "scoring.py"
+    assert {name for _, name in _definitions(home)} >= SCORING_NAMES
+    violations = [f"{path.relative_to(REPO)}:{line} defines {name} again"
+                  for path in _package_sources() if path != home
+                  for line, name in _definitions(path) if name in SCORING_NAMES]
+    assert violations == []
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+def test_project_topics_are_named_once() -> None:
+    home = PACKAGE / "core" / "names.py"
+    from omnibind_ros.core import names
+
+    topics = {names.GROUND_TRUTH_TOPIC, names.SCENARIO_EVENT_TOPIC}
+    sources = _package_sources() + python_files(REPO / "benchmarks")
+    violations = [f"{path.relative_to(REPO)}:{line} spells {value!r}"
+                  for path in sources if path != home
+                  for line, value in _string_constants(path) if value in topics]
+    assert violations == []

@@ -150,38 +150,21 @@ def reason_at(tick_ns: int, diags: Sequence[tuple[int, str]],
     return ""
 
 
-#: Stamps come back from the node through float seconds (``header.stamp`` -> ``stamp_s`` ->
-#: ``Recognition.header.stamp``): at 1.7e9 s a float64 keeps ~0.24 us, so a stamp is matched to
-#: the nearest input stamp within this.
-STAMP_MATCH_NS = 1_000
-
-
-def _nearest(keys: Sequence[int], t_ns: int) -> int | None:
-    """Index of the key nearest ``t_ns`` within :data:`STAMP_MATCH_NS` (keys sorted)."""
-    i = bisect.bisect_left(keys, t_ns)
-    best = min((j for j in (i - 1, i) if 0 <= j < len(keys)),
-               key=lambda j: abs(keys[j] - t_ns), default=None)
-    return best if best is not None and abs(keys[best] - t_ns) <= STAMP_MATCH_NS else None
-
-
 class _InputWall:
     """Wall time at which the player published the input with a given header stamp; for
-    header-less inputs (stamped by the node with its clock) the /clock that carried it."""
+    header-less inputs (stamped by the node with its clock) the /clock that carried it. Stamps
+    travel as integer nanoseconds end to end, so they match exactly."""
 
     def __init__(self, stamp_wall: dict[int, float],
                  clock_wall: Sequence[tuple[int, float]]) -> None:
-        self._stamps = sorted(stamp_wall)
-        self._walls = [stamp_wall[s] for s in self._stamps]
-        clocks = sorted(clock_wall)
-        self._clocks = [c for c, _ in clocks]
-        self._clock_walls = [w for _, w in clocks]
+        self._stamp_wall = dict(stamp_wall)
+        self._clock_wall: dict[int, float] = {}
+        for clock_ns, wall in sorted(clock_wall):  # the earliest /clock carrying a time
+            self._clock_wall.setdefault(clock_ns, wall)
 
     def __call__(self, stamp_ns: int) -> float | None:
-        i = _nearest(self._stamps, stamp_ns)
-        if i is not None:
-            return self._walls[i]
-        i = _nearest(self._clocks, stamp_ns)
-        return None if i is None else self._clock_walls[i]
+        wall = self._stamp_wall.get(stamp_ns)
+        return wall if wall is not None else self._clock_wall.get(stamp_ns)
 
 
 def tick_records(received: Iterable[Received], *, last_ns: int,

@@ -3,7 +3,7 @@
 :class:`BagReplay` drives the node's engine (:class:`~omnibind_ros.core.recognizer.Recognizer`,
 built from the node's configuration) with a clock that is the bag's: each staged message is
 delivered at its log time, and the node's two timers run on a grid of the bag clock from the
-first message: the fusion timer every ``Recognizer.timer_period_s``, the monitor evaluation
+first message: the fusion timer every ``Recognizer.timer_period_ns``, the monitor evaluation
 every ``1 / MONITOR_RATE_HZ``. At equal times a timer runs after the messages logged at that
 time, and the fusion timer before the monitor. The replay ends with one more monitor
 evaluation at the last message's time, so a state change at the very end is recorded.
@@ -47,30 +47,24 @@ class BagReplay:
                                  tick_on_embedding=settings.tick_on_embedding,
                                  on_result=self._on_result, on_tick_error=self._on_error,
                                  hook=self._hook)
-        self._times: dict[float, int] = {}  # clock values handed out -> their exact ns
         for cfg in config.sensors:
             self.engine.add_sensor(cfg.monitor_config(config.bad_samples_to_degrade))
         self.reporters = {cfg.name: SampleReporter(cfg.name, self.engine)
                           for cfg in config.sensors}
-        self.timer_period_ns = round(self.engine.timer_period_s * NS)
+        self.timer_period_ns = self.engine.timer_period_ns
         self.monitor_period_ns = round(NS / MONITOR_RATE_HZ)
         self._next_timer = self._next_update = 1
         self.ticks: list[TickRecord] = []
         self.states: list[StateChange] = []
         self.tick_errors: list[str] = []
-        # embeddings that may be in the engine's store: sensor -> stamp -> (stamp ns, cost)
-        self._embedded: dict[str, dict[float, tuple[int, float]]] = {}
+        # cost of the embeddings that may be in the engine's store: sensor -> stamp -> s
+        self._costs: dict[str, dict[int, float]] = {}
         self._tick_s = 0.0
 
     # -- the clock -------------------------------------------------------------------------------
 
-    def _clock(self) -> float:
-        now = self.now_ns * 1e-9
-        self._times[now] = self.now_ns
-        return now
-
-    def _exact(self, t: float) -> int:
-        return self._times.get(t, round(t * NS))
+    def _clock(self) -> int:
+        return self.now_ns
 
     # -- driving ---------------------------------------------------------------------------------
 
@@ -80,13 +74,13 @@ class BagReplay:
         self.now_ns = message.log_ns
         outcome = message.outcome
         if outcome.kind == "embedding":
-            embedded = self._embedded.setdefault(sensor, {})
-            embedded[outcome.stamp_s] = (message.stamp_ns, message.cost_s)
+            costs = self._costs.setdefault(sensor, {})
+            costs[outcome.stamp_ns] = message.cost_s
         self.reporters[sensor].report(outcome)
         if outcome.kind == "embedding":  # only the stored slot can be fused from now on
             slot = self.engine.store.get(sensor)
-            for stamp in [s for s in embedded if slot is None or s < slot.stamp_s]:
-                del embedded[stamp]
+            for stamp in [s for s in costs if slot is None or s < slot.stamp_ns]:
+                del costs[stamp]
 
     def advance(self, t_ns: int, inclusive: bool = False) -> None:
         """Run the timers due before ``t_ns`` (and at it, with ``inclusive``)."""
@@ -113,9 +107,7 @@ class BagReplay:
 
     def _monitor(self) -> None:
         for t in self.engine.on_monitor_timer().transitions:
-            self.states.append(StateChange(self._exact(t.time_s), t.name, t.new.name,
-                                           t.reason))
-        self._times.clear()  # every queued transition was returned: none refers to these
+            self.states.append(StateChange(t.time_ns, t.name, t.new.name, t.reason))
 
     # -- engine callbacks ------------------------------------------------------------------------
 
@@ -129,11 +121,11 @@ class BagReplay:
                                          result.no_answer_reason, self._tick_s))
             return
         # the newest fused sample (the first in token order among equal stamps)
-        newest = max(result.per_modality, key=lambda p: p.stamp_s)
-        stamp_ns, cost_s = self._embedded[newest.sensor][newest.stamp_s]
+        newest = max(result.per_modality, key=lambda p: p.stamp_ns)
+        cost_s = self._costs[newest.sensor][newest.stamp_ns]
         self.ticks.append(TickRecord(
-            self.now_ns, stamp_ns, result.sensors, result.modalities, result.best_label,
+            self.now_ns, result.stamp_ns, result.sensors, result.modalities, result.best_label,
             result.top_labels, "", self._tick_s + cost_s, round(result.best_score, 6)))
 
     def _on_error(self, exc: Exception) -> None:
-        self.tick_errors.append(f"t={self.now_ns * 1e-9:.3f}: {exc}")
+        self.tick_errors.append(f"t={self.now_ns / NS:.3f}: {exc}")

@@ -36,14 +36,12 @@ class StagedMessage:
     """A sensor message after its stage: what the engine hears, and what it cost.
 
     index, log_ns : the message's position in the bag and its log time.
-    stamp_ns : its stamp (the outcome carries the same time in the engine's unit).
     outcome : see :class:`~omnibind_ros.core.pipeline.SampleOutcome`.
     cost_s : wall seconds of deserialization, conversion, preprocessing and encoding.
     """
 
     index: int
     log_ns: int
-    stamp_ns: int
     outcome: SampleOutcome
     cost_s: float
 
@@ -81,15 +79,10 @@ class BagSensor:
             self.undecodable += 1
             self.first_error = self.first_error or f"message {index}: {exc}"
             return None
-        stamp_ns = stamp_of(msg, log_ns)
-        # The node's clock is in float seconds: the stamp as its callback computes it.
-        header = getattr(msg, "header", None)
-        stamp_s = log_ns * 1e-9 if header is None else (
-            header.stamp.sec + header.stamp.nanosec * 1e-9)
-        outcome = self.stage.process(msg, stamp_s, log_ns * 1e-9)
+        outcome = self.stage.process(msg, stamp_of(msg, log_ns), log_ns)
         if outcome.kind == "embedding":
             self.encoded += 1
-        return StagedMessage(index, log_ns, stamp_ns, outcome, time.perf_counter() - start)
+        return StagedMessage(index, log_ns, outcome, time.perf_counter() - start)
 
     def counters(self) -> dict[str, Any]:
         """Messages received, undecodable and encoded, and the first decoding error."""

@@ -1,9 +1,11 @@
 """Sensor-availability monitor: which configured sensors are live, judged from stamps.
 
-A pure state machine (no ROS, no wall clock). The node feeds it events, each with ``now_s`` read
-from the node's clock (sim time under ``use_sim_time``), and asks it which sensors may enter
-fusion. Unlike ``topic_monitor`` (shared/STYLE.md §A) nothing here reads ``time.time()``: the
-same code runs live, from a bag and in unit tests with hand-written times.
+A pure state machine (no ROS, no wall clock). The caller feeds it events, each with ``now_ns``
+read from the node's clock (sim time under ``use_sim_time``) as integer nanoseconds, and asks it
+which sensors may enter fusion. Nothing here reads ``time.time()``: the same code runs live,
+from a bag and in unit tests with hand-written times. Every time is an ``int`` of nanoseconds
+(stamps, clock readings, transition times): no rounding, so a bag replays bit for bit; only
+durations shown to people (reasons, ``SensorHealth.age_s``) are seconds.
 
 Events
     ``on_sample`` (a valid message: its header stamp), ``on_bad_sample`` (a message that failed
@@ -50,10 +52,10 @@ Why these choices (the issue is silent on them):
   device that was unplugged.
 * Out-of-order or duplicate stamps are bad samples (a driver that stamps every message with the
   same time is DEGRADED with a reason instead of silently STALE). A stamp more than
-  ``max_future_s`` ahead of ``now`` is rejected without counting as bad: it is a clock problem
+  ``max_future_ns`` ahead of ``now`` is rejected without counting as bad: it is a clock problem
   (unsynchronised hosts, ``use_sim_time`` mismatch, a leftover from before a sim reset), not bad
   data, and accepting it would keep a dead sensor "fresh" until the clock catches up.
-* The clock jumping backwards by more than ``clock_jump_tolerance_s`` (a looping bag, a sim
+* The clock jumping backwards by more than ``clock_jump_tolerance_ns`` (a looping bag, a sim
   reset) resets every sensor's sample history: states drop to UNKNOWN (a new startup grace
   starts), ages to NaN, fusable to empty. Configuration, enabled flags and publisher counts are
   kept (the graph did not change). Small backward steps (callbacks of a multi-threaded executor
@@ -176,6 +178,16 @@ class SensorConfig:
         return 1.0 / self.expected_rate_hz if self.expected_rate_hz > 0 else None
 
     @property
+    def stale_timeout_ns(self) -> int | None:
+        """:attr:`stale_timeout_s` in integer nanoseconds (None: never by time)."""
+        return _to_ns(self.stale_timeout_s)
+
+    @property
+    def lost_timeout_ns(self) -> int | None:
+        """:attr:`lost_timeout_s` in integer nanoseconds (None: never)."""
+        return _to_ns(self.lost_timeout_s)
+
+    @property
     def stale_timeout_s(self) -> float | None:
         """Age in s beyond which the sensor is STALE (None: never by time)."""
         period = self.period_s
@@ -235,14 +247,14 @@ class Transition:
     ----------
     name : sensor name.
     old, new : states before and after.
-    time_s : node-clock time in s at which the change was observed.
+    time_ns : node-clock time (int ns) at which the change was observed.
     reason : the new state's reason (empty for LIVE).
     """
 
     name: str
     old: SensorState
     new: SensorState
-    time_s: float
+    time_ns: int
     reason: str
 
 
@@ -255,26 +267,26 @@ class _Verdict(NamedTuple):
 class _Sensor:
     """Mutable per-sensor bookkeeping (internal)."""
 
-    def __init__(self, cfg: SensorConfig, now_s: float | None) -> None:
+    def __init__(self, cfg: SensorConfig, now_ns: int | None) -> None:
         self.cfg = cfg
         self.enabled = cfg.enabled
         self.disabled_reason = "disabled by configuration"
         self.state = SensorState.UNKNOWN  # last committed (reported) state
         self.reason = ""
         self.publisher_count: int | None = None
-        self.publisher_lost_at: float | None = None
+        self.publisher_lost_at: int | None = None
         self.in_fusion = False
-        self.reset_session(now_s, "the sensor was added")
+        self.reset_session(now_ns, "the sensor was added")
 
-    def reset_session(self, now_s: float | None, cause: str) -> None:
-        """Forget the sample history; a new startup grace begins at ``now_s``."""
-        self.watch_since = now_s  # None: set at the first clock reading
+    def reset_session(self, now_ns: int | None, cause: str) -> None:
+        """Forget the sample history; a new startup grace begins at ``now_ns``."""
+        self.watch_since = now_ns  # None: set at the first clock reading
         self.watch_cause = cause
-        self.last_valid: float | None = None  # newest accepted stamp
-        self.last_seen: float | None = None  # newest valid stamp or bad-sample arrival time
-        self.last_arrival: float | None = None  # node time the newest valid sample arrived
-        self.interval_ewma: float | None = None  # raw, for the reported rate
-        self.verdict_ewma: float | None = None  # intervals capped at T_stale, for the verdict
+        self.last_valid: int | None = None  # newest accepted stamp
+        self.last_seen: int | None = None  # newest valid stamp or bad-sample arrival time
+        self.last_arrival: int | None = None  # node time the newest valid sample arrived
+        self.interval_ewma: float | None = None  # ns, raw, for the reported rate
+        self.verdict_ewma: float | None = None  # ns, capped at T_stale, for the verdict
         self.n_intervals = 0
         self.bad_streak = 0
         self.good_streak = 0
@@ -286,57 +298,64 @@ class _Sensor:
         self.note = ""
 
 
-def _fmt(seconds: float) -> str:
-    return f"{seconds:.2f} s"
+NS = 1_000_000_000
+
+
+def _fmt(duration_ns: float) -> str:
+    return f"{duration_ns / NS:.2f} s"
+
+
+def _to_ns(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * NS)
 
 
 class AvailabilityMonitor:
     """Tracks the availability of configured sensors from stamps and an injected clock.
 
-    Every method that takes ``now_s`` first checks the clock for a backward jump (see the module
+    Every method that takes ``now_ns`` first checks the clock for a backward jump (see the module
     docstring). All methods are thread-safe (one re-entrant lock): a multi-threaded executor may
     call them from several subscription callbacks.
 
     Parameters
     ----------
     sensors : initial sensor configs.
-    clock_jump_tolerance_s : a ``now_s`` smaller than the largest one seen by more than this
+    clock_jump_tolerance_ns : a ``now_ns`` smaller than the largest one seen by more than this
         resets the monitor; smaller backward steps are ignored (default 0.1 s).
-    max_future_s : sample stamps more than this ahead of ``now_s`` are rejected (default 0.2 s:
-        well above NTP/PTP skew between hosts, well below any timeout that matters).
-    now_s : time at which the initial sensors start their startup grace (None: at the first
+    max_future_ns : sample stamps more than this ahead of ``now_ns`` are rejected (default
+        0.2 s: well above NTP/PTP skew between hosts, well below any timeout that matters).
+    now_ns : time at which the initial sensors start their startup grace (None: at the first
         clock reading).
-    clock : optional callable returning the current time in seconds. Every method whose
-        ``now_s`` is left as None then reads it *inside the lock*. Use this from multi-threaded
+    clock : optional callable returning the current time in int ns. Every method whose
+        ``now_ns`` is left as None then reads it *inside the lock*. Use this from multi-threaded
         callers: a time read outside the lock by a thread that is then descheduled for longer
-        than ``clock_jump_tolerance_s`` would otherwise arrive after a newer reading and look
-        like the clock jumping back (seen on a loaded 2-core CI machine).
+        than ``clock_jump_tolerance_ns`` would otherwise arrive after a newer reading and look
+        like the clock jumping back.
     """
 
     def __init__(self, sensors: list[SensorConfig] | tuple[SensorConfig, ...] = (), *,
-                 clock_jump_tolerance_s: float = 0.1, max_future_s: float = 0.2,
-                 now_s: float | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
-        for key, value in (("clock_jump_tolerance_s", clock_jump_tolerance_s),
-                           ("max_future_s", max_future_s)):
-            if not (_is_number(value) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
-        self.clock_jump_tolerance_s = float(clock_jump_tolerance_s)
-        self.max_future_s = float(max_future_s)
+                 clock_jump_tolerance_ns: int = 100_000_000, max_future_ns: int = 200_000_000,
+                 now_ns: int | None = None,
+                 clock: Callable[[], int] | None = None) -> None:
+        for key, value in (("clock_jump_tolerance_ns", clock_jump_tolerance_ns),
+                           ("max_future_ns", max_future_ns)):
+            if not (_is_int(value) and value >= 0):
+                raise ValueError(f"{key} must be an int >= 0 (ns), got {value!r}")
+        self.clock_jump_tolerance_ns = int(clock_jump_tolerance_ns)
+        self.max_future_ns = int(max_future_ns)
         self._lock = threading.RLock()
         self._clock = clock
         self._sensors: dict[str, _Sensor] = {}
         self._pending: list[Transition] = []
-        self._last_now: float | None = None
+        self._last_now: int | None = None
         #: Number of backward clock jumps that reset the monitor (the node may clear its
         #: embedding store when this changes).
         self.clock_resets = 0
         for cfg in sensors:
-            self.add_sensor(cfg, now_s=now_s)
+            self.add_sensor(cfg, now_ns=now_ns)
 
     # -- configuration --------------------------------------------------------------------------
 
-    def add_sensor(self, cfg: SensorConfig, now_s: float | None = None) -> None:
+    def add_sensor(self, cfg: SensorConfig, now_ns: int | None = None) -> None:
         """Start monitoring a sensor (state UNKNOWN, or DISABLED if ``cfg.enabled`` is False).
 
         Raises
@@ -349,10 +368,11 @@ class AvailabilityMonitor:
         with self._lock:
             if cfg.name in self._sensors:
                 raise ValueError(f"sensor {cfg.name!r} is already monitored")
-            now_s = self._read_clock(now_s, required=False)
-            if now_s is not None:
-                self._observe_clock(now_s)
-            self._sensors[cfg.name] = _Sensor(cfg, now_s if now_s is not None else self._last_now)
+            now_ns = self._read_clock(now_ns, required=False)
+            if now_ns is not None:
+                self._observe_clock(now_ns)
+            start = now_ns if now_ns is not None else self._last_now
+            self._sensors[cfg.name] = _Sensor(cfg, start)
 
     def remove_sensor(self, name: str) -> SensorConfig:
         """Stop monitoring ``name``; returns its config. Raises ``KeyError`` if unknown."""
@@ -361,7 +381,7 @@ class AvailabilityMonitor:
             del self._sensors[name]
             return sensor.cfg
 
-    def set_enabled(self, name: str, enabled: bool, now_s: float | None = None,
+    def set_enabled(self, name: str, enabled: bool, now_ns: int | None = None,
                     reason: str = "disabled by operator") -> None:
         """Enable or disable a sensor; DISABLED takes effect at once.
 
@@ -371,16 +391,16 @@ class AvailabilityMonitor:
         """
         with self._lock:
             sensor = self._get(name)
-            now_s = self._read_clock(now_s, required=False)
-            if now_s is not None:
-                self._observe_clock(now_s)
+            now_ns = self._read_clock(now_ns, required=False)
+            if now_ns is not None:
+                self._observe_clock(now_ns)
             if enabled and not sensor.enabled:
-                sensor.watch_since = now_s if now_s is not None else self._last_now
+                sensor.watch_since = now_ns if now_ns is not None else self._last_now
                 sensor.watch_cause = "the sensor was enabled"
             elif not enabled:
                 sensor.disabled_reason = reason or "disabled"
             sensor.enabled = bool(enabled)
-            self._commit(sensor, now_s if now_s is not None else self._last_now)
+            self._commit(sensor, now_ns if now_ns is not None else self._last_now)
 
     @property
     def sensor_names(self) -> tuple[str, ...]:
@@ -402,8 +422,8 @@ class AvailabilityMonitor:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def on_sample(self, name: str, stamp_s: float, now_s: float | None = None) -> bool:
-        """Record a valid message of ``name`` with header stamp ``stamp_s`` received at ``now_s``.
+    def on_sample(self, name: str, stamp_ns: int, now_ns: int | None = None) -> bool:
+        """Record a valid message of ``name``, header stamp ``stamp_ns``, received at ``now_ns``.
 
         Returns
         -------
@@ -412,27 +432,27 @@ class AvailabilityMonitor:
         leftover of a vanished publisher).
         """
         with self._lock:
-            now_s = self._read_clock(now_s)
+            now_ns = self._read_clock(now_ns)
             sensor = self._get(name)
-            self._observe_clock(now_s)
-            accepted = self._sample(sensor, float(stamp_s), float(now_s))
-            self._commit(sensor, now_s)
+            self._observe_clock(now_ns)
+            accepted = self._sample(sensor, _checked_time(stamp_ns, "stamp_ns"), now_ns)
+            self._commit(sensor, now_ns)
             return accepted
 
-    def on_bad_sample(self, name: str, now_s: float | None, reason: str = "bad sample") -> None:
-        """Record a message of ``name`` that arrived at ``now_s`` but could not be used.
+    def on_bad_sample(self, name: str, now_ns: int | None, reason: str = "bad sample") -> None:
+        """Record a message of ``name`` that arrived at ``now_ns`` but could not be used.
 
         ``reason`` (e.g. the preprocessing error) is reported while the sensor is DEGRADED.
         """
         with self._lock:
-            now_s = self._read_clock(now_s)
+            now_ns = self._read_clock(now_ns)
             sensor = self._get(name)
-            self._observe_clock(now_s)
-            self._maybe_new_session(sensor, now_s)
-            self._bad(sensor, now_s, reason or "bad sample")
-            self._commit(sensor, now_s)
+            self._observe_clock(now_ns)
+            self._maybe_new_session(sensor, now_ns)
+            self._bad(sensor, now_ns, reason or "bad sample")
+            self._commit(sensor, now_ns)
 
-    def on_publisher_count(self, name: str, count: int, now_s: float | None = None) -> None:
+    def on_publisher_count(self, name: str, count: int, now_ns: int | None = None) -> None:
         """Record the number of publishers the ROS graph reports on the sensor's topic.
 
         0 makes the sensor LOST at once. A count > 0 after 0 starts a new session: the old
@@ -441,16 +461,16 @@ class AvailabilityMonitor:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"publisher count must be an int >= 0, got {count!r}")
         with self._lock:
-            now_s = self._read_clock(now_s)
+            now_ns = self._read_clock(now_ns)
             sensor = self._get(name)
-            self._observe_clock(now_s)
+            self._observe_clock(now_ns)
             previous = sensor.publisher_count
             if count == 0 and previous != 0:
-                sensor.publisher_lost_at = now_s
+                sensor.publisher_lost_at = now_ns
             elif count > 0 and previous == 0:
-                sensor.reset_session(now_s, "its publisher appeared")
+                sensor.reset_session(now_ns, "its publisher appeared")
             sensor.publisher_count = count
-            self._commit(sensor, now_s)
+            self._commit(sensor, now_ns)
 
     def set_in_fusion(self, names: set[str] | list[str] | tuple[str, ...]) -> None:
         """Record which sensors the last fusion tick used (reported as ``in_fusion``)."""
@@ -461,65 +481,65 @@ class AvailabilityMonitor:
 
     # -- queries --------------------------------------------------------------------------------
 
-    def update(self, now_s: float | None = None) -> list[Transition]:
-        """Re-evaluate every sensor at ``now_s``; return the state changes since the last call.
+    def update(self, now_ns: int | None = None) -> list[Transition]:
+        """Re-evaluate every sensor at ``now_ns``; return the state changes since the last call.
 
         Changes caused by events (samples, publisher counts, enable/disable, clock resets) are
         queued when they happen, so a short-lived state is reported even if it ended before
         this call. Each change is returned once.
         """
         with self._lock:
-            now_s = self._read_clock(now_s)
-            self._observe_clock(now_s)
+            now_ns = self._read_clock(now_ns)
+            self._observe_clock(now_ns)
             for sensor in self._sensors.values():
-                self._commit(sensor, now_s)
+                self._commit(sensor, now_ns)
             pending, self._pending = self._pending, []
             return pending
 
-    def state(self, name: str, now_s: float | None = None) -> SensorState:
-        """State of ``name`` at ``now_s`` (does not consume transitions)."""
+    def state(self, name: str, now_ns: int | None = None) -> SensorState:
+        """State of ``name`` at ``now_ns`` (does not consume transitions)."""
         with self._lock:
-            now_s = self._read_clock(now_s)
-            self._observe_clock(now_s)
-            return self._evaluate(self._get(name), now_s).state
+            now_ns = self._read_clock(now_ns)
+            self._observe_clock(now_ns)
+            return self._evaluate(self._get(name), now_ns).state
 
-    def health(self, now_s: float | None = None) -> list[SensorHealth]:
-        """Snapshot of every sensor at ``now_s``, in the order they were added."""
+    def health(self, now_ns: int | None = None) -> list[SensorHealth]:
+        """Snapshot of every sensor at ``now_ns``, in the order they were added."""
         with self._lock:
-            now_s = self._read_clock(now_s)
-            self._observe_clock(now_s)
-            return [self._snapshot(sensor, now_s) for sensor in self._sensors.values()]
+            now_ns = self._read_clock(now_ns)
+            self._observe_clock(now_ns)
+            return [self._snapshot(sensor, now_ns) for sensor in self._sensors.values()]
 
-    def fusable(self, now_s: float | None, max_age_s: float) -> list[str]:
-        """Names of the sensors whose newest embedding may enter a fusion tick at ``now_s``.
+    def fusable(self, now_ns: int | None, max_age_ns: int) -> list[str]:
+        """Names of the sensors whose newest embedding may enter a fusion tick at ``now_ns``.
 
         A sensor is fusable when it is LIVE or DEGRADED by rate only (never DISABLED, STALE,
         LOST, UNKNOWN or DEGRADED by quality) and its newest valid sample is at most
-        ``max_age_s`` old. In the order the sensors were added.
+        ``max_age_ns`` old. In the order the sensors were added.
         """
-        if not (_is_number(max_age_s) and max_age_s >= 0):
-            raise ValueError(f"max_age_s must be a number >= 0, got {max_age_s!r}")
+        if not (_is_int(max_age_ns) and max_age_ns >= 0):
+            raise ValueError(f"max_age_ns must be an int >= 0, got {max_age_ns!r}")
         with self._lock:
-            now_s = self._read_clock(now_s)
-            self._observe_clock(now_s)
+            now_ns = self._read_clock(now_ns)
+            self._observe_clock(now_ns)
             names = []
             for name, sensor in self._sensors.items():
-                if not self._evaluate(sensor, now_s).usable or sensor.last_valid is None:
+                if not self._evaluate(sensor, now_ns).usable or sensor.last_valid is None:
                     continue
-                if now_s - sensor.last_valid <= max_age_s:
+                if now_ns - sensor.last_valid <= max_age_ns:
                     names.append(name)
             return names
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _read_clock(self, now_s: float | None, *, required: bool = True) -> float | None:
-        """``now_s`` if given, else the injected clock (call with the lock held)."""
-        if now_s is not None:
-            return now_s
+    def _read_clock(self, now_ns: int | None, *, required: bool = True) -> int | None:
+        """``now_ns`` if given, else the injected clock (call with the lock held)."""
+        if now_ns is not None:
+            return now_ns
         if self._clock is not None:
-            return float(self._clock())
+            return int(self._clock())
         if required:
-            raise ValueError("now_s is required: this monitor has no injected clock")
+            raise ValueError("now_ns is required: this monitor has no injected clock")
         return None
 
     def _get(self, name: str) -> _Sensor:
@@ -528,70 +548,67 @@ class AvailabilityMonitor:
         except KeyError:
             raise KeyError(f"unknown sensor {name!r}; monitored: {list(self._sensors)}") from None
 
-    def _observe_clock(self, now_s: float) -> None:
-        if not (_is_number(now_s) and math.isfinite(now_s)):
-            raise ValueError(f"now_s must be a finite number of seconds, got {now_s!r}")
+    def _observe_clock(self, now_ns: int) -> None:
+        now_ns = _checked_time(now_ns, "now_ns")
         last = self._last_now
-        if last is not None and now_s < last - self.clock_jump_tolerance_s:
-            self._reset_all(now_s, last - now_s)
-        if last is None or now_s > last or now_s < last - self.clock_jump_tolerance_s:
-            self._last_now = float(now_s)
+        if last is not None and now_ns < last - self.clock_jump_tolerance_ns:
+            self._reset_all(now_ns, last - now_ns)
+        if last is None or now_ns > last or now_ns < last - self.clock_jump_tolerance_ns:
+            self._last_now = now_ns
         for sensor in self._sensors.values():
             if sensor.watch_since is None:
-                sensor.watch_since = float(now_s)
+                sensor.watch_since = now_ns
 
-    def _reset_all(self, now_s: float, jump_s: float) -> None:
+    def _reset_all(self, now_ns: int, jump_ns: int) -> None:
         self.clock_resets += 1
-        note = f"clock jumped back {_fmt(jump_s)} (bag loop or sim reset): history cleared"
+        note = f"clock jumped back {_fmt(jump_ns)} (bag loop or sim reset): history cleared"
         for sensor in self._sensors.values():
-            sensor.reset_session(now_s, "the clock jumped back")
+            sensor.reset_session(now_ns, "the clock jumped back")
             sensor.note = note
             # Stamps of the old timeline are caught by the future-stamp check now; keeping the
             # old loss time would reject every sample of the new timeline as a leftover.
             sensor.publisher_lost_at = None
-            self._commit(sensor, now_s)
+            self._commit(sensor, now_ns)
 
-    def _maybe_new_session(self, sensor: _Sensor, now_s: float) -> None:
-        lost = sensor.cfg.lost_timeout_s
-        if lost is not None and sensor.last_seen is not None and now_s - sensor.last_seen > lost:
-            sensor.reset_session(now_s, "it came back after an outage")
+    def _maybe_new_session(self, sensor: _Sensor, now_ns: int) -> None:
+        lost = sensor.cfg.lost_timeout_ns
+        if lost is not None and sensor.last_seen is not None and now_ns - sensor.last_seen > lost:
+            sensor.reset_session(now_ns, "it came back after an outage")
 
-    def _sample(self, sensor: _Sensor, stamp_s: float, now_s: float) -> bool:
-        if not math.isfinite(stamp_s):
-            self._bad(sensor, now_s, f"non-finite stamp {stamp_s!r}")
-            return False
-        if stamp_s > now_s + self.max_future_s:
-            sensor.last_reject = (f"stamp {_fmt(stamp_s - now_s)} ahead of the node clock "
+    def _sample(self, sensor: _Sensor, stamp_ns: int, now_ns: int) -> bool:
+        if stamp_ns > now_ns + self.max_future_ns:
+            sensor.last_reject = (f"stamp {_fmt(stamp_ns - now_ns)} ahead of the node clock "
                                   "(clocks not synchronised, or use_sim_time mismatch?)")
             return False
         if sensor.publisher_count == 0:
             lost_at = sensor.publisher_lost_at
-            if lost_at is not None and stamp_s <= lost_at:
+            if lost_at is not None and stamp_ns <= lost_at:
                 sensor.last_reject = "stamped before its publisher vanished"
                 return False
             sensor.publisher_count = None  # a newer sample proves a publisher exists
-            sensor.reset_session(now_s, "a sample arrived from a new publisher")
-        self._maybe_new_session(sensor, now_s)
-        if sensor.last_valid is not None and stamp_s <= sensor.last_valid:
-            self._bad(sensor, now_s, f"stamp {stamp_s:.3f} not newer than the previous one "
-                                     f"{sensor.last_valid:.3f} (out of order or duplicate)")
+            sensor.reset_session(now_ns, "a sample arrived from a new publisher")
+        self._maybe_new_session(sensor, now_ns)
+        if sensor.last_valid is not None and stamp_ns <= sensor.last_valid:
+            self._bad(sensor, now_ns, f"stamp {stamp_ns / NS:.3f} not newer than the previous "
+                                     f"one {sensor.last_valid / NS:.3f} (out of order or "
+                                     "duplicate)")
             return False
-        self._valid(sensor, stamp_s, now_s)
+        self._valid(sensor, stamp_ns, now_ns)
         return True
 
-    def _valid(self, sensor: _Sensor, stamp_s: float, now_s: float) -> None:
+    def _valid(self, sensor: _Sensor, stamp_ns: int, now_ns: int) -> None:
         cfg = sensor.cfg
         if sensor.last_valid is not None:
-            interval = stamp_s - sensor.last_valid
-            capped = min(interval, cfg.stale_timeout_s or interval)
+            interval = stamp_ns - sensor.last_valid
+            capped = min(interval, cfg.stale_timeout_ns or interval)
             alpha = cfg.rate_ewma_alpha
             sensor.interval_ewma = _ewma(sensor.interval_ewma, interval, alpha)
             sensor.verdict_ewma = _ewma(sensor.verdict_ewma, capped, alpha)
             sensor.n_intervals += 1
-        sensor.last_valid = stamp_s
-        sensor.last_arrival = now_s
-        sensor.last_seen = stamp_s if sensor.last_seen is None else max(sensor.last_seen,
-                                                                        stamp_s)
+        sensor.last_valid = stamp_ns
+        sensor.last_arrival = now_ns
+        sensor.last_seen = stamp_ns if sensor.last_seen is None else max(sensor.last_seen,
+                                                                        stamp_ns)
         sensor.bad_streak = 0
         sensor.bad_since_valid = 0
         sensor.last_reject = ""
@@ -608,89 +625,89 @@ class AvailabilityMonitor:
             return
         if sensor.n_intervals < cfg.min_rate_intervals:
             return
-        rate = 1.0 / max(sensor.verdict_ewma, 1e-9)
+        rate = NS / max(sensor.verdict_ewma, 1.0)
         if not sensor.rate_latched and rate < cfg.degraded_below_hz:
             sensor.rate_latched = True
         elif sensor.rate_latched and rate >= cfg.recovered_at_hz:
             sensor.rate_latched = False
 
-    def _bad(self, sensor: _Sensor, now_s: float, reason: str) -> None:
+    def _bad(self, sensor: _Sensor, now_ns: int, reason: str) -> None:
         sensor.bad_streak += 1
         sensor.bad_since_valid += 1
         sensor.good_streak = 0
         sensor.last_bad_reason = reason
-        sensor.last_seen = now_s if sensor.last_seen is None else max(sensor.last_seen, now_s)
+        sensor.last_seen = now_ns if sensor.last_seen is None else max(sensor.last_seen, now_ns)
         if sensor.bad_streak >= sensor.cfg.degraded_after_bad:
             sensor.quality_latched = True
 
-    def _commit(self, sensor: _Sensor, now_s: float | None) -> None:
-        if now_s is None:
+    def _commit(self, sensor: _Sensor, now_ns: int | None) -> None:
+        if now_ns is None:
             return
-        verdict = self._evaluate(sensor, now_s)
+        verdict = self._evaluate(sensor, now_ns)
         if verdict.state != sensor.state:
             self._pending.append(Transition(sensor.cfg.name, sensor.state, verdict.state,
-                                            float(now_s), verdict.reason))
+                                            now_ns, verdict.reason))
         sensor.state, sensor.reason = verdict.state, verdict.reason
 
-    def _evaluate(self, sensor: _Sensor, now_s: float) -> _Verdict:
+    def _evaluate(self, sensor: _Sensor, now_ns: int) -> _Verdict:
         """The state table of the module docstring, as code (pure: no mutation)."""
         cfg = sensor.cfg
         if not sensor.enabled:
             return _Verdict(SensorState.DISABLED, sensor.disabled_reason, False)
         if sensor.publisher_count == 0:
             return _Verdict(SensorState.LOST, f"no publisher on {cfg.topic or cfg.name}", False)
-        stale, lost = cfg.stale_timeout_s, cfg.lost_timeout_s
+        stale, lost = cfg.stale_timeout_ns, cfg.lost_timeout_ns
         if sensor.last_seen is None:
-            return self._waiting(sensor, now_s)
-        seen_age = max(0.0, now_s - sensor.last_seen)
+            return self._waiting(sensor, now_ns)
+        seen_age = max(0, now_ns - sensor.last_seen)
         if lost is not None and seen_age > lost:
             return _Verdict(SensorState.LOST, self._silence(
-                f"no sample for {_fmt(seen_age)} (lost timeout {_fmt(lost)})", sensor, now_s),
+                f"no sample for {_fmt(seen_age)} (lost timeout {_fmt(lost)})", sensor, now_ns),
                 False)
         if stale is not None and seen_age > stale:
             return _Verdict(SensorState.STALE, self._silence(
-                f"no sample for {_fmt(seen_age)} (stale timeout {_fmt(stale)})", sensor, now_s),
+                f"no sample for {_fmt(seen_age)} (stale timeout {_fmt(stale)})", sensor, now_ns),
                 False)
         if sensor.quality_latched:
             return _Verdict(SensorState.DEGRADED, self._quality_reason(sensor), False)
         if sensor.last_valid is None:
             return _Verdict(SensorState.UNKNOWN, f"{sensor.bad_since_valid} bad sample(s) and "
                             f"no valid one yet: {sensor.last_bad_reason}", False)
-        valid_age = max(0.0, now_s - sensor.last_valid)
+        valid_age = max(0, now_ns - sensor.last_valid)
         if stale is not None and valid_age > stale:
             return _Verdict(SensorState.STALE, (
                 f"newest valid sample is {_fmt(valid_age)} old (stale timeout {_fmt(stale)}); "
                 f"{sensor.bad_since_valid} bad since: {sensor.last_bad_reason}"), False)
         if sensor.rate_latched:
-            rate = 1.0 / sensor.verdict_ewma if sensor.verdict_ewma else 0.0
+            rate = NS / sensor.verdict_ewma if sensor.verdict_ewma else 0.0
             return _Verdict(SensorState.DEGRADED, (
                 f"rate {rate:.2f} Hz below {cfg.degraded_below_hz:.2f} Hz "
                 f"({1 - cfg.rate_tolerance:.0%} of the expected {cfg.expected_rate_hz:.2f} Hz; "
                 f"recovers at {cfg.recovered_at_hz:.2f} Hz)"), True)
         return _Verdict(SensorState.LIVE, "", True)
 
-    def _waiting(self, sensor: _Sensor, now_s: float) -> _Verdict:
-        lost = sensor.cfg.lost_timeout_s
-        since = sensor.watch_since if sensor.watch_since is not None else now_s
-        waited = max(0.0, now_s - since)
+    def _waiting(self, sensor: _Sensor, now_ns: int) -> _Verdict:
+        lost = sensor.cfg.lost_timeout_ns
+        since = sensor.watch_since if sensor.watch_since is not None else now_ns
+        waited = max(0, now_ns - since)
         if lost is not None and waited > lost:
             text = (f"no sample in {_fmt(waited)} since {sensor.watch_cause} "
                     f"(lost timeout {_fmt(lost)})")
-            return _Verdict(SensorState.LOST, self._silence(text, sensor, now_s), False)
+            return _Verdict(SensorState.LOST, self._silence(text, sensor, now_ns), False)
         text = f"waiting for the first sample since {sensor.watch_cause}"
         if lost is not None:
             text += f" ({_fmt(waited)} of a {_fmt(lost)} grace)"
-        return _Verdict(SensorState.UNKNOWN, self._silence(text, sensor, now_s), False)
+        return _Verdict(SensorState.UNKNOWN, self._silence(text, sensor, now_ns), False)
 
     @staticmethod
-    def _silence(text: str, sensor: _Sensor, now_s: float) -> str:
+    def _silence(text: str, sensor: _Sensor, now_ns: int) -> str:
         """``text`` plus what may explain the silence (clock reset, rejected or late samples)."""
         rejected = sensor.last_reject and f"last sample rejected: {sensor.last_reject}"
         extras = [sensor.note, rejected]
-        stale = sensor.cfg.stale_timeout_s
+        stale = sensor.cfg.stale_timeout_ns
         arrival, stamp = sensor.last_arrival, sensor.last_valid
         if stale is not None and arrival is not None and stamp is not None \
-                and now_s - arrival <= stale:
+                and now_ns - arrival <= stale:
             # Samples do arrive, but already old: a clock or latency problem, not an unplug.
             extras.append(f"samples arrive but are {_fmt(arrival - stamp)} old on arrival "
                           "(sensor clock behind the node clock, use_sim_time mismatch, or "
@@ -706,19 +723,32 @@ class AvailabilityMonitor:
         return (f"recovering from bad samples: {sensor.good_streak} of "
                 f"{cfg.recover_after_good} valid in a row (last bad: {sensor.last_bad_reason})")
 
-    def _snapshot(self, sensor: _Sensor, now_s: float) -> SensorHealth:
+    def _snapshot(self, sensor: _Sensor, now_ns: int) -> SensorHealth:
         cfg = sensor.cfg
-        verdict = self._evaluate(sensor, now_s)
-        age = math.nan if sensor.last_valid is None else max(0.0, now_s - sensor.last_valid)
+        verdict = self._evaluate(sensor, now_ns)
+        age_ns = None if sensor.last_valid is None else max(0, now_ns - sensor.last_valid)
         rate = 0.0
         if verdict.state != SensorState.LOST and sensor.interval_ewma is not None:
-            # floor: ROS stamps have 1 ns resolution; a sub-ns interval must not report inf Hz
-            rate = 1.0 / max(sensor.interval_ewma, age, 1e-9)
+            # floor at 1 ns: duplicate stamps are rejected, but an EWMA must not report inf Hz
+            rate = NS / max(sensor.interval_ewma, age_ns or 0, 1.0)
+        age = math.nan if age_ns is None else age_ns / NS
         return SensorHealth(
             name=cfg.name, modality=cfg.modality, topic=cfg.topic, state=verdict.state,
             rate_hz=rate, expected_rate_hz=cfg.expected_rate_hz, age_s=age,
             publisher_count=sensor.publisher_count, in_fusion=sensor.in_fusion,
             reason=verdict.reason)
+
+
+def _is_int(value: object) -> bool:
+    """An integer (numpy integers included), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _checked_time(value: object, what: str) -> int:
+    """``value`` as an int of nanoseconds; TypeError for floats (seconds passed by mistake)."""
+    if not _is_int(value):
+        raise TypeError(f"{what} must be an int of nanoseconds, got {value!r}")
+    return int(value)
 
 
 def _is_number(value: object) -> bool:

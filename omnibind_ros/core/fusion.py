@@ -1,14 +1,16 @@
 """Fusion-tick logic, independent of the inference runtime.
 
-One tick (shared/DESIGN.md, data flow): take the newest embedding of every sensor the
-availability monitor calls fusable, drop any older than ``max_age_s``, stack them as tokens
-``[1, N, D]`` with a padding mask, run the Adaptive Fusion head (injected as a callable: the
-backend's ``fuse``), classify the fused embedding and each token alone against the label
-embeddings, and return a :class:`FusionResult` with everything ``msg/Recognition.msg`` carries.
+One tick: take the newest embedding of every sensor the availability monitor calls fusable,
+drop any older than ``max_age_s``, stack them as tokens ``[1, N, D]`` with a padding mask, run
+the Adaptive Fusion head (injected as a callable: the backend's ``fuse``), classify the fused
+embedding and each token alone against the label embeddings, and return a
+:class:`FusionResult` with everything ``msg/Recognition.msg`` carries.
 
-Nothing here waits for a sensor: a tick fuses whatever subset is live at that moment.
+Nothing here waits for a sensor: a tick fuses whatever subset is live at that moment. Times
+are integer nanoseconds (stamps, tick times); durations given by people (``max_age_s``) are
+seconds, converted once.
 
-Choices where the issue is silent:
+Choices made here:
 
 * Token order is deterministic: modality registry order (image, text, thermal, event, tactile,
   audio, point_cloud; unknown keys after, alphabetically), then sensor name. The AF head
@@ -25,6 +27,7 @@ Choices where the issue is silent:
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +47,9 @@ __all__ = [
     "select_tokens",
 ]
 
-#: Default tolerance in s for stamps ahead of the node clock (as AvailabilityMonitor's).
-DEFAULT_FUTURE_TOLERANCE_S = 0.2
+#: Default tolerance in ns for stamps ahead of the node clock (as AvailabilityMonitor's).
+DEFAULT_FUTURE_TOLERANCE_NS = 200_000_000
+NS = 1_000_000_000
 
 _MODALITY_RANK = {m.value: i for i, m in enumerate(ALL_MODALITIES)}
 
@@ -61,7 +65,7 @@ class EmbeddingSlot:
     ----------
     sensor : configured sensor name.
     modality : modality registry key (normalised to its value).
-    stamp_s : header stamp of the message it was computed from, in s on the node clock.
+    stamp_ns : header stamp (int ns) of the message it was computed from, node clock.
     embedding : float32 ``[D]``; copied and made read-only, so a backend reusing its output
         buffer cannot change a stored slot.
     quality : per-sample quality score in [0, 1] (1.0 when preprocessing attaches none).
@@ -69,19 +73,21 @@ class EmbeddingSlot:
     Raises
     ------
     ValueError
-        Non-1-D, empty or non-finite embedding, non-finite stamp, quality outside [0, 1].
+        Non-1-D, empty or non-finite embedding, a stamp that is not an int, quality outside
+        [0, 1].
     """
 
     sensor: str
     modality: str
-    stamp_s: float
+    stamp_ns: int
     embedding: np.ndarray
     quality: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modality", parse_modality(self.modality).value)
-        if not math.isfinite(self.stamp_s):
-            raise ValueError(f"slot {self.sensor}: stamp_s must be finite, got {self.stamp_s}")
+        if not isinstance(self.stamp_ns, numbers.Integral) or isinstance(self.stamp_ns, bool):
+            raise TypeError(f"slot {self.sensor}: stamp_ns must be an int of nanoseconds, got "
+                            f"{self.stamp_ns!r}")
         if not 0.0 <= self.quality <= 1.0:
             raise ValueError(f"slot {self.sensor}: quality must be in [0, 1], got {self.quality}")
         embedding = np.array(self.embedding, dtype=np.float32, copy=True)
@@ -92,7 +98,7 @@ class EmbeddingSlot:
             raise ValueError(f"slot {self.sensor}: embedding has non-finite values")
         embedding.setflags(write=False)
         object.__setattr__(self, "embedding", embedding)
-        object.__setattr__(self, "stamp_s", float(self.stamp_s))
+        object.__setattr__(self, "stamp_ns", int(self.stamp_ns))
         object.__setattr__(self, "quality", float(self.quality))
 
     @property
@@ -105,24 +111,24 @@ class LatestEmbeddings:
 
     Encoders finish out of order (two messages of one sensor encoded concurrently), so ``put``
     keeps a slot only if it is newer than the stored one. A stored slot stamped more than
-    ``future_tolerance_s`` after ``now_s`` belongs to a timeline that was rewound (looping bag,
+    ``future_tolerance_ns`` after ``now_ns`` belongs to a timeline that was rewound (looping bag,
     sim reset) and is replaced by any slot.
     """
 
-    def __init__(self, future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S) -> None:
-        self.future_tolerance_s = float(future_tolerance_s)
+    def __init__(self, future_tolerance_ns: int = DEFAULT_FUTURE_TOLERANCE_NS) -> None:
+        self.future_tolerance_ns = int(future_tolerance_ns)
         self._lock = threading.Lock()
         self._slots: dict[str, EmbeddingSlot] = {}
 
-    def put(self, slot: EmbeddingSlot, now_s: float | None = None) -> bool:
+    def put(self, slot: EmbeddingSlot, now_ns: int | None = None) -> bool:
         """Store ``slot`` if it is the newest of its sensor; return whether it was stored."""
         if not isinstance(slot, EmbeddingSlot):
             raise TypeError(f"expected an EmbeddingSlot, got {type(slot).__name__}")
         with self._lock:
             old = self._slots.get(slot.sensor)
-            rewound = (old is not None and now_s is not None
-                       and old.stamp_s > now_s + self.future_tolerance_s)
-            if old is None or slot.stamp_s > old.stamp_s or rewound:
+            rewound = (old is not None and now_ns is not None
+                       and old.stamp_ns > now_ns + self.future_tolerance_ns)
+            if old is None or slot.stamp_ns > old.stamp_ns or rewound:
                 self._slots[slot.sensor] = slot
                 return True
             return False
@@ -171,29 +177,29 @@ def _newest_per_sensor(slots: list[EmbeddingSlot]) -> list[EmbeddingSlot]:
     for slot in slots:
         old = newest.get(slot.sensor)
         # equal stamps: the smaller token key wins, so input order never changes the result
-        if old is None or slot.stamp_s > old.stamp_s or (
-                slot.stamp_s == old.stamp_s and _token_key(slot) < _token_key(old)):
+        if old is None or slot.stamp_ns > old.stamp_ns or (
+                slot.stamp_ns == old.stamp_ns and _token_key(slot) < _token_key(old)):
             newest[slot.sensor] = slot
     return list(newest.values())
 
 
 def _limit_tokens(slots: list[EmbeddingSlot], max_tokens: int) -> list[EmbeddingSlot]:
     """Keep ``max_tokens`` slots: each modality's freshest first, then second sensors..."""
-    by_freshness = sorted(slots, key=lambda s: (-s.stamp_s, _token_key(s)))
+    by_freshness = sorted(slots, key=lambda s: (-s.stamp_ns, _token_key(s)))
     rank_in_modality: dict[str, int] = {}
     ranked = []
     for slot in by_freshness:
         rank = rank_in_modality.get(slot.modality, 0)
         rank_in_modality[slot.modality] = rank + 1
-        ranked.append((rank, -slot.stamp_s, _token_key(slot), slot))
+        ranked.append((rank, -slot.stamp_ns, _token_key(slot), slot))
     ranked.sort(key=lambda item: item[:3])
     return [item[3] for item in ranked[:max_tokens]]
 
 
-def select_tokens(slots: Slots, fusable_names: Iterable[str], now_s: float, max_age_s: float,
+def select_tokens(slots: Slots, fusable_names: Iterable[str], now_ns: int, max_age_ns: int,
                   max_tokens: int | None = None, *, pad_to: int | None = None,
                   dim: int | None = None, min_quality: float = 0.0,
-                  future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S,
+                  future_tolerance_ns: int = DEFAULT_FUTURE_TOLERANCE_NS,
                   ) -> tuple[np.ndarray, np.ndarray, list[EmbeddingSlot]]:
     """Pick the slots that may enter a fusion tick and stack them as padded tokens.
 
@@ -202,9 +208,9 @@ def select_tokens(slots: Slots, fusable_names: Iterable[str], now_s: float, max_
     slots : a :class:`LatestEmbeddings`, a ``{sensor: slot}`` mapping or an iterable of slots
         (several slots of one sensor: the newest counts).
     fusable_names : sensors the availability monitor allows (``AvailabilityMonitor.fusable``).
-    now_s : tick time in s on the node clock.
-    max_age_s : slots older than this (``now_s - stamp_s``, s) are skipped; so are slots
-        stamped more than ``future_tolerance_s`` after ``now_s``.
+    now_ns : tick time (int ns) on the node clock.
+    max_age_ns : slots older than this (``now_ns - stamp_ns``) are skipped; so are slots
+        stamped more than ``future_tolerance_ns`` after ``now_ns``.
     max_tokens : at most this many tokens (see the module docstring for which are kept).
     pad_to : pad the token axis to this length (a head with a static ``N_max``); defaults to
         the number of selected tokens. ``max_tokens`` defaults to it.
@@ -222,8 +228,8 @@ def select_tokens(slots: Slots, fusable_names: Iterable[str], now_s: float, max_
     ValueError
         Selected embeddings of different sizes, or ``pad_to`` smaller than ``max_tokens``.
     """
-    if not max_age_s >= 0:
-        raise ValueError(f"max_age_s must be >= 0, got {max_age_s!r}")
+    if not max_age_ns >= 0:
+        raise ValueError(f"max_age_ns must be >= 0, got {max_age_ns!r}")
     if max_tokens is None:
         max_tokens = pad_to
     if max_tokens is not None and max_tokens < 1:
@@ -233,7 +239,7 @@ def select_tokens(slots: Slots, fusable_names: Iterable[str], now_s: float, max_
     allowed = set(fusable_names)
     candidates = [s for s in _newest_per_sensor(_as_slots(slots))
                   if s.sensor in allowed and s.quality >= min_quality
-                  and -future_tolerance_s <= now_s - s.stamp_s <= max_age_s]
+                  and -future_tolerance_ns <= now_ns - s.stamp_ns <= max_age_ns]
     if max_tokens is not None and len(candidates) > max_tokens:
         candidates = _limit_tokens(candidates, max_tokens)
     used = sorted(candidates, key=_token_key)
@@ -320,15 +326,15 @@ class ModalityPredictionResult:
     sensor, modality : the sensor.
     label : best label for its embedding alone.
     score : softmax probability of ``label`` in [0, 1].
-    stamp_s : stamp of the sample its embedding came from, s.
-    age_s : tick time minus ``stamp_s``, s, >= 0.
+    stamp_ns : stamp (int ns) of the sample its embedding came from.
+    age_s : tick time minus ``stamp_ns``, in s, >= 0.
     """
 
     sensor: str
     modality: str
     label: str
     score: float
-    stamp_s: float
+    stamp_ns: int
     age_s: float
 
 
@@ -338,8 +344,9 @@ class FusionResult:
 
     Attributes
     ----------
-    tick_s : node-clock time of the tick, s.
-    stamp_s : stamp of the newest sample fused (Recognition ``header.stamp``); None if none.
+    tick_ns : node-clock time (int ns) of the tick.
+    stamp_ns : stamp (int ns) of the newest sample fused (Recognition ``header.stamp``); None
+        if none.
     best_label, best_score : top label and its probability; ``""`` and 0 without an answer.
     top_labels, top_scores : the k best, best first.
     sensors, modalities : the fused sensors and their modalities (parallel, token order).
@@ -348,8 +355,8 @@ class FusionResult:
     no_answer_reason : why nothing was recognised; empty when there is an answer.
     """
 
-    tick_s: float
-    stamp_s: float | None = None
+    tick_ns: int
+    stamp_ns: int | None = None
     best_label: str = ""
     best_score: float = 0.0
     top_labels: tuple[str, ...] = ()
@@ -375,17 +382,17 @@ class FusionTick:
     label_names : C label names, in the order of ``label_embeddings``.
     label_embeddings : ``[C, D]`` (normalised once here).
     logit_scale : the bundle's logit scale (multiplier, > 0).
-    max_age_s : oldest sample, in s, that may be fused.
+    max_age_s : oldest sample, in s, that may be fused (:attr:`max_age_ns` in ns).
     top_k : labels in ``top_labels`` (fewer if C is smaller).
     min_modalities : distinct modalities needed for an answer.
-    max_tokens, pad_to, min_quality, future_tolerance_s : passed to :func:`select_tokens`.
+    max_tokens, pad_to, min_quality, future_tolerance_ns : passed to :func:`select_tokens`.
     """
 
     def __init__(self, fuse: FuseFn, label_names: Sequence[str], label_embeddings: np.ndarray,
                  logit_scale: float, *, max_age_s: float, top_k: int = 5,
                  min_modalities: int = 1, max_tokens: int | None = None,
                  pad_to: int | None = None, min_quality: float = 0.0,
-                 future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S) -> None:
+                 future_tolerance_ns: int = DEFAULT_FUTURE_TOLERANCE_NS) -> None:
         labels = _as_matrix(label_embeddings, "label_embeddings")
         if len(label_names) != labels.shape[0]:
             raise ValueError(f"{len(label_names)} label names for {labels.shape[0]} embeddings")
@@ -401,39 +408,40 @@ class FusionTick:
         self._labels = _normalize(labels, "label_embeddings")
         self.logit_scale = float(logit_scale)
         self.max_age_s = float(max_age_s)
+        self.max_age_ns = round(self.max_age_s * NS)
         self.top_k = int(top_k)
         self.min_modalities = int(min_modalities)
         self.max_tokens = max_tokens
         self.pad_to = pad_to
         self.min_quality = float(min_quality)
-        self.future_tolerance_s = float(future_tolerance_s)
+        self.future_tolerance_ns = int(future_tolerance_ns)
 
     @property
     def dim(self) -> int:
         return int(self._labels.shape[1])
 
-    def __call__(self, slots: Slots, fusable_names: Iterable[str], now_s: float) -> FusionResult:
-        return self.tick(slots, fusable_names, now_s)
+    def __call__(self, slots: Slots, fusable_names: Iterable[str], now_ns: int) -> FusionResult:
+        return self.tick(slots, fusable_names, now_ns)
 
-    def tick(self, slots: Slots, fusable_names: Iterable[str], now_s: float) -> FusionResult:
-        """Fuse the fresh slots of ``fusable_names`` at ``now_s``; never waits for a sensor."""
+    def tick(self, slots: Slots, fusable_names: Iterable[str], now_ns: int) -> FusionResult:
+        """Fuse the fresh slots of ``fusable_names`` at ``now_ns``; never waits for a sensor."""
         fusable = list(fusable_names)
         tokens, mask, used = select_tokens(
-            slots, fusable, now_s, self.max_age_s, self.max_tokens, pad_to=self.pad_to,
+            slots, fusable, now_ns, self.max_age_ns, self.max_tokens, pad_to=self.pad_to,
             dim=self.dim, min_quality=self.min_quality,
-            future_tolerance_s=self.future_tolerance_s)
+            future_tolerance_ns=self.future_tolerance_ns)
         reason = self._no_answer_reason(fusable, used)
         if reason:
-            return FusionResult(tick_s=float(now_s), no_answer_reason=reason)
+            return FusionResult(tick_ns=int(now_ns), no_answer_reason=reason)
         fused = self._run_fuse(tokens, mask)
         idx, probs = _classify_normalized(fused, self._labels, self.logit_scale, self.top_k)
         top_labels = tuple(self.label_names[i] for i in idx)
         return FusionResult(
-            tick_s=float(now_s), stamp_s=max(s.stamp_s for s in used),
+            tick_ns=int(now_ns), stamp_ns=max(s.stamp_ns for s in used),
             best_label=top_labels[0], best_score=float(probs[0]), top_labels=top_labels,
             top_scores=tuple(float(p) for p in probs),
             sensors=tuple(s.sensor for s in used), modalities=tuple(s.modality for s in used),
-            per_modality=self._per_modality(used, now_s), embedding=fused)
+            per_modality=self._per_modality(used, now_ns), embedding=fused)
 
     def _no_answer_reason(self, fusable: list[str], used: list[EmbeddingSlot]) -> str:
         if not fusable:
@@ -459,13 +467,14 @@ class FusionTick:
         return (out / np.linalg.norm(out)).astype(np.float32)
 
     def _per_modality(self, used: list[EmbeddingSlot],
-                      now_s: float) -> tuple[ModalityPredictionResult, ...]:
+                      now_ns: int) -> tuple[ModalityPredictionResult, ...]:
         stacked = np.stack([s.embedding for s in used])  # [N, D]: one batched classification
         idx, probs = _classify_normalized(stacked, self._labels, self.logit_scale, 1)
         return tuple(
             ModalityPredictionResult(
                 sensor=s.sensor, modality=s.modality, label=self.label_names[int(i[0])],
-                score=float(p[0]), stamp_s=s.stamp_s, age_s=max(0.0, float(now_s) - s.stamp_s))
+                score=float(p[0]), stamp_ns=s.stamp_ns,
+                age_s=max(0, int(now_ns) - s.stamp_ns) / NS)
             for s, i, p in zip(used, idx, probs, strict=True))
 
 
@@ -477,15 +486,15 @@ class TickScheduler:
 
     * after a cooldown of ``EMBED_MARGIN * P`` (0.8 P) since the last tick, the next embedding
       that is the *freshest* evidence (its stamp is the newest of the fusable sensors') ticks
-      at once, so the answer follows its newest input by the pipeline delay alone (a 10 Hz
-      timer adds 38 ms at p50; the issue's p50 target is 30 ms);
+      at once, so the answer follows its newest input by the pipeline delay alone instead of
+      waiting for the next timer tick;
     * if none came by the deadline ``TIMER_MARGIN * P`` (1.2 P), the heartbeat timer ticks
-      (it fires every ``P / 4``, :attr:`timer_period_s`, to keep that deadline within a
+      (it fires every ``P / 4``, :attr:`timer_period_ns`, to keep that deadline within a
       quarter period). So the rate stays near ``rate_hz`` (between ``rate_hz / 1.45`` and
       ``rate_hz / 0.8``) whatever the sensors do, and a robot whose sensors all went silent
-      still gets its "no answer" and the reason. The margins were set with
-      ``benchmarks/bench_runtime.py latency`` (default bundle, 2 cores): a deadline of 1.0 P
-      made late-evidence ticks the p99 (89 ms), 1.2 P gives p50 22 / p99 80 ms;
+      still gets its "no answer" and the reason. The margins trade latency against rate:
+      ``benchmarks/bench_runtime.py latency`` measures both (a deadline of 1.0 P made the
+      late-evidence ticks the p99 of the latency);
     * a sensor that (re)joins fusion, or a fused one that leaves it, ticks at once, at most
       every ``MIN_GAP * P`` (0.25 P; one that comes sooner is ticked by the next heartbeat
       after the gap): the answer changes with the set of sensors without waiting for the next
@@ -494,23 +503,25 @@ class TickScheduler:
     Without ``on_embedding`` only the timer ticks, every ``P``. ``rate_hz == 0`` ticks on every
     new embedding, unthrottled, and never on a timer.
 
-    Times are the caller's clock (node clock, bag clock); the scheduler is not thread-safe:
-    call it under the lock that serialises ticks.
+    Times are integer nanoseconds of the caller's clock (node clock, bag clock), compared
+    exactly; the scheduler is not thread-safe: call it under the lock that serialises ticks.
     """
 
     EMBED_MARGIN = 0.8
     TIMER_MARGIN = 1.2
     MIN_GAP = 0.25
     HEARTBEATS_PER_PERIOD = 4
-    _EPS_S = 1e-9  # float slack on the comparisons
 
     def __init__(self, rate_hz: float, on_embedding: bool = True) -> None:
         if not (math.isfinite(rate_hz) and rate_hz >= 0):
             raise ValueError(f"rate_hz must be a finite number >= 0, got {rate_hz!r}")
         self.rate_hz = float(rate_hz)
         self.on_embedding = bool(on_embedding) or self.rate_hz == 0.0
-        self.period_s = 1.0 / self.rate_hz if self.rate_hz > 0 else 0.0
-        self.last_tick_s: float | None = None
+        self.period_ns = round(NS / self.rate_hz) if self.rate_hz > 0 else 0
+        self._cooldown_ns = round(self.EMBED_MARGIN * self.period_ns)
+        self._deadline_ns = round(self.TIMER_MARGIN * self.period_ns)
+        self._min_gap_ns = round(self.MIN_GAP * self.period_ns)
+        self.last_tick_ns: int | None = None
         #: A set change (join/leave) arrived within MIN_GAP of a tick: the next heartbeat
         #: after MIN_GAP ticks for it, instead of leaving it to the next evidence.
         self.change_pending = False
@@ -520,22 +531,21 @@ class TickScheduler:
         return self.rate_hz > 0
 
     @property
-    def timer_period_s(self) -> float:
+    def timer_period_ns(self) -> int:
         """Period of the timer that calls :meth:`timer_due` (0 when there is none)."""
         if not self.uses_timer:
-            return 0.0
-        return self.period_s / self.HEARTBEATS_PER_PERIOD if self.on_embedding else self.period_s
+            return 0
+        if not self.on_embedding:
+            return self.period_ns
+        return round(self.period_ns / self.HEARTBEATS_PER_PERIOD)
 
-    def _since_last(self, now_s: float) -> float:
-        if self.last_tick_s is None or now_s < self.last_tick_s:  # first tick, or clock reset
-            return math.inf
-        return now_s - self.last_tick_s
+    def _waited(self, now_ns: int, wait_ns: int) -> bool:
+        last = self.last_tick_ns
+        # first tick, or the clock went back (a reset): nothing to wait for
+        return last is None or now_ns < last or now_ns - last >= wait_ns
 
-    def _waited(self, now_s: float, periods: float) -> bool:
-        return self._since_last(now_s) >= periods * self.period_s - self._EPS_S
-
-    def embedding_due(self, now_s: float, joins: bool = False, freshest: bool = True) -> bool:
-        """A new embedding arrived at ``now_s``: tick now?
+    def embedding_due(self, now_ns: int, joins: bool = False, freshest: bool = True) -> bool:
+        """A new embedding arrived at ``now_ns``: tick now?
 
         ``joins``: its sensor is fusable but was not in the previous tick (replugged or new).
         ``freshest``: its stamp is the newest among the fusable sensors' embeddings (an event
@@ -547,33 +557,33 @@ class TickScheduler:
         if self.rate_hz == 0.0:
             return True
         if joins:
-            return self._change(now_s)
-        return freshest and self._waited(now_s, self.EMBED_MARGIN)
+            return self._change(now_ns)
+        return freshest and self._waited(now_ns, self._cooldown_ns)
 
-    def _change(self, now_s: float) -> bool:
-        if self._waited(now_s, self.MIN_GAP):
+    def _change(self, now_ns: int) -> bool:
+        if self._waited(now_ns, self._min_gap_ns):
             return True
         self.change_pending = True
         return False
 
-    def change_due(self, now_s: float) -> bool:
+    def change_due(self, now_ns: int) -> bool:
         """A sensor used by the previous tick just left fusion (STALE, LOST, DISABLED...) at
-        ``now_s``: tick now, so the answer stops using it at once?"""
+        ``now_ns``: tick now, so the answer stops using it at once?"""
         if not self.on_embedding:
             return False
-        return self.rate_hz == 0.0 or self._change(now_s)
+        return self.rate_hz == 0.0 or self._change(now_ns)
 
-    def timer_due(self, now_s: float) -> bool:
-        """The timer (period :attr:`timer_period_s`) fired at ``now_s``: tick now?"""
+    def timer_due(self, now_ns: int) -> bool:
+        """The timer (period :attr:`timer_period_ns`) fired at ``now_ns``: tick now?"""
         if not self.uses_timer:
             return False
         if not self.on_embedding:
             return True
-        if self.change_pending and self._waited(now_s, self.MIN_GAP):
+        if self.change_pending and self._waited(now_ns, self._min_gap_ns):
             return True
-        return self._waited(now_s, self.TIMER_MARGIN)
+        return self._waited(now_ns, self._deadline_ns)
 
-    def ticked(self, now_s: float) -> None:
-        """Record that a tick ran at ``now_s``."""
-        self.last_tick_s = float(now_s)
+    def ticked(self, now_ns: int) -> None:
+        """Record that a tick ran at ``now_ns``."""
+        self.last_tick_ns = int(now_ns)
         self.change_pending = False

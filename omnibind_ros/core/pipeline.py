@@ -36,6 +36,7 @@ __all__ = ["Admission", "Pipeline", "SampleOutcome", "SensorStage", "StageHook",
 #: ``hook(key, seconds)``: receives stage timings (``"<modality>/preprocess"``,
 #: ``"<modality>/encode"``, ...) when a caller (a benchmark) installs one; None costs nothing.
 StageHook = Callable[[str, float], None]
+NS = 1_000_000_000
 
 
 class Pipeline:
@@ -144,13 +145,13 @@ class SampleOutcome:
     """What one message of a sensor amounts to (see the module docstring).
 
     kind : "bad", "valid" or "embedding".
-    stamp_s : the message's stamp (header stamp, or the arrival time without a header).
+    stamp_ns : the message's stamp (header stamp, or the arrival time without a header), ns.
     reason : why it is bad ("" otherwise).
     embedding : float32 ``[D]`` for "embedding", else None.
     """
 
     kind: str
-    stamp_s: float
+    stamp_ns: int
     reason: str = ""
     embedding: np.ndarray | None = None
 
@@ -166,22 +167,25 @@ class SensorStage:
     convert : ``msg -> payload``.
     pipeline : the sensor's :class:`Pipeline`.
     encode_rate_hz : encode at most this often (arrival time); 0 = every message.
+
+    Times (stamps, arrival) are integer nanoseconds.
     """
 
     def __init__(self, convert: Callable[[Any], Any], pipeline: Pipeline,
                  encode_rate_hz: float = 0.0) -> None:
         self.convert = convert
         self.pipeline = pipeline
-        self.encode_period_s = 1.0 / encode_rate_hz if encode_rate_hz > 0 else 0.0
-        self.last_stamp: float | None = None
-        self.last_submit: float | None = None
+        self.encode_period_ns = round(NS / encode_rate_hz) if encode_rate_hz > 0 else 0
+        self.last_stamp: int | None = None
+        self.last_submit: int | None = None
         self._lock = threading.Lock()  # streaming preprocessor: callback pushes, encoder reads
 
-    def admit(self, msg: Any, stamp_s: float, arrival_s: float) -> Admission:
+    def admit(self, msg: Any, stamp_ns: int, arrival_ns: int) -> Admission:
         """Stamp order, conversion (and the streaming push), encode-rate throttle."""
-        if self.last_stamp is not None and stamp_s <= self.last_stamp:
-            return Admission("bad", f"stamp {stamp_s:.3f} not newer than the previous "
-                             f"{self.last_stamp:.3f} (out of order or duplicate); message dropped")
+        if self.last_stamp is not None and stamp_ns <= self.last_stamp:
+            return Admission("bad", f"stamp {stamp_ns / NS:.3f} not newer than the previous "
+                             f"{self.last_stamp / NS:.3f} (out of order or duplicate); message "
+                             "dropped")
         try:
             payload = self.convert(msg)
             if self.pipeline.streaming:
@@ -189,15 +193,15 @@ class SensorStage:
                     self.pipeline.push(payload)
         except Exception as exc:  # noqa: BLE001  (a bad message must never kill the node)
             return Admission("bad", bad_reason(exc))
-        self.last_stamp = stamp_s
-        due = (self.last_submit is None or self.encode_period_s == 0.0
-               or arrival_s - self.last_submit >= self.encode_period_s)
+        self.last_stamp = stamp_ns
+        due = (self.last_submit is None or self.encode_period_ns == 0
+               or arrival_ns - self.last_submit >= self.encode_period_ns)
         if not due:
             return Admission("valid")
-        self.last_submit = arrival_s
+        self.last_submit = arrival_ns
         return Admission("due", payload=payload)
 
-    def encode(self, payload: Any, stamp_s: float) -> SampleOutcome:
+    def encode(self, payload: Any, stamp_ns: int) -> SampleOutcome:
         """A due payload's embedding (streaming sensors: the current window), or a bad sample."""
         try:
             if self.pipeline.streaming:
@@ -207,12 +211,12 @@ class SensorStage:
                 model_input = self.pipeline.preprocess(payload)
             embedding = checked_embedding(self.pipeline.encode(model_input))
         except Exception as exc:  # noqa: BLE001
-            return SampleOutcome("bad", stamp_s, bad_reason(exc))
-        return SampleOutcome("embedding", stamp_s, embedding=embedding)
+            return SampleOutcome("bad", stamp_ns, bad_reason(exc))
+        return SampleOutcome("embedding", stamp_ns, embedding=embedding)
 
-    def process(self, msg: Any, stamp_s: float, arrival_s: float) -> SampleOutcome:
+    def process(self, msg: Any, stamp_ns: int, arrival_ns: int) -> SampleOutcome:
         """:meth:`admit` then, for a due message, :meth:`encode`."""
-        admission = self.admit(msg, stamp_s, arrival_s)
+        admission = self.admit(msg, stamp_ns, arrival_ns)
         if admission.kind == "due":
-            return self.encode(admission.payload, stamp_s)
-        return SampleOutcome(admission.kind, stamp_s, admission.reason)
+            return self.encode(admission.payload, stamp_ns)
+        return SampleOutcome(admission.kind, stamp_ns, admission.reason)

@@ -6,7 +6,7 @@ a clock they inject:
 
 * ``on_sample`` / ``on_bad_sample`` / ``on_embedding``: what a sensor's messages amount to
   (delivered by :class:`~omnibind_ros.core.sensor_worker.SampleReporter`);
-* ``on_fusion_timer``: the heartbeat timer, every :attr:`Recognizer.timer_period_s`;
+* ``on_fusion_timer``: the heartbeat timer, every :attr:`Recognizer.timer_period_ns`;
 * ``on_monitor_timer``: the availability monitor's evaluation, every ``1 / MONITOR_RATE_HZ``;
 * ``add_sensor`` / ``remove_sensor`` / ``set_enabled`` / ``on_publisher_count``: configuration
   and the ROS graph.
@@ -25,8 +25,9 @@ triggers it is asked about):
 * a sensor fused in the previous tick changes state (the monitor evaluation reports it);
 * the heartbeat timer.
 
-Thread safety: every method may be called from any thread; one lock serialises ticks and
-configuration, and the monitor reads the clock inside its own lock.
+Times are integer nanoseconds of the injected clock (stamps too). Thread safety: every method
+may be called from any thread; one lock serialises ticks and configuration, and the monitor
+reads the clock inside its own lock.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from omnibind_ros.core.availability import AvailabilityMonitor, SensorConfig, Transition
+from omnibind_ros.core.errors import BundleIncompatibleError
 from omnibind_ros.core.fusion import (
     EmbeddingSlot,
     FusionResult,
@@ -48,15 +50,16 @@ from omnibind_ros.core.fusion import (
 )
 from omnibind_ros.core.pipeline import StageHook
 
-__all__ = ["CLOCK_JUMP_TOLERANCE_S", "MONITOR_RATE_HZ", "FusionSettings", "MonitorUpdate",
+__all__ = ["CLOCK_JUMP_TOLERANCE_NS", "MONITOR_RATE_HZ", "FusionSettings", "MonitorUpdate",
            "Recognizer", "build_fusion_tick", "logit_scale_of"]
 
 #: How often the monitor is evaluated (state changes are reported when seen, so this bounds the
 #: delay of a STALE/LOST report beyond its deadline).
 MONITOR_RATE_HZ = 20.0
-#: Backward clock steps smaller than this are reordering between threads, not a jump. A real
-#: jump back (looping bag, simulator reset) is seconds; this only absorbs sim-time jitter.
-CLOCK_JUMP_TOLERANCE_S = 1.0
+#: Backward clock steps smaller than this (ns) are reordering between threads, not a jump. A
+#: real jump back (looping bag, simulator reset) is seconds; this only absorbs sim-time jitter.
+CLOCK_JUMP_TOLERANCE_NS = 1_000_000_000
+NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,15 @@ class FusionSettings:
 
 
 def logit_scale_of(bundle: Any) -> float:
-    """The bundle's logit scale (multiplier of the cosines)."""
-    # Bundles of format 1 carry no scale yet; 100 is CLIP's (exp of its learned 4.6052).
-    labels = bundle.manifest.get("labels")
-    scale = labels.get("logit_scale") if isinstance(labels, dict) else None
-    return float(scale or bundle.manifest.get("logit_scale") or 100.0)
+    """The bundle's logit scale: the multiplier of the label cosines that training used (1/tau
+    of the fusion loss), so a fused score here is the trainer's softmax."""
+    scale = bundle.logit_scale
+    if scale is None:
+        raise BundleIncompatibleError(
+            f"the model bundle {bundle.root} carries no labels.logit_scale (exported before the "
+            "bundle recorded it); re-export it: omnibind-train export --config <its config>",
+            path=bundle.root)
+    return float(scale)
 
 
 def build_fusion_tick(bundle: Any, backend: Any, settings: FusionSettings,
@@ -118,22 +125,22 @@ class Recognizer:
     Parameters
     ----------
     fusion : the fusion tick (:func:`build_fusion_tick`).
-    clock : ``() -> now`` in seconds on the caller's clock (node clock, bag clock).
+    clock : ``() -> now`` in int nanoseconds on the caller's clock (node clock, bag clock).
     rate_hz, tick_on_embedding : the tick schedule (:class:`TickScheduler`).
     on_result : receives every tick's result (outside the engine's lock).
     on_tick_error : receives the exception of a tick that failed (the previous result stays).
     hook : optional stage timings: ``"fusion/tick"`` (one tick, s) and
-        ``"<sensor>/stamp_to_embedding"`` (clock at storing minus the sample's stamp).
+        ``"<sensor>/stamp_to_embedding"`` (clock at storing minus the sample's stamp, s).
     """
 
-    def __init__(self, fusion: FusionTick, *, clock: Callable[[], float],
+    def __init__(self, fusion: FusionTick, *, clock: Callable[[], int],
                  rate_hz: float = 10.0, tick_on_embedding: bool = True,
                  on_result: ResultListener | None = None,
                  on_tick_error: ErrorListener | None = None,
                  hook: StageHook | None = None) -> None:
         self._lock = threading.RLock()
         self._clock = clock
-        self.monitor = AvailabilityMonitor(clock_jump_tolerance_s=CLOCK_JUMP_TOLERANCE_S,
+        self.monitor = AvailabilityMonitor(clock_jump_tolerance_ns=CLOCK_JUMP_TOLERANCE_NS,
                                            clock=clock)
         self.store = LatestEmbeddings()
         self._fusion = fusion
@@ -158,9 +165,9 @@ class Recognizer:
         return self._scheduler
 
     @property
-    def timer_period_s(self) -> float:
+    def timer_period_ns(self) -> int:
         """Period of :meth:`on_fusion_timer` calls (0: the schedule needs no timer)."""
-        return self._scheduler.timer_period_s
+        return self._scheduler.timer_period_ns
 
     @property
     def last_result(self) -> FusionResult | None:
@@ -177,7 +184,7 @@ class Recognizer:
             self._fusion = fusion
 
     def set_schedule(self, rate_hz: float, tick_on_embedding: bool = True) -> None:
-        """Replace the tick schedule (the caller re-creates its timer: :attr:`timer_period_s`)."""
+        """Replace the tick schedule (the caller re-creates its timer: :attr:`timer_period_ns`)."""
         with self._lock:
             self._scheduler = TickScheduler(rate_hz, tick_on_embedding)
 
@@ -213,11 +220,11 @@ class Recognizer:
 
     # -- samples ---------------------------------------------------------------------------------
 
-    def on_sample(self, name: str, stamp_s: float) -> bool:
+    def on_sample(self, name: str, stamp_ns: int) -> bool:
         """A valid message of ``name``; whether it is the sensor's newest (False for a removed
         sensor, a future stamp, a leftover of a vanished publisher)."""
         try:
-            return self.monitor.on_sample(name, stamp_s)
+            return self.monitor.on_sample(name, stamp_ns)
         except KeyError:
             return False
 
@@ -227,7 +234,7 @@ class Recognizer:
         except KeyError:
             pass
 
-    def on_embedding(self, name: str, stamp_s: float, embedding: np.ndarray
+    def on_embedding(self, name: str, stamp_ns: int, embedding: np.ndarray
                      ) -> FusionResult | None:
         """Store the embedding of an accepted sample; tick if the scheduler says so. Returns the
         tick's result, or None (no tick, a failed tick, or a sensor removed meanwhile)."""
@@ -236,8 +243,8 @@ class Recognizer:
             return None  # removed while its last message was being encoded
         now = self._clock()
         if self.hook is not None:
-            self.hook(f"{name}/stamp_to_embedding", now - stamp_s)
-        self.store.put(EmbeddingSlot(name, modality, stamp_s, embedding), now)
+            self.hook(f"{name}/stamp_to_embedding", (now - stamp_ns) / NS)
+        self.store.put(EmbeddingSlot(name, modality, stamp_ns, embedding), now)
         return self._tick("embedding", name)
 
     # -- timers ----------------------------------------------------------------------------------
@@ -268,7 +275,7 @@ class Recognizer:
                 return None
             fusion, scheduler = self._fusion, self._scheduler
             now = self._clock()
-            fusable = self.monitor.fusable(None, fusion.max_age_s)  # clock read in its lock
+            fusable = self.monitor.fusable(None, fusion.max_age_ns)  # clock read in its lock
             if not self._due(scheduler, trigger, now, fusable, sensor):
                 return None
             scheduler.ticked(now)
@@ -291,7 +298,7 @@ class Recognizer:
             self.on_result(result)
         return result
 
-    def _due(self, scheduler: TickScheduler, trigger: str, now: float, fusable: list[str],
+    def _due(self, scheduler: TickScheduler, trigger: str, now: int, fusable: list[str],
              sensor: str | None) -> bool:
         if trigger == "embedding":
             last = self._last
@@ -308,4 +315,4 @@ class Recognizer:
         own = slots.get(sensor) if sensor is not None else None
         if own is None:
             return False
-        return all(slots[n].stamp_s <= own.stamp_s for n in fusable if n in slots)
+        return all(slots[n].stamp_ns <= own.stamp_ns for n in fusable if n in slots)

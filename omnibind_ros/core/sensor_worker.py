@@ -40,11 +40,11 @@ WARN_INTERVAL_S = 2.0
 class SampleSink(Protocol):
     """What hears a sensor's samples (the :class:`~omnibind_ros.core.recognizer.Recognizer`)."""
 
-    def on_sample(self, name: str, stamp_s: float) -> bool: ...
+    def on_sample(self, name: str, stamp_ns: int) -> bool: ...
 
     def on_bad_sample(self, name: str, reason: str) -> None: ...
 
-    def on_embedding(self, name: str, stamp_s: float, embedding: np.ndarray) -> Any: ...
+    def on_embedding(self, name: str, stamp_ns: int, embedding: np.ndarray) -> Any: ...
 
 
 class SampleReporter:
@@ -63,7 +63,7 @@ class SampleReporter:
         self.sink = sink
         self._warn = warn
         self._lock = threading.Lock()
-        self._reported_max = -float("inf")
+        self._reported_max: int | None = None
         self._last_warn = -float("inf")
         self.encoded = self.bad = 0
 
@@ -72,21 +72,21 @@ class SampleReporter:
         if outcome.kind == "bad":
             self.bad_sample(outcome.reason)
         elif outcome.kind == "valid":
-            self.valid(outcome.stamp_s)
-        elif self.valid(outcome.stamp_s):
+            self.valid(outcome.stamp_ns)
+        elif self.valid(outcome.stamp_ns):
             self.encoded += 1
             try:
-                self.sink.on_embedding(self.name, outcome.stamp_s, outcome.embedding)
+                self.sink.on_embedding(self.name, outcome.stamp_ns, outcome.embedding)
             except Exception as exc:  # noqa: BLE001  (e.g. an embedding of the wrong size)
                 self.bad_sample(error_reason(exc))
 
-    def valid(self, stamp_s: float) -> bool:
+    def valid(self, stamp_ns: int) -> bool:
         """Report a valid sample; whether the sink accepted it as the sensor's newest."""
         with self._lock:
-            if stamp_s <= self._reported_max:
+            if self._reported_max is not None and stamp_ns <= self._reported_max:
                 return True  # reordered here (an older message finished late): already counted
-            self._reported_max = stamp_s
-            return bool(self.sink.on_sample(self.name, stamp_s))
+            self._reported_max = stamp_ns
+            return bool(self.sink.on_sample(self.name, stamp_ns))
 
     def bad_sample(self, reason: str) -> None:
         self.bad += 1
@@ -104,8 +104,8 @@ class SensorWorker:
     ----------
     stage : the sensor's :class:`~omnibind_ros.core.pipeline.SensorStage`.
     reporter : where outcomes go (:class:`SampleReporter`).
-    hook : optional stage timings: ``"<sensor>/stamp_to_callback"`` (arrival - stamp) and
-        ``"<sensor>/queue_wait"`` (arrival -> the encoder thread picks the message up).
+    hook : optional stage timings in s: ``"<sensor>/stamp_to_callback"`` (arrival - stamp)
+        and ``"<sensor>/queue_wait"`` (arrival -> the encoder thread picks the message up).
     """
 
     def __init__(self, stage: SensorStage, reporter: SampleReporter,
@@ -115,7 +115,7 @@ class SensorWorker:
         self.reporter = reporter
         self.hook = hook
         self._cond = threading.Condition()
-        self._pending: tuple[Any, float, float] | None = None  # payload, stamp, wall arrival
+        self._pending: tuple[Any, int, float] | None = None  # payload, stamp, wall arrival
         self._busy = False
         self._stop = False
         self.received = self.superseded = 0
@@ -133,18 +133,18 @@ class SensorWorker:
 
     # -- callback side ---------------------------------------------------------------------------
 
-    def submit(self, msg: Any, stamp_s: float, arrival_s: float) -> None:
+    def submit(self, msg: Any, stamp_ns: int, arrival_ns: int) -> None:
         """Take one message (subscription callback; cheap). Never raises."""
         self.received += 1
         if self.hook is not None:
-            self.hook(f"{self.name}/stamp_to_callback", arrival_s - stamp_s)
-        admission = self.stage.admit(msg, stamp_s, arrival_s)
+            self.hook(f"{self.name}/stamp_to_callback", (arrival_ns - stamp_ns) * 1e-9)
+        admission = self.stage.admit(msg, stamp_ns, arrival_ns)
         if admission.kind != "due":
-            self.reporter.report(SampleOutcome(admission.kind, stamp_s, admission.reason))
+            self.reporter.report(SampleOutcome(admission.kind, stamp_ns, admission.reason))
             return
         with self._cond:
             superseded = self._pending
-            self._pending = (admission.payload, stamp_s, time.perf_counter())
+            self._pending = (admission.payload, stamp_ns, time.perf_counter())
             self._cond.notify_all()
         if superseded is not None:
             self.superseded += 1
@@ -178,12 +178,12 @@ class SensorWorker:
                     self._cond.wait()
                 if self._stop:
                     return
-                payload, stamp_s, arrival = self._pending
+                payload, stamp_ns, arrival = self._pending
                 self._pending, self._busy = None, True
             try:
                 if self.hook is not None:
                     self.hook(f"{self.name}/queue_wait", time.perf_counter() - arrival)
-                self.reporter.report(self.stage.encode(payload, stamp_s))
+                self.reporter.report(self.stage.encode(payload, stamp_ns))
             finally:
                 with self._cond:
                     self._busy = False

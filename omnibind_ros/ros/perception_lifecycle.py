@@ -40,7 +40,7 @@ from omnibind_ros.ros import diagnostics, params, qos
 from omnibind_ros.ros.conversions import conversion_for
 from omnibind_ros.ros.interfaces import message_class
 from omnibind_ros.ros.params import SENSOR_KEYS, SensorParams, sensor_param
-from omnibind_ros.ros.recognition import recognition_message, to_time
+from omnibind_ros.ros.recognition import from_time, recognition_message, to_time
 from omnibind_ros.srv import AddSensor, RemoveSensor
 
 __all__ = ["PerceptionNode"]
@@ -96,7 +96,7 @@ class PerceptionNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._timers: list[Any] = []
         self._fusion_timer: Any = None
-        self._last_status_s: float | None = None
+        self._last_status_ns: int | None = None
         self._fusion_group = MutuallyExclusiveCallbackGroup()
         self._status_group = MutuallyExclusiveCallbackGroup()
         self.add_on_set_parameters_callback(self._validate_params)
@@ -112,9 +112,9 @@ class PerceptionNode(LifecycleNode):
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value if self.has_parameter(name) else None
 
-    def now_s(self) -> float:
-        """Node clock (sim time aware) in s."""
-        return self.get_clock().now().nanoseconds * 1e-9
+    def now_ns(self) -> int:
+        """Node clock (sim time aware) in int nanoseconds."""
+        return self.get_clock().now().nanoseconds
 
     @property
     def engine(self) -> Recognizer | None:
@@ -169,7 +169,7 @@ class PerceptionNode(LifecycleNode):
         # The clock is read inside the engine's and the monitor's locks: a time read by a
         # thread that is then descheduled would otherwise arrive after newer readings and look
         # like the clock jumping back.
-        self._engine = Recognizer(self._build_fusion(), clock=self.now_s,
+        self._engine = Recognizer(self._build_fusion(), clock=self.now_ns,
                                   rate_hz=settings.rate_hz,
                                   tick_on_embedding=settings.tick_on_embedding,
                                   on_result=self._publish_recognition,
@@ -285,7 +285,7 @@ class PerceptionNode(LifecycleNode):
             worker = self._unsubscribe(sensor)
             self._engine.remove_sensor(name)
         _stop_workers([worker])
-        self._publish_status(self.now_s())
+        self._publish_status(self.now_ns())
 
     def _subscribe(self, sensor: _Sensor) -> None:
         cfg = sensor.cfg
@@ -298,11 +298,10 @@ class PerceptionNode(LifecycleNode):
 
     def _callback(self, worker: SensorWorker) -> Callable[[Any], None]:
         def on_message(msg: Any) -> None:
-            now = self.now_s()
+            now = self.now_ns()
             header = getattr(msg, "header", None)
             # String (operator text) has no header: its arrival time is its stamp.
-            stamp = now if header is None else header.stamp.sec + header.stamp.nanosec * 1e-9
-            worker.submit(msg, stamp, now)
+            worker.submit(msg, now if header is None else from_time(header.stamp), now)
         return on_message
 
     def _unsubscribe(self, sensor: _Sensor) -> SensorWorker | None:
@@ -329,9 +328,9 @@ class PerceptionNode(LifecycleNode):
             self._fusion_timer = None
         self._engine.set_schedule(float(self._param("fusion.rate_hz")),
                                   bool(self._param("fusion.tick_on_embedding")))
-        period = self._engine.timer_period_s
-        if self._active and period > 0:
-            self._fusion_timer = self.create_timer(period, self._engine.on_fusion_timer,
+        period_ns = self._engine.timer_period_ns
+        if self._active and period_ns > 0:
+            self._fusion_timer = self.create_timer(period_ns * 1e-9, self._engine.on_fusion_timer,
                                                    callback_group=self._fusion_group)
 
     def _publish_recognition(self, result: FusionResult) -> None:
@@ -359,17 +358,17 @@ class PerceptionNode(LifecycleNode):
         for t in update.transitions:
             self.get_logger().info(f"sensor {t.name}: {t.old.name} -> {t.new.name}"
                                    + (f" ({t.reason})" if t.reason else ""))
-        now = self.now_s()
-        period = 1.0 / float(self._param("status.rate_hz"))
-        last = self._last_status_s
-        if update.transitions or last is None or now - last >= period or now < last:
+        now = self.now_ns()
+        period_ns = round(1e9 / float(self._param("status.rate_hz")))
+        last = self._last_status_ns
+        if update.transitions or last is None or now - last >= period_ns or now < last:
             self._publish_status(now)
 
-    def _publish_status(self, now: float) -> None:
+    def _publish_status(self, now: int) -> None:
         engine = self._engine
         if engine is None or not self._pubs:
             return
-        self._last_status_s = now
+        self._last_status_ns = now
         healths = engine.monitor.health()
         stamp = to_time(now)
         self._pubs["status"].publish(diagnostics.sensor_status_array(healths, stamp))
@@ -430,7 +429,7 @@ class PerceptionNode(LifecycleNode):
             elif keys == {"enabled"}:
                 enabled = bool(self._param(sensor_param(name, "enabled")))
                 self._engine.set_enabled(name, enabled, "disabled by parameter")
-                self._publish_status(self.now_s())
+                self._publish_status(self.now_ns())
             elif keys:  # topic, type, QoS or rates changed: rebuild the sensor
                 self._remove_sensor(name)
                 self._add_sensor(params.read_sensor(self, name))

@@ -70,7 +70,7 @@ omnibind_perception:
     assert mic.topic == "/omnibind_perception/audio" and mic.encode_rate_hz == 10.0
     assert cfg.fusion.rate_hz == 10.0 and cfg.bad_samples_to_degrade == 5
     assert cfg.label_file == str(labels)  # relative to the config file
-    from omnibind_ros.ros.perception_lifecycle import read_label_file
+    from omnibind_ros.core.labels import read_label_file
 
     assert read_label_file(cfg.label_file) == ["wooden mug", "metal can"]
 

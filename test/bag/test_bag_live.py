@@ -55,8 +55,9 @@ def test_tick_records_time_latency_and_tail() -> None:
         _rec(10.15, 9.99, wall=110.1),         # tail: same input again (heartbeat) -> dropped
         _rec(10.25, 10.25, label="", wall=110.2),  # tail: no answer -> dropped
     ]
-    # stamps come back through float seconds: 120 ns off must still match
-    stamp_wall = {T0 + round(0.97 * S) + 120: 100.000, T0 + round(9.99 * S): 109.9}
+    # stamps travel as int ns end to end: they match exactly (120 ns off is another input)
+    stamp_wall = {T0 + round(0.97 * S): 100.000, T0 + round(9.99 * S): 109.9,
+                  T0 + round(1.12 * S) + 120: 100.1}
     ticks, dropped = tick_records(received, last_ns=last, stamp_wall=stamp_wall)
     assert dropped == 2
     assert [t.t_ns for t in ticks] == [T0 + S, T0 + round(1.12 * S), T0 + round(10.05 * S)]
@@ -71,7 +72,7 @@ def test_tick_records_time_header_less_inputs_from_the_clock() -> None:
     stamp = T0 + 2 * S + 3 * CLOCK_PERIOD_NS
     ticks, _ = tick_records([_rec(2.05, (stamp - T0) / S, wall=51.0, sensors=("operator",))],
                             last_ns=T0 + 5 * S, clock_wall=[(stamp - CLOCK_PERIOD_NS, 50.89),
-                                                            (stamp, 50.9)])
+                                                            (stamp, 50.9), (stamp, 50.95)])
     assert ticks[0].latency_s == pytest.approx(0.1)
 
 
