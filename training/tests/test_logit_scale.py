@@ -105,9 +105,10 @@ def test_runtime_fused_probabilities_equal_the_trainers_softmax(trained, index):
     backend = create_backend("onnxruntime", bundle, threads=1)
     tick = FusionTick(backend.fuse, names, bundle.label_embeddings, bundle.logit_scale,
                       max_age_s=1.0, top_k=len(names))
-    # (sensor, modality, stamp, embedding): every slot fresh at the tick
-    slots = [EmbeddingSlot(f"sensor{i}", m, 10.0, tokens[i]) for i, m in enumerate(modalities)]
-    result = tick(slots, [s.sensor for s in slots], 10.1)
+    # (sensor, modality, stamp in int ns, embedding): every slot fresh at the tick (10.1 s)
+    slots = [EmbeddingSlot(f"sensor{i}", m, 10_000_000_000, tokens[i])
+             for i, m in enumerate(modalities)]
+    result = tick(slots, [s.sensor for s in slots], 10_100_000_000)
     assert result.answered, result.no_answer_reason
     order = [int(s.removeprefix("sensor")) for s in result.sensors]  # the runtime's token order
     expected = _trainer_probs(trained, tokens[order])
