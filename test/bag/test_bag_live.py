@@ -22,6 +22,7 @@ import yaml
 
 from omnibind_ros.bag.live_recorder import Received, state_changes, tick_records
 from omnibind_ros.bag.player import CLOCK_PERIOD_NS, header_stamp_ns
+from omnibind_ros.testing import write_test_bundle
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -119,8 +120,8 @@ UNPLUG_S, REPLUG_S = 2.0, 4.0
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    testing = pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
-    return testing.build_tiny_bundle(tmp_path_factory.mktemp("live") / "tiny")
+
+    return write_test_bundle(tmp_path_factory.mktemp("live") / "tiny")
 
 
 def node_config(path: Path, labels: list[str], **fusion: Any) -> Path:

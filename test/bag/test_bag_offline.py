@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
+from omnibind_ros.testing import write_test_bundle
+
 pytestmark = pytest.mark.ros  # rclpy deserializes the messages
 
-testing = pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
 
 S = 1_000_000_000
 SENSORS = ["camera", "lidar", "microphone", "operator"]
@@ -53,7 +54,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from omnibind_ros.bag.truth import GroundTruth
 
     root = tmp_path_factory.mktemp("offline")
-    bundle = testing.build_tiny_bundle(root / "tiny")
+    bundle = write_test_bundle(root / "tiny")
     bag = root / "bag"
     record_sim(bag, duration_s=4.0, scenario="quick_unplug", seed=3, sensors=SENSORS,
                object_period_s=1.5, progress=False)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from omnibind_ros.testing import write_test_bundle
+
 pytestmark = pytest.mark.ros  # rclpy deserializes the messages
 
 
@@ -52,15 +54,13 @@ class Stop(BaseException):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
-    from omnibind_train import testing
     from test_bag_offline import SENSORS, _config
 
     from omnibind_ros.bag.record import record_sim
     from omnibind_ros.bag.truth import GroundTruth
 
     root = tmp_path_factory.mktemp("offline_processes")
-    bundle = testing.build_tiny_bundle(root / "tiny")
+    bundle = write_test_bundle(root / "tiny")
     bag = root / "bag"
     record_sim(bag, duration_s=4.0, scenario="quick_unplug", seed=3, sensors=SENSORS,
                object_period_s=1.5, progress=False)

@@ -113,8 +113,9 @@ def test_events_panel_shows_time_sensor_change_and_reason() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    testing = pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train")
-    return testing.build_tiny_bundle(tmp_path_factory.mktemp("bringup") / "tiny")
+    from omnibind_ros.testing import write_test_bundle
+
+    return write_test_bundle(tmp_path_factory.mktemp("bringup") / "tiny")
 
 
 def in_unit(value: float | None) -> bool:
@@ -175,6 +176,8 @@ def leak():
     rclpy.logging.get_logger("leak").warning("LEAK-rcutils")
 threading.Thread(target=leak, daemon=True).start()
 from omnibind_ros.tools.bringup import main
+
+from omnibind_ros.testing import write_test_bundle
 raise SystemExit(main(sys.argv[1:]))
 """
 LEAKS = ("LEAK-print", "LEAK-stderr", "LEAK-fd1", "LEAK-fd2", "LEAK-warning", "LEAK-logging",

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from omnibind_ros.testing import write_test_bundle
+
 pytestmark = pytest.mark.ros
 
-testing = pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_main_autostarts_and_exits_cleanly_on_sigint(tmp_path: Path) -> None:
-    bundle = testing.build_tiny_bundle(tmp_path / "tiny")
+    bundle = write_test_bundle(tmp_path / "tiny")
     code = "from omnibind_ros.ros.perception_node import main; raise SystemExit(main())"
     args = [sys.executable, "-c", code, "--ros-args", "--params-file",
             str(REPO / "config" / "perception.yaml"), "-p", "autostart:=true",

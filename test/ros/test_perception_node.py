@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from omnibind_ros.testing import write_test_bundle
+
 pytestmark = pytest.mark.ros
 
-testing = pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
 
 RATE_HZ = 10.0
 SENSORS = {  # name -> (modality, topic, type)
@@ -31,7 +32,7 @@ RNG = np.random.default_rng(3)
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return testing.build_tiny_bundle(tmp_path_factory.mktemp("perception") / "tiny")
+    return write_test_bundle(tmp_path_factory.mktemp("perception") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from omnibind_ros.testing import write_test_bundle
+
 pytestmark = pytest.mark.ros
 
-testing = pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
 RECOGNITION_TIMEOUT_S = 60.0
@@ -102,7 +103,7 @@ def wait_for_recognition(node: Any, children: list[Child]) -> Any:
 
 def test_sensors_and_perception_in_two_processes(tmp_path: Path, make_node: Any,
                                                   children: list[Child]) -> None:
-    bundle = testing.build_tiny_bundle(tmp_path / "tiny")
+    bundle = write_test_bundle(tmp_path / "tiny")
     env = child_env(tmp_path / "log")
     children.append(Child("sim_sensors", [
         "-m", "omnibind_ros.ros.sim_sensors_node",
