@@ -537,7 +537,7 @@ class AvailabilityMonitor:
         if now_ns is not None:
             return now_ns
         if self._clock is not None:
-            return int(self._clock())
+            return _checked_time(self._clock(), "the injected clock's reading")
         if required:
             raise ValueError("now_ns is required: this monitor has no injected clock")
         return None

@@ -142,6 +142,15 @@ class LatestEmbeddings:
         with self._lock:
             return self._slots.pop(sensor, None)
 
+    def drop_after(self, t_ns: int) -> list[str]:
+        """Drop the slots stamped after ``t_ns`` (a timeline the clock jumped back from);
+        returns their sensors."""
+        with self._lock:
+            gone = [name for name, slot in self._slots.items() if slot.stamp_ns > t_ns]
+            for name in gone:
+                del self._slots[name]
+            return gone
+
     def clear(self) -> None:
         with self._lock:
             self._slots.clear()

@@ -108,7 +108,8 @@ class MonitorUpdate:
     """What one monitor evaluation found.
 
     transitions : sensor state changes since the previous evaluation, in order.
-    clock_reset : the clock jumped back since then (history and embeddings were dropped).
+    clock_reset : the clock jumped back since then (the sensors' history and the embeddings
+        stamped ahead of the clock were dropped).
     """
 
     transitions: tuple[Transition, ...]
@@ -258,9 +259,10 @@ class Recognizer:
         transitions = tuple(self.monitor.update())
         resets = self.monitor.clock_resets
         reset = resets != self._clock_resets
-        if reset:  # sim reset or looping bag: the stored embeddings belong to the old timeline
+        if reset:  # sim reset or looping bag: drop the embeddings of the old timeline (those
+            # of the new one, stored since the monitor saw the jump, stay)
             self._clock_resets = resets
-            self.store.clear()
+            self.store.drop_after(self._clock() + self.store.future_tolerance_ns)
         last = self._last
         if last is not None and any(t.name in last.sensors for t in transitions):
             self._tick("change")

@@ -268,6 +268,21 @@ def test_a_clock_jump_back_clears_the_stored_embeddings() -> None:
     assert back.stamp_ns == 2 * SEC + 100 * MS
 
 
+def test_a_new_timeline_embedding_stored_before_the_monitor_sees_the_jump_stays() -> None:
+    """The first sample after a jump back is seen by the monitor (reset) before its evaluation:
+    only the old timeline's embeddings go, the new one is fused at once."""
+    rig = Rig(start=5 * SEC)
+    rig.sample("cam", 5 * SEC)
+    rig.sample("ir", 5 * SEC + 30 * MS)
+    back = rig.sample("cam", 2 * SEC)  # the monitor resets on this sample's clock reading
+    assert back is not None and back.sensors == ("cam",)  # ir's old slot is in the future
+    update = rig.monitor(2 * SEC + 10 * MS)
+    assert update.clock_reset
+    assert set(rig.rec.store.snapshot()) == {"cam"}  # ir's 5 s slot dropped, cam's kept
+    again = rig.timer(2 * SEC + 200 * MS)
+    assert again is not None and again.sensors == ("cam",) and again.best_label
+
+
 def test_on_result_receives_every_result_whatever_started_the_tick() -> None:
     rig = Rig()
     _drained_start(rig)  # two ticks started by embeddings
