@@ -836,7 +836,9 @@ def test_no_time_and_no_clock_is_a_clear_error() -> None:
 
 def test_an_injected_clock_that_returns_seconds_is_refused() -> None:
     """A clock in float seconds would otherwise be read as a handful of nanoseconds."""
-    mon = AvailabilityMonitor([cam()], clock=lambda: 1.5)
+    with pytest.raises(TypeError, match="injected clock"):
+        AvailabilityMonitor([cam()], clock=lambda: 1.5)  # the first sensor reads the clock
+    mon = AvailabilityMonitor(clock=lambda: 1.5)
     with pytest.raises(TypeError, match="injected clock"):
         mon.update()
     assert AvailabilityMonitor([cam()], clock=lambda: 1_500_000_000).update() == []
