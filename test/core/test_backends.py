@@ -1,8 +1,8 @@
 """Inference backends: ONNX Runtime on the runtime's test bundle (encoders, fusion with padding,
-text embedding, label embedding), create_backend and TensorRT, with no torch or training package;
-plus ONNX Runtime against the torch modules the training package's tiny bundle was exported from
-(those skip without omnibind_train; the torch fallback's tests live with the training package,
-training/tests/test_torch_backend.py)."""
+text embedding, label embedding), create_backend and TensorRT, with no torch or training package.
+The ONNX-vs-torch parity tests (the training package's tiny bundle against the torch modules it
+was exported from) live with the training package, training/tests/test_backend_parity.py, as do
+the torch fallback's tests, training/tests/test_torch_backend.py."""
 from __future__ import annotations
 
 import json
@@ -40,30 +40,6 @@ def ort(bundle) -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend(bundle, threads=1)
 
 
-# The training package's tiny bundle and the torch modules it was exported from: only the
-# ONNX-vs-torch parity tests use them.
-
-@pytest.fixture(scope="module")
-def testing():
-    return pytest.importorskip("omnibind_train.testing", reason="needs omnibind_train (torch)")
-
-
-@pytest.fixture(scope="module")
-def torch_bundle(testing, tmp_path_factory: pytest.TempPathFactory):
-    return load_bundle(testing.build_tiny_bundle(tmp_path_factory.mktemp("torch") / "tiny"))
-
-
-@pytest.fixture(scope="module")
-def torch_ort(torch_bundle) -> OnnxRuntimeBackend:
-    return OnnxRuntimeBackend(torch_bundle, threads=1)
-
-
-@pytest.fixture(scope="module")
-def models(testing):
-    """The torch modules the bundle was exported from (same seed, same weights)."""
-    return testing.tiny_models()
-
-
 @pytest.fixture
 def no_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` -> ImportError
@@ -73,13 +49,6 @@ def _batch(bundle, modality: str, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     shape = (n, *bundle.modalities[modality].sample_shape)
     return rng.standard_normal(shape).astype(np.float32)
-
-
-def _torch(module, *arrays: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return module(*(torch.from_numpy(a) for a in arrays)).numpy()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -112,16 +81,6 @@ def test_encode_runs_the_bundle_graph(ort, bundle, modality, n):
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     # one sample at a time gives the same rows as the batch
     np.testing.assert_allclose(ort.encode(modality, x[-1:]), out[-1:], atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("modality", TEST_MODALITIES)
-@pytest.mark.parametrize("n", [1, 5])
-def test_ort_encode_matches_torch(torch_ort, torch_bundle, models, modality, n):
-    x = _batch(torch_bundle, modality, n, seed=n)
-    out = torch_ort.encode(modality, x)
-    assert out.shape == (n, torch_bundle.dim) and out.dtype == np.float32
-    np.testing.assert_allclose(out, _torch(models.encoders[modality], x), atol=ATOL, rtol=0)
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
 def test_encode_rejects_what_the_graph_cannot_take(ort, bundle):
@@ -194,35 +153,6 @@ def test_fused_label_inputs_are_recognised(ort, bundle):
     assert bundle.label_names[int(np.argmax(scores))] == "plastic cube"
 
 
-def test_fuse_matches_torch_and_ignores_padding(torch_ort, torch_bundle, models):
-    ort, bundle = torch_ort, torch_bundle
-    live = _tokens(ort, bundle, 3)
-    mask = np.ones(live.shape[:2], dtype=bool)
-    fused = ort.fuse(live, mask)
-    assert fused.shape == (2, bundle.dim)
-    np.testing.assert_allclose(fused, _torch(models.fusion, live, mask), atol=ATOL, rtol=0)
-    # the same sensors padded to 6 slots with garbage (NaN included) give the same result
-    padded = np.full((2, 6, bundle.dim), 1e3, dtype=np.float32)
-    padded[:, [0, 2, 5]] = live
-    padded[1, 1] = np.nan
-    pad_mask = np.zeros((2, 6), dtype=bool)
-    pad_mask[:, [0, 2, 5]] = True
-    np.testing.assert_allclose(ort.fuse(padded, pad_mask), fused, atol=1e-5, rtol=0)
-
-
-def test_fuse_matches_torch_with_varying_token_counts(torch_ort, torch_bundle, models):
-    ort, bundle = torch_ort, torch_bundle
-    tokens = _tokens(ort, bundle, 6)
-    for n in (1, 2, 6):
-        mask = np.ones((2, n), dtype=bool)
-        mask[1, n - 1] = n == 1  # the second sample lost its last sensor
-        out = ort.fuse(tokens[:, :n], mask)
-        np.testing.assert_allclose(out, _torch(models.fusion, tokens[:, :n], mask), atol=ATOL,
-                                   rtol=0)
-    with pytest.raises(InvalidShapeError, match="mask"):
-        ort.fuse(tokens, np.ones((2, 5), dtype=bool))
-
-
 def test_embed_text(ort, bundle):
     prompts = ["a photo of a wooden mug.", "metal", "a rubber duck on the floor of a lab"]
     out = ort.embed_text(prompts)
@@ -231,19 +161,6 @@ def test_embed_text(ort, bundle):
     np.testing.assert_allclose(ort.embed_text(prompts[1]), out[1:2], atol=1e-6, rtol=0)
     np.testing.assert_allclose(ort.embed_text(prompts[::-1]), out[::-1], atol=1e-6, rtol=0)
     assert out[0] @ out[1] < 0.99  # different texts, different embeddings
-    assert ort.embed_text([]).shape == (0, 32)
-
-
-def test_embed_text_matches_torch(torch_ort, models):
-    import torch
-
-    ort = torch_ort
-    prompts = ["a photo of a wooden mug.", "metal", "a rubber duck on the floor of a lab"]
-    batch = models.text_encoder.tokenizer(prompts)
-    with torch.no_grad():
-        ref = models.text_encoder(batch["input_ids"], batch["attention_mask"]).numpy()
-    np.testing.assert_allclose(ort.embed_text(prompts), ref, atol=ATOL, rtol=0)
-    np.testing.assert_allclose(ort.embed_text(prompts[1]), ref[1:2], atol=ATOL, rtol=0)
     assert ort.embed_text([]).shape == (0, 32)
 
 
