@@ -232,7 +232,7 @@ class Renderer:
         self._clients: dict[str, tuple[int, int]] = {}
 
     def _client(self, shape: Shape) -> tuple[int, int]:
-        import pybullet as p  # local: costs ~50 ms and prints a banner (to stderr)
+        import pybullet as p  # local: a slow import that prints a banner (to stderr)
 
         if self._pid != os.getpid():  # forked: the parent's clients are not ours to use
             self._pid, self._clients = os.getpid(), {}

@@ -6,7 +6,7 @@ random stream (``default_rng([seed, stream_id])``), and all nuisance parameters 
 in a fixed order, so a modality's output does not depend on which other modalities were
 requested, and the same seed always gives bit-identical arrays.
 
-Sensors (all looking at the same object, see DESIGN.md "The simulated world"):
+Sensors (all looking at the same object):
 
 ======== =====================================================================================
 image    RGB camera 0.34-0.5 m away (``render.py``)

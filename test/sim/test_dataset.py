@@ -22,6 +22,7 @@ from omnibind_ros.sim.dataset import (
     build_index,
     class_indices,
     code_fingerprint,
+    code_of,
     dataset_info,
     generate,
     modality_free_records,
@@ -431,5 +432,13 @@ def test_code_fingerprint_covers_the_modules_that_shape_a_sample() -> None:
     assert (sim / "dataset").is_dir() and not (sim / "dataset.py").exists()
     digest = hashlib.sha256()
     for path in hashed:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        digest.update(path.name.encode() + b"\0" + code_of(path).encode())
     assert code_fingerprint() == digest.hexdigest()[:16]
+
+
+def test_code_fingerprint_ignores_docstrings_and_comments(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
+    a.write_text('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 1  # note\n')
+    b.write_text('"""Other words."""\ndef f(x):\n    return x + 1\n')
+    c.write_text('def f(x):\n    return x + 2\n')
+    assert code_of(a) == code_of(b) != code_of(c)

@@ -54,6 +54,7 @@ from omnibind_ros.sim.dataset.rendering import (
     WorldFactory,
     WorldLike,
     code_fingerprint,
+    code_of,
     default_world_factory,
     resolved_world_config,
 )
@@ -69,7 +70,8 @@ from omnibind_ros.sim.dataset.writer import generate
 __all__ = [
     "DEFAULT_COMBO_WEIGHTS", "FORMAT_VERSION", "KINDS", "KIND_MODALITIES", "SEED_LIMIT",
     "DatasetConfig", "ShardedArray", "SimDataset", "WorldFactory", "WorldLike", "build_index",
-    "class_indices", "code_fingerprint", "dataset_dir", "dataset_info", "default_world_factory",
-    "flatten_sample", "generate", "modality_free_records", "pack_samples", "read_npz_member",
-    "resolved_world_config", "sample_seed", "unpack_sample", "write_shard",
+    "class_indices", "code_fingerprint", "code_of", "dataset_dir", "dataset_info",
+    "default_world_factory", "flatten_sample", "generate", "modality_free_records",
+    "pack_samples", "read_npz_member", "resolved_world_config", "sample_seed",
+    "unpack_sample", "write_shard",
 ]
