@@ -13,9 +13,13 @@ ROS_SAFE_ENV := source scripts/ros_env.sh &&
 PYTEST_ARGS ?=
 # Extra options of omnibind-bringup for `make demo`, e.g. DEMO_ARGS=--no-ui.
 DEMO_ARGS ?=
-# Exits 0 when the default model bundle (<cache>/bundles/default) exists.
-HAVE_BUNDLE := $(PY) -c 'import sys; from omnibind_ros.core.bundle import default_bundle_dir; \
-	sys.exit(not (default_bundle_dir() / "bundle.yaml").is_file())'
+# Prints the state of the default model bundle (<cache>/bundles/default): "ok", "missing", or
+# "stale" (exported before bundles carried their logit scale: a re-export from the cached
+# training run fixes it in seconds).
+BUNDLE_STATE := $(PY) -c 'from omnibind_ros.core.bundle import default_bundle_dir, load_bundle; \
+	d = default_bundle_dir(); ok = (d / "bundle.yaml").is_file(); \
+	print("missing" if not ok else "ok" if load_bundle(d, verify=False).logit_scale else "stale")'
+TRAIN_DEFAULT := $(PY) -m omnibind_train.cli all --config training/configs/sim_default.yaml
 
 .PHONY: setup demo demo-world test preview dataset bench bench-runtime bench-bag lint clean help
 
@@ -23,7 +27,8 @@ help:
 	@echo "make demo     set up (and build the default model bundle) if needed, then run"
 	@echo "              perception on the simulated sensors through a hot-plug scenario"
 	@echo "make demo-world  stream the simulated world through the preprocessing only"
-	@echo "make test     set up if needed, then run the test suite"
+	@echo "make test     set up if needed, then run the test suite (runtime tests without the"
+	@echo "              training package, then the training tests)"
 	@echo "make preview  write a PNG grid of every simulated modality"
 	@echo "make dataset  generate the default simulated data set into the cache"
 	@echo "make bench    print simulator throughput (benchmarks/bench_sim.py)"
@@ -36,16 +41,24 @@ setup:
 
 # The default bundle takes minutes to train on a CPU, once; later demos start in seconds.
 demo: setup
-	@$(HAVE_BUNDLE) || { echo "[demo] no default model bundle yet: building it (once)"; \
-		$(PY) -m omnibind_train.cli all --config training/configs/sim_default.yaml; }
+	@state=$$($(BUNDLE_STATE)) || exit 1; \
+	if [ "$$state" = stale ]; then echo "[demo] re-exporting the default model bundle"; \
+		$(PY) -m omnibind_train.cli export --config training/configs/sim_default.yaml \
+		|| state=missing; fi; \
+	if [ "$$state" = missing ]; then echo "[demo] no default model bundle yet: building it"; \
+		$(TRAIN_DEFAULT) || exit 1; fi
 	@$(ROS_SAFE_ENV) $(PY) -m omnibind_ros.tools.bringup --scenario hotplug_demo --duration 40 \
 		$(DEMO_ARGS)
 
 demo-world: setup
 	@$(ROS_SAFE_ENV) $(PY) -m omnibind_ros.tools.demo
 
+# Two runs: the runtime's tests (test/) with the training package made unimportable
+# (OMNIBIND_BLOCK_TRAINING=1, test/conftest.py), as a colcon install without torch would run
+# them; then the training package's own tests.
 test: setup
-	@$(ROS_SAFE_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+	@$(ROS_SAFE_ENV) OMNIBIND_BLOCK_TRAINING=1 $(PY) -m pytest test $(PYTEST_ARGS)
+	@$(ROS_SAFE_ENV) $(PY) -m pytest training/tests $(PYTEST_ARGS)
 
 preview: setup
 	@$(PY) -m omnibind_ros.sim.cli preview

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runtime benchmarks of the perception node with the simulated sensors (issue 4).
+"""Runtime benchmarks of the perception node with the simulated sensors.
 
 Subcommands (each prints tables and a line against its target; ``--json OUT`` saves results)::
 

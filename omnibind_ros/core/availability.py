@@ -33,7 +33,7 @@ arrival time, "newest valid sample" only accepted ones, at their stamp)::
 
     "age" = now - stamp of the newest valid sample. STALE and LOST need expected_rate_hz > 0.
 
-Why these choices (the issue is silent on them):
+Why these choices:
 
 * STALE/LIVE has no hysteresis on purpose: a replugged sensor is LIVE (and fusable) at its first
   valid sample. Flapping is prevented where it can happen: ``stale_after = 2.5`` periods outlasts

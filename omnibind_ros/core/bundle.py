@@ -365,7 +365,7 @@ def load_bundle(path: str | Path, *, verify: bool = True,
     Parameters
     ----------
     path : bundle directory, its ``bundle.yaml``, or a ``.tar`` / ``.tar.gz`` archive of one.
-    verify : check the SHA-256 of every listed file (about 0.5 s per 100 MB). Presence, the
+    verify : check the SHA-256 of every listed file (reads every byte). Presence, the
         manifest and the label shapes are always checked.
     cache_dir : where archives are extracted (default ``<cache dir>/bundles/extracted``); an
         archive already extracted there (same SHA-256) is reused.

@@ -2,16 +2,16 @@
 
 OpenBLAS (numpy's BLAS: the audio mel projection, point-cloud plane fits) starts one worker
 thread per core and lets them busy-wait between calls. The matrices here are small, so the
-workers buy nothing, and on a 2-core robot computer their spinning competes with the encoders:
-measured on the perception node with all seven simulated sensors, ~0.6 of a core went to them
-(and audio features ran 8x slower during offline bag evaluation). :func:`limit_blas_threads`
-caps them, process-wide, once.
+workers buy nothing, and on a small robot computer their spinning competes with the encoders
+(a sizeable part of a core went to them in the perception node with all seven simulated
+sensors; ``benchmarks/bench_runtime.py`` with ``--node-env OPENBLAS_NUM_THREADS=...`` compares).
+:func:`limit_blas_threads` caps them, process-wide, once.
 
 glibc gives every thread that allocates its own malloc arena (up to 8 per core); the node's
 executor, sensor workers and ONNX Runtime threads each keep freed memory in theirs, so RSS
-crept up for minutes (soak benchmark: +3.7 MB/min over 2 min, with a flat Python heap).
-:func:`limit_malloc_arenas` caps the arenas (the ``MALLOC_ARENA_MAX`` setting, applied at run
-time with ``mallopt``): with 2, RSS grew 0.36 MB/min over the last half of a 4-minute soak.
+creeps up for minutes with a flat Python heap. :func:`limit_malloc_arenas` caps the arenas (the
+``MALLOC_ARENA_MAX`` setting, applied at run time with ``mallopt``);
+``benchmarks/bench_runtime.py soak`` measures the RSS slope with and without it.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ imported: the rmw layer reads the discovery settings from the environment when t
 is initialised, and by convention the project sets them before the import so nothing in between
 (a plugin, a fixture, an import side effect) can create a participant with the defaults.
 
-What it guarantees (see shared/notes/ros2_from_pypi.md for the measurements behind each item):
+What it guarantees:
 
 * ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``: by default every node sends DDS discovery multicast
   out of every interface; with LOCALHOST nothing leaves loopback. Static peers and discovery

@@ -4,10 +4,11 @@ rclpy's ``Executor._wait_for_ready_callbacks`` yields, before waiting, every tas
 neither executing nor done. In a ``MultiThreadedExecutor`` a task that was *submitted* to the
 thread pool but not yet picked up by a worker is such a task, so the spin thread yields it
 again, submits it again, and does so without ever blocking in the wait set while it holds the
-GIL. Measured here (omnibind-bringup, 2 cores, rclpy 9.1.2 from the Kilted wheels): 2 000-4 000
-duplicate submissions queued at any moment, the fusion timer starved to 3 Hz of its 10 Hz and
-the simulated sensors dropping 90 % of their messages as late. Upstream fixed it in rclpy
-10.0.4 (ros2/rclpy#1547); the Kilted wheels predate that.
+GIL. With the perception node and the simulated sensors in one process, thousands of duplicate
+submissions pile up, the fusion timer is starved far below its rate and the simulated sensors
+drop most of their messages as late (``benchmarks/bench_runtime.py --executor rclpy-multi``
+shows it; figures in benchmarks/README.md). Upstream fixed it in rclpy 10.0.4
+(ros2/rclpy#1547); the Kilted wheels (rclpy 9.x) predate that.
 
 :class:`PoolSafeExecutor` submits each task once: a task that comes back while it is still
 queued is not submitted again, and the spin thread waits (releasing the GIL) until some queued

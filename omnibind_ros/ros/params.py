@@ -1,8 +1,8 @@
 """Parameters of the perception node: declaration with descriptors, validation, typed views.
 
-Layout (nav2's ``observation_sources`` convention, shared/STYLE.md §C.6): ``sensors`` is a list
-of names and each name has a sub-dict ``sensors.<name>.*`` (see config/perception.yaml, which
-documents every parameter). Validation lives here, not in the node, so one function decides what
+Layout (nav2's ``observation_sources`` convention): ``sensors`` is a list of names and each name
+has a sub-dict ``sensors.<name>.*`` (see config/perception.yaml, which documents every
+parameter). Validation lives here, not in the node, so one function decides what
 a parameter update may change: ``validate_update`` returns the reason of a rejection, which rclpy
 hands back to ``ros2 param set``.
 
