@@ -118,11 +118,17 @@ def bad_reason(exc: BaseException) -> str:
 
 
 def checked_embedding(embedding: Any) -> np.ndarray:
-    """An encoder output as float32 ``[D]``; ValueError if non-finite or mis-shaped."""
+    """An encoder output as float32 ``[D]``; ValueError if non-finite, mis-shaped or zero.
+
+    A zero vector (e.g. a linear encoder given an all-zero input) has no direction: it cannot
+    be classified or fused, so it is a bad sample of its sensor, not a failure of every tick.
+    """
     embedding = np.asarray(embedding, dtype=np.float32)
     if embedding.ndim != 1 or not np.isfinite(embedding).all():
         raise ValueError(f"encoder returned a non-finite or mis-shaped embedding "
                          f"{list(embedding.shape)}")
+    if not np.any(embedding):
+        raise ValueError("encoder returned an all-zero embedding")
     return embedding
 
 

@@ -172,7 +172,10 @@ def test_live_matches_offline_on_a_sim_bag(sim_bag, bundle_dir) -> None:
     assert 0.8 * 10 * span_s <= len(live.ticks) <= 1.25 * 10 * span_s
     assert abs(len(live.ticks) - len(offline.ticks)) <= 0.2 * len(offline.ticks)
     gaps = [(b.t_ns - a.t_ns) / S for a, b in zip(live.ticks, live.ticks[1:], strict=False)]
-    assert 0.09 <= statistics.median(gaps) <= 0.11
+    # the scheduler's guarantee: a tick follows fresh evidence after 0.8 periods at the
+    # earliest and the heartbeat ticks at 1.2 periods at the latest (the live /clock steps
+    # 10 ms, so a cooldown of exactly 80 ms is often met)
+    assert 0.08 <= statistics.median(gaps) <= 0.12
 
     # the sensors of the bag are used, and the unplugged camera is not while it is out
     used = set().union(*(t.sensors for t in live.ticks))
