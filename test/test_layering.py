@@ -253,8 +253,8 @@ def _names_used(path: Path) -> set[tuple[int, str]]:
 
 
 #: The engine's parts: only their own modules and the engine may name them.
-ENGINE_PARTS = {"AvailabilityMonitor": "core/availability.py", "TickScheduler": "core/fusion.py",
-                "LatestEmbeddings": "core/fusion.py"}
+ENGINE_PARTS = {"AvailabilityMonitor": "core/availability.py",
+                "TickScheduler": "core/schedule.py", "LatestEmbeddings": "core/fusion.py"}
 ENGINE = "core/recognizer.py"
 
 

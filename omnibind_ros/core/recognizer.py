@@ -16,7 +16,7 @@ whatever started it. The perception node (threads, ROS clock), offline bag evalu
 thread, the bag clock), and through the node the live bag evaluation, ``omnibind-bringup`` and
 the benchmarks all run this class, so they cannot drift apart.
 
-When a tick runs (:class:`~omnibind_ros.core.fusion.TickScheduler` decides; these are the
+When a tick runs (:class:`~omnibind_ros.core.schedule.TickScheduler` decides; these are the
 triggers it is asked about):
 
 * a new embedding: it *joins* fusion when its sensor is fusable but was not fused in the
@@ -41,14 +41,9 @@ import numpy as np
 
 from omnibind_ros.core.availability import AvailabilityMonitor, SensorConfig, Transition
 from omnibind_ros.core.errors import BundleIncompatibleError
-from omnibind_ros.core.fusion import (
-    EmbeddingSlot,
-    FusionResult,
-    FusionTick,
-    LatestEmbeddings,
-    TickScheduler,
-)
+from omnibind_ros.core.fusion import EmbeddingSlot, FusionResult, FusionTick, LatestEmbeddings
 from omnibind_ros.core.pipeline import StageHook
+from omnibind_ros.core.schedule import TickScheduler
 
 __all__ = ["CLOCK_JUMP_TOLERANCE_NS", "MONITOR_RATE_HZ", "FusionSettings", "MonitorUpdate",
            "Recognizer", "build_fusion_tick", "logit_scale_of"]
@@ -66,7 +61,7 @@ NS = 1_000_000_000
 class FusionSettings:
     """The ``fusion.*`` parameters of the perception node.
 
-    rate_hz : nominal tick rate (see :class:`~omnibind_ros.core.fusion.TickScheduler`).
+    rate_hz : nominal tick rate (see :class:`~omnibind_ros.core.schedule.TickScheduler`).
     max_age_s : oldest sample that may be fused.
     min_modalities : distinct modalities needed for an answer.
     top_k : labels per answer.

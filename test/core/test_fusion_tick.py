@@ -20,10 +20,10 @@ from omnibind_ros.core.fusion import (
     FusionResult,
     FusionTick,
     LatestEmbeddings,
-    TickScheduler,
     classify,
     select_tokens,
 )
+from omnibind_ros.core.schedule import TickScheduler
 
 D = 4
 LABELS = ("mug", "ball", "box")
