@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,8 +56,8 @@ from .models.registry import (
 )
 
 __all__ = ["TINY_EXPORTER", "TINY_LABELS", "TINY_LOGIT_SCALE", "TINY_MODALITIES",
-           "TINY_TEMPLATES", "TinyModels", "build_tiny_bundle", "tiny_models",
-           "tiny_preprocess_configs"]
+           "TINY_TEMPLATES", "TinyModels", "build_tiny_bundle", "random_inputs", "tiny_models",
+           "tiny_preprocess_configs", "token_stack"]
 
 TINY_LABELS = ("wooden mug", "metal can", "rubber duck", "plastic cube", "fabric ball")
 TINY_TEMPLATES = ("a photo of a {}.", "a {}.")
@@ -249,3 +250,18 @@ def build_tiny_bundle(out_dir: str | Path, *, text: str = "tiny", seed: int = 0,
         _CACHE[key] = target
         shutil.copytree(target, out_dir, dirs_exist_ok=out_dir.is_dir())
     return out_dir
+
+
+def random_inputs(bundle: Any, modality: str, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random model inputs of a bundle's ``modality`` encoder, float32, from ``seed``."""
+    rng = np.random.default_rng(seed)
+    shape = (n, *bundle.modalities[modality].sample_shape)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def token_stack(backend: Any, bundle: Any, n: int) -> np.ndarray:
+    """Fusion tokens ``[2, n, D]``: two random inputs of each of the first ``n`` modalities of
+    :data:`TINY_MODALITIES`, encoded by ``backend``."""
+    names = TINY_MODALITIES[:n]
+    return np.stack([backend.encode(m, random_inputs(bundle, m, 2, seed=i))
+                     for i, m in enumerate(names)], axis=1)

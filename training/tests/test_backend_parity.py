@@ -31,18 +31,6 @@ def models():
     return testing.tiny_models()
 
 
-def _batch(bundle, modality: str, n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (n, *bundle.modalities[modality].sample_shape)
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-def _tokens(ort, bundle, n: int) -> np.ndarray:
-    names = testing.TINY_MODALITIES[:n]
-    return np.stack([ort.encode(m, _batch(bundle, m, 2, seed=i)) for i, m in enumerate(names)],
-                    axis=1)  # [2, n, D]
-
-
 def _torch(module, *arrays: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return module(*(torch.from_numpy(a) for a in arrays)).numpy()
@@ -51,7 +39,7 @@ def _torch(module, *arrays: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("modality", testing.TINY_MODALITIES)
 @pytest.mark.parametrize("n", [1, 5])
 def test_ort_encode_matches_torch(ort, bundle, models, modality, n):
-    x = _batch(bundle, modality, n, seed=n)
+    x = testing.random_inputs(bundle, modality, n, seed=n)
     out = ort.encode(modality, x)
     assert out.shape == (n, bundle.dim) and out.dtype == np.float32
     np.testing.assert_allclose(out, _torch(models.encoders[modality], x), atol=ATOL, rtol=0)
@@ -59,7 +47,7 @@ def test_ort_encode_matches_torch(ort, bundle, models, modality, n):
 
 
 def test_fuse_matches_torch_and_ignores_padding(ort, bundle, models):
-    live = _tokens(ort, bundle, 3)
+    live = testing.token_stack(ort, bundle, 3)
     mask = np.ones(live.shape[:2], dtype=bool)
     fused = ort.fuse(live, mask)
     assert fused.shape == (2, bundle.dim)
@@ -74,7 +62,7 @@ def test_fuse_matches_torch_and_ignores_padding(ort, bundle, models):
 
 
 def test_fuse_matches_torch_with_varying_token_counts(ort, bundle, models):
-    tokens = _tokens(ort, bundle, 6)
+    tokens = testing.token_stack(ort, bundle, 6)
     for n in (1, 2, 6):
         mask = np.ones((2, n), dtype=bool)
         mask[1, n - 1] = n == 1  # the second sample lost its last sensor

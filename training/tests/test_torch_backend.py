@@ -38,28 +38,16 @@ def ort(bundle) -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend(bundle, threads=1)
 
 
-def _batch(bundle, modality: str, n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (n, *bundle.modalities[modality].sample_shape)
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-def _tokens(ort, bundle, n: int) -> np.ndarray:
-    names = testing.TINY_MODALITIES[:n]
-    return np.stack([ort.encode(m, _batch(bundle, m, 2, seed=i)) for i, m in enumerate(names)],
-                    axis=1)  # [2, n, D]
-
-
 def test_torch_backend_matches_onnxruntime(bundle, ort):
     threads = torch.get_num_threads()
     backend = create_backend("torch", bundle, threads=1)
     torch.set_num_threads(threads)
     assert isinstance(backend, BackendBase) and backend.name == "torch"
     for modality in bundle.modality_names:
-        x = _batch(bundle, modality, 2, seed=7)
+        x = testing.random_inputs(bundle, modality, 2, seed=7)
         np.testing.assert_allclose(backend.encode(modality, x), ort.encode(modality, x),
                                    atol=ATOL, rtol=0)
-    tokens = _tokens(ort, bundle, 4)
+    tokens = testing.token_stack(ort, bundle, 4)
     mask = np.array([[True, True, False, True], [True, False, False, False]])
     np.testing.assert_allclose(backend.fuse(tokens, mask), ort.fuse(tokens, mask), atol=ATOL)
     np.testing.assert_allclose(backend.embed_text(["a metal can."]),
@@ -119,7 +107,8 @@ def test_an_explicit_builder_bypasses_the_entry_point(bundle, monkeypatch):
     backend = create_backend("torch", bundle, threads=1, builder=builder)
     torch.set_num_threads(threads)
     assert sorted(set(calls)) == ["encoder", "fusion", "text"]
-    assert backend.encode("image", _batch(bundle, "image", 1)).shape == (1, bundle.dim)
+    x = testing.random_inputs(bundle, "image", 1)
+    assert backend.encode("image", x).shape == (1, bundle.dim)
 
 
 def test_runtime_sources_never_import_the_training_package():
