@@ -331,3 +331,29 @@ def test_float_stamps_are_rejected(stamp: float) -> None:
     with pytest.raises(TypeError, match="int of nanoseconds"):
         rig.rec.on_embedding("cam", stamp, EMBEDDINGS["cam"])
     assert len(rig.rec.store) == 0 and rig.results == []
+
+
+def test_the_fusion_tick_uses_the_bundles_logit_scale(tmp_path) -> None:
+    """Scores are the softmax at the scale training used; a bundle without one is refused."""
+    import yaml
+
+    from omnibind_ros.core.backends import create_backend
+    from omnibind_ros.core.bundle import load_bundle
+    from omnibind_ros.core.errors import BundleIncompatibleError
+    from omnibind_ros.core.recognizer import FusionSettings, build_fusion_tick
+    from omnibind_ros.testing import write_test_bundle
+
+    root = write_test_bundle(tmp_path / "b", logit_scale=7.5)
+    bundle = load_bundle(root)
+    backend = create_backend("onnxruntime", bundle, threads=1)
+    tick = build_fusion_tick(bundle, backend, FusionSettings(), bundle.label_names,
+                             bundle.label_embeddings)
+    assert tick.logit_scale == 7.5
+    manifest = root / "bundle.yaml"
+    doc = yaml.safe_load(manifest.read_text())
+    del doc["labels"]["logit_scale"]
+    manifest.write_text(yaml.safe_dump(doc))
+    old = load_bundle(root)
+    assert old.logit_scale is None
+    with pytest.raises(BundleIncompatibleError, match="no labels.logit_scale.*re-export"):
+        build_fusion_tick(old, backend, FusionSettings(), old.label_names, old.label_embeddings)
