@@ -43,9 +43,9 @@ NS = 1_000_000_000
 WINDOW_S = 2.0
 #: Windows sent to the workers before the engine takes the oldest (bounds memory).
 READ_AHEAD = 3
-#: Relative CPU cost of one message's stage, and of one encoded sample, by modality (ms with
-#: the default bundle on one core; ``benchmarks/bench_bag.py`` prints the measured ones). Only
-#: used to balance sensors over the workers: any split gives the same results.
+#: Estimated CPU cost of one message's stage, and of one encoded sample, by modality (ms of
+#: one core with the default bundle; a worker's ``cpu_s`` in the report's timing shows what a
+#: split cost). Only used to balance sensors over the workers: any split gives the same results.
 STAGE_MS = {"point_cloud": 6.2, "event": 0.7, "audio": 0.24, "image": 0.18, "thermal": 0.36,
             "tactile": 0.15, "text": 0.07}
 ENCODE_MS = {"point_cloud": 1.2, "audio": 1.7, "text": 5.0}  # the others: ~2.55
