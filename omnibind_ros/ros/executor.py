@@ -27,8 +27,11 @@ from rclpy.executors import (
     ShutdownException,
     TimeoutException,
 )
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
 __all__ = ["PoolSafeExecutor", "retrieve_late_errors"]
+
+_RCLError = _rclpy.RCLError
 
 #: Longest the spin thread waits for a queued task to start before looking again (seconds).
 #: Only bounds the reaction to a shutdown or a new node while every pool thread is busy.
@@ -60,6 +63,12 @@ class PoolSafeExecutor(MultiThreadedExecutor):
                 timeout_sec, None, wait_condition)
         except (ExternalShutdownException, ShutdownException, TimeoutException,
                 ConditionReachedException):
+            return
+        except _RCLError:
+            # A Ctrl-C (rclpy's signal handler shuts the context down) between rclpy's context
+            # check and building the wait set: the spin loop ends on the dead context next.
+            if self._context.ok():
+                raise
             return
         key = id(handler)
         with self._queue_changed:

@@ -94,3 +94,28 @@ def test_callback_exception_still_reaches_spin(make_node, rclpy_context) -> None
                 executor.spin_once(timeout_sec=0.05)
     finally:
         executor.shutdown()
+
+
+def test_a_shutdown_racing_the_wait_set_ends_the_spin_quietly(make_node, rclpy_context,
+                                                              monkeypatch) -> None:
+    """rclpy raises RCLError when the context dies between its check and building the wait
+    set (a Ctrl-C at the wrong moment): quiet once the context is down, raised while it is up."""
+    import rclpy
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+
+    from omnibind_ros.ros.executor import PoolSafeExecutor
+
+    executor = PoolSafeExecutor(num_threads=2, context=rclpy_context)
+    executor.add_node(make_node("pool_safe_race"))
+
+    def dead_context(*args: Any, **kwargs: Any) -> Any:
+        raise rclpy_implementation.RCLError("failed to initialize wait set: context not valid")
+
+    monkeypatch.setattr(executor, "wait_for_ready_callbacks", dead_context)
+    try:
+        with pytest.raises(rclpy_implementation.RCLError):
+            executor.spin_once(timeout_sec=0.01)  # the context is fine: a real error
+        rclpy.shutdown(context=rclpy_context)
+        executor.spin_once(timeout_sec=0.01)  # the context is down: the race, no error
+    finally:
+        executor.shutdown()
