@@ -1,0 +1,1 @@
+"""Space binding with routers (OmniBind, seeds 001/003)."""
