@@ -11,6 +11,11 @@ Examples
     omnibind-train cad --terms in,se                                   # a Table 7 variant
     omnibind-train af --no-negatives                                   # robustness ablation
     torchrun --nproc_per_node 2 -m omnibind_train.cli cad --config ...  # DDP (gloo / nccl)
+    omnibind-train all --config training/configs/sim_binding.yaml     # the binding family
+
+A config with ``family: binding`` (seeds 001/003, :mod:`omnibind_train.binding`) runs its own
+stages: ``data``, ``spaces``, ``pairs``, ``bind``, ``af``, ``eval``, ``export`` (``all`` runs
+them in order).
 
 Every subcommand reads the same pipeline YAML (``PipelineConfig``); ``--set key.sub=value``
 overrides any field. Outputs go under the cache directory (see :mod:`omnibind_train.pipeline`).
@@ -58,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
              "af": "stage II: adaptive fusion head (+ mean/linear/concat baselines)",
              "eval": "evaluation report (combinations, zero-shot, CAD ablation, robustness)",
              "export": "export the model bundle the runtime reads",
-             "all": "data -> stage0 -> cad -> af -> eval -> export"}
+             "all": "data -> stage0 -> cad -> af -> eval -> export (binding: data -> spaces "
+                    "-> pairs -> bind -> af -> eval -> export)",
+             "spaces": "binding family: pre-train the specialist spaces",
+             "pairs": "binding family: pseudo item pairs from the unpaired pools",
+             "bind": "binding family: projectors and routers (every variant and ablation)"}
     cmds = {name: sub.add_parser(name, help=text, description=text)
             for name, text in helps.items()}
     for p in cmds.values():
@@ -82,10 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace):  # -> PipelineConfig
+BINDING_COMMANDS = ("data", "spaces", "pairs", "bind", "af", "eval", "export", "all")
+
+
+def _config(args: argparse.Namespace):  # -> PipelineConfig | BindingConfig
     from .pipeline import PipelineConfig
 
     overrides = list(args.overrides)
+    from .binding.pipeline import BindingConfig, is_binding_config
+
+    if is_binding_config(args.config):
+        if args.command not in BINDING_COMMANDS:
+            raise ValueError(f"{args.config} is a binding-family config: its commands are "
+                             f"{', '.join(BINDING_COMMANDS)}")
+        if args.cache_dir is not None:
+            overrides.append(f"cache_dir={args.cache_dir}")
+        if args.device is not None:
+            overrides.append(f"device={args.device}")
+        if args.no_progress:
+            overrides.append("progress=false")
+        if getattr(args, "out", None) is not None:
+            overrides.append(f"export.out={args.out}")
+        return BindingConfig.from_yaml(args.config, overrides)
+    if args.command in ("spaces", "pairs", "bind"):
+        raise ValueError(f"`{args.command}` belongs to the binding family; pass a config with "
+                         "`family: binding` (e.g. training/configs/sim_binding.yaml)")
     if args.cache_dir is not None:
         overrides.append(f"cache_dir={args.cache_dir}")
     if args.device is not None:
@@ -99,6 +129,18 @@ def _config(args: argparse.Namespace):  # -> PipelineConfig
     if getattr(args, "out", None) is not None:
         overrides.append(f"export.out={args.out}")
     return PipelineConfig.from_yaml(args.config, overrides)
+
+
+def _dispatch_binding(args: argparse.Namespace, cfg, dist) -> None:
+    from .binding.pipeline import STAGES, BindingRun
+    from .binding.stages import run_all, run_stage
+
+    run = BindingRun(cfg, dist)
+    if args.command == "all":
+        skip = {s for s in args.skip.split(",") if s}
+        run_all(run, [s for s in STAGES if s not in skip], overwrite_data=args.overwrite_data)
+    else:
+        run_stage(run, args.command, overwrite_data=getattr(args, "overwrite_data", False))
 
 
 def _dispatch(args: argparse.Namespace, ws) -> None:
@@ -147,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     dist = init_distributed(cfg.device)
     try:
-        _dispatch(args, Workspace(cfg, dist))
+        if getattr(cfg, "family", None) == "binding":
+            _dispatch_binding(args, cfg, dist)
+        else:
+            _dispatch(args, Workspace(cfg, dist))
     finally:
         cleanup(dist)
     return 0

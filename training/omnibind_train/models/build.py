@@ -54,11 +54,15 @@ def build_torch_module(component: str, config: Mapping[str, Any],
         raise ValueError(f"unknown bundle component {component!r}; expected one of "
                          f"{COMPONENTS}")
     data = copy.deepcopy(dict(config))
-    trunk = data.get("trunk", {})
+    trunk = data.get("trunk") or {}
     if component == "text" and bundle is not None and bundle.text is not None:
         local = bundle.text.tokenizer_dir
         if trunk.get("kind") == "minilm" and (local / "config.json").is_file():
             trunk["path"] = str(local)
         if trunk.get("kind") == "open_clip_text":
             trunk["tokenizer"] = None  # the runtime tokenises with the bundle's tokenizer.json
+    if data.get("family") == "binding":  # a bound encoder (seed 001/003): spaces + router
+        from ..binding.export import build_bound_encoder
+
+        return build_bound_encoder(data)
     return build_encoder(EncoderConfig.from_dict(data), load_weights=False)
