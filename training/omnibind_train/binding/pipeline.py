@@ -42,7 +42,7 @@ from .captions import STYLES
 from .data import POOL_MODALITIES, BindingData
 from .model import BindingModel, RouterConfig, SpaceInfo
 from .pseudo_pairs import PseudoTuples, build_tuples, parse_retrievers, tuple_purity
-from .specialists import SimSpace, get_specialist, list_specialists
+from .specialists import SimSpace, SpecialistSpec, get_specialist, list_specialists
 from .train_binding import ProjectorTraining, RouterTraining, train_projectors, train_routers
 from .train_spaces import stored_key, train_spaces
 
@@ -110,7 +110,9 @@ class BindingConfig(ConfigBase):
     family : must be ``"binding"`` (how the CLI tells this config from the default family's).
     name, seed, cache_dir, device, threads, progress, data : as in ``PipelineConfig``.
     specialists : registry names of the pre-trained spaces (:mod:`.specialists`).
-    specialist_overrides : name -> spec fields replaced (e.g. shorter phases in tests).
+    specialist_overrides : name -> spec fields replaced (e.g. other phases or towers).
+    specialist_epochs_scale : multiplies every specialist phase's epochs (at least 1 each;
+        tests and smoke runs use a small value).
     target : the target space.
     retrievers : ``"a-b": ["a@space", "b@space"]`` per directly retrievable pair.
     hubs : modalities a pair without a retriever goes through.
@@ -132,6 +134,7 @@ class BindingConfig(ConfigBase):
         dataset="config/sim_binding_dataset.yaml"))
     specialists: list[str] = field(default_factory=list_specialists)
     specialist_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    specialist_epochs_scale: float = 1.0
     target: str = "s0"
     retrievers: dict[str, list[str]] = field(default_factory=lambda: copy.deepcopy(
         DEFAULT_RETRIEVERS))
@@ -216,9 +219,15 @@ class BindingRun:
         return root
 
     @cached_property
-    def specs(self):
-        return [get_specialist(n, self.cfg.specialist_overrides.get(n)) for n in
-                self.cfg.specialists]
+    def specs(self) -> list[SpecialistSpec]:
+        specs = [get_specialist(n, self.cfg.specialist_overrides.get(n)) for n in
+                 self.cfg.specialists]
+        scale = float(self.cfg.specialist_epochs_scale)
+        if scale != 1.0:
+            for spec in specs:
+                for phase in spec.phases:
+                    phase.epochs = max(1, int(round(phase.epochs * scale)))
+        return specs
 
     @cached_property
     def spaces(self) -> dict[str, SimSpace]:
