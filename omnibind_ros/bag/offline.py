@@ -258,14 +258,15 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
     timing = {"setup_s": round(setup_s, 3), "processes": n_procs, **timing}
     return _result(bag, cfg, info, topics, skipped, replay, counters, others, truth_csv,
                    truth_topic, last_ns, read_error, bundle_path, engine_backend, backend,
-                   time.perf_counter() - wall0, timing)
+                   time.perf_counter() - wall0, timing,
+                   f"{model.name} (family: {model.family or 'unspecified'})")
 
 
 def _result(bag: Path, cfg: Any, info: Any, topics: dict[str, str], skipped: dict[str, str],
             replay: BagReplay, counters: dict[str, dict[str, Any]], others: _Others,
             truth_csv: Any, truth_topic: str, end_ns: int, read_error: BaseException | None,
             bundle_path: Any, engine: Any, backend: str, wall_s: float,
-            timing: dict[str, Any]) -> EvalResult:
+            timing: dict[str, Any], model: str = "") -> EvalResult:
     from omnibind_ros.bag.truth import GroundTruth
 
     if truth_csv is not None:
@@ -293,6 +294,7 @@ def _result(bag: Path, cfg: Any, info: Any, topics: dict[str, str], skipped: dic
     extra = {
         "config": str(cfg.path) if cfg.path else None,
         "bundle": str(Path(bundle_path)),
+        "model": model,
         "backend": getattr(engine, "name", backend),
         "fusion": {"rate_hz": cfg.fusion.rate_hz, "max_age_s": cfg.fusion.max_age_s,
                    "min_modalities": cfg.fusion.min_modalities, "top_k": cfg.fusion.top_k,

@@ -89,7 +89,8 @@ def render_markdown(result: EvalResult, scores: dict[str, Any],
               "- sensors: " + ", ".join(f"{n} ({result.modalities.get(n, '?')})"
                                           for n in result.sensors)]
     extra = result.extra
-    for key, label in (("bundle", "bundle"), ("config", "config"), ("backend", "backend")):
+    for key, label in (("bundle", "bundle"), ("model", "model"), ("config", "config"),
+                       ("backend", "backend")):
         if extra.get(key):
             lines.append(f"- {label}: `{extra[key]}`")
     lines.append(f"- ground truth: {extra.get('truth_source') or 'none (nothing scored)'}; "

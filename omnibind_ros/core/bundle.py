@@ -228,6 +228,17 @@ class ModelBundle:
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
+    def name(self) -> str:
+        """The bundle's name: ``name`` in ``bundle.yaml``, else its directory's name."""
+        return str(self.manifest.get("name") or self.root.name)
+
+    @property
+    def family(self) -> str:
+        """The model family that produced it (``family`` in ``bundle.yaml`` or its provenance:
+        "cad_af", "binding", "unialign", ...); empty when the bundle does not say."""
+        return str(self.manifest.get("family") or self.provenance.get("family") or "")
+
+    @property
     def modality_names(self) -> tuple[str, ...]:
         """The modalities with an encoder, in manifest order."""
         return tuple(self.modalities)

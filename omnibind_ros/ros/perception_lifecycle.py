@@ -163,7 +163,8 @@ class PerceptionNode(LifecycleNode):
         opts = {"threads": threads} if threads > 0 else {}
         self._backend = create_backend(self._param("backend"), self._bundle,
                                        fallback=bool(self._param("backend_fallback")), **opts)
-        self.get_logger().info(f"bundle {self._bundle.root} ({list(self._bundle.modalities)}, "
+        self.get_logger().info(f"bundle {self._bundle.name} [{self._bundle.family or '?'}] "
+                               f"{self._bundle.root} ({list(self._bundle.modalities)}, "
                                f"D={self._bundle.dim}), backend {self._backend.name}")
         settings = params.read_fusion(self._param)
         # The clock is read inside the engine's and the monitor's locks: a time read by a
@@ -338,7 +339,9 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().info(f"no recognition: {result.no_answer_reason}",
                                    throttle_duration_sec=5.0)
         msg = recognition_message(result, self._param("frame_id"),
-                                  bool(self._param("fusion.publish_embedding")))
+                                  bool(self._param("fusion.publish_embedding")),
+                                  bundle=self._bundle.name if self._bundle else "",
+                                  model_family=self._bundle.family if self._bundle else "")
         if self._on_recognition is not None:
             self._on_recognition(msg)
         pub = self._pubs.get("recognition")

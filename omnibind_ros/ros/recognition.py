@@ -22,12 +22,15 @@ def from_time(stamp: Time) -> int:
 
 
 def recognition_message(result: FusionResult, frame_id: str = "",
-                        with_embedding: bool = False) -> Recognition:
+                        with_embedding: bool = False, *, bundle: str = "",
+                        model_family: str = "") -> Recognition:
     """The message of one tick: stamped with the newest sample fused (the tick time when
-    nothing was fused), its per-sensor predictions, and optionally the fused embedding."""
+    nothing was fused), its per-sensor predictions, the bundle (name and model family) that
+    answered, and optionally the fused embedding."""
     msg = Recognition(best_label=result.best_label, best_score=result.best_score,
                       top_labels=list(result.top_labels), top_scores=list(result.top_scores),
-                      sensors=list(result.sensors), modalities=list(result.modalities))
+                      sensors=list(result.sensors), modalities=list(result.modalities),
+                      bundle=bundle, model_family=model_family)
     msg.header.stamp = to_time(result.stamp_ns if result.stamp_ns is not None
                                else result.tick_ns)
     msg.header.frame_id = frame_id

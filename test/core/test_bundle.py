@@ -75,6 +75,16 @@ def test_loads_a_valid_bundle(bundle_dir):
     assert load_bundle(bundle_dir / BUNDLE_FILE).modality_names == bundle.modality_names
 
 
+def test_name_and_family_come_from_the_manifest_else_the_directory(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    assert bundle.name == "tiny" and bundle.family == ""
+    edit_manifest(bundle_dir, lambda m: m["provenance"].update(family="binding"))
+    assert load_bundle(bundle_dir).family == "binding"
+    edit_manifest(bundle_dir, lambda m: m.update(name="robot_model", family="unialign"))
+    bundle = load_bundle(bundle_dir)
+    assert (bundle.name, bundle.family) == ("robot_model", "unialign")
+
+
 def test_flipped_byte_is_a_checksum_error_naming_the_file(bundle_dir):
     path = bundle_dir / "encoders" / "image.onnx"
     data = bytearray(path.read_bytes())

@@ -282,6 +282,8 @@ def test_recognition_uses_the_publishing_sensors_and_survives_an_unplug(make_har
     assert rec.best_label and rec.best_label == rec.top_labels[0]
     assert len(rec.per_modality) == 3 and 0 <= rec.best_score <= 1
     assert rec.header.stamp.sec > 0
+    # which model answered: the test bundle's directory name; it declares no family
+    assert rec.bundle == h.node._bundle.name and rec.bundle and rec.model_family == ""
 
     # unplug the camera: STALE within its deadline (2.5 periods = 0.25 s + a monitor tick),
     # recognition continues from the others

@@ -47,7 +47,8 @@ def run_export(ws: Workspace) -> Path | None:
     stage_metrics = {s: json.loads((ws.stage_dir(s) / p / "config.json").read_text()).get(
         "metrics", {}) for s, p in (("stage0", "final"), ("cad", "final"), ("af", "af/final"))
         if (ws.stage_dir(s) / p / "config.json").exists()}
-    provenance = {"pipeline": ws.cfg.name, "seed": ws.cfg.seed, "dataset": ws.dataset_root.name,
+    provenance = {"family": "cad_af", "pipeline": ws.cfg.name, "seed": ws.cfg.seed,
+                  "dataset": ws.dataset_root.name,
                   "dataset_fingerprint": ws.dataset_fp, "metrics": stage_metrics,
                   "timings_s": dict(ws.timings), "torch": torch.__version__,
                   "training_config": ws.cfg.to_dict()}
