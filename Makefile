@@ -13,19 +13,28 @@ ROS_SAFE_ENV := source scripts/ros_env.sh &&
 PYTEST_ARGS ?=
 # Extra options of omnibind-bringup for `make demo`, e.g. DEMO_ARGS=--no-ui.
 DEMO_ARGS ?=
-# Prints the state of the default model bundle (<cache>/bundles/default): "ok", "missing", or
+# Which model family the demo runs: a bundle under <cache>/bundles/ and the training config
+# that builds it: BUNDLE=default (CAD + AF, seed 000) or BUNDLE=binding (bound spaces with
+# routers, seeds 001/003): `make demo BUNDLE=binding`.
+BUNDLE ?= default
+TRAIN_CONFIG_default := training/configs/sim_default.yaml
+TRAIN_CONFIG_binding := training/configs/sim_binding.yaml
+TRAIN_CONFIG = $(TRAIN_CONFIG_$(BUNDLE))
+# Prints the state of the demo's bundle (<cache>/bundles/$(BUNDLE)): "ok", "missing", or
 # "stale" (exported before bundles carried their logit scale: a re-export from the cached
 # training run fixes it in seconds).
-BUNDLE_STATE := $(PY) -c 'from omnibind_ros.core.bundle import default_bundle_dir, load_bundle; \
-	d = default_bundle_dir(); ok = (d / "bundle.yaml").is_file(); \
+BUNDLE_STATE = $(PY) -c 'from omnibind_ros.core.bundle import default_bundle_dir, load_bundle; \
+	d = default_bundle_dir().parent / "$(BUNDLE)"; ok = (d / "bundle.yaml").is_file(); \
 	print("missing" if not ok else "ok" if load_bundle(d, verify=False).logit_scale else "stale")'
-TRAIN_DEFAULT := $(PY) -m omnibind_train.cli all --config training/configs/sim_default.yaml
+BUNDLE_DIR = $$($(PY) -c 'from omnibind_ros.core.bundle import default_bundle_dir; \
+	print(default_bundle_dir().parent / "$(BUNDLE)")')
 
 .PHONY: setup demo demo-world test preview dataset bench bench-runtime bench-bag lint clean help
 
 help:
 	@echo "make demo     set up (and build the default model bundle) if needed, then run"
-	@echo "              perception on the simulated sensors through a hot-plug scenario"
+	@echo "              perception on the simulated sensors through a hot-plug scenario;"
+	@echo "              BUNDLE=binding runs the bound-spaces family (seeds 001/003) instead"
 	@echo "make demo-world  stream the simulated world through the preprocessing only"
 	@echo "make test     set up if needed, then run the test suite (runtime tests without the"
 	@echo "              training package, then the training tests)"
@@ -39,16 +48,17 @@ help:
 setup:
 	@bash scripts/setup.sh
 
-# The default bundle takes minutes to train on a CPU, once; later demos start in seconds.
+# A bundle takes minutes to train on a CPU, once; later demos start in seconds.
 demo: setup
+	@if [ -z "$(TRAIN_CONFIG)" ]; then echo "[demo] unknown BUNDLE=$(BUNDLE) (default, binding)"; \
+		exit 2; fi
 	@state=$$($(BUNDLE_STATE)) || exit 1; \
-	if [ "$$state" = stale ]; then echo "[demo] re-exporting the default model bundle"; \
-		$(PY) -m omnibind_train.cli export --config training/configs/sim_default.yaml \
-		|| state=missing; fi; \
-	if [ "$$state" = missing ]; then echo "[demo] no default model bundle yet: building it"; \
-		$(TRAIN_DEFAULT) || exit 1; fi
+	if [ "$$state" = stale ]; then echo "[demo] re-exporting the $(BUNDLE) model bundle"; \
+		$(PY) -m omnibind_train.cli export --config $(TRAIN_CONFIG) || state=missing; fi; \
+	if [ "$$state" = missing ]; then echo "[demo] no $(BUNDLE) model bundle yet: building it"; \
+		$(PY) -m omnibind_train.cli all --config $(TRAIN_CONFIG) || exit 1; fi
 	@$(ROS_SAFE_ENV) $(PY) -m omnibind_ros.tools.bringup --scenario hotplug_demo --duration 40 \
-		$(DEMO_ARGS)
+		--bundle "$(BUNDLE_DIR)" $(DEMO_ARGS)
 
 demo-world: setup
 	@$(ROS_SAFE_ENV) $(PY) -m omnibind_ros.tools.demo
