@@ -120,13 +120,25 @@ def run_af(run: BindingRun) -> dict[str, float]:
                  progress=run.ws.progress, name="af-binding")
     if run.ws.dist.is_main:
         (_af_dir(run) / "binding_key.json").write_text(_af_key(run))
-    test = fusion_data(run, model, "test")
-    mean = dataclasses.replace(af_cfg.fusion, kind="mean").build()
-    out = {"af_test_top1": fused_accuracy(head, test, labels),
-           "mean_test_top1": fused_accuracy(mean, test, labels)}
+    out = af_test_metrics(run, head, labels)
     run.say(f"[af] bound embeddings, test fused top-1 (modality-free records): "
             f"AF {out['af_test_top1']:.3f}, mean {out['mean_test_top1']:.3f}")
     return out
+
+
+def af_test_metrics(run: BindingRun, head: torch.nn.Module | None = None,
+                    labels: torch.Tensor | None = None) -> dict[str, float]:
+    """Fused top-1 of the AF head and of the plain mean on the test split's modality-free
+    records (the stored head when ``head`` is None)."""
+    model = run.bound_model(run.cfg.export.variant)
+    if head is None:
+        head, _ = load_af(run)
+    if labels is None:
+        labels = label_embeddings(run, model, run.ws.class_names)
+    test = fusion_data(run, model, "test")
+    fusion = dataclasses.replace(run.cfg.af.fusion, kind="mean", dim=model.dim)
+    return {"af_test_top1": fused_accuracy(head, test, labels),
+            "mean_test_top1": fused_accuracy(fusion.build(), test, labels)}
 
 
 def load_af(run: BindingRun) -> tuple[torch.nn.Module, float]:
@@ -228,6 +240,8 @@ def run_eval(run: BindingRun, af: Mapping[str, float] | None = None) -> Path:
     """Evaluate every row, write ``eval/report.md`` + ``results.json`` + plots."""
     from .report import write_report
 
+    if not af:
+        af = af_test_metrics(run)
     rows = build_rows(run)
     results = evaluate_rows(rows, run.test, list(POOL_ORDER), run.ws.class_names)
     full = run.bound_model("full") if "full" in run.cfg.variants else None
