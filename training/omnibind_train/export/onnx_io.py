@@ -45,6 +45,10 @@ class _ArrayGraph(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
+        # the wrapper takes the encoder's mode: the TorchScript exporter restores the wrapper's
+        # mode afterwards, and a new module's (train) would switch the encoder's BatchNorm and
+        # dropout to training for the parity check that follows
+        self.training = encoder.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -54,6 +58,7 @@ class _TextGraph(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
+        self.training = encoder.training  # as _ArrayGraph
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.encoder(input_ids, attention_mask)
