@@ -189,7 +189,7 @@ def _run_phase(space: SimSpace, spec: SpecialistSpec, phase: PhaseSpec, data: Bi
                 loss.backward()
                 opt.step()
                 sched.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     space.eval()
