@@ -94,40 +94,37 @@ def build_parser() -> argparse.ArgumentParser:
 BINDING_COMMANDS = ("data", "spaces", "pairs", "bind", "af", "eval", "export", "all")
 
 
-def _config(args: argparse.Namespace):  # -> PipelineConfig | BindingConfig
-    from .pipeline import PipelineConfig
-
+def _shared_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` plus the options every family's config has (cache, device, progress, out)."""
     overrides = list(args.overrides)
-    from .binding.pipeline import BindingConfig, is_binding_config
-
-    if is_binding_config(args.config):
-        if args.command not in BINDING_COMMANDS:
-            raise ValueError(f"{args.config} is a binding-family config: its commands are "
-                             f"{', '.join(BINDING_COMMANDS)}")
-        if args.cache_dir is not None:
-            overrides.append(f"cache_dir={args.cache_dir}")
-        if args.device is not None:
-            overrides.append(f"device={args.device}")
-        if args.no_progress:
-            overrides.append("progress=false")
-        if getattr(args, "out", None) is not None:
-            overrides.append(f"export.out={args.out}")
-        return BindingConfig.from_yaml(args.config, overrides)
-    if args.command in ("spaces", "pairs", "bind"):
-        raise ValueError(f"`{args.command}` belongs to the binding family; pass a config with "
-                         "`family: binding` (e.g. training/configs/sim_binding.yaml)")
     if args.cache_dir is not None:
         overrides.append(f"cache_dir={args.cache_dir}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
     if args.no_progress:
         overrides.append("progress=false")
+    if getattr(args, "out", None) is not None:
+        overrides.append(f"export.out={args.out}")
+    return overrides
+
+
+def _config(args: argparse.Namespace):  # -> PipelineConfig | BindingConfig
+    from .binding.pipeline import BindingConfig, is_binding_config
+    from .pipeline import PipelineConfig
+
+    overrides = _shared_overrides(args)
+    if is_binding_config(args.config):
+        if args.command not in BINDING_COMMANDS:
+            raise ValueError(f"{args.config} is a binding-family config: its commands are "
+                             f"{', '.join(BINDING_COMMANDS)}")
+        return BindingConfig.from_yaml(args.config, overrides)
+    if args.command in ("spaces", "pairs", "bind"):
+        raise ValueError(f"`{args.command}` belongs to the binding family; pass a config with "
+                         "`family: binding` (e.g. training/configs/sim_binding.yaml)")
     if getattr(args, "terms", None):
         overrides.append(f"cad.terms=[{args.terms}]")
     if getattr(args, "no_negatives", False):
         overrides.append("af.negatives=false")
-    if getattr(args, "out", None) is not None:
-        overrides.append(f"export.out={args.out}")
     return PipelineConfig.from_yaml(args.config, overrides)
 
 
