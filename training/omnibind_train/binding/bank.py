@@ -144,10 +144,10 @@ def pool_bank(spaces: Mapping[str, SimSpace], data: BindingData) -> EmbeddingBan
     return EmbeddingBank(_assemble(per_modality), instances, styles, labels, valid)
 
 
-def test_bank(spaces: Mapping[str, SimSpace], data: BindingData, split: str = "test"
-              ) -> EmbeddingBank:
-    """Every space's embeddings of every instance of the paired test split in every modality;
-    text holds one caption per instance per style (style-major)."""
+def test_bank(spaces: Mapping[str, SimSpace], data: BindingData, split: str = "test", *,
+              styles: Sequence[str] = STYLES) -> EmbeddingBank:
+    """Every space's embeddings of every instance of a paired student split in every modality;
+    text holds one caption per instance per style of ``styles`` (style-major)."""
     n = len(data.ws.dataset("student", split))
     rows = np.arange(n)
     labels_all = data.ws.labels("student", split).numpy()
@@ -155,13 +155,13 @@ def test_bank(spaces: Mapping[str, SimSpace], data: BindingData, split: str = "t
     instances, labels, valid = {}, {}, {}
     for m in POOL_MODALITIES:
         if m == "text":
-            texts = [c for style in STYLES for c in data.captions("student", split, style)]
+            texts = [c for style in styles for c in data.captions("student", split, style)]
             per_modality[m] = _embed_text(spaces, data, texts)
-            instances[m] = np.tile(rows, len(STYLES))
+            instances[m] = np.tile(rows, len(styles))
             valid[m] = np.ones(len(texts), dtype=bool)
         else:
             per_modality[m], valid[m] = _embed_rows(spaces, data, "student", split, m, rows)
             instances[m] = rows
         labels[m] = labels_all[instances[m]]
-    styles = np.repeat(np.arange(len(STYLES)), n)
-    return EmbeddingBank(_assemble(per_modality), instances, styles, labels, valid)
+    style_index = np.repeat(np.array([STYLES.index(s) for s in styles]), n)
+    return EmbeddingBank(_assemble(per_modality), instances, style_index, labels, valid)

@@ -57,13 +57,14 @@ def label_embeddings(run: BindingRun, model: BindingModel, class_names: Sequence
 
 
 def split_bank(run: BindingRun, split: str) -> EmbeddingBank:
-    """Every space's embeddings of every instance of a student split (cached)."""
+    """Every space's embeddings of every instance of a student split (cached); text only in
+    :data:`AF_TEXT_STYLE` outside the test split (all the AF head reads)."""
     if split == "test":
         return run.test
-    path = run.out_dir / f"{split}-bank-{run._bank_key(split)}.safetensors"
+    path = run.out_dir / f"{split}-bank-{run._bank_key(split + AF_TEXT_STYLE)}.safetensors"
     if path.exists():
         return EmbeddingBank.load(path)
-    bank = test_bank(run.spaces, run.data, split)
+    bank = test_bank(run.spaces, run.data, split, styles=(AF_TEXT_STYLE,))
     bank.save(path)
     return bank
 
