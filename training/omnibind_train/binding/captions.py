@@ -40,6 +40,8 @@ Like :mod:`omnibind_ros.sim.text`, a caption sometimes names only the shape or o
 The modality's own perceptual words stay in partial captions (a shape-only sound caption still
 says "ringing clang"); only the *name* of the other attribute is dropped. A missing nuisance key
 never fails: templates that need the missing fact are skipped and class-level words are used.
+
+The word lists and templates themselves live in :mod:`.caption_vocab`.
 """
 from __future__ import annotations
 
@@ -56,9 +58,34 @@ from omnibind_ros.sim.catalog import ObjectClass
 from omnibind_ros.sim.text import (
     MATERIAL_ADJECTIVES,
     MATERIAL_NOUNS,
-    PROMPT_TEMPLATES,
     SHAPE_SYNONYMS,
     _fix_articles,
+)
+
+from .caption_vocab import (
+    COLOUR_WORDS,
+    EXTENT,
+    GEOMETRY_PARTS,
+    GLOW,
+    MOTION_VERBS,
+    MOTION_WORDS,
+    OUTLINE_NOUNS,
+    PITCH_WORDS,
+    PROMPTS,
+    REFLECTIVE,
+    SHAPED,
+    SIZE_LARGE_M,
+    SIZE_SMALL_M,
+    SOUND_ADJS,
+    SOUND_DECAY,
+    SOUND_NOUNS,
+    SOUND_WORDS,
+    TEMPERATURE_WORDS,
+    TEMPLATES,
+    TEXTURE_PHRASES,
+    TEXTURE_WORDS,
+    WARM_ADJ,
+    WARMTH,
 )
 
 __all__ = ["COLOUR_WORDS", "GEOMETRY_PARTS", "MOTION_WORDS", "PARTIAL_P", "PITCH_WORDS",
@@ -77,249 +104,6 @@ STYLE_MODALITY: dict[str, str] = {"appearance": "image", "sound": "audio",
 PARTIAL_P: dict[str, tuple[float, float]] = {
     "appearance": (0.15, 0.15), "sound": (0.10, 0.25), "geometry": (0.25, 0.10),
     "heat": (0.10, 0.25), "motion": (0.25, 0.10), "texture": (0.10, 0.25)}
-
-# ----------------------------------------------------------------------------- shared words
-_SIZE_SMALL_M, _SIZE_LARGE_M = 0.115, 0.16
-#: "-shaped" adjectives per shape (unknown shapes: "<name>-shaped").
-SHAPED: dict[str, tuple[str, ...]] = {
-    "mug": ("mug-shaped", "cup-shaped"), "duck": ("duck-shaped",),
-    "bunny": ("bunny-shaped", "rabbit-shaped"), "torus": ("ring-shaped", "donut-shaped"),
-    "cone": ("cone-shaped", "conical"), "teddy bear": ("bear-shaped", "teddy-shaped")}
-
-# ----------------------------------------------------------------------------- appearance
-#: Colour names used by appearance captions (and never by the other styles).
-COLOUR_WORDS: tuple[str, ...] = ("red", "orange", "yellow", "green", "teal", "turquoise", "blue",
-                                 "purple", "pink", "magenta", "brown", "grey", "silver", "white",
-                                 "black")
-_APP_FULL = (
-    "a photo of a {size}{colour}{mat} {shape}",
-    "a {finish} {colour}{mat} {shape} on the table",
-    "there is a {colour}{shape} made of {noun} on the table",
-    "a close-up photo of a {finish} {mat} {shape}",
-    "the camera sees a {size}{colour}{mat} {shape}{light}",
-    "a picture of a {colour}{shape} made of {noun}{light}",
-    "a {size}{finish} {mat} {shape} in front of a plain wall",
-)
-_APP_SHAPE = (
-    "a photo of a {size}{colour}{shape}",
-    "a {finish} {colour}{shape} on the table",
-    "the camera sees a {size}{shape}{light}",
-    "a picture of something shaped like a {shape}",
-)
-_APP_MATERIAL = (
-    "a photo of a {size}{colour}{mat} thing",
-    "a {finish} {colour}object made of {noun} on the table",
-    "a close-up of a {mat} object{light}",
-)
-
-# ----------------------------------------------------------------------------- sound
-#: Sound nouns by impact character (chosen from decay and fundamental, not the material name).
-SOUND_NOUNS: dict[str, tuple[str, ...]] = {
-    "ringing": ("clang", "ping", "chime", "peal"),
-    "knock": ("knock", "thud", "clonk", "tock"),
-    "click": ("click", "clack", "tick", "tap")}
-_SOUND_ADJS = {"ringing": ("ringing", "resonant", "bell-like", "sustained"),
-               "knock": ("dull", "hollow", "muffled", "soft"),
-               "click": ("sharp", "crisp", "dry", "brittle")}
-_SOUND_DECAY = {"ringing": ("that rings on for a second", "with a long lingering decay",
-                            "that slowly fades away"),
-                "knock": ("that dies away at once", "with no ring to it", "that stops short"),
-                "click": ("that is over in an instant", "with almost no decay",
-                          "that stops immediately")}
-#: Every sound noun and adjective (each sound caption contains at least one noun).
-SOUND_WORDS: tuple[str, ...] = tuple(dict.fromkeys(
-    w for table in (SOUND_NOUNS, _SOUND_ADJS) for ws in table.values() for w in ws))
-#: Pitch words by band; the band comes from the object's size.
-PITCH_WORDS: dict[str, tuple[str, ...]] = {"high": ("high-pitched", "high", "bright"),
-                                           "mid": ("mid-pitched", "medium-pitched"),
-                                           "low": ("low-pitched", "deep", "low")}
-_SOUND_FULL = (
-    "the {adj} {sound} of a {size}{mat} {shape} being tapped",
-    "a {pitch} {sound} as a {mat} {shape} is struck",
-    "tapping a {mat} {shape} makes a {pitch} {adj} {sound}",
-    "a {shape} made of {noun} hit with a stick: a {pitch} {sound} {decay}",
-    "a {adj} {sound} {decay}, from a {size}{mat} {shape}",
-    "someone taps a {mat} {shape} and it gives a {adj} {sound}",
-)
-_SOUND_SHAPE = (
-    "the {adj} {sound} of a {size}{shape} being tapped",
-    "a {pitch} {sound} from a {shape} {decay}",
-    "tapping a {shape} gives a {pitch} {adj} {sound}",
-)
-_SOUND_MATERIAL = (
-    "a {pitch} {adj} {sound} of {noun} being struck",
-    "the {sound} of a {mat} object being tapped, {adj} and {pitch}",
-    "something made of {noun} makes a {adj} {sound} {decay}",
-    "the {adj} {sound} of a {size}{mat} thing being hit",
-)
-
-# ----------------------------------------------------------------------------- geometry
-#: 3D parts a scan shows, per shape (unknown shapes: a generic outline).
-GEOMETRY_PARTS: dict[str, tuple[str, ...]] = {
-    "mug": ("a cylindrical body and a curved handle", "an open top and a looped handle",
-            "a hollow cylindrical body and a side handle"),
-    "duck": ("a rounded body, a raised head and a flat bill", "a plump body and a small head"),
-    "bunny": ("a hunched body and two long ears", "a rounded back and upright ears"),
-    "torus": ("a hole through the middle", "a round tube bent into a closed loop"),
-    "cone": ("a pointed tip and a wide round base", "sloping sides that narrow to a point"),
-    "teddy bear": ("a round head, small ears and stubby limbs",
-                   "a seated body, arms and legs"),
-}
-_EXTENT = {"mug": "tall", "duck": "long", "bunny": "long", "torus": "across", "cone": "tall",
-           "teddy bear": "tall"}
-_GEOM_FULL = (
-    "a lidar scan of a {mat} {shape} about {cm} cm {extent}",
-    "a 3d point cloud of a {shaped} {mat} object with {parts}",
-    "a point cloud showing a {mat} {shape} with {parts}, about {cm} cm {extent}",
-    "depth points of a {size}{shape} made of {noun}: {parts}",
-    "a {density} scan of a {mat} {shape}{range}",
-    "the 3d shape of a {mat} {shape}: {parts}",
-)
-_GEOM_SHAPE = (
-    "a lidar scan of a {shape} about {cm} cm {extent}",
-    "a 3d point cloud of a {shaped} object with {parts}",
-    "the point cloud of a {size}{shape}: {parts}",
-    "a {density} scan of a {shaped} object{range}",
-)
-_GEOM_MATERIAL = (
-    "a lidar scan of a {mat} object about {cm} cm {extent}",
-    "a 3d point cloud of something made of {noun}, roughly {cm} cm {extent}",
-    "a {density} point cloud of a {size}{mat} object{range}",
-)
-
-# ----------------------------------------------------------------------------- heat
-#: Temperature words; every heat caption contains one.
-TEMPERATURE_WORDS: tuple[str, ...] = ("warm", "warmer", "hot", "lukewarm", "cool", "cooler",
-                                      "cold", "colder", "chilly", "heated", "room temperature",
-                                      "room-temperature", "ambient", "ambient-temperature",
-                                      "degree", "degrees")
-#: Attributive ("a warm mug") and predicative ("a mug, warmer than the room") warmth words.
-_WARM_ADJ = {"hot": ("warm", "hot", "heated"),
-             "warm": ("slightly warm", "lukewarm", "mildly warm"),
-             "ambient": ("room-temperature", "ambient-temperature"),
-             "cool": ("cool", "slightly cool"),
-             "cold": ("cold", "chilly")}
-_WARMTH = {"hot": ("much warmer than the room", "noticeably warm", "hot"),
-           "warm": ("a little warmer than the room", "slightly warm", "lukewarm"),
-           "ambient": ("at room temperature", "close to ambient temperature",
-                       "at ambient temperature"),
-           "cool": ("slightly cooler than the room", "a little cool"),
-           "cold": ("much cooler than the room", "noticeably cold", "cold")}
-_GLOW = {"bright": ("glowing brighter than the background", "a bright blob in the thermal image",
-                    "standing out bright against the room"),
-         "even": ("barely standing out from the background",
-                  "almost invisible in the thermal image", "blending into the background"),
-         "dark": ("dark against the background", "a dark patch in the thermal image",
-                  "looking colder than the room")}
-_REFLECTIVE = ("its reflective surface mirrors the colder room",
-               "its low-emissivity surface reads colder than it really is",
-               "its polished surface reflects the surroundings")
-_HEAT_FULL = (
-    "a thermal image of a {warm} {mat} {shape}",
-    "a {warm} {mat} {shape} {glow}",
-    "an infrared view of a {shape} made of {noun}, {warmth}",
-    "a {size}{mat} {shape} at about {deg} degrees, {rel}",
-    "a {mat} {shape} in the thermal camera, {rel}",
-    "a {mat} {shape}, {warmth}; {reflect}",
-)
-_HEAT_SHAPE = (
-    "a thermal image of a {warm} {shape}",
-    "a {shape} {glow}, {warmth}",
-    "an infrared view of a {size}{shape} at about {deg} degrees, {warmth}",
-)
-_HEAT_MATERIAL = (
-    "a thermal image of a {warm} {mat} object",
-    "something made of {noun} {glow}, {warmth}",
-    "a {mat} thing in the infrared camera, {rel}",
-    "a {mat} object at about {deg} degrees, {rel}; {reflect}",
-)
-
-# ----------------------------------------------------------------------------- motion
-#: Motion words; every motion caption contains one.
-MOTION_WORDS: tuple[str, ...] = ("moving", "sliding", "drifting", "gliding", "sweeping",
-                                 "spinning", "turning", "rotating", "motion")
-_VERBS = ("moving", "sliding", "drifting", "gliding", "sweeping")
-_OUTLINE = ("silhouette", "outline", "contour")
-_MOTION_FULL = (
-    "a {mat} {shape} {verb} {speed} {direction}{spin}",
-    "events from a {mat} {shape} {verb} {direction}",
-    "the edges of a {size}{mat} {shape} {verb} {direction} {speed}",
-    "an event camera sees a {shape} made of {noun} {verb} {direction}{spin}",
-    "the {outline} of a {mat} {shape} {verb} across the view{nodir}",
-    "a moving {mat} {shape}{spin}{nodir}",
-)
-_MOTION_SHAPE = (
-    "a {shaped} silhouette {verb} {direction}{spin}",
-    "the outline of a {shape} {verb} {speed} {direction}",
-    "flickering edges of a {shape} {verb} {direction}{spin}",
-    "a {shaped} {outline} in motion{nodir}",
-)
-_MOTION_MATERIAL = (
-    "a {mat} object {verb} {direction}{spin}",
-    "something made of {noun} {verb} {speed} {direction}",
-    "a {mat} thing in motion{spin}{nodir}",
-)
-
-# ----------------------------------------------------------------------------- texture
-#: Tactile surface phrases per material texture id (never naming the material).
-_TEXTURE_PHRASES = {
-    "grain": ("fibrous ridges", "a ridged grain", "grainy ridges"),
-    "brushed": ("fine brushed lines", "faint parallel brush marks", "a sleek brushed finish"),
-    "stipple": ("a fine stippled bumpiness", "tiny pebbled bumps", "a lightly pebbled surface"),
-    "weave": ("a woven texture", "criss-cross threads"),
-    "smooth": ("an even surface", "a featureless surface"),
-}
-#: Texture words; every texture caption contains one.
-TEXTURE_WORDS: tuple[str, ...] = ("rough", "coarse", "bumpy", "textured", "smooth", "slick",
-                                  "glassy", "hard", "rigid", "unyielding", "firm", "solid",
-                                  "springy", "soft", "yielding", "fingertip", "touch",
-                                  "touching", "feel", "feels", "tactile", "pressed", "pressing")
-_TEX_FULL = (
-    "a {rough}, {hard} {mat} {shape} under the fingertip",
-    "touching a {mat} {shape}: {tex}, {hard} when pressed {press}",
-    "the sensor presses {press} into a {mat} {shape} and feels {tex}",
-    "a tactile reading of a {shape} made of {noun}: {rough} with {tex}",
-    "{tex} felt on a {hard} {mat} {shape}{contact}",
-    "pressing {depth} mm into a {rough} {mat} {shape}{contact}",
-)
-_TEX_SHAPE = (
-    "touching a {shape}: {tex}, {hard}",
-    "a fingertip pressed {press} on a {shape} feels {rough}{contact}",
-    "a {rough} {shape} under the fingertip",
-)
-_TEX_MATERIAL = (
-    "{rough} {noun} with {tex}, pressed {press}",
-    "the feel of {noun}: {hard} and {rough}",
-    "something made of {noun} under the fingertip, {rough} and {hard}",
-    "pressing {depth} mm into {noun} that feels {hard} and {rough}{contact}",
-)
-
-_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "appearance": (_APP_FULL, _APP_SHAPE, _APP_MATERIAL),
-    "sound": (_SOUND_FULL, _SOUND_SHAPE, _SOUND_MATERIAL),
-    "geometry": (_GEOM_FULL, _GEOM_SHAPE, _GEOM_MATERIAL),
-    "heat": (_HEAT_FULL, _HEAT_SHAPE, _HEAT_MATERIAL),
-    "motion": (_MOTION_FULL, _MOTION_SHAPE, _MOTION_MATERIAL),
-    "texture": (_TEX_FULL, _TEX_SHAPE, _TEX_MATERIAL),
-}
-
-#: Zero-shot label prompts per style (one ``{}`` each for the class name).
-_PROMPTS: dict[str, tuple[str, ...]] = {
-    "appearance": tuple(PROMPT_TEMPLATES),
-    "sound": ("the sound of a {} being tapped.", "a recording of someone tapping a {}.",
-              "the impact sound of a {}.", "a {} being struck.",
-              "the noise a {} makes when hit."),
-    "geometry": ("a 3d point cloud of a {}.", "a lidar scan of a {}.", "the 3d shape of a {}.",
-                 "a depth scan of a {}.", "a point cloud of the {}."),
-    "heat": ("a thermal image of a {}.", "an infrared photo of a {}.", "a heat map of a {}.",
-             "the temperature of a {}.", "a thermal camera view of a {}."),
-    "motion": ("an event camera recording of a moving {}.", "events from a {} moving past.",
-               "the silhouette of a moving {}.", "a {} sliding across the view.",
-               "the outline of a {} in motion."),
-    "texture": ("the feel of touching a {}.", "a tactile reading of a {}.",
-                "pressing a fingertip on a {}.", "the surface texture of a {}.",
-                "a {} under the fingertip."),
-}
 
 _FORMATTER = string.Formatter()
 _SPACES = re.compile(r"\s+")
@@ -345,7 +129,7 @@ def styled_caption(obj: ObjectClass, nuisance: Mapping[str, Any] | None, style: 
         e.g. "the bright ringing clang of a small metal cup being tapped". With the
         probabilities :data:`PARTIAL_P` it names only the shape or only the material.
     """
-    full, shape_only, material_only = _TEMPLATES[_check_style(style)]
+    full, shape_only, material_only = TEMPLATES[_check_style(style)]
     p_shape, p_material = PARTIAL_P[style]
     u = rng.random()
     templates = (shape_only if u < p_shape else material_only if u < p_shape + p_material
@@ -377,7 +161,7 @@ def style_prompts(style: str) -> tuple[str, ...]:
 
     Pass them to :func:`omnibind_ros.sim.text.label_prompts` (which fixes "a"/"an").
     """
-    return _PROMPTS[_check_style(style)]
+    return PROMPTS[_check_style(style)]
 
 
 def styled_caption_kind(text: str, obj: ObjectClass) -> str:
@@ -411,9 +195,9 @@ def _size_word(nuisance: Mapping[str, Any], rng: np.random.Generator) -> str:
     size = _num(nuisance, "size_m")
     if size is None:
         return ""
-    if size < _SIZE_SMALL_M:
+    if size < SIZE_SMALL_M:
         return _pick(("small ", "little ", "small ", ""), rng)
-    if size > _SIZE_LARGE_M:
+    if size > SIZE_LARGE_M:
         return _pick(("large ", "big ", ""), rng)
     return ""
 
@@ -474,8 +258,8 @@ def _sound_words(obj: ObjectClass, nu: Mapping[str, Any],
     if size is not None:  # fundamental ~ 1/size: small objects sound high
         band = "high" if size < 0.12 else "low" if size > 0.155 else "mid"
         pitch = _pick(PITCH_WORDS[band], rng)
-    return {"sound": _pick(SOUND_NOUNS[kind], rng), "adj": _pick(_SOUND_ADJS[kind], rng),
-            "decay": _pick(_SOUND_DECAY[kind], rng), "pitch": pitch,
+    return {"sound": _pick(SOUND_NOUNS[kind], rng), "adj": _pick(SOUND_ADJS[kind], rng),
+            "decay": _pick(SOUND_DECAY[kind], rng), "pitch": pitch,
             "size": _size_word(nu, rng)}
 
 
@@ -492,7 +276,7 @@ def _geometry_words(obj: ObjectClass, nu: Mapping[str, Any],
     if dist is not None and rng.random() < 0.7:
         scan_range = _pick((f" from {dist:.1f} m away", f" at a range of {dist:.1f} m"), rng)
     return {"parts": _pick(GEOMETRY_PARTS.get(name, (f"the outline of a {name}",)), rng),
-            "cm": f"{size * 100:.0f}", "extent": _EXTENT.get(name, "across"),
+            "cm": f"{size * 100:.0f}", "extent": EXTENT.get(name, "across"),
             "density": density, "range": scan_range, "size": _size_word(nu, rng)}
 
 
@@ -515,11 +299,11 @@ def _heat_words(obj: ObjectClass, nu: Mapping[str, Any],
     if obj_c is not None and amb_c is not None and round(abs(delta)) >= 1:
         n = round(abs(delta))
         rel = f"{n} degree{'s' if n > 1 else ''} {'above' if delta > 0 else 'below'} ambient"
-    return {"warm": _pick(_WARM_ADJ[band], rng), "warmth": _pick(_WARMTH[band], rng),
-            "glow": _pick(_GLOW[glow], rng),
+    return {"warm": _pick(WARM_ADJ[band], rng), "warmth": _pick(WARMTH[band], rng),
+            "glow": _pick(GLOW[glow], rng),
             "deg": f"{obj_c:.0f}" if obj_c is not None else None,
-            "rel": rel or _pick(_WARMTH[band], rng),
-            "reflect": _pick(_REFLECTIVE, rng) if eps < 0.5 else None,
+            "rel": rel or _pick(WARMTH[band], rng),
+            "reflect": _pick(REFLECTIVE, rng) if eps < 0.5 else None,
             "size": _size_word(nu, rng)}
 
 
@@ -549,8 +333,8 @@ def _motion_words(obj: ObjectClass, nu: Mapping[str, Any],
         spin = " without turning"
     # {nodir} marks the templates used only when the direction is unknown.
     return {"direction": direction, "nodir": "" if direction is None else None,
-            "speed": speed, "spin": spin, "verb": _pick(_VERBS, rng),
-            "outline": _pick(_OUTLINE, rng), "size": _size_word(nu, rng)}
+            "speed": speed, "spin": spin, "verb": _pick(MOTION_VERBS, rng),
+            "outline": _pick(OUTLINE_NOUNS, rng), "size": _size_word(nu, rng)}
 
 
 def _direction(right: float, up: float, fwd: float, rng: np.random.Generator) -> str:
@@ -590,7 +374,7 @@ def _texture_words(obj: ObjectClass, nu: Mapping[str, Any],
                    if area >= 150 else _pick((" on a tight curve", " at a small contact point"),
                                              rng) if area < 60 else "")
     return {"rough": rough, "hard": hard, "press": press,
-            "tex": _pick(_TEXTURE_PHRASES.get(m.texture, ("an even surface",)), rng),
+            "tex": _pick(TEXTURE_PHRASES.get(m.texture, ("an even surface",)), rng),
             "depth": f"{depth:.1f}" if depth is not None else None, "contact": contact}
 
 
