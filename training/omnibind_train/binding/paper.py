@@ -42,6 +42,9 @@ Nothing GPU-specific is exported: the trained projectors / routers are plain saf
 ``out_dir/train``; building the bound bundle for the runtime stays the sim pipeline's job
 (:mod:`.export`).
 
+Modules: this one holds the config, the stages and the CLI; :mod:`.paper_pools` reads the pools
+and preprocesses them per expert, :mod:`.paper_embed` is stage 1 (the names are re-exported here).
+
 Memory: EVA-CLIP-18B (the target) needs about 36 GB in bf16 (``embed.expert_dtype: bf16``):
 its embedding pass needs 40 GB+ GPUs (A100/H100 80 GB); every other expert and all of the
 training fit a 24 GB RTX 4090.
@@ -51,10 +54,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,13 +63,35 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..trainers.common import ConfigBase
 from ..trainers.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
 from .bank import EmbeddingBank
-from .experts.common import ExpertConfig, ExpertSpace, build_expert, get_expert_config
+from .experts.common import ExpertConfig, ExpertSpace, get_expert_config
 from .model import BindingModel, RouterConfig, SpaceInfo
+from .paper_embed import (
+    _atomic_npz,
+    _pool_modalities,
+    _say,
+    default_tokenizer,
+    embed_pools,
+    load_bank,
+)
+from .paper_pools import (
+    AUDIO_EXT,
+    EXPERT_MODALITY,
+    IMAGE_EXT,
+    POINT_EXT,
+    POOL_MODALITIES,
+    fit_clip,
+    imagebind_audio,
+    kaldi_fbank,
+    list_pool,
+    load_audio,
+    load_image,
+    load_points,
+    read_captions,
+)
 from .pseudo_pairs import PseudoTuples, Retriever, parse_retrievers
 from .train_binding import (
     PRECISIONS,
@@ -79,17 +102,14 @@ from .train_binding import (
 )
 
 __all__ = ["EmbedSettings", "PaperBindingConfig", "PaperExpert", "PaperPools", "STAGES",
-           "build_tuples_sharded", "embed_pools", "kaldi_fbank", "load_bank", "main", "run"]
+           "build_tuples_sharded", "embed_pools", "kaldi_fbank", "load_bank", "main", "run",
+           # re-exported from .paper_pools / .paper_embed
+           "AUDIO_EXT", "EXPERT_MODALITY", "IMAGE_EXT", "POINT_EXT", "POOL_MODALITIES",
+           "default_tokenizer", "fit_clip", "imagebind_audio", "list_pool", "load_audio",
+           "load_image", "load_points", "read_captions"]
 
 FAMILY = "binding_paper"
 STAGES = ("embed", "pairs", "train")
-POOL_MODALITIES = ("image", "audio", "point_cloud", "text")
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG")
-AUDIO_EXT = (".wav", ".flac", ".WAV", ".FLAC")
-POINT_EXT = (".npy", ".npz")
-#: binding modality -> the expert's own name for it, per expert kind
-EXPERT_MODALITY = {"imagebind": {"image": "vision"}}
-
 #: ``tokenizer_factory(expert, space) -> (list[str] -> {"input_ids", "attention_mask"})``
 TokenizerFactory = Callable[["PaperExpert", ExpertSpace], Callable[[list[str]], dict]]
 
@@ -230,447 +250,6 @@ class PaperBindingConfig(ConfigBase):
 
     def expert(self, name: str) -> PaperExpert:
         return next(e for e in self.experts if e.name == name)
-
-
-# --- pools -------------------------------------------------------------------------------------
-
-def list_pool(spec: str | None, exts: Sequence[str], limit: int | None = None) -> list[str]:
-    """Sorted item paths of a pool folder (recursive) or of a ``.txt`` list (one per line)."""
-    if not spec:
-        return []
-    p = Path(spec).expanduser()
-    if p.is_file() and p.suffix == ".txt":
-        items = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
-    elif p.is_dir():
-        items = sorted(str(f) for f in p.rglob("*") if f.suffix in exts and f.is_file())
-    else:
-        raise FileNotFoundError(f"pool {spec}: neither a folder nor a .txt list of paths")
-    return items[:limit] if limit else items
-
-
-def read_captions(corpora: Mapping[str, Sequence[str]], limit: int | None = None
-                  ) -> tuple[list[str], np.ndarray]:
-    """Every corpus's captions (one per non-empty line) and each caption's corpus index."""
-    texts: list[str] = []
-    styles: list[int] = []
-    for ci, files in enumerate(corpora.values()):
-        got: list[str] = []
-        for f in files:
-            got += [ln.strip() for ln in Path(f).expanduser().read_text(encoding="utf-8")
-                    .splitlines() if ln.strip()]
-        got = got[:limit] if limit else got
-        texts += got
-        styles += [ci] * len(got)
-    return texts, np.asarray(styles, dtype=np.int64)
-
-
-# --- preprocessing -----------------------------------------------------------------------------
-
-def load_image(path: str, size: int, mean: Sequence[float], std: Sequence[float]
-               ) -> torch.Tensor:
-    """CLIP preprocessing: RGB, bicubic resize of the shortest side to ``size``, centre crop,
-    ``(x - mean) / std`` -> ``[3, size, size]``."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-
-
-def load_audio(path: str, rate: int) -> torch.Tensor:
-    """Mono float waveform at ``rate`` (``soundfile`` + ``scipy.signal.resample_poly``)."""
-    import soundfile as sf
-    from scipy.signal import resample_poly
-
-    wave, sr = sf.read(path, dtype="float32", always_2d=True)
-    wave = wave.mean(axis=1)
-    if sr != rate:
-        g = math.gcd(int(sr), int(rate))
-        wave = resample_poly(wave, rate // g, sr // g).astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(wave))
-
-
-def fit_clip(wave: torch.Tensor, n: int) -> torch.Tensor:
-    """CLAP's ``repeatpad`` to ``n`` samples (the first ``n`` of a longer clip)."""
-    if len(wave) == 0:
-        return torch.zeros(n)
-    if len(wave) >= n:
-        return wave[:n]
-    wave = wave.repeat(n // len(wave) + 1)
-    return wave[:n]
-
-
-def _mel(f: torch.Tensor) -> torch.Tensor:
-    return 1127.0 * torch.log1p(f / 700.0)
-
-
-def kaldi_fbank(wave: torch.Tensor, sr: int, n_mels: int, *, frame_ms: float = 25.0,
-                shift_ms: float = 10.0, low_freq: float = 20.0, preemph: float = 0.97
-                ) -> torch.Tensor:
-    """``torchaudio.compliance.kaldi.fbank`` as ImageBind calls it (``htk_compat``, no energy,
-    Hanning window, dither 0, snip edges, power spectrum, natural log): ``[frames, n_mels]``.
-    Re-implemented in torch (torchaudio is not a dependency); not compared numerically with
-    torchaudio here (UNVERIFIED beyond the formulas)."""
-    win, shift = int(sr * frame_ms / 1000), int(sr * shift_ms / 1000)
-    nfft = 1 << (win - 1).bit_length()
-    if len(wave) < win:
-        return torch.zeros(0, n_mels)
-    frames = wave.unfold(0, win, shift).double()
-    frames = frames - frames.mean(dim=1, keepdim=True)
-    frames = torch.cat((frames[:, :1] * (1 - preemph), frames[:, 1:] - preemph * frames[:, :-1]),
-                       dim=1)
-    frames = frames * torch.hann_window(win, periodic=False, dtype=torch.float64)
-    power = torch.fft.rfft(F.pad(frames, (0, nfft - win)), dim=1).abs().pow(2)
-    nyq = sr / 2
-    mel_lo, mel_hi = _mel(torch.tensor(low_freq)), _mel(torch.tensor(nyq))
-    delta = (mel_hi - mel_lo) / (n_mels + 1)
-    fft_mel = _mel(torch.arange(nfft // 2, dtype=torch.float64) * sr / nfft)
-    left = mel_lo + torch.arange(n_mels, dtype=torch.float64)[:, None] * delta
-    up = (fft_mel[None] - left) / delta
-    down = (left + 2 * delta - fft_mel[None]) / delta
-    banks = F.pad(torch.clamp(torch.minimum(up, down), min=0.0), (0, 1))  # nyquist bin: 0
-    mel = power @ banks.T
-    eps = torch.finfo(torch.float32).eps
-    return torch.log(torch.clamp(mel, min=eps)).float()
-
-
-def imagebind_audio(wave: torch.Tensor, pre: Mapping[str, Any], arch: Mapping[str, Any]
-                    ) -> torch.Tensor:
-    """ImageBind's audio input ``[S, 1, mel_bins, frames]``: ``clips_per_item`` clips of
-    ``clip_seconds`` spread evenly over the waveform (``ConstantClipsPerVideoSampler``), each a
-    zero-mean Kaldi fbank padded / cut to ``target_len`` frames, normalised."""
-    sr = int(pre.get("sample_rate", 16000))
-    clip = int(round(float(pre.get("clip_seconds", 2.0)) * sr))
-    clips = int(pre.get("clips_per_item", 3))
-    mel_bins, target = int(arch["mel_bins"]), int(arch["target_len"])
-    span = max(0, len(wave) - clip)
-    starts = [round(i * span / max(1, clips - 1)) for i in range(clips)]
-    out = []
-    for s in starts:
-        seg = wave[s:s + clip]
-        fb = kaldi_fbank(seg - seg.mean(), sr, mel_bins)
-        fb = F.pad(fb, (0, 0, 0, max(0, target - fb.shape[0])))[:target]
-        out.append(((fb.T - float(pre.get("mean", -4.268))) / float(pre.get("std", 9.138)))[None])
-    return torch.stack(out)
-
-
-def load_points(path: str, num: int, *, index: int = 0, allow_pickle: bool = False,
-                default_rgb: float = 0.4) -> torch.Tensor:
-    """``[num, 6]`` xyz + rgb in [0, 1]: centred, scaled into the unit sphere, subsampled
-    (seeded by the item index) or repeated to ``num`` points. ``.npz``: ``xyz`` [+ ``rgb``]
-    (else the first array); ``.npy``: an ``[N, 3|6]`` array (or, with ``allow_pickle``, a dict
-    with ``xyz`` / ``rgb`` as in OpenShape's Objaverse files). Missing colours are
-    ``default_rgb`` grey (OpenShape's convention; UNVERIFIED for Uni3D)."""
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            if "xyz" in f:
-                xyz, rgb = f["xyz"], f["rgb"] if "rgb" in f else None
-            else:
-                arr = f[f.files[0]]
-                xyz, rgb = arr[:, :3], arr[:, 3:6] if arr.shape[1] >= 6 else None
-    else:
-        arr = np.load(path, allow_pickle=allow_pickle)
-        if arr.dtype == object:
-            d = arr.item()
-            xyz, rgb = d["xyz"], d.get("rgb")
-        else:
-            xyz, rgb = arr[:, :3], arr[:, 3:6] if arr.shape[1] >= 6 else None
-    xyz = np.asarray(xyz, np.float32)
-    rgb = np.full_like(xyz, default_rgb) if rgb is None else np.asarray(rgb, np.float32)
-    if rgb.size and rgb.max() > 1.0:
-        rgb = rgb / 255.0
-    n = len(xyz)
-    if n >= num:
-        sel = np.random.default_rng(index).choice(n, num, replace=False)
-    else:
-        sel = np.resize(np.arange(n), num)
-    xyz, rgb = xyz[sel], rgb[sel]
-    xyz = xyz - xyz.mean(axis=0, keepdims=True)
-    xyz = xyz / max(float(np.linalg.norm(xyz, axis=1).max()), 1e-6)
-    return torch.from_numpy(np.concatenate((xyz, rgb), axis=1))
-
-
-class _Items(torch.utils.data.Dataset):
-    """A chunk's items, preprocessed for one expert; ``(tensor, ok)`` (a broken file gives a
-    zero tensor and ``ok=False``: its row is marked invalid, the run goes on)."""
-
-    def __init__(self, paths: Sequence[str], start: int, prep: Callable[[str, int], torch.Tensor],
-                 shape_of: Callable[[], torch.Tensor]) -> None:
-        self.paths, self.start, self.prep, self.shape_of = list(paths), start, prep, shape_of
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
-        try:
-            return self.prep(self.paths[i], self.start + i), True
-        except Exception as exc:  # noqa: BLE001 - a corrupt pool file must not stop the run
-            warnings.warn(f"skipping {self.paths[i]}: {exc}", stacklevel=1)
-            return self.shape_of(), False
-
-
-@dataclass
-class _Prep:
-    """Picklable per-(expert, modality) preprocessing (loader workers)."""
-
-    kind: str
-    modality: str
-    pre: dict[str, Any]
-    arch: dict[str, Any]
-    allow_pickle: bool = False
-
-    def __call__(self, path: str, index: int) -> torch.Tensor:
-        m = self.modality
-        if m == "image":
-            size = int(self.pre.get("size", self.pre.get("image_size", 224)))
-            return load_image(path, size, self.pre["mean"], self.pre["std"])
-        if m == "audio":
-            if self.kind == "imagebind":
-                return imagebind_audio(load_audio(path, int(self.pre.get("sample_rate", 16000))),
-                                       self.pre, self.arch["audio"])
-            return fit_clip(load_audio(path, int(self.arch["sample_rate"])),
-                            int(self.arch["clip_samples"]))
-        if m == "point_cloud":
-            return load_points(path, int(self.pre.get("num_points", 10000)), index=index,
-                               allow_pickle=self.allow_pickle)
-        raise ValueError(f"no file preprocessing for {m}")
-
-    def empty(self) -> torch.Tensor:
-        m = self.modality
-        if m == "image":
-            size = int(self.pre.get("size", self.pre.get("image_size", 224)))
-            return torch.zeros(3, size, size)
-        if m == "audio":
-            if self.kind == "imagebind":
-                a = self.arch["audio"]
-                return torch.zeros(int(self.pre.get("clips_per_item", 3)), 1, int(a["mel_bins"]),
-                                   int(a["target_len"]))
-            return torch.zeros(int(self.arch["clip_samples"]))
-        return torch.zeros(int(self.pre.get("num_points", 10000)), 6)
-
-
-def default_tokenizer(expert: PaperExpert, space: ExpertSpace) -> Callable[[list[str]], dict]:
-    """``transformers.AutoTokenizer`` from the expert's local ``tokenizer`` directory (offline),
-    padded / truncated to the text context length."""
-    if not expert.tokenizer:
-        raise ValueError(f"expert {expert.name}: its text encoder needs a local tokenizer "
-                         "directory (CLIP BPE for open_clip / EVA-CLIP / Uni3D / ImageBind, e.g. "
-                         "a saved openai/clip-vit-base-patch32 tokenizer; roberta-base for "
-                         f"LAION-CLAP): set experts[{expert.name}].tokenizer")
-    path = Path(expert.tokenizer).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"expert {expert.name}: tokenizer directory {path} does not exist")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    length = int(space.config.preprocess.get("text", {}).get("context_length", 77))
-
-    def encode(texts: list[str]) -> dict[str, torch.Tensor]:
-        out = tok(list(texts), padding="max_length", truncation=True, max_length=length,
-                  return_tensors="pt")
-        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
-
-    return encode
-
-
-# --- stage 1: embedding ------------------------------------------------------------------------
-
-def _say(dist: DistInfo, msg: str) -> None:
-    if dist.is_main:
-        print(msg, flush=True)
-
-
-def _pool_modalities(cfg: PaperBindingConfig) -> list[str]:
-    p = cfg.pools
-    return [m for m in POOL_MODALITIES if (p.captions if m == "text" else getattr(p, m))]
-
-
-def _expert_modalities(cfg: PaperBindingConfig, e: PaperExpert) -> list[str]:
-    """Binding modalities the expert embeds among the pools (aliased ones included)."""
-    kind = e.config().kind
-    own = {"open_clip": ["image", "text"], "eva_clip": ["image", "text"],
-           "laion_clap": ["audio", "text"], "uni3d": ["point_cloud", "image", "text"],
-           "imagebind": ["image", "audio", "text"]}.get(kind, list(POOL_MODALITIES))
-    wanted = e.modalities if e.modalities is not None else own
-    return [m for m in _pool_modalities(cfg) if m in wanted]
-
-
-def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _build(cfg: PaperBindingConfig, e: PaperExpert, mods: Sequence[str], dist: DistInfo
-           ) -> ExpertSpace:
-    ec = e.config()
-    remap = EXPERT_MODALITY.get(ec.kind, {})
-    space = build_expert(ec, modalities=[remap.get(m, m) for m in mods])
-    if dist.device.type == "cuda" and cfg.embed.expert_dtype == "bf16":
-        space = space.to(torch.bfloat16)
-    return space.to(dist.device).eval()
-
-
-@torch.no_grad()
-def _embed_batch(space: ExpertSpace, kind: str, modality: str, x: Any, device: torch.device
-                 ) -> torch.Tensor:
-    name = EXPERT_MODALITY.get(kind, {}).get(modality, modality)
-    dtype = next(space.parameters()).dtype
-    if isinstance(x, Mapping):
-        x = {k: v.to(device) for k, v in x.items()}
-        if kind != "laion_clap":
-            x = x["input_ids"]
-    else:
-        x = x.to(device, dtype) if x.is_floating_point() else x.to(device)
-    return space.encode(name, x).float().cpu()
-
-
-def embed_pools(cfg: PaperBindingConfig, dist: DistInfo,
-                tokenizer_factory: TokenizerFactory | None = None) -> Path:
-    """Stage 1: every expert's embeddings of every pool, chunked across ranks (resumable);
-    rank 0 assembles ``bank/<space>/<modality>.npy`` (+ ``.valid.npy``), ``bank/manifest.json``.
-    Returns the bank folder."""
-    from tqdm import tqdm
-
-    out = Path(cfg.out_dir) / "bank"
-    manifest = out / "manifest.json"
-    if manifest.exists():
-        return out
-    tokenizer_factory = tokenizer_factory or default_tokenizer
-    lim = cfg.pools.limit
-    items = {"image": list_pool(cfg.pools.image, IMAGE_EXT, lim),
-             "audio": list_pool(cfg.pools.audio, AUDIO_EXT, lim),
-             "point_cloud": list_pool(cfg.pools.point_cloud, POINT_EXT, lim)}
-    texts, styles = read_captions(cfg.pools.captions, lim)
-    sizes = {m: (len(texts) if m == "text" else len(items[m])) for m in _pool_modalities(cfg)}
-    jobs = []  # (expert, modality, chunk)
-    for e in cfg.experts:
-        for m in _expert_modalities(cfg, e):
-            if m in e.alias:
-                continue
-            for c in range(math.ceil(sizes[m] / cfg.embed.chunk)):
-                jobs.append((e.name, m, c))
-    mine = [j for i, j in enumerate(jobs) if i % dist.world_size == dist.rank]
-    todo = [j for j in mine if not (out / "chunks" / j[0] / j[1] / f"{j[2]:06d}.npz").exists()]
-    # a missing tokenizer stops every rank before any embedding is computed
-    needs_text = sorted({e.name for e in cfg.experts if "text" in _expert_modalities(cfg, e)
-                         and "text" not in e.alias and not e.tokenizer})
-    if needs_text and tokenizer_factory is default_tokenizer:
-        default_tokenizer(cfg.expert(needs_text[0]), None)  # type: ignore[arg-type]  # raises
-    _say(dist, f"[embed] {len(jobs)} chunks over {dist.world_size} rank(s); "
-               f"pools: {sizes}")
-    bar = tqdm(total=len(todo), desc=f"embed r{dist.rank}", disable=not cfg.progress,
-               unit="chunk", position=dist.rank)
-    by_expert: dict[str, list[tuple[str, str, int]]] = {}
-    for j in todo:
-        by_expert.setdefault(j[0], []).append(j)
-    for name, js in by_expert.items():
-        e = cfg.expert(name)
-        mods = sorted({m for _, m, _ in js})
-        space = _build(cfg, e, [m for m in _expert_modalities(cfg, e) if m not in e.alias], dist)
-        kind = space.config.kind
-        tok = tokenizer_factory(e, space) if "text" in mods else None
-        for _, m, c in js:
-            lo, hi = c * cfg.embed.chunk, min(sizes[m], (c + 1) * cfg.embed.chunk)
-            embs, ok = [], []
-            if m == "text":
-                for i in range(lo, hi, e.batch_size):
-                    batch = texts[i:min(hi, i + e.batch_size)]
-                    embs.append(_embed_batch(space, kind, m, tok(batch), dist.device))
-                    ok.append(torch.ones(len(batch), dtype=torch.bool))
-            else:
-                ec = space.config
-                prep = _Prep(kind, m, dict(ec.preprocess.get(EXPERT_MODALITY.get(kind, {})
-                                                             .get(m, m), {})),
-                             dict(getattr(space, "arch", ec.arch)), cfg.embed.allow_pickle)
-                ds = _Items(items[m][lo:hi], lo, prep, prep.empty)
-                loader = torch.utils.data.DataLoader(
-                    ds, batch_size=e.batch_size, num_workers=cfg.embed.workers,
-                    pin_memory=dist.device.type == "cuda")
-                for x, valid in loader:
-                    embs.append(_embed_batch(space, kind, m, x, dist.device))
-                    ok.append(valid.bool())
-            emb = torch.cat(embs).numpy().astype(cfg.embed.dtype)
-            _atomic_npz(out / "chunks" / name / m / f"{c:06d}.npz", emb=emb,
-                        valid=torch.cat(ok).numpy())
-            bar.update(1)
-        del space
-        if dist.device.type == "cuda":
-            torch.cuda.empty_cache()
-    bar.close()
-    barrier(dist)
-    if dist.is_main:
-        _assemble(cfg, out, sizes, styles)
-    barrier(dist)
-    return out
-
-
-def _assemble(cfg: PaperBindingConfig, out: Path, sizes: Mapping[str, int],
-              styles: np.ndarray) -> None:
-    """Chunks -> one memory-mappable ``.npy`` per (space, modality), streaming."""
-    entries: dict[str, dict[str, str]] = {}
-    for e in cfg.experts:
-        for m in _expert_modalities(cfg, e):
-            if m in e.alias:
-                continue
-            n = sizes[m]
-            chunks = [out / "chunks" / e.name / m / f"{c:06d}.npz"
-                      for c in range(math.ceil(n / cfg.embed.chunk))]
-            with np.load(chunks[0]) as f0:
-                dim = f0["emb"].shape[1]
-            path = out / e.name / f"{m}.npy"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            arr = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+",
-                                            dtype=cfg.embed.dtype, shape=(n, dim))
-            valid = np.zeros(n, dtype=bool)
-            for c, ch in enumerate(chunks):
-                with np.load(ch) as f:
-                    lo = c * cfg.embed.chunk
-                    arr[lo:lo + len(f["emb"])] = f["emb"]
-                    valid[lo:lo + len(f["emb"])] = f["valid"]
-            arr.flush()
-            del arr
-            os.replace(path.with_suffix(".tmp.npy"), path)
-            np.save(out / e.name / f"{m}.valid.npy", valid)
-            entries.setdefault(e.name, {})[m] = f"{e.name}/{m}.npy"
-    for e in cfg.experts:
-        for m, src in e.alias.items():
-            if m in _expert_modalities(cfg, e):
-                entries.setdefault(e.name, {})[m] = entries[src][m]
-    np.save(out / "text_styles.npy", styles)
-    (out / "manifest.json").write_text(json.dumps(
-        {"sizes": dict(sizes), "emb": entries, "corpora": list(cfg.pools.captions),
-         "time": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
-
-
-def load_bank(folder: str | Path) -> EmbeddingBank:
-    """The pools' :class:`~.bank.EmbeddingBank`, memory-mapped (rows are read on demand and the
-    page cache is shared by every rank of a node). Labels are unknown (zeros): nothing here
-    reads them."""
-    folder = Path(folder)
-    man = json.loads((folder / "manifest.json").read_text())
-    emb: dict[str, dict[str, torch.Tensor]] = {}
-    valid: dict[str, np.ndarray] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # read-only memmap -> tensor
-        for space, per in man["emb"].items():
-            for m, rel in per.items():
-                emb.setdefault(space, {})[m] = torch.from_numpy(np.load(folder / rel,
-                                                                        mmap_mode="r"))
-                v = np.load(folder / rel.replace(".npy", ".valid.npy"))
-                valid[m] = valid[m] & v if m in valid else v
-    sizes = man["sizes"]
-    inst = {m: np.arange(n) for m, n in sizes.items()}
-    labels = {m: np.zeros(n, dtype=np.int64) for m, n in sizes.items()}
-    return EmbeddingBank(emb, inst, np.load(folder / "text_styles.npy"), labels, valid)
 
 
 # --- stage 2: pseudo tuples --------------------------------------------------------------------
