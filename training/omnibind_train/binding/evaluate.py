@@ -120,7 +120,7 @@ def evaluate_rows(rows: Sequence[Row], bank: EmbeddingBank, modalities: Sequence
                   class_names: Sequence[str]) -> dict[str, Any]:
     """Retrieval for every pair and zero-shot for every non-text modality, per row."""
     out: dict[str, Any] = {"pairs": [f"{a}-{b}" for a, b in retrieval_pairs(modalities)],
-                           "rows": {}}
+                           "test_size": bank.size(modalities[0]), "rows": {}}
     for row in rows:
         res: dict[str, Any] = {"kind": row.kind, "retrieval": {}, "zero_shot": {},
                                **row.info}
