@@ -67,6 +67,7 @@ def make_recognition() -> Any:
             make_modality_prediction("gripper_tactile", "tactile", "wooden bowl", 0.33),
             make_modality_prediction("mic", "audio", "wooden mug", 0.61),
         ],
+        bundle="default", model_family="cad_af",
         embedding=packed("f", embedding),
     )
 
@@ -218,6 +219,7 @@ EXPECTED_FIELDS = {
         "top_labels": "sequence<string>", "top_scores": "sequence<float>",
         "sensors": "sequence<string>", "modalities": "sequence<string>",
         "per_modality": "sequence<omnibind_ros/ModalityPrediction>",
+        "bundle": "string", "model_family": "string",
         "embedding": "sequence<float>",
     },
     "SensorStatus": {

@@ -97,6 +97,8 @@ class Monitor:
         self._recognition: Any = None
         self._truth_label = ""
         self.events = StateEventLog()
+        #: "bundle [family]" -> recognitions it answered (which model answered, by message)
+        self.models: dict[str, int] = {}
         rec_qos = qos_from_name("recognition")
         rec_qos.depth = 100  # the view must not lose ticks while the machine is busy
         truth_qos = qos_from_name("sensor_status")  # reliable + transient local, as published
@@ -112,8 +114,10 @@ class Monitor:
     def _on_recognition(self, msg: Any) -> None:
         self._scoreboard.on_recognition(Sample(_stamp_ns(msg.header.stamp), msg.best_label,
                                                tuple(msg.top_labels)))
+        model = f"{msg.bundle or '?'} [{msg.model_family or '?'}]"
         with self._lock:
             self._recognition = msg
+            self.models[model] = self.models.get(model, 0) + 1
 
     def _on_status(self, msg: Any) -> None:
         t = self._clock()
@@ -392,5 +396,6 @@ class Bringup:
                 "realtime_factor": self.realtime_factor, **scores,
                 "recognitions_per_s": rate,
                 "sensors": self.monitor.final_states() if self.monitor else {},
+                "models": dict(self.monitor.models) if self.monitor else {},
                 "sim": sim if self.sim is not None else None, "clean_shutdown": clean,
                 "log_file": str(self.log_file) if self.log_file else None}

@@ -249,6 +249,9 @@ def render_summary(summary: dict[str, Any]) -> list[Any]:
         f"not scored: {s['transition']} in transition (< {s['transition_s']:g} s after an "
         f"object change), {s['unscored']} without ground truth")
     parts: list[Any] = [head]
+    if s.get("models"):
+        parts.append(Text("answered by: " + ", ".join(
+            f"{m} ({n})" for m, n in sorted(s["models"].items()))))
     if s["phases"]:
         parts.append(_phase_table(s["phases"], s["top_k"]))
     sim = s.get("sim") or {}

@@ -1,44 +1,32 @@
-"""The perception LifecycleNode runs a bound (binding-family) bundle: it configures on the tiny
-binding run's bundle (:mod:`_binding_tiny`), fuses a camera and a LiDAR, and publishes a
-Recognition whose label is one of the bundle's and whose model family is ``binding``.
+"""The perception node runs a bound (binding-family) bundle: ``omnibind-bringup`` configures on
+the tiny binding run's bundle (:mod:`_binding_tiny`), and its recognitions name the bundle and
+the ``binding`` family; and the bundle runs through the runtime's ONNX backend.
 
-rclpy is imported only inside the tests, after this module has made the process's ROS
-environment loopback-only (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, a private log directory
-and a reserved domain id), as ``test/conftest.py`` does for the runtime suite.
+The training package (tests included: ``test/test_layering.py``) never imports rclpy nor
+``omnibind_ros.ros``, so the node runs in a subprocess with loopback-only discovery
+(``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``; ``omnibind-bringup`` enforces it too).
 """
 from __future__ import annotations
 
+import json
 import os
-import threading
-import time
-from collections.abc import Iterator
-from typing import Any
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from _binding_tiny import TinyBindingRun, tiny_binding_run
 
-from omnibind_ros.ros import env as ros_env
-
-
-def _make_ros_env_safe() -> str | None:
-    """Loopback-only discovery before any rclpy import (rclpy itself is imported only by the
-    ROS test); why ROS must not be used here, or None."""
-    try:
-        domain = None if os.environ.get("ROS_DOMAIN_ID", "").isdigit() else \
-            ros_env.reserve_domain_id(1, 100)
-        ros_env.ensure_safe_ros_env(domain_id=domain)
-    except Exception as exc:  # rclpy imported earlier without LOCALHOST: refuse to go on
-        return f"cannot make the ROS environment loopback-only ({exc})"
-    return None
-
-
-_UNSAFE_ENV = _make_ros_env_safe()
 pytestmark = pytest.mark.slow
 
-SENSORS = {"camera": ("image", "/binding_t/camera", "sensor_msgs/msg/Image"),
-           "lidar": ("point_cloud", "/binding_t/lidar", "sensor_msgs/msg/PointCloud2")}
-RATE_HZ = 10.0
+
+def _child_env() -> dict[str, str]:
+    """The bringup child's environment: loopback-only discovery (the CLI also enforces it) and
+    a domain id of its own when the caller set none (as the Makefile's test run does)."""
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    if not env.get("ROS_DOMAIN_ID", "").isdigit():
+        env["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 80)
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -46,104 +34,26 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> TinyBindingRun:
     return tiny_binding_run(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
-def ctx() -> Iterator[Any]:
-    if _UNSAFE_ENV:
-        pytest.skip(_UNSAFE_ENV)
-    assert os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST"
-    try:
-        import rclpy
-
-        import omnibind_ros.msg  # noqa: F401
-    except Exception as exc:  # ImportError, or the wheels' missing shared libraries
-        pytest.skip(f"rclpy or the omnibind_ros interfaces are unavailable ({exc})")
-    from rclpy.context import Context
-    from rclpy.signals import SignalHandlerOptions
-
-    context = Context()
-    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
-    yield context
-    rclpy.shutdown(context=context)
-
-
-def _overrides(bundle: str) -> list[Any]:
-    from rclpy.parameter import Parameter
-
-    out = [Parameter("bundle_path", value=bundle), Parameter("fusion.rate_hz", value=20.0),
-           Parameter("sensors", Parameter.Type.STRING_ARRAY, list(SENSORS))]
-    for name, (modality, topic, mtype) in SENSORS.items():
-        out += [Parameter(f"sensors.{name}.modality", value=modality),
-                Parameter(f"sensors.{name}.topic", value=topic),
-                Parameter(f"sensors.{name}.message_type", value=mtype),
-                Parameter(f"sensors.{name}.expected_rate_hz", value=RATE_HZ)]
-    return out
-
-
-def _message(modality: str, stamp_s: float, rng: np.random.Generator) -> Any:
-    from omnibind_ros.ros import conversions as conv
-
-    if modality == "image":
-        return conv.numpy_to_image(rng.integers(0, 255, (48, 64, 3), np.uint8), "rgb8", stamp_s)
-    # one compact object in front of the sensor (the preprocessor looks for a cluster)
-    return conv.xyz_to_pointcloud2(rng.normal(0, 0.05, (400, 3)).astype(np.float32)
-                                   + np.float32([1.5, 0, 0.3]), stamp_s)
-
-
 @pytest.mark.ros
-def test_perception_node_answers_with_a_bound_bundle(run: TinyBindingRun, ctx: Any) -> None:
-    from lifecycle_msgs.msg import State
-    from rclpy.node import Node
+def test_perception_node_answers_with_a_bound_bundle(run: TinyBindingRun, tmp_path) -> None:
+    """``omnibind-bringup`` (the perception node and the simulated sensors, in its own
+    process: the training package never imports rclpy, its tests neither) configures on the
+    bound bundle and answers; every Recognition names the bundle and the binding family."""
+    from omnibind_ros.core.bundle import load_bundle
 
-    from omnibind_ros.msg import Recognition
-    from omnibind_ros.ros import qos
-    from omnibind_ros.ros.executor import PoolSafeExecutor
-    from omnibind_ros.ros.interfaces import message_class
-    from omnibind_ros.ros.perception_node import PerceptionNode
-
-    node = PerceptionNode(context=ctx, parameter_overrides=_overrides(str(run.bundle)))
-    helper = Node("binding_perception_test_helper", context=ctx)
-    recognitions: list[Any] = []
-    helper.create_subscription(Recognition, "/omnibind_perception/recognition",
-                               recognitions.append, qos.RECOGNITION)
-    pubs = {name: (helper.create_publisher(message_class(mtype), topic, qos.SENSOR_DATA),
-                   modality) for name, (modality, topic, mtype) in SENSORS.items()}
-    executor = PoolSafeExecutor(num_threads=4, context=ctx)
-    executor.add_node(node)
-    executor.add_node(helper)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    rng = np.random.default_rng(0)
-    try:
-        assert node.autostart()
-        assert node._state_machine.current_state[0] == State.PRIMARY_STATE_ACTIVE
-        bundle = node._bundle
-        assert bundle.family == "binding"
-        labels = set(bundle.labels.names)
-
-        def both_fused() -> Any:
-            return next((r for r in reversed(recognitions)
-                         if set(r.sensors) == set(SENSORS)), None)
-
-        end = time.monotonic() + 60.0
-        while time.monotonic() < end and both_fused() is None:
-            now = helper.get_clock().now().nanoseconds * 1e-9
-            for pub, modality in pubs.values():
-                pub.publish(_message(modality, now, rng))
-            time.sleep(1.0 / RATE_HZ)
-        rec = both_fused()
-        assert rec is not None, f"no fused recognition; got {len(recognitions)} messages"
-        assert rec.best_label in labels and rec.best_label == rec.top_labels[0]
-        assert set(rec.top_labels) <= labels
-        assert 0.0 < rec.best_score <= 1.0
-        assert list(rec.top_scores) == sorted(rec.top_scores, reverse=True)
-        assert sorted(rec.modalities) == ["image", "point_cloud"]
-        assert len(rec.per_modality) == 2
-        assert rec.model_family == "binding" and rec.bundle == bundle.name
-    finally:
-        executor.shutdown()
-        thread.join(5.0)
-        node.destroy_node()
-        helper.destroy_node()
+    bundle = load_bundle(run.bundle)
+    assert bundle.family == "binding"
+    out = tmp_path / "summary.json"
+    cmd = [sys.executable, "-m", "omnibind_ros.tools.bringup", "--bundle", str(run.bundle),
+           "--no-ui", "--duration", "8", "--summary-json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_child_env())
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads(out.read_text())
+    assert summary["recognitions"] > 0 and summary["answered_fraction"] > 0, summary
+    # every recognition the monitor received was answered by the bound bundle
+    assert summary["models"] == {f"{bundle.name} [binding]": summary["models"].get(
+        f"{bundle.name} [binding]", -1)} and sum(summary["models"].values()) > 0
+    assert set(summary["sensors"]) >= {"camera", "lidar"}
 
 
 def test_bound_bundle_through_the_runtime_backend(run: TinyBindingRun) -> None:
