@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omnibind-train",
         description="OmniBind training on the simulated world: stage 0 (LiT teacher space), "
-                    "stage I (CAD), stage II (AF), evaluation and bundle export.")
+                    "stage I (CAD), stage II (AF), evaluation and bundle export; a config with "
+                    "`family: binding` (training/configs/sim_binding.yaml) runs the "
+                    "space-binding family's stages instead.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {"data": "generate the simulated data set if it is absent",
              "stage0": "stage 0: LiT image head against the frozen text encoder",
