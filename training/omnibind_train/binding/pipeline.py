@@ -190,6 +190,8 @@ class BindingRun:
         self.ws = Workspace(base, dist)
         self.data = BindingData(self.ws, seed=cfg.seed)
         self.timings: dict[str, float] = {}
+        #: the AF stage's test metrics, once it ran in this process (the report shows them)
+        self.af_metrics: dict[str, float] | None = None
         self._models: dict[str, BindingModel] = {}
 
     @property
@@ -234,14 +236,15 @@ class BindingRun:
         return train_spaces(self.specs, self.data, seed=self.cfg.seed,
                             progress=self.ws.progress, log=self.say)
 
-    def _bank_key(self, what: str) -> str:
+    def bank_key(self, what: str) -> str:
+        """Content key of an embedding bank: the stored spaces' keys, the pool seed, styles."""
         keys = {s.name: stored_key(self.ws.run_dir, s.name) for s in self.specs}
         return hash_json({"what": what, "spaces": keys, "pool_seed": self.cfg.seed,
                           "styles": list(STYLES)})
 
     @cached_property
     def pools(self) -> EmbeddingBank:
-        path = self.out_dir / f"pool-bank-{self._bank_key('pool')}.safetensors"
+        path = self.out_dir / f"pool-bank-{self.bank_key('pool')}.safetensors"
         if path.exists():
             return EmbeddingBank.load(path)
         bank = pool_bank(self.spaces, self.data)
@@ -250,7 +253,7 @@ class BindingRun:
 
     @cached_property
     def test(self) -> EmbeddingBank:
-        path = self.out_dir / f"test-bank-{self._bank_key('test')}.safetensors"
+        path = self.out_dir / f"test-bank-{self.bank_key('test')}.safetensors"
         if path.exists():
             return EmbeddingBank.load(path)
         bank = test_bank(self.spaces, self.data)
@@ -259,7 +262,7 @@ class BindingRun:
 
     @cached_property
     def tuples(self) -> PseudoTuples:
-        key = hash_json({"bank": self._bank_key("pool"), "retrievers": self.cfg.retrievers,
+        key = hash_json({"bank": self.bank_key("pool"), "retrievers": self.cfg.retrievers,
                          "hubs": self.cfg.hubs})
         path = self.out_dir / f"pairs-{key}.npz"
         if path.exists():
@@ -300,7 +303,7 @@ class BindingRun:
         return {s.name: STYLES.index(s.corpus) for s in self.specs}
 
     def _projectors_path(self) -> Path:
-        key = hash_json({"bank": self._bank_key("pool"), "projector": self.cfg.projector.to_dict(),
+        key = hash_json({"bank": self.bank_key("pool"), "projector": self.cfg.projector.to_dict(),
                          "retrievers": self.cfg.retrievers, "target": self.cfg.target})
         return self.out_dir / f"projectors-{key}.safetensors"
 

@@ -61,7 +61,7 @@ def split_bank(run: BindingRun, split: str) -> EmbeddingBank:
     :data:`AF_TEXT_STYLE` outside the test split (all the AF head reads)."""
     if split == "test":
         return run.test
-    path = run.out_dir / f"{split}-bank-{run._bank_key(split + AF_TEXT_STYLE)}.safetensors"
+    path = run.out_dir / f"{split}-bank-{run.bank_key(split + AF_TEXT_STYLE)}.safetensors"
     if path.exists():
         return EmbeddingBank.load(path)
     bank = test_bank(run.spaces, run.data, split, styles=(AF_TEXT_STYLE,))
@@ -334,7 +334,7 @@ def run_stage(run: BindingRun, stage: str, *, overwrite_data: bool = False) -> A
         run.af_metrics = run.timed("af", lambda: run_af(run))
         return run.af_metrics
     if stage == "eval":
-        return run.timed("eval", lambda: run_eval(run, getattr(run, "af_metrics", None)))
+        return run.timed("eval", lambda: run_eval(run, run.af_metrics))
     if stage == "export":
         return run.timed("export", lambda: run_export(run))
     raise ValueError(f"unknown binding stage {stage!r}; stages: {STAGES}")
