@@ -1,5 +1,5 @@
 """UniAlign (seed 002): one frozen ViT with a modality-aware mixture of LoRA experts.
 
-Started: :mod:`.moe_lora` (Eq. 3-9). The tokenizers, losses (Eq. 10-16), training, evaluation
+Started: :mod:`.moe_lora` (Eq. 3-9) and :mod:`.losses` (Eq. 10-16). The tokenizers, losses (Eq. 10-16), training, evaluation
 and bundle export are issue 10's remaining work.
 """
