@@ -92,7 +92,7 @@ from .paper_pools import (
     load_points,
     read_captions,
 )
-from .pseudo_pairs import PseudoTuples, Retriever, parse_retrievers
+from .pseudo_pairs import PseudoTuples, Retriever, parse_retrievers, tuple_parts
 from .train_binding import (
     PRECISIONS,
     ProjectorTraining,
@@ -292,23 +292,10 @@ def build_tuples_sharded(bank: EmbeddingBank, retrievers: Mapping[frozenset[str]
     pool's queries. Ranks write their parts to ``part_dir``; rank 0 concatenates them in rank
     order (the single-process tuple order) and returns the tuples (None on other ranks).
     """
-    from tqdm import tqdm
-
     top1 = _Top1(bank, dist.device, chunk)
-    index: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
-    query: list[np.ndarray] = []
-    for src in tqdm(modalities, desc="pseudo pairs", disable=not (progress and dist.is_main),
-                    unit="pool"):
-        rows = np.flatnonzero(np.asarray(bank.valid.get(src, np.ones(bank.size(src), bool))))
-        rows = np.array_split(rows, dist.world_size)[dist.rank]
-        got: dict[str, np.ndarray] = {src: rows}
-        for dst in modalities:
-            if dst == src or dst in got:
-                continue
-            got[dst] = _retrieve(top1, retrievers, src, dst, rows, got, hubs)
-        for m in modalities:
-            index[m].append(got[m])
-        query.append(np.full(len(rows), modalities.index(src), dtype=np.int64))
+    index, query = tuple_parts(bank, retrievers, modalities, hubs=hubs, top1=top1,
+                               shard=(dist.rank, dist.world_size),
+                               progress=progress and dist.is_main)
     # per source pool, every rank's part, in rank order
     mine = {m: [np.asarray(a, np.int64) for a in v] for m, v in index.items()}
     if not dist.is_distributed:
@@ -326,25 +313,6 @@ def build_tuples_sharded(bank: EmbeddingBank, retrievers: Mapping[frozenset[str]
            for m in modalities}
     q = np.concatenate([p[f"query_{i}"] for i in range(len(modalities)) for p in parts])
     return PseudoTuples(idx, q, tuple(modalities))
-
-
-def _retrieve(top1: _Top1, retrievers: Mapping[frozenset[str], Retriever], src: str, dst: str,
-              rows: np.ndarray, got: dict[str, np.ndarray], hubs: Sequence[str]) -> np.ndarray:
-    direct = retrievers.get(frozenset((src, dst)))
-    if direct is not None:
-        return top1(direct, src, dst, rows)
-    for hub in hubs:
-        if hub in (src, dst):
-            continue
-        first, second = retrievers.get(frozenset((src, hub))), retrievers.get(frozenset((hub,
-                                                                                        dst)))
-        if first is None or second is None:
-            continue
-        if hub not in got:
-            got[hub] = top1(first, src, hub, rows)
-        return top1(second, hub, dst, got[hub])
-    raise ValueError(f"no retriever for {src}-{dst} and no hub among {list(hubs)} with "
-                     "retrievers on both sides")
 
 
 def make_tuples(cfg: PaperBindingConfig, bank: EmbeddingBank, dist: DistInfo) -> PseudoTuples:

@@ -242,23 +242,25 @@ class BindingRun:
         return hash_json({"what": what, "spaces": keys, "pool_seed": self.cfg.seed,
                           "styles": list(STYLES)})
 
-    @cached_property
-    def pools(self) -> EmbeddingBank:
-        path = self.out_dir / f"pool-bank-{self.bank_key('pool')}.safetensors"
+    def cached_bank(self, name: str, key: str, build: Callable[[], EmbeddingBank]
+                    ) -> EmbeddingBank:
+        """``<run>/binding/<name>-bank-<key>.safetensors``, built and stored when absent."""
+        path = self.out_dir / f"{name}-bank-{key}.safetensors"
         if path.exists():
             return EmbeddingBank.load(path)
-        bank = pool_bank(self.spaces, self.data)
+        bank = build()
         bank.save(path)
         return bank
 
     @cached_property
+    def pools(self) -> EmbeddingBank:
+        return self.cached_bank("pool", self.bank_key("pool"),
+                                lambda: pool_bank(self.spaces, self.data))
+
+    @cached_property
     def test(self) -> EmbeddingBank:
-        path = self.out_dir / f"test-bank-{self.bank_key('test')}.safetensors"
-        if path.exists():
-            return EmbeddingBank.load(path)
-        bank = test_bank(self.spaces, self.data)
-        bank.save(path)
-        return bank
+        return self.cached_bank("test", self.bank_key("test"),
+                                lambda: test_bank(self.spaces, self.data))
 
     @cached_property
     def tuples(self) -> PseudoTuples:

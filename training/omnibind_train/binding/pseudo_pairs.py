@@ -13,7 +13,7 @@ is of the query's class) is computed afterwards from the bank's labels, as a dia
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,8 @@ import torch
 
 from .bank import EmbeddingBank
 
-__all__ = ["PseudoTuples", "Retriever", "build_tuples", "parse_retrievers", "tuple_purity"]
+__all__ = ["PseudoTuples", "Retriever", "Top1", "build_tuples", "parse_retrievers",
+           "tuple_parts", "tuple_purity"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ def _top1(bank: EmbeddingBank, r: Retriever, src: str, dst: str, rows: np.ndarra
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
+#: ``(retriever, source modality, target modality, query rows) -> top-1 target rows``
+Top1 = Callable[[Retriever, str, str, np.ndarray], np.ndarray]
+
+
 def build_tuples(bank: EmbeddingBank, retrievers: Mapping[frozenset[str], Retriever],
                  modalities: Sequence[str], *, hubs: Sequence[str] = ("image", "text"),
                  progress: bool = False) -> PseudoTuples:
@@ -94,30 +99,49 @@ def build_tuples(bank: EmbeddingBank, retrievers: Mapping[frozenset[str], Retrie
 
     Raises ``ValueError`` when a pair has neither a retriever nor a route through a hub.
     """
-    from tqdm import tqdm
-
-    index: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
-    query: list[np.ndarray] = []
-    for src in tqdm(modalities, desc="pseudo pairs", disable=not progress, unit="pool"):
-        rows = np.flatnonzero(np.asarray(bank.valid.get(src, np.ones(bank.size(src), bool))))
-        got: dict[str, np.ndarray] = {src: rows}
-        for dst in modalities:
-            if dst == src or dst in got:
-                continue
-            got[dst] = _retrieve(bank, retrievers, src, dst, rows, got, hubs)
-        for m in modalities:
-            index[m].append(got[m])
-        query.append(np.full(len(rows), modalities.index(src), dtype=np.int64))
+    index, query = tuple_parts(bank, retrievers, modalities, hubs=hubs, progress=progress)
     return PseudoTuples({m: np.concatenate(v).astype(np.int64) for m, v in index.items()},
                         np.concatenate(query), tuple(modalities))
 
 
-def _retrieve(bank: EmbeddingBank, retrievers: Mapping[frozenset[str], Retriever], src: str,
+def tuple_parts(bank: EmbeddingBank, retrievers: Mapping[frozenset[str], Retriever],
+                modalities: Sequence[str], *, hubs: Sequence[str] = ("image", "text"),
+                top1: Top1 | None = None, shard: tuple[int, int] = (0, 1),
+                progress: bool = False) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
+    """The tuples of :func:`build_tuples` per source pool: ``index[m][k]`` are modality m's rows
+    of the tuples whose query came from pool k, ``query[k]`` their query modality.
+
+    ``shard = (rank, world)`` keeps the rank's contiguous share of every pool's queries (the
+    paper-scale runner concatenates the ranks' parts); ``top1`` replaces the CPU search (e.g.
+    one on a GPU).
+    """
+    from tqdm import tqdm
+
+    search = top1 or (lambda r, src, dst, rows: _top1(bank, r, src, dst, rows))
+    rank, world = shard
+    index: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
+    query: list[np.ndarray] = []
+    for src in tqdm(modalities, desc="pseudo pairs", disable=not progress, unit="pool"):
+        rows = np.flatnonzero(np.asarray(bank.valid.get(src, np.ones(bank.size(src), bool))))
+        if world > 1:
+            rows = np.array_split(rows, world)[rank]
+        got: dict[str, np.ndarray] = {src: rows}
+        for dst in modalities:
+            if dst == src or dst in got:
+                continue
+            got[dst] = _retrieve(search, retrievers, src, dst, rows, got, hubs)
+        for m in modalities:
+            index[m].append(np.asarray(got[m], np.int64))
+        query.append(np.full(len(rows), modalities.index(src), dtype=np.int64))
+    return index, query
+
+
+def _retrieve(top1: Top1, retrievers: Mapping[frozenset[str], Retriever], src: str,
               dst: str, rows: np.ndarray, got: dict[str, np.ndarray],
               hubs: Sequence[str]) -> np.ndarray:
     direct = retrievers.get(frozenset((src, dst)))
     if direct is not None:
-        return _top1(bank, direct, src, dst, rows)
+        return top1(direct, src, dst, rows)
     for hub in hubs:
         if hub in (src, dst):
             continue
@@ -126,8 +150,8 @@ def _retrieve(bank: EmbeddingBank, retrievers: Mapping[frozenset[str], Retriever
         if first is None or second is None:
             continue
         if hub not in got:
-            got[hub] = _top1(bank, first, src, hub, rows)
-        return _top1(bank, second, hub, dst, got[hub])
+            got[hub] = top1(first, src, hub, rows)
+        return top1(second, hub, dst, got[hub])
     raise ValueError(f"no retriever for {src}-{dst} and no hub among {list(hubs)} with "
                      f"retrievers on both sides")
 

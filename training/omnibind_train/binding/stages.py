@@ -61,12 +61,8 @@ def split_bank(run: BindingRun, split: str) -> EmbeddingBank:
     :data:`AF_TEXT_STYLE` outside the test split (all the AF head reads)."""
     if split == "test":
         return run.test
-    path = run.out_dir / f"{split}-bank-{run.bank_key(split + AF_TEXT_STYLE)}.safetensors"
-    if path.exists():
-        return EmbeddingBank.load(path)
-    bank = test_bank(run.spaces, run.data, split, styles=(AF_TEXT_STYLE,))
-    bank.save(path)
-    return bank
+    return run.cached_bank(split, run.bank_key(split + AF_TEXT_STYLE), lambda: test_bank(
+        run.spaces, run.data, split, styles=(AF_TEXT_STYLE,)))
 
 
 def fusion_data(run: BindingRun, model: BindingModel, split: str) -> FusionData:

@@ -107,6 +107,18 @@ class RouterTraining(ConfigBase):
     train_projectors: bool = False
 
 
+def _optimizer(params: list[torch.nn.Parameter], cfg: ProjectorTraining | RouterTraining,
+               n: int, world: int, dist: DistInfo | None, seed: int
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int,
+                          torch.Generator]:
+    """Rank 0's initial weights on every rank, AdamW with warm-up + cosine over the run's
+    steps, and the batch generator every rank seeds alike."""
+    broadcast_params(params, dist)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = _steps(n, cfg.batch_size, cfg.epochs, world)
+    return opt, _schedule(opt, steps), steps, torch.Generator().manual_seed(seed)
+
+
 def _schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     warm = max(1, steps // 20)
     return torch.optim.lr_scheduler.LambdaLR(
@@ -312,12 +324,8 @@ def train_projectors(model: BindingModel, bank: EmbeddingBank, tuples: PseudoTup
     world = dist.world_size if dist is not None else 1
     model.to(device)
     params = [p for s in spaces for p in model.projectors[s].parameters()]
-    broadcast_params(params, dist)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(tuples)
-    steps = _steps(n, cfg.batch_size, cfg.epochs, world)
-    sched = _schedule(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
+    opt, sched, steps, gen = _optimizer(params, cfg, n, world, dist, seed)
     losses: list[float] = []
     state = _State(state_path, checkpoint_every, dist,
                    {"projectors": model.projectors}, opt, sched, {"loss": losses})
@@ -441,12 +449,8 @@ def train_routers(model: BindingModel, bank: EmbeddingBank, tuples: PseudoTuples
         params += [p for p in model.projectors.parameters()]
     else:
         model.projectors.requires_grad_(False)
-    broadcast_params(params, dist)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(tuples)
-    steps = _steps(n, cfg.batch_size, cfg.epochs, world)
-    sched = _schedule(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
+    opt, sched, steps, gen = _optimizer(params, cfg, n, world, dist, seed)
     text_spaces = model.slots.get("text", [])
     y_all = corpus_targets(bank.styles[tuples.index["text"]],
                            [space_corpus.get(s, -1) for s in text_spaces]) \

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import GeluMlp
+
 __all__ = ["AFF", "HTSAT", "BasicLayer", "LogmelFilterBank", "PatchEmbed", "PatchMerging",
            "Spectrogram", "SwinBlock", "WindowAttention", "htk_mel_filterbank",
            "slaney_mel_filterbank"]
@@ -165,17 +167,6 @@ class WindowAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class SwinBlock(nn.Module):
     """HTSAT ``SwinTransformerBlock`` (pre-norm, optional cyclic shift with its mask buffer)."""
 
@@ -189,7 +180,7 @@ class SwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = GeluMlp(dim, int(dim * mlp_ratio))
         mask = None
         if shift > 0:
             h, w = resolution

@@ -25,7 +25,7 @@ from torch import nn
 
 from ...models.vit import read_checkpoint
 
-__all__ = ["ExpertConfig", "ExpertSpace", "Inputs", "build_expert", "check_state_keys",
+__all__ = ["ExpertConfig", "ExpertSpace", "GeluMlp", "Inputs", "build_expert", "check_state_keys",
            "expert_kinds", "get_expert_config", "list_experts", "register_expert",
            "register_expert_kind"]
 
@@ -127,6 +127,20 @@ def check_state_keys(module: nn.Module, state: Mapping[str, torch.Tensor], *, wh
         parts.append(f"{len(shapes)} shape mismatch(es): {listed(shapes)}")
     raise ValueError(f"{what}: checkpoint does not match the configured architecture; "
                      + "; ".join(parts))
+
+
+class GeluMlp(nn.Module):
+    """``fc2(GELU(fc1(x)))`` with the ``fc1`` / ``fc2`` names the published checkpoints use
+    (HTSAT's and ImageBind's transformer MLPs)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 # --- registry ---------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...models.vit import read_checkpoint
-from .common import ExpertConfig, ExpertSpace, register_expert, register_expert_kind
+from .common import ExpertConfig, ExpertSpace, GeluMlp, register_expert, register_expert_kind
 
 __all__ = ["IMAGEBIND_HUGE_ARCH", "ImageBindSpace", "build_imagebind"]
 
@@ -203,17 +203,6 @@ class _IMUPreprocessor(nn.Module):
 
 # --- trunks ------------------------------------------------------------------------------------
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class _Block(nn.Module):
     """``BlockWithMasking``: pre-norm ``nn.MultiheadAttention`` + GELU MLP."""
 
@@ -222,7 +211,7 @@ class _Block(nn.Module):
         self.attn = nn.MultiheadAttention(dim, heads, bias=True, add_bias_kv=bias_kv,
                                           batch_first=True)
         self.norm_1 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = _Mlp(dim, int(mlp_ratio * dim))
+        self.mlp = GeluMlp(dim, int(mlp_ratio * dim))
         self.norm_2 = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
