@@ -89,6 +89,8 @@ class PerceptionNode(LifecycleNode):
         self._on_recognition = on_recognition
         self._lock = threading.RLock()  # sensors and configuration
         self._bundle: Any = None
+        #: (bundle name, model family) every Recognition carries; read once at configure
+        self._model: tuple[str, str] = ("", "")
         self._backend: Any = None
         self._engine: Recognizer | None = None
         self._sensors: dict[str, _Sensor] = {}
@@ -159,6 +161,7 @@ class PerceptionNode(LifecycleNode):
         limit_malloc_arenas(2)  # per-thread arenas made RSS creep (core.threads)
         path = self._param("bundle_path") or str(default_bundle_dir())
         self._bundle = load_bundle(path)
+        self._model = (self._bundle.name, self._bundle.family)
         threads = int(self._param("backend_threads"))
         opts = {"threads": threads} if threads > 0 else {}
         self._backend = create_backend(self._param("backend"), self._bundle,
@@ -340,8 +343,7 @@ class PerceptionNode(LifecycleNode):
                                    throttle_duration_sec=5.0)
         msg = recognition_message(result, self._param("frame_id"),
                                   bool(self._param("fusion.publish_embedding")),
-                                  bundle=self._bundle.name if self._bundle else "",
-                                  model_family=self._bundle.family if self._bundle else "")
+                                  bundle=self._model[0], model_family=self._model[1])
         if self._on_recognition is not None:
             self._on_recognition(msg)
         pub = self._pubs.get("recognition")
