@@ -106,11 +106,15 @@ class MoELoRA(nn.Module):
         return torch.softmax(logits, dim=-1)
 
     def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        """``sum_i G_i (alpha / r) B_i A_i x`` as two matmuls over the stacked experts: the
+        gate scales each expert's rank-r code before the B's (same sum, one kernel each)."""
+        idx = self.expert_indices(modality)
         gates = self.gates(x, modality)
-        out = 0
-        for j, i in enumerate(self.expert_indices(modality)):
-            out = out + gates[..., j:j + 1] * self.experts[i](x)
-        return out
+        first = self.experts[idx[0]]
+        a = torch.cat([self.experts[i].A.weight for i in idx])             # [k r, d_in]
+        b = torch.cat([self.experts[i].B.weight for i in idx], dim=1)      # [d_out, k r]
+        h = F.linear(first.dropout(x), a) * gates.repeat_interleave(first.A.out_features, -1)
+        return first.scale * F.linear(h, b)
 
 
 class MoELoRAFFN(nn.Module):
@@ -143,7 +147,15 @@ class MoELoRAFFN(nn.Module):
                                       "fc2": MoELoRA(hidden, fc2.out_features, modalities,
                                                      **opts)})
 
+    @property
+    def modalities(self) -> list[str]:
+        return next(iter(self.moe.values())).modalities
+
     def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        """The FFN output for tokens of ``modality``; a modality without experts (e.g. the
+        image path when image experts are off) gets exactly the frozen FFN."""
+        if modality not in self.modalities:
+            return self.fc2(self.act(self.fc1(x)))
         if self.placement == "parallel":
             return self.fc2(self.act(self.fc1(x))) + self.moe["ffn"](x, modality)
         h = self.act(self.fc1(x) + self.moe["fc1"](x, modality))
