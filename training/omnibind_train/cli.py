@@ -12,10 +12,14 @@ Examples
     omnibind-train af --no-negatives                                   # robustness ablation
     torchrun --nproc_per_node 2 -m omnibind_train.cli cad --config ...  # DDP (gloo / nccl)
     omnibind-train all --config training/configs/sim_binding.yaml     # the binding family
+    omnibind-train all --config training/configs/sim_unialign.yaml    # the UniAlign family
+    omnibind-train ablate --config training/configs/sim_unialign.yaml # its Tables 8-11
 
 A config with ``family: binding`` (seeds 001/003, :mod:`omnibind_train.binding`) runs its own
-stages: ``data``, ``spaces``, ``pairs``, ``bind``, ``af``, ``eval``, ``export`` (``all`` runs
-them in order).
+stages: ``data``, ``spaces``, ``pairs``, ``bind``, ``af``, ``eval``, ``export``; one with
+``family: unialign`` (seed 002, :mod:`omnibind_train.unialign`): ``data``, ``backbone``,
+``teachers``, ``train``, ``af``, ``eval``, ``export`` and ``ablate`` (``all`` runs a family's
+stages in order, ``ablate`` excepted).
 
 Every subcommand reads the same pipeline YAML (``PipelineConfig``); ``--set key.sub=value``
 overrides any field. Outputs go under the cache directory (see :mod:`omnibind_train.pipeline`).
@@ -56,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="omnibind-train",
         description="OmniBind training on the simulated world: stage 0 (LiT teacher space), "
                     "stage I (CAD), stage II (AF), evaluation and bundle export; a config with "
-                    "`family: binding` (training/configs/sim_binding.yaml) runs the "
-                    "space-binding family's stages instead.")
+                    "`family: binding` (training/configs/sim_binding.yaml) or `family: unialign` "
+                    "(training/configs/sim_unialign.yaml) runs that family's stages instead.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {"data": "generate the simulated data set if it is absent",
              "stage0": "stage 0: LiT image head against the frozen text encoder",
@@ -69,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "-> pairs -> bind -> af -> eval -> export)",
              "spaces": "binding family: pre-train the specialist spaces",
              "pairs": "binding family: pseudo item pairs from the unpaired pools",
-             "bind": "binding family: projectors and routers (every variant and ablation)"}
+             "bind": "binding family: projectors and routers (every variant and ablation)",
+             "backbone": "UniAlign family: pre-train (or load) the frozen CLIP ViT",
+             "teachers": "UniAlign family: cache the partial-modal teachers' features",
+             "train": "UniAlign family: train MoE-LoRA, tokenizers, heads, KD connectors",
+             "ablate": "UniAlign family: train the ablation models (Tables 8-11)"}
     cmds = {name: sub.add_parser(name, help=text, description=text)
             for name, text in helps.items()}
     for p in cmds.values():
@@ -94,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 BINDING_COMMANDS = ("data", "spaces", "pairs", "bind", "af", "eval", "export", "all")
+UNIALIGN_COMMANDS = ("data", "backbone", "teachers", "train", "ablate", "af", "eval", "export",
+                     "all")
+FAMILY_COMMANDS = {"binding": BINDING_COMMANDS, "unialign": UNIALIGN_COMMANDS}
 
 
 def _shared_overrides(args: argparse.Namespace) -> list[str]:
@@ -110,19 +121,39 @@ def _shared_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def _config(args: argparse.Namespace):  # -> PipelineConfig | BindingConfig
-    from .binding.pipeline import BindingConfig, is_binding_config
+def _family(path: str) -> str | None:
+    import yaml
+
+    from .data import resolve_path
+
+    raw = yaml.safe_load(resolve_path(path).read_text()) or {}
+    family = raw.get("family") if isinstance(raw, dict) else None
+    return family if family in FAMILY_COMMANDS else None
+
+
+def _config(args: argparse.Namespace):  # -> PipelineConfig | BindingConfig | UniAlignConfig
     from .pipeline import PipelineConfig
 
     overrides = _shared_overrides(args)
-    if is_binding_config(args.config):
-        if args.command not in BINDING_COMMANDS:
-            raise ValueError(f"{args.config} is a binding-family config: its commands are "
-                             f"{', '.join(BINDING_COMMANDS)}")
-        return BindingConfig.from_yaml(args.config, overrides)
-    if args.command in ("spaces", "pairs", "bind"):
-        raise ValueError(f"`{args.command}` belongs to the binding family; pass a config with "
-                         "`family: binding` (e.g. training/configs/sim_binding.yaml)")
+    family = _family(args.config)
+    if family is not None:
+        if args.command not in FAMILY_COMMANDS[family]:
+            raise ValueError(f"{args.config} is a {family}-family config: its commands are "
+                             f"{', '.join(FAMILY_COMMANDS[family])}")
+        if family == "binding":
+            from .binding.pipeline import BindingConfig
+
+            return BindingConfig.from_yaml(args.config, overrides)
+        from .unialign.pipeline import UniAlignConfig
+
+        return UniAlignConfig.from_yaml(args.config, overrides)
+    for fam, cmds in FAMILY_COMMANDS.items():
+        if args.command not in cmds:
+            continue
+        if args.command in ("spaces", "pairs", "bind", "backbone", "teachers", "train",
+                            "ablate"):
+            raise ValueError(f"`{args.command}` belongs to the {fam} family; pass a config "
+                             f"with `family: {fam}` (e.g. training/configs/sim_{fam}.yaml)")
     if getattr(args, "terms", None):
         overrides.append(f"cad.terms=[{args.terms}]")
     if getattr(args, "no_negatives", False):
@@ -130,11 +161,17 @@ def _config(args: argparse.Namespace):  # -> PipelineConfig | BindingConfig
     return PipelineConfig.from_yaml(args.config, overrides)
 
 
-def _dispatch_binding(args: argparse.Namespace, cfg, dist) -> None:
-    from .binding.pipeline import STAGES, BindingRun
-    from .binding.stages import run_all, run_stage
+def _dispatch_family(args: argparse.Namespace, cfg, dist) -> None:
+    if cfg.family == "binding":
+        from .binding.pipeline import STAGES
+        from .binding.pipeline import BindingRun as Run
+        from .binding.stages import run_all, run_stage
+    else:
+        from .unialign.pipeline import STAGES
+        from .unialign.pipeline import UniAlignRun as Run
+        from .unialign.stages import run_all, run_stage
 
-    run = BindingRun(cfg, dist)
+    run = Run(cfg, dist)
     if args.command == "all":
         skip = {s for s in args.skip.split(",") if s}
         run_all(run, [s for s in STAGES if s not in skip], overwrite_data=args.overwrite_data)
@@ -188,8 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     dist = init_distributed(cfg.device)
     try:
-        if getattr(cfg, "family", None) == "binding":
-            _dispatch_binding(args, cfg, dist)
+        if getattr(cfg, "family", None) in FAMILY_COMMANDS:
+            _dispatch_family(args, cfg, dist)
         else:
             _dispatch(args, Workspace(cfg, dist))
     finally:

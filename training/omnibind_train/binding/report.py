@@ -11,13 +11,13 @@ import numpy as np
 
 from .evaluate import mean_metric
 
-__all__ = ["write_report"]
+__all__ = ["pct", "retrieval_table", "write_report", "zero_shot_table"]
 
 SHORT = {"image": "img", "text": "txt", "audio": "aud", "point_cloud": "pcd",
          "thermal": "thm", "event": "evt", "tactile": "tac"}
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
 
 
@@ -32,12 +32,12 @@ def retrieval_table(results: Mapping[str, Any], pairs: Sequence[str], metric: st
     head = ["row", *[_pair_label(p) for p in pairs], "mean (IB pairs)", "mean (all 21)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, res in results["rows"].items():
-        cells = [_pct(res["retrieval"].get(p, {}).get(metric)) for p in pairs]
+        cells = [pct(res["retrieval"].get(p, {}).get(metric)) for p in pairs]
         all_pairs = results["pairs"]
         full = mean_metric(res, metric, all_pairs) \
             if all(p in res["retrieval"] for p in all_pairs) else None
-        lines.append("| " + " | ".join([name, *cells, _pct(mean_metric(res, metric, ib_pairs)),
-                                        _pct(full)]) + " |")
+        lines.append("| " + " | ".join([name, *cells, pct(mean_metric(res, metric, ib_pairs)),
+                                        pct(full)]) + " |")
     return lines
 
 
@@ -46,10 +46,10 @@ def zero_shot_table(results: Mapping[str, Any], modalities: Sequence[str]) -> li
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, res in results["rows"].items():
         z = res["zero_shot"]
-        cells = [f"{_pct(z[m]['top1'])}/{_pct(z[m]['top5'])}" if m in z else "—"
+        cells = [f"{pct(z[m]['top1'])}/{pct(z[m]['top5'])}" if m in z else "—"
                  for m in modalities]
         mean = np.mean([z[m]["top1"] for m in modalities if m in z]) if z else None
-        lines.append("| " + " | ".join([name, *cells, _pct(mean)]) + " |")
+        lines.append("| " + " | ".join([name, *cells, pct(mean)]) + " |")
     return lines
 
 
@@ -69,12 +69,12 @@ def _summary_rows(results: Mapping[str, Any]) -> list[str]:
         zs = np.mean([v["top1"] for v in z.values()]) if z else None
         complete = all(p in res["retrieval"] for p in pairs)
         lines.append("| " + " | ".join([
-            name, _pct(mean_metric(res, "R@1", ib_pairs)),
-            _pct(mean_metric(res, "R@1", pairs) if complete else None),
-            _pct(mean_metric(res, "R@1", text_pairs) if complete else None),
-            _pct(mean_metric(res, "R@1", other) if complete else None),
-            _pct(mean_metric(res, "cR@1", ib_pairs)),
-            _pct(mean_metric(res, "cR@1", pairs) if complete else None), _pct(zs)]) + " |")
+            name, pct(mean_metric(res, "R@1", ib_pairs)),
+            pct(mean_metric(res, "R@1", pairs) if complete else None),
+            pct(mean_metric(res, "R@1", text_pairs) if complete else None),
+            pct(mean_metric(res, "R@1", other) if complete else None),
+            pct(mean_metric(res, "cR@1", ib_pairs)),
+            pct(mean_metric(res, "cR@1", pairs) if complete else None), pct(zs)]) + " |")
     return lines
 
 
@@ -178,7 +178,7 @@ def write_report(out: Path, results: Mapping[str, Any], extra: Mapping[str, Any]
         lines.append("")
     if extra.get("af"):
         lines += ["## AF head on the bound embeddings (test, modality-free records)", "",
-                  ", ".join(f"{k}: {_pct(v)}" for k, v in extra["af"].items()), ""]
+                  ", ".join(f"{k}: {pct(v)}" for k, v in extra["af"].items()), ""]
     lines += [f"![{p}]({p})" for p in plots]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -62,10 +62,9 @@ from .losses import BINDING_TEMPERATURE, decoupling_loss, info_nce, overall_alig
 from .model import BindingModel
 from .pseudo_pairs import PseudoTuples
 
-__all__ = ["PRECISIONS", "ProjectorTraining", "RouterTraining", "all_reduce_grads",
-           "average_buffers",
-           "broadcast_params", "corpus_targets", "rank_slice", "train_projectors",
-           "train_routers"]
+__all__ = ["PRECISIONS", "ProjectorTraining", "RouterTraining", "TrainingState",
+           "all_reduce_grads", "average_buffers", "broadcast_params", "corpus_targets",
+           "rank_slice", "train_projectors", "train_routers"]
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -267,7 +266,7 @@ def _sync_batchnorm(root: torch.nn.Module, dist: DistInfo | None, enabled: bool
     return restore
 
 
-class _State:
+class TrainingState:
     """Resumable training state: trained modules, optimizer, scheduler, step, curves."""
 
     def __init__(self, path: str | Path | None, every: int, dist: DistInfo | None,
@@ -288,7 +287,7 @@ class _State:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         for k, v in state["curves"].items():
-            self.curves[k][:] = list(v)
+            self.curves.setdefault(k, [])[:] = list(v)
         self.step = int(state["step"])
         return self.step
 
@@ -327,7 +326,7 @@ def train_projectors(model: BindingModel, bank: EmbeddingBank, tuples: PseudoTup
     n = len(tuples)
     opt, sched, steps, gen = _optimizer(params, cfg, n, world, dist, seed)
     losses: list[float] = []
-    state = _State(state_path, checkpoint_every, dist,
+    state = TrainingState(state_path, checkpoint_every, dist,
                    {"projectors": model.projectors}, opt, sched, {"loss": losses})
     done = state.resume()
     restore = _sync_batchnorm(model.projectors, dist, sync_bn)
@@ -459,7 +458,7 @@ def train_routers(model: BindingModel, bank: EmbeddingBank, tuples: PseudoTuples
     trained = {"routers": model.routers}
     if cfg.train_projectors:
         trained["projectors"] = model.projectors
-    state = _State(state_path, checkpoint_every, dist, trained, opt, sched, curves)
+    state = TrainingState(state_path, checkpoint_every, dist, trained, opt, sched, curves)
     done = state.resume()
     model.train()
     if not cfg.train_projectors:

@@ -65,4 +65,8 @@ def build_torch_module(component: str, config: Mapping[str, Any],
         from ..binding.export import build_bound_encoder
 
         return build_bound_encoder(data)
+    if data.get("family") == "unialign":  # a UniAlign path (seed 002): tokenizer + MoE-LoRA ViT
+        from ..unialign.export import build_unialign_encoder
+
+        return build_unialign_encoder(data)
     return build_encoder(EncoderConfig.from_dict(data), load_weights=False)
