@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from ..data import DataConfig, hash_json, resolve_path
-from ..pipeline import PipelineConfig, Workspace
-from ..pipeline.config import ExportConfig, apply_overrides
+from ..pipeline.config import apply_overrides
+from ..pipeline.family import FamilyRun
 from ..trainers.af import AFConfig
 from ..trainers.common import ConfigBase
 from ..trainers.distributed import DistInfo
@@ -176,38 +176,17 @@ def is_binding_config(path: str | Path) -> bool:
     return isinstance(raw, Mapping) and raw.get("family") == FAMILY
 
 
-class BindingRun:
+class BindingRun(FamilyRun):
     """The binding pipeline's shared state: workspace, data, trained parts, timings."""
 
     def __init__(self, cfg: BindingConfig, dist: DistInfo | None = None) -> None:
-        self.cfg = cfg
-        base = PipelineConfig(name=cfg.name, seed=cfg.seed, cache_dir=cfg.cache_dir,
-                              device=cfg.device, threads=cfg.threads, progress=cfg.progress,
-                              data=cfg.data,
-                              export=ExportConfig(bundle=cfg.export.bundle, out=cfg.export.out,
-                                                  sample_batch=cfg.export.sample_batch,
-                                                  exporter=cfg.export.exporter))
-        self.ws = Workspace(base, dist)
+        super().__init__(cfg, dist)
         self.data = BindingData(self.ws, seed=cfg.seed)
-        self.timings: dict[str, float] = {}
-        #: the AF stage's test metrics, once it ran in this process (the report shows them)
-        self.af_metrics: dict[str, float] | None = None
         self._models: dict[str, BindingModel] = {}
 
     @property
     def out_dir(self) -> Path:
         return self.ws.run_dir / "binding"
-
-    def say(self, msg: str) -> None:
-        if self.ws.dist.is_main:
-            print(msg, flush=True)
-
-    def timed(self, stage: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        out = fn()
-        self.timings[stage] = round(time.perf_counter() - t0, 2)
-        self.say(f"[{stage}] done in {self.timings[stage]:.1f} s")
-        return out
 
     # -- stages ---------------------------------------------------------------------------------
 

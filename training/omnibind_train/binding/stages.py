@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from omnibind_ros.sim.text import PROMPT_TEMPLATES
 
 from ..models.fusion import MODALITY_SLOTS
+from ..pipeline.family import run_stages
 from ..trainers.af import FusionData, checkpoint_logit_scale, fused_accuracy, train_fusion
 from ..trainers.checkpoint import load_checkpoint, load_trainable_state
 from .bank import EmbeddingBank, test_bank
@@ -339,15 +340,4 @@ def run_stage(run: BindingRun, stage: str, *, overwrite_data: bool = False) -> A
 def run_all(run: BindingRun, stages: Sequence[str] = STAGES, *,
             overwrite_data: bool = False) -> dict[str, float]:
     """Every stage in order; writes ``<run>/timings.json`` and returns the timings."""
-    import time
-
-    t0 = time.perf_counter()
-    for stage in stages:
-        run_stage(run, stage, overwrite_data=overwrite_data)
-    run.timings["total"] = round(time.perf_counter() - t0, 2)
-    path = run.ws.run_dir / "timings.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run.timings, indent=1))
-    run.say(f"[all] {run.cfg.name} done in {run.timings['total']:.1f} s: " + ", ".join(
-        f"{k} {v:.0f} s" for k, v in run.timings.items() if k != "total"))
-    return dict(run.timings)
+    return run_stages(run, stages, run_stage, overwrite_data=overwrite_data)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from ..data import DataConfig, hash_json, resolve_path
-from ..pipeline import PipelineConfig, Workspace
-from ..pipeline.config import ExportConfig, apply_overrides
+from ..pipeline.config import apply_overrides
+from ..pipeline.family import FamilyRun
 from ..trainers.af import AFConfig
 from ..trainers.common import ConfigBase
 from ..trainers.distributed import DistInfo
@@ -145,22 +145,13 @@ class UniAlignConfig(ConfigBase):
         return cls.from_dict(apply_overrides(raw, overrides))
 
 
-class UniAlignRun:
+class UniAlignRun(FamilyRun):
     """The UniAlign pipeline's shared state: workspace, data, teachers, trained models."""
 
     def __init__(self, cfg: UniAlignConfig, dist: DistInfo | None = None) -> None:
-        self.cfg = cfg
-        base = PipelineConfig(name=cfg.name, seed=cfg.seed, cache_dir=cfg.cache_dir,
-                              device=cfg.device, threads=cfg.threads, progress=cfg.progress,
-                              data=cfg.data,
-                              export=ExportConfig(bundle=cfg.export.bundle, out=cfg.export.out,
-                                                  sample_batch=cfg.export.sample_batch,
-                                                  exporter=cfg.export.exporter))
-        self.ws = Workspace(base, dist)
+        super().__init__(cfg, dist)
         self.data = UniAlignData(self.ws, self.train_modalities(), seed=cfg.seed,
                                  keep_classes=cfg.keep_classes)
-        self.timings: dict[str, float] = {}
-        self.af_metrics: dict[str, float] | None = None
         self._models: dict[str, UniAlignModel] = {}
 
     def train_modalities(self) -> list[str]:
@@ -171,17 +162,6 @@ class UniAlignRun:
     @property
     def out_dir(self) -> Path:
         return self.ws.run_dir / "unialign"
-
-    def say(self, msg: str) -> None:
-        if self.ws.dist.is_main:
-            print(msg, flush=True)
-
-    def timed(self, stage: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        out = fn()
-        self.timings[stage] = round(time.perf_counter() - t0, 2)
-        self.say(f"[{stage}] done in {self.timings[stage]:.1f} s")
-        return out
 
     # -- data -----------------------------------------------------------------------------------
 

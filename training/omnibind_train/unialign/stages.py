@@ -14,6 +14,7 @@ import torch
 from ..binding.evaluate import Row, evaluate_rows
 from ..binding.stages import POOL_ORDER, individual_row
 from ..models.fusion import MODALITY_SLOTS
+from ..pipeline.family import run_stages
 from ..trainers.af import FusionData, checkpoint_logit_scale, fused_accuracy, train_fusion
 from ..trainers.checkpoint import load_checkpoint, load_trainable_state
 from .model import IMAGE, UniAlignModel
@@ -256,15 +257,4 @@ def run_stage(run: UniAlignRun, stage: str, *, overwrite_data: bool = False) -> 
 def run_all(run: UniAlignRun, stages: Sequence[str] = STAGES, *,
             overwrite_data: bool = False) -> dict[str, float]:
     """Every stage in order; writes ``<run>/timings.json`` and returns the timings."""
-    import time
-
-    t0 = time.perf_counter()
-    for stage in stages:
-        run_stage(run, stage, overwrite_data=overwrite_data)
-    run.timings["total"] = round(time.perf_counter() - t0, 2)
-    path = run.ws.run_dir / "timings.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run.timings, indent=1))
-    run.say(f"[all] {run.cfg.name} done in {run.timings['total']:.1f} s: " + ", ".join(
-        f"{k} {v:.0f} s" for k, v in run.timings.items() if k != "total"))
-    return dict(run.timings)
+    return run_stages(run, stages, run_stage, overwrite_data=overwrite_data)
