@@ -14,11 +14,13 @@ PYTEST_ARGS ?=
 # Extra options of omnibind-bringup for `make demo`, e.g. DEMO_ARGS=--no-ui.
 DEMO_ARGS ?=
 # Which model family the demo runs: a bundle under <cache>/bundles/ and the training config
-# that builds it: BUNDLE=default (CAD + AF, seed 000) or BUNDLE=binding (bound spaces with
-# routers, seeds 001/003): `make demo BUNDLE=binding`.
+# that builds it: BUNDLE=default (CAD + AF, seed 000), BUNDLE=binding (bound spaces with
+# routers, seeds 001/003) or BUNDLE=unialign (one frozen ViT with MoE-LoRA, seed 002):
+# `make demo BUNDLE=binding`.
 BUNDLE ?= default
 TRAIN_CONFIG_default := training/configs/sim_default.yaml
 TRAIN_CONFIG_binding := training/configs/sim_binding.yaml
+TRAIN_CONFIG_unialign := training/configs/sim_unialign.yaml
 TRAIN_CONFIG = $(TRAIN_CONFIG_$(BUNDLE))
 # Prints the state of the demo's bundle (<cache>/bundles/$(BUNDLE)): "ok", "missing", or
 # "stale" (exported before bundles carried their logit scale: a re-export from the cached
