@@ -101,6 +101,10 @@ def test_report_has_the_papers_tables(run: TinyUniAlignRun) -> None:
     params = data["parameters"]
     assert params["groups"]["lora_moe"] == params["lora_moe_formula_total"]
     assert set(data["vocabularies"]) == {"image", *EXTENDED}
+    own = data["own_vocabulary"]
+    assert set(own) == {"main", "global routing"} and set(own["main"]) == set(EXTENDED)
+    assert all(0.0 <= v <= 1.0 for v in own["main"].values())
+    assert "own labels" in (run.eval_dir / "report.md").read_text()
     assert data["curves"]["main"]["loss"][-1] < data["curves"]["main"]["loss"][0]
     report = (run.eval_dir / "report.md").read_text()
     for title in ("Zero-shot classification", "Retrieval against text",

@@ -178,6 +178,17 @@ def write_report(out: Path, results: Mapping[str, Any], extra: Mapping[str, Any]
              *retrieval_against(results, "image", main_rows), "",
              *ablation_tables(results, extra.get("ablations", [])),
              *_parameter_lines(extra)]
+    own = extra.get("own_vocabulary") or {}
+    if own:
+        mods = [m for m in EXTENDED if any(m in v for v in own.values())]
+        lines += ["## Top-1 against each data set's own labels (test instances of its classes)",
+                  "", "What the training labels teach (chance: 1 / labels), beside the 18-way "
+                  "zero-shot above.", "", "| model | " + " | ".join(
+                      f"{SHORT[m]} ({len(extra['vocabularies'][m])})" for m in mods) + " |",
+                  "|---|" + "---|" * len(mods)]
+        lines += [f"| {name} | " + " | ".join(pct(acc.get(m)) for m in mods) + " |"
+                  for name, acc in own.items()]
+        lines.append("")
     if extra.get("af"):
         lines += ["## AF head on UniAlign embeddings (test, modality-free records)", "",
                   ", ".join(f"{k}: {pct(v)}" for k, v in extra["af"].items()), ""]
