@@ -52,7 +52,7 @@ setup:
 
 # A bundle takes minutes to train on a CPU, once; later demos start in seconds.
 demo: setup
-	@if [ -z "$(TRAIN_CONFIG)" ]; then echo "[demo] unknown BUNDLE=$(BUNDLE) (default, binding)"; \
+	@if [ -z "$(TRAIN_CONFIG)" ]; then echo "[demo] unknown BUNDLE=$(BUNDLE) (default, binding, unialign)"; \
 		exit 2; fi
 	@state=$$($(BUNDLE_STATE)) || exit 1; \
 	if [ "$$state" = stale ]; then echo "[demo] re-exporting the $(BUNDLE) model bundle"; \

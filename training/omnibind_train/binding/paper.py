@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..pipeline.config import YamlConfig
 from ..trainers.common import ConfigBase
 from ..trainers.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
 from .bank import EmbeddingBank
@@ -192,7 +193,7 @@ def _paper_routers() -> RouterTraining:
 
 
 @dataclass
-class PaperBindingConfig(ConfigBase):
+class PaperBindingConfig(YamlConfig):
     """``training/configs/paper_binding.yaml`` (``family: binding_paper``)."""
 
     family: str = FAMILY
@@ -237,16 +238,6 @@ class PaperBindingConfig(ConfigBase):
             for m, src in e.alias.items():
                 if src not in names:
                     raise ValueError(f"expert {e.name}: alias {m} -> {src!r}: no such expert")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> PaperBindingConfig:
-        import yaml
-
-        from ..data import resolve_path
-        from ..pipeline.config import apply_overrides
-
-        raw = yaml.safe_load(resolve_path(path).read_text()) or {}
-        return cls.from_dict(apply_overrides(raw, overrides))
 
     def expert(self, name: str) -> PaperExpert:
         return next(e for e in self.experts if e.name == name)

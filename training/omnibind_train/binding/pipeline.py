@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..data import DataConfig, hash_json, resolve_path
-from ..pipeline.config import apply_overrides
+from ..pipeline.config import YamlConfig
 from ..pipeline.family import FamilyRun
 from ..trainers.af import AFConfig
 from ..trainers.common import ConfigBase
@@ -102,7 +102,7 @@ class BindingExport(ConfigBase):
 
 
 @dataclass
-class BindingConfig(ConfigBase):
+class BindingConfig(YamlConfig):
     """``training/configs/sim_binding.yaml`` (``family: binding``).
 
     Attributes
@@ -159,13 +159,6 @@ class BindingConfig(ConfigBase):
         if self.export.variant not in self.variants:
             raise ValueError(f"export.variant {self.export.variant!r} is not a variant "
                              f"({sorted(self.variants)})")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> BindingConfig:
-        import yaml
-
-        raw = yaml.safe_load(resolve_path(path).read_text()) or {}
-        return cls.from_dict(apply_overrides(raw, overrides))
 
 
 def is_binding_config(path: str | Path) -> bool:

@@ -6,7 +6,7 @@ import copy
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from omnibind_ros.core.modalities import STUDENTS
 
@@ -15,6 +15,21 @@ from ..trainers.af import AFConfig
 from ..trainers.cad import ABLATION_VARIANTS, CADConfig
 from ..trainers.common import ConfigBase
 from ..trainers.stage0 import Stage0Config
+
+Y = TypeVar("Y", bound="YamlConfig")
+
+
+class YamlConfig(ConfigBase):
+    """A config read from a YAML file with ``key.sub=value`` overrides (values parsed as YAML);
+    every family's top-level config is one."""
+
+    @classmethod
+    def from_yaml(cls: type[Y], path: str | os.PathLike[str], overrides: Sequence[str] = ()
+                  ) -> Y:
+        import yaml
+
+        raw = yaml.safe_load(resolve_path(path).read_text()) or {}
+        return cls.from_dict(apply_overrides(raw, overrides))
 
 
 @dataclass
@@ -94,7 +109,7 @@ class ExportConfig(ConfigBase):
 
 
 @dataclass
-class PipelineConfig(ConfigBase):
+class PipelineConfig(YamlConfig):
     """Everything ``omnibind-train`` needs (``training/configs/*.yaml``).
 
     Attributes
@@ -128,15 +143,6 @@ class PipelineConfig(ConfigBase):
     baselines: list[str] = field(default_factory=lambda: ["mean", "linear", "concat"])
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str],
-                  overrides: Sequence[str] = ()) -> PipelineConfig:
-        """Load a YAML file and apply ``key.sub=value`` overrides (values parsed as YAML)."""
-        import yaml
-
-        raw = yaml.safe_load(resolve_path(path).read_text()) or {}
-        return cls.from_dict(apply_overrides(raw, overrides))
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

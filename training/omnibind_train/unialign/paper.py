@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..pipeline.config import YamlConfig
 from ..trainers.common import ConfigBase, OptimConfig
 from .backbone import MoEConfig, load_clip_visual
 from .model import UniAlignModel, UniAlignModelConfig
@@ -74,7 +75,7 @@ class DatasetEntry(ConfigBase):
 
 
 @dataclass
-class PaperUniAlignConfig(ConfigBase):
+class PaperUniAlignConfig(YamlConfig):
     """``training/configs/paper_unialign.yaml`` (``family: unialign_paper``)."""
 
     family: str = FAMILY
@@ -101,15 +102,6 @@ class PaperUniAlignConfig(ConfigBase):
         missing = sorted(set(self.datasets) - set(self.tokenizers) - {"image"})
         if missing:
             raise ValueError(f"no tokenizer configured for {missing}")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> PaperUniAlignConfig:
-        import yaml
-
-        from ..pipeline.config import apply_overrides
-
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.from_dict(apply_overrides(raw, overrides))
 
 
 def _npy(root: Path, name: str, *, required: bool = True) -> np.ndarray | None:

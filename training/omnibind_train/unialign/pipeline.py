@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import DataConfig, hash_json, resolve_path
-from ..pipeline.config import apply_overrides
+from ..data import DataConfig, hash_json
+from ..pipeline.config import YamlConfig
 from ..pipeline.family import FamilyRun
 from ..trainers.af import AFConfig
 from ..trainers.common import ConfigBase
@@ -100,7 +100,7 @@ class UniAlignExport(ConfigBase):
 
 
 @dataclass
-class UniAlignConfig(ConfigBase):
+class UniAlignConfig(YamlConfig):
     """``training/configs/sim_unialign.yaml`` (``family: unialign``); fields as in the module
     docstring's stages. ``keep_classes``: classes per extended data set (partial overlap)."""
 
@@ -136,13 +136,6 @@ class UniAlignConfig(ConfigBase):
         missing = sorted(set(self.modalities) - set(self.tokenizers))
         if missing:
             raise ValueError(f"no tokenizer configured for {missing}")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> UniAlignConfig:
-        import yaml
-
-        raw = yaml.safe_load(resolve_path(path).read_text()) or {}
-        return cls.from_dict(apply_overrides(raw, overrides))
 
 
 class UniAlignRun(FamilyRun):
