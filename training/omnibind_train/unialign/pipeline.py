@@ -102,7 +102,8 @@ class UniAlignExport(ConfigBase):
 @dataclass
 class UniAlignConfig(YamlConfig):
     """``training/configs/sim_unialign.yaml`` (``family: unialign``); fields as in the module
-    docstring's stages. ``keep_classes``: classes per extended data set (partial overlap)."""
+    docstring's stages. ``keep_classes``: classes per extended data set (partial overlap);
+    ``disjoint_sets``: cut the pool into one block of instances per modality (see :mod:`.data`)."""
 
     family: str = FAMILY
     name: str = "sim_unialign"
@@ -115,6 +116,7 @@ class UniAlignConfig(YamlConfig):
         dataset="config/sim_binding_dataset.yaml", preprocess=copy.deepcopy(DEFAULT_PREPROCESS)))
     modalities: list[str] = field(default_factory=lambda: list(EXTENDED))
     keep_classes: int | None = 12
+    disjoint_sets: bool = False
     teachers: TeacherConfig = field(default_factory=TeacherConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -144,7 +146,7 @@ class UniAlignRun(FamilyRun):
     def __init__(self, cfg: UniAlignConfig, dist: DistInfo | None = None) -> None:
         super().__init__(cfg, dist)
         self.data = UniAlignData(self.ws, self.train_modalities(), seed=cfg.seed,
-                                 keep_classes=cfg.keep_classes)
+                                 keep_classes=cfg.keep_classes, disjoint=cfg.disjoint_sets)
         self._models: dict[str, UniAlignModel] = {}
 
     def train_modalities(self) -> list[str]:

@@ -49,9 +49,15 @@ class TokenizerConfig(ConfigBase):
 
 def default_tokenizers() -> dict[str, TokenizerConfig]:
     """The analogue's tokenizers (the point one is smaller than the code's 64 groups of 32
-    and (128, 256, 512) widths: 512 points on two CPU cores)."""
+    and (128, 256, 512) widths: 512 points on two CPU cores).
+
+    Event frames use 8 px patches (an 8 x 8 grid, 64 tokens; randomly initialised since the
+    grid is not CLIP's): with CLIP's 16 px patches a 64 px frame is 16 tokens, too coarse for
+    the outlines that are all an event camera sees of a moving object (measured on the
+    simulated world, 636 steps: event zero-shot top-1 9.8 -> 13.9 %, at 1.36x the training
+    time; the paper's 224 px frames give 196 tokens of 16 px)."""
     return {"thermal": TokenizerConfig(channels=[0]),
-            "event": TokenizerConfig(channels=[0, 1]),
+            "event": TokenizerConfig(channels=[0, 1], patch=8, stride=8),
             "tactile": TokenizerConfig(channels=[0, 1, 2]),
             "audio": TokenizerConfig(channels=[0], patch=16, stride=12),
             "point_cloud": TokenizerConfig(kind="point", groups=16, group_size=16,
