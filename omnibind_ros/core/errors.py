@@ -19,6 +19,7 @@ __all__ = [
     "InvalidDtypeError",
     "InvalidValueError",
     "UnsupportedEncodingError",
+    "MalformedPacketError",
     "MissingReferenceError",
     "SilentAudioError",
     "ClippedAudioError",
@@ -73,6 +74,12 @@ class InvalidValueError(PreprocessError):
 class UnsupportedEncodingError(PreprocessError):
     """An encoding string (thermal ``encoding``, image ``channel_order``) is not one this module
     knows, or one the config disables."""
+
+
+class MalformedPacketError(InvalidValueError):
+    """Vendor-encoded bytes (an ``event_camera_msgs/EventPacket`` in ``evt3``, ``mono``,
+    ``libcaer``, ``libcaer_cmp``) violate their format: a length that is not a whole number of
+    words or records, a reserved word type, time running backwards inside a packet."""
 
 
 class MissingReferenceError(PreprocessError):

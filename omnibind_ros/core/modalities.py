@@ -61,7 +61,7 @@ MODALITY_SPECS: dict[Modality, ModalitySpec] = {
                      "HxW radiometric frame: uint16 counts, uint8, or float32 degC", "thermal",
                      ("sensor_msgs/msg/Image",)),
         ModalitySpec(Modality.EVENT, Role.STUDENT, "packed events x, y, t_ns, polarity", "event",
-                     ("omnibind_ros/msg/EventArray",)),
+                     ("omnibind_ros/msg/EventArray", "event_camera_msgs/msg/EventPacket")),
         ModalitySpec(Modality.TACTILE, Role.STUDENT,
                      "uint8 HxWx3 vision-based tactile image (+ no-contact reference)", "tactile",
                      ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")),

@@ -33,6 +33,7 @@ from omnibind_ros.ros.conversions.audio import (
 )
 from omnibind_ros.ros.conversions.event import (
     MAX_PACKET_SPAN_NS,
+    EventPacketConverter,
     event_array_to_packet,
     packet_to_event_array,
 )
@@ -59,7 +60,8 @@ from omnibind_ros.ros.conversions.point_cloud import (
 
 __all__ = [
     "AUDIO_ENCODINGS", "CONVERTERS", "ENCODINGS", "MAX_PACKET_SPAN_NS", "POINT_FIELD_DTYPES",
-    "DecodedImage", "ImageEncoding", "audio_chunk_to_block", "block_to_audio_chunk",
+    "DecodedImage", "EventPacketConverter", "ImageEncoding", "audio_chunk_to_block",
+    "block_to_audio_chunk",
     "compressed_image_to_numpy", "conversion_for", "event_array_to_packet", "image_to_numpy",
     "normalise_msg_type", "numpy_to_compressed_image", "numpy_to_image",
     "packet_to_event_array", "pointcloud2_to_array", "pointcloud2_to_xyz", "string_to_text",
@@ -81,14 +83,17 @@ COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 
 #: (modality, ROS type) -> converter. Image converters return a :class:`DecodedImage`
 #: (call the preprocessor as ``pre(d.image, channel_order=d.channel_order)``); the others
-#: return the payload type of :mod:`omnibind_ros.core.preprocess` directly.
-CONVERTERS: dict[tuple[str, str], Callable[[Any], Any]] = {
+#: return the payload type of :mod:`omnibind_ros.core.preprocess` directly. A class is a
+#: stateful converter (state carried from message to message): :func:`conversion_for` makes
+#: one per sensor.
+CONVERTERS: dict[tuple[str, str], Callable[[Any], Any] | type] = {
     ("image", IMAGE): image_to_numpy,
     ("image", COMPRESSED_IMAGE): compressed_image_to_numpy,
     ("thermal", IMAGE): thermal_from_image,
     ("tactile", IMAGE): tactile_from_image,
     ("tactile", COMPRESSED_IMAGE): tactile_from_compressed_image,
     ("event", "omnibind_ros/msg/EventArray"): event_array_to_packet,
+    ("event", "event_camera_msgs/msg/EventPacket"): EventPacketConverter,
     ("audio", "omnibind_ros/msg/AudioChunk"): audio_chunk_to_block,
     ("point_cloud", "sensor_msgs/msg/PointCloud2"): pointcloud2_to_xyz,
     ("text", "std_msgs/msg/String"): string_to_text,
@@ -125,7 +130,8 @@ def conversion_for(modality: str, msg_type: str | type) -> Callable[[Any], Any]:
 
     Returns
     -------
-    A function ``msg -> payload`` (see :data:`CONVERTERS`).
+    A function ``msg -> payload`` (see :data:`CONVERTERS`); a stateful converter is a new
+    instance per call, so every sensor has its own state.
 
     Raises
     ------
@@ -140,4 +146,4 @@ def conversion_for(modality: str, msg_type: str | type) -> Callable[[Any], Any]:
         raise ValueError(
             f"a {mod} sensor cannot be read from {canonical}; supported types: "
             f"{', '.join(accepted)}")
-    return converter
+    return converter() if isinstance(converter, type) else converter

@@ -1,7 +1,11 @@
-"""omnibind_ros/EventArray <-> :class:`~omnibind_ros.core.types.EventPacket`.
+"""Event-camera messages <-> :class:`~omnibind_ros.core.types.EventPacket`.
 
-The message's packed arrays (``uint16[] x, y``, ``uint32[] t``, ``uint8[] polarity``) are viewed
-in place; only ``t`` is widened to the packet's int64 nanoseconds (one copy).
+* ``omnibind_ros/EventArray``: the message's packed arrays (``uint16[] x, y``, ``uint32[] t``,
+  ``uint8[] polarity``) are viewed in place; only ``t`` is widened to the packet's int64
+  nanoseconds (one copy).
+* ``event_camera_msgs/EventPacket`` (metavision_driver, libcaer_driver): the vendor-encoded
+  ``events`` bytes are decoded by :mod:`omnibind_ros.core.event_codecs`; one
+  :class:`EventPacketConverter` per topic, since evt3 carries decoder state across packets.
 """
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from omnibind_ros.core.errors import InvalidDtypeError, InvalidShapeError, InvalidValueError
+from omnibind_ros.core.event_codecs import EventPacketDecoder
 from omnibind_ros.core.types import EventPacket
 from omnibind_ros.ros.conversions import _fields as f
 
-__all__ = ["MAX_PACKET_SPAN_NS", "event_array_to_packet", "packet_to_event_array"]
+__all__ = ["MAX_PACKET_SPAN_NS", "EventPacketConverter", "event_array_to_packet",
+           "packet_to_event_array"]
 
 #: ``EventArray.t`` is uint32 nanoseconds after the stamp: one packet spans at most ~4.29 s.
 MAX_PACKET_SPAN_NS = (1 << 32) - 1
@@ -124,3 +130,36 @@ def packet_to_event_array(packet: EventPacket, stamp: object = None, frame_id: s
     return EventArray(header=f.make_header(stamp, frame_id), width=width, height=height,
                       x=f.packed("H", x), y=f.packed("H", y), t=f.packed("I", t_ns),
                       polarity=f.packed("B", polarity))
+
+
+class EventPacketConverter:
+    """``event_camera_msgs/msg/EventPacket`` -> :class:`EventPacket` for one camera topic.
+
+    Reads ``encoding`` (``evt3``, ``mono``, ``libcaer``, ``libcaer_cmp``), ``events``,
+    ``width``, ``height``, ``time_base`` and ``is_bigendian`` by name, so rclpy messages and bag
+    readers' messages both work. Event times are relative to the packet's first event (the
+    message stamp is the host arrival time of its first data); see
+    :mod:`omnibind_ros.core.event_codecs` for every choice. :attr:`dropped` counts events
+    outside the sensor.
+
+    Raises (per message)
+    --------------------
+    UnsupportedEncodingError, InvalidValueError, MalformedPacketError, ConversionError.
+    """
+
+    what = "EventPacket"
+
+    def __init__(self) -> None:
+        self._decoder = EventPacketDecoder()
+
+    @property
+    def dropped(self) -> int:
+        return self._decoder.dropped
+
+    def __call__(self, msg: Any) -> EventPacket:
+        what = self.what
+        return self._decoder.decode(
+            f.str_field(msg, "encoding", what), f.byte_view(f.field(msg, "events", what), what),
+            f.uint_field(msg, "width", what), f.uint_field(msg, "height", what),
+            time_base=f.uint_field(msg, "time_base", what, bits=64),
+            big_endian=f.bool_field(msg, "is_bigendian", what))
