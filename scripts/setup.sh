@@ -78,7 +78,7 @@ install_dependencies() {
 build_interfaces() {
     local h
     # config/ is installed to share/omnibind_ros too, so a changed profile is re-installed.
-    h=$(inputs_hash CMakeLists.txt package.xml msg/*.msg srv/*.srv config/* "$stamps/deps")
+    h=$(inputs_hash CMakeLists.txt cmake/*.cmake package.xml msg/*.msg srv/*.srv config/* "$stamps/deps")
     step_done interfaces "$h" && return 0
     say "building msg/ and srv/ into .venv (cmake + rosidl)"
     local build="$repo/build/interfaces"
@@ -94,6 +94,37 @@ build_interfaces() {
         cmake --install "$build" >"$build/install.log" 2>&1 || { tail -40 "$build/install.log"; exit 1; }
     ) || die "interface build failed (logs in $build)"
     mark_done interfaces "$h"
+}
+
+# Wire-compatible stand-ins for interface packages real drivers publish (event_camera_msgs,
+# audio_common_msgs): the PyPI wheels have none. Each is built only when the package is not
+# importable already (a real one wins); ours carry "Wire-compatible stand-in" in package.xml.
+build_fallback_interfaces() {
+    local h dir pkg build
+    h=$(inputs_hash cmake/*.cmake interfaces/*/CMakeLists.txt interfaces/*/package.xml \
+        interfaces/*/msg/*.msg "$stamps/deps")
+    step_done fallback_interfaces "$h" && return 0
+    for dir in "$repo"/interfaces/*/; do
+        pkg=$(basename "$dir")
+        if ! grep -qs "Wire-compatible stand-in" "$venv/share/$pkg/package.xml" \
+                && "$venv/bin/python" -c "import $pkg.msg" 2>/dev/null; then
+            say "$pkg is installed: using it, not the stand-in"
+            continue
+        fi
+        say "building the stand-in $pkg into .venv (cmake + rosidl)"
+        build="$repo/build/interfaces-$pkg"
+        mkdir -p "$build"
+        (
+            export AMENT_PREFIX_PATH="$venv" VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH"
+            cmake -S "$dir" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
+                -DCMAKE_INSTALL_PREFIX="$venv" -DCMAKE_PREFIX_PATH="$venv" \
+                -DPython3_EXECUTABLE="$venv/bin/python" \
+                >"$build/configure.log" 2>&1 || { tail -40 "$build/configure.log"; exit 1; }
+            cmake --build "$build" -j "$(nproc)" >"$build/build.log" 2>&1 || { tail -40 "$build/build.log"; exit 1; }
+            cmake --install "$build" >"$build/install.log" 2>&1 || { tail -40 "$build/install.log"; exit 1; }
+        ) || die "$pkg stand-in build failed (logs in $build)"
+    done
+    mark_done fallback_interfaces "$h"
 }
 
 install_project() {
@@ -113,6 +144,7 @@ main() {
     ensure_venv
     install_dependencies
     build_interfaces
+    build_fallback_interfaces
     install_project
     say "ready in $((SECONDS - t0)) s (venv: $venv)"
 }
