@@ -66,7 +66,9 @@ MODALITY_SPECS: dict[Modality, ModalitySpec] = {
                      "uint8 HxWx3 vision-based tactile image (+ no-contact reference)", "tactile",
                      ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")),
         ModalitySpec(Modality.AUDIO, Role.STUDENT, "PCM chunks (rate, channels, samples)",
-                     "audio", ("omnibind_ros/msg/AudioChunk",)),
+                     "audio", ("omnibind_ros/msg/AudioChunk", "audio_common_msgs/msg/AudioData",
+                               "audio_common_msgs/msg/AudioDataStamped",
+                               "audio_common_msgs/msg/AudioStamped")),
         ModalitySpec(Modality.POINT_CLOUD, Role.STUDENT, "float32 Nx3 points in sensor frame",
                      "point_cloud", ("sensor_msgs/msg/PointCloud2",)),
     )

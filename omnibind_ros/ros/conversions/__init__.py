@@ -31,6 +31,11 @@ from omnibind_ros.ros.conversions.audio import (
     audio_chunk_to_block,
     block_to_audio_chunk,
 )
+from omnibind_ros.ros.conversions.audio_common import (
+    AudioDataConverter,
+    AudioFormat,
+    audio_stamped_to_block,
+)
 from omnibind_ros.ros.conversions.event import (
     MAX_PACKET_SPAN_NS,
     EventPacketConverter,
@@ -60,8 +65,9 @@ from omnibind_ros.ros.conversions.point_cloud import (
 
 __all__ = [
     "AUDIO_ENCODINGS", "CONVERTERS", "ENCODINGS", "MAX_PACKET_SPAN_NS", "POINT_FIELD_DTYPES",
-    "DecodedImage", "EventPacketConverter", "ImageEncoding", "audio_chunk_to_block",
-    "block_to_audio_chunk",
+    "AudioDataConverter", "AudioFormat", "DecodedImage", "EventPacketConverter",
+    "ImageEncoding", "audio_chunk_to_block",
+    "audio_stamped_to_block", "block_to_audio_chunk",
     "compressed_image_to_numpy", "conversion_for", "event_array_to_packet", "image_to_numpy",
     "normalise_msg_type", "numpy_to_compressed_image", "numpy_to_image",
     "packet_to_event_array", "pointcloud2_to_array", "pointcloud2_to_xyz", "string_to_text",
@@ -95,6 +101,9 @@ CONVERTERS: dict[tuple[str, str], Callable[[Any], Any] | type] = {
     ("event", "omnibind_ros/msg/EventArray"): event_array_to_packet,
     ("event", "event_camera_msgs/msg/EventPacket"): EventPacketConverter,
     ("audio", "omnibind_ros/msg/AudioChunk"): audio_chunk_to_block,
+    ("audio", "audio_common_msgs/msg/AudioData"): AudioDataConverter,
+    ("audio", "audio_common_msgs/msg/AudioDataStamped"): AudioDataConverter,
+    ("audio", "audio_common_msgs/msg/AudioStamped"): audio_stamped_to_block,
     ("point_cloud", "sensor_msgs/msg/PointCloud2"): pointcloud2_to_xyz,
     ("text", "std_msgs/msg/String"): string_to_text,
 }
