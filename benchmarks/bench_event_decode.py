@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:  # runs from a checkout without pip install -e
     sys.path.insert(0, str(REPO))
 
 from omnibind_ros.core.event_codecs import EventPacketDecoder  # noqa: E402
-from omnibind_ros.testing.event_encoding import (  # noqa: E402
+from omnibind_ros.core.event_encoders import (  # noqa: E402
     encode_evt3,
     encode_libcaer,
     encode_libcaer_cmp,

@@ -62,8 +62,8 @@ def test_event_packet_cdr_round_trip_decodes_through_the_sensor_converter() -> N
     from event_camera_msgs.msg import EventPacket
     from rclpy.serialization import deserialize_message, serialize_message
 
+    from omnibind_ros.core.event_encoders import encode_evt3
     from omnibind_ros.ros.conversions import conversion_for
-    from omnibind_ros.testing.event_encoding import encode_evt3
 
     x, y = np.array([1, 2, 3, 40]), np.array([5, 5, 5, 6])
     t, p = np.array([0, 0, 0, 7000]), np.array([1, 1, 1, 0])

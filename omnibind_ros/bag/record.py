@@ -131,7 +131,7 @@ def _sensor_configs(params: Mapping[str, Any], source: Path,
     from omnibind_ros.ros.sim_sensors_node import (
         SensorConfig,
         sensor_defaults,
-        sensor_message_class,
+        sensor_message_type,
     )
     from omnibind_ros.sim.stream import DEFAULT_SENSORS
 
@@ -150,16 +150,16 @@ def _sensor_configs(params: Mapping[str, Any], source: Path,
         values = sensor_defaults(name, params.get(prefix + "modality"))
         values.update({k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)})
         try:
-            sensor_message_class(values["modality"])
-        except KeyError:
-            raise RecordError(f"{source}: {prefix}modality {values['modality']!r} is not a "
-                              "simulated modality") from None
+            message_type = sensor_message_type(str(values["modality"]),
+                                               str(values.get("message_type") or ""))
+        except ValueError as exc:
+            raise RecordError(f"{source}: sensor {name}: {exc}") from None
         rate = float(values["rate_hz"])
         if not rate > 0:
             raise RecordError(f"{source}: {prefix}rate_hz must be > 0, got {rate}")
         out.append(SensorConfig(name, str(values["modality"]), str(values["topic"]), rate,
                                 str(values["frame_id"]), bool(values["enabled"]),
-                                bool(values["noise"])))
+                                bool(values["noise"]), message_type))
     return out
 
 
@@ -342,7 +342,6 @@ def _write_sim(sink: _BagSink, plan: SimPlan, progress: bool) -> None:
     from omnibind_ros.ros.sim_sensors_node import (
         build_sensor_message,
         ground_truth_message,
-        sensor_message_class,
         sensor_qos_name,
         stamp_from_ns,
     )
@@ -350,7 +349,7 @@ def _write_sim(sink: _BagSink, plan: SimPlan, progress: bool) -> None:
     from omnibind_ros.sim.stream import WorldStream
 
     sensors = {s.name: s for s in plan.sensors}
-    keys = {s.name: sink.connect(s.topic, msgtype_of(sensor_message_class(s.modality)),
+    keys = {s.name: sink.connect(s.topic, s.message_type,
                                  qos_from_name(sensor_qos_name(s.modality)))
             for s in plan.sensors}
     stream = WorldStream(seed=plan.seed, object_period_s=plan.object_period_s,
@@ -403,7 +402,7 @@ def _write_sim(sink: _BagSink, plan: SimPlan, progress: bool) -> None:
             if noisy.at(name, log_s):
                 payload = corrupt(item.modality, payload, noise_rng)
             msg = build_sensor_message(item.modality, payload, stamp_from_ns(stamp_ns),
-                                       sensor.frame_id)
+                                       sensor.frame_id, sensor.message_type)
             push(log_ns, keys[name], msg)
             if bar is not None and stamp_s - shown >= 0.1:
                 bar.update(stamp_s - shown)

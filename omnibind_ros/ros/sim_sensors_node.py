@@ -51,11 +51,10 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy  
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.publisher import Publisher  # noqa: E402
-from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 
 from omnibind_ros.core.names import GROUND_TRUTH_TOPIC, SIM_SENSORS_NODE  # noqa: E402
-from omnibind_ros.msg import AudioChunk, EventArray, GroundTruth  # noqa: E402
+from omnibind_ros.msg import GroundTruth  # noqa: E402
 from omnibind_ros.ros import conversions as conv  # noqa: E402
 from omnibind_ros.ros.qos import qos_from_name  # noqa: E402
 from omnibind_ros.sim.scenario import ALL, Scenario, corrupt, load_scenario  # noqa: E402
@@ -63,7 +62,7 @@ from omnibind_ros.sim.stream import DEFAULT_SENSORS, WINDOWED, StreamItem, World
 
 __all__ = ["DEFAULT_TOPIC_SUFFIX", "SensorConfig", "SimSensorsNode",
            "build_sensor_message", "ground_truth_message", "main", "sensor_defaults",
-           "sensor_message_class", "sensor_qos_name", "stamp_from_ns"]
+           "sensor_message_class", "sensor_message_type", "sensor_qos_name", "stamp_from_ns"]
 
 #: Topic of sensor <name> by default: /sim/<name>/<suffix> (the names the perception node's
 #: default configuration subscribes to).
@@ -75,15 +74,22 @@ _WINDOWED = {m.value for m in WINDOWED}
 _TICK_BUDGET_S = 0.05
 
 Builder = Callable[[Any, Time, str], Any]
-_MESSAGES: dict[str, tuple[type, Builder]] = {
-    "image": (Image, lambda p, s, f: conv.numpy_to_image(p, "rgb8", s, f)),
-    "thermal": (Image, conv.thermal_to_image),
-    "event": (EventArray, conv.packet_to_event_array),
-    "tactile": (Image, conv.tactile_to_image),
-    "audio": (AudioChunk, lambda p, s, f: conv.block_to_audio_chunk(p, "S16LE", s, f)),
-    "point_cloud": (PointCloud2, conv.xyz_to_pointcloud2),
-    "text": (String, lambda p, s, f: String(data=p)),
+#: (modality, message type) -> builder; the first type of a modality is its default. The
+#: drivers' types (event_camera_msgs, audio_common_msgs) let the simulator stand in for a real
+#: event camera (metavision_driver, evt3) or microphone (audio_capture, wave).
+_BUILDERS: dict[tuple[str, str], Builder] = {
+    ("image", "sensor_msgs/msg/Image"): lambda p, s, f: conv.numpy_to_image(p, "rgb8", s, f),
+    ("thermal", "sensor_msgs/msg/Image"): conv.thermal_to_image,
+    ("event", "omnibind_ros/msg/EventArray"): conv.packet_to_event_array,
+    ("event", "event_camera_msgs/msg/EventPacket"): conv.packet_to_event_packet,
+    ("tactile", "sensor_msgs/msg/Image"): conv.tactile_to_image,
+    ("audio", "omnibind_ros/msg/AudioChunk"):
+        lambda p, s, f: conv.block_to_audio_chunk(p, "S16LE", s, f),
+    ("audio", "audio_common_msgs/msg/AudioDataStamped"): conv.block_to_audio_data_stamped,
+    ("point_cloud", "sensor_msgs/msg/PointCloud2"): conv.xyz_to_pointcloud2,
+    ("text", "std_msgs/msg/String"): lambda p, s, f: String(data=p),
 }
+_MODALITIES = tuple(dict.fromkeys(m for m, _ in _BUILDERS))
 
 
 @dataclass
@@ -97,6 +103,7 @@ class SensorConfig:
     frame_id: str
     enabled: bool = True
     noise: bool = False
+    message_type: str = ""
 
     @property
     def delay_s(self) -> float:
@@ -120,14 +127,32 @@ def stamp_from_ns(ns: int) -> Time:
 # Message building, public so that bag recording (omnibind_ros.bag.record) produces exactly the
 # messages this node publishes, without a node.
 
-def sensor_message_class(modality: str) -> type:
+def sensor_message_type(modality: str, message_type: str = "") -> str:
+    """The type a simulated sensor publishes ("" = the modality's default); ValueError names
+    the types it can publish."""
+    types = [t for m, t in _BUILDERS if m == modality]
+    if not types:
+        raise ValueError(f"{modality!r} is not a simulated modality; one of "
+                         f"{', '.join(_MODALITIES)}")
+    chosen = conv.normalise_msg_type(message_type) if message_type else types[0]
+    if chosen not in types:
+        raise ValueError(f"a simulated {modality} sensor publishes {', '.join(types)}, not "
+                         f"{chosen}")
+    return chosen
+
+
+def sensor_message_class(modality: str, message_type: str = "") -> type:
     """rclpy message class a simulated sensor of ``modality`` publishes."""
-    return _MESSAGES[modality][0]
+    from omnibind_ros.ros.interfaces import message_class
+
+    return message_class(sensor_message_type(modality, message_type))
 
 
-def build_sensor_message(modality: str, payload: Any, stamp: Time, frame_id: str) -> Any:
+def build_sensor_message(modality: str, payload: Any, stamp: Time, frame_id: str,
+                         message_type: str = "") -> Any:
     """The message for one :class:`~omnibind_ros.sim.stream.StreamItem` payload."""
-    return _MESSAGES[modality][1](payload, stamp, frame_id)
+    return _BUILDERS[(modality, sensor_message_type(modality, message_type))](
+        payload, stamp, frame_id)
 
 
 def sensor_qos_name(modality: str) -> str:
@@ -249,9 +274,9 @@ class SimSensorsNode(Node):
         mod = self.declare_parameter(prefix + "modality", defaults["modality"], d(
             "Modality: image, thermal, event, tactile, audio, point_cloud or text.",
             p.PARAMETER_STRING)).value
-        if mod not in _MESSAGES:
+        if mod not in _MODALITIES:
             raise ValueError(f"sensor {name!r}: {prefix}modality must be one of "
-                             f"{', '.join(_MESSAGES)}, got {mod!r}")
+                             f"{', '.join(_MODALITIES)}, got {mod!r}")
         defaults = sensor_defaults(name, mod)
         topic = self.declare_parameter(
             prefix + "topic", defaults["topic"],
@@ -267,8 +292,16 @@ class SimSensorsNode(Node):
         noise = self.declare_parameter(prefix + "noise", False, d(
             "Publish noise of the right type and shape instead of the world (a faulty sensor).",
             p.PARAMETER_BOOL, read_only=False))
+        msg_type = self.declare_parameter(prefix + "message_type", "", d(
+            "Message type to publish; '' = the package's own. Drivers' types: "
+            "event_camera_msgs/msg/EventPacket (evt3) for events, "
+            "audio_common_msgs/msg/AudioDataStamped (S16LE) for audio.", p.PARAMETER_STRING))
+        try:
+            message_type = sensor_message_type(mod, msg_type.value)
+        except ValueError as exc:
+            raise ValueError(f"sensor {name!r}: {prefix}message_type: {exc}") from None
         return SensorConfig(name, mod, topic.value, float(rate_hz.value), frame.value,
-                            bool(enabled.value), bool(noise.value))
+                            bool(enabled.value), bool(noise.value), message_type)
 
     def _read_sensors(self) -> dict[str, SensorConfig]:
         names = [str(n) for n in self._param("sensors")]
@@ -302,7 +335,7 @@ class SimSensorsNode(Node):
 
     # ------------------------------------------------------------------ plugging
     def _plug(self, sensor: SensorConfig) -> None:
-        msg_type = sensor_message_class(sensor.modality)
+        msg_type = sensor_message_class(sensor.modality, sensor.message_type)
         qos = qos_from_name(sensor_qos_name(sensor.modality))
         self._sensor_pubs[sensor.name] = self.create_publisher(msg_type, sensor.topic, qos)
         self.get_logger().info(f"sensor {sensor.name} plugged in on {sensor.topic}")
@@ -405,7 +438,8 @@ class SimSensorsNode(Node):
         if sensor.noise:
             payload = corrupt(item.modality, payload, self._noise_rng)
         stamp = stamp_from_ns(self._start_ns + round(item.stamp_s * 1e9))  # type: ignore[operator]
-        pub.publish(build_sensor_message(item.modality, payload, stamp, sensor.frame_id))
+        pub.publish(build_sensor_message(item.modality, payload, stamp, sensor.frame_id,
+                                         sensor.message_type))
         self.stats[f"published/{item.sensor}"] += 1
 
     def _count_dropped(self, sensor: str, lag_s: float) -> None:

@@ -14,7 +14,7 @@ from omnibind_ros.core.errors import (
     UnsupportedEncodingError,
 )
 from omnibind_ros.core.event_codecs import EventPacketDecoder
-from omnibind_ros.testing.event_encoding import (
+from omnibind_ros.core.event_encoders import (
     encode_evt3,
     encode_libcaer,
     encode_libcaer_cmp,

@@ -43,13 +43,14 @@ class Harness:
 
     def subscribe_sensors(self) -> None:
         from omnibind_ros.ros.qos import qos_from_name
-        from omnibind_ros.ros.sim_sensors_node import _MESSAGES
+        from omnibind_ros.ros.sim_sensors_node import sensor_message_class
 
         qos = qos_from_name("sensor_data")
         qos.depth = 200
         for sensor in self.node.sensors.values():
             self.probe.create_subscription(
-                _MESSAGES[sensor.modality][0], sensor.topic, self._recorder(sensor.name), qos)
+                sensor_message_class(sensor.modality, sensor.message_type), sensor.topic,
+                self._recorder(sensor.name), qos)
 
     def subscribe_ground_truth(self) -> None:
         from omnibind_ros.msg import GroundTruth

@@ -35,12 +35,14 @@ from omnibind_ros.ros.conversions.audio_common import (
     AudioDataConverter,
     AudioFormat,
     audio_stamped_to_block,
+    block_to_audio_data_stamped,
 )
 from omnibind_ros.ros.conversions.event import (
     MAX_PACKET_SPAN_NS,
     EventPacketConverter,
     event_array_to_packet,
     packet_to_event_array,
+    packet_to_event_packet,
 )
 from omnibind_ros.ros.conversions.image import (
     ENCODINGS,
@@ -67,10 +69,11 @@ __all__ = [
     "AUDIO_ENCODINGS", "CONVERTERS", "ENCODINGS", "MAX_PACKET_SPAN_NS", "POINT_FIELD_DTYPES",
     "AudioDataConverter", "AudioFormat", "DecodedImage", "EventPacketConverter",
     "ImageEncoding", "audio_chunk_to_block",
-    "audio_stamped_to_block", "block_to_audio_chunk",
+    "audio_stamped_to_block", "block_to_audio_chunk", "block_to_audio_data_stamped",
     "compressed_image_to_numpy", "conversion_for", "event_array_to_packet", "image_to_numpy",
     "normalise_msg_type", "numpy_to_compressed_image", "numpy_to_image",
-    "packet_to_event_array", "pointcloud2_to_array", "pointcloud2_to_xyz", "string_to_text",
+    "packet_to_event_array", "packet_to_event_packet", "pointcloud2_to_array",
+    "pointcloud2_to_xyz", "string_to_text",
     "tactile_from_compressed_image", "tactile_from_image", "tactile_to_image",
     "thermal_from_image", "thermal_to_image", "xyz_to_pointcloud2",
 ]

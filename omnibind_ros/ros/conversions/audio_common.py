@@ -36,7 +36,7 @@ from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.ros.conversions import _fields as f
 
 __all__ = ["PORTAUDIO_FORMATS", "SAMPLE_FORMATS", "AudioDataConverter", "AudioFormat",
-           "audio_stamped_to_block"]
+           "audio_stamped_to_block", "block_to_audio_data_stamped"]
 
 #: GStreamer raw-audio format names (``AudioInfo.sample_format``) -> (dtype, full scale).
 SAMPLE_FORMATS: dict[str, tuple[str, float]] = {
@@ -146,3 +146,19 @@ def audio_stamped_to_block(msg: Any) -> AudioBlock:
     samples = f.typed_view(data, dtype, f"{what}.audio.audio_data.{array_name}")
     return _block(samples, sample_format, int(f.field(info, "channels", what)),
                   int(f.field(info, "rate", what)), what)
+
+
+def block_to_audio_data_stamped(block: AudioBlock, stamp: object = None, frame_id: str = ""
+                                ) -> Any:
+    """Build a ros-drivers ``audio_common_msgs/AudioDataStamped`` as ``audio_capture`` publishes
+    it with ``format:=wave`` (S16LE interleaved; the stamp is the first sample's capture time,
+    GStreamer's buffer time). The simulated microphone publishes these when its
+    ``message_type`` says so; the format travels separately (the converter's default is
+    S16LE, mono, at ``audio_capture``'s 16 kHz: set the rates alike)."""
+    from audio_common_msgs.msg import AudioData, AudioDataStamped
+
+    from omnibind_ros.ros.conversions.audio import audio_chunk_to_block, block_to_audio_chunk
+
+    chunk = block_to_audio_chunk(block, "S16LE", stamp, frame_id)
+    audio_chunk_to_block(chunk)                       # the same checks as the package's type
+    return AudioDataStamped(header=chunk.header, audio=AudioData(data=bytes(chunk.data)))

@@ -15,11 +15,12 @@ import numpy as np
 
 from omnibind_ros.core.errors import InvalidDtypeError, InvalidShapeError, InvalidValueError
 from omnibind_ros.core.event_codecs import EventPacketDecoder
+from omnibind_ros.core.event_encoders import encode_evt3
 from omnibind_ros.core.types import EventPacket
 from omnibind_ros.ros.conversions import _fields as f
 
 __all__ = ["MAX_PACKET_SPAN_NS", "EventPacketConverter", "event_array_to_packet",
-           "packet_to_event_array"]
+           "packet_to_event_array", "packet_to_event_packet"]
 
 #: ``EventArray.t`` is uint32 nanoseconds after the stamp: one packet spans at most ~4.29 s.
 MAX_PACKET_SPAN_NS = (1 << 32) - 1
@@ -163,3 +164,29 @@ class EventPacketConverter:
             f.uint_field(msg, "width", what), f.uint_field(msg, "height", what),
             time_base=f.uint_field(msg, "time_base", what, bits=64),
             big_endian=f.bool_field(msg, "is_bigendian", what))
+
+
+def packet_to_event_packet(packet: EventPacket, stamp: object = None, frame_id: str = "", *,
+                           seq: int = 0) -> Any:
+    """Build an ``event_camera_msgs/EventPacket`` in ``evt3``, as metavision_driver publishes
+    it (``time_base`` 0, little-endian words; the sensor clock here is the stamp's time base:
+    event ``i`` at ``stamp + t_ns[i]``, to the microsecond). The simulated event camera
+    publishes these when its ``message_type`` says so.
+
+    Raises
+    ------
+    InvalidShapeError, InvalidDtypeError, InvalidValueError : a packet the message cannot hold.
+    """
+    from event_camera_msgs.msg import EventPacket as EventPacketMsg
+
+    if not isinstance(packet, EventPacket):
+        raise InvalidDtypeError(f"expected an EventPacket, got {type(packet).__name__}")
+    x, y, t_ns, polarity = _packet_arrays(packet)
+    width = f.uint_field(packet, "width", "EventPacket")
+    height = f.uint_field(packet, "height", "EventPacket")
+    _check_events(x, y, t_ns, polarity, width, height)
+    sec, nanosec = f.stamp_parts(stamp)
+    events = encode_evt3(x, y, sec * 1_000_000_000 + nanosec + t_ns.astype(np.int64), polarity)
+    return EventPacketMsg(header=f.make_header(stamp, frame_id), height=height, width=width,
+                          seq=seq, time_base=0, encoding="evt3", is_bigendian=False,
+                          events=events)
