@@ -45,7 +45,8 @@ def _stages(spec: dict[str, Any]) -> dict[str, Any]:
                           text="text" in modalities)
     if spec.get("backend_wrapper") is not None:
         backend = spec["backend_wrapper"](backend)
-    return {cfg.name: BagSensor(cfg, bundle, backend) for cfg in mine}
+    return {cfg.name: BagSensor(cfg, bundle, backend, spec.get("definitions"))
+            for cfg in mine}
 
 
 def serve(inbox: Any, outbox: Any, cpu0: float) -> None:

@@ -217,9 +217,10 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
             engine_backend = create_backend(backend, model, threads=1)
             encoders = engine_backend if backend_wrapper is None else backend_wrapper(
                 engine_backend)
-            sensors = {s.name: BagSensor(s, model, encoders) for s in cfg.sensors}
+            sensors = {s.name: BagSensor(s, model, encoders, info.definitions)
+                       for s in cfg.sensors}
         else:  # the workers hold the encoders: here only fusion, and text for new labels
-            parallel.configure(model, backend, backend_wrapper)
+            parallel.configure(model, backend, backend_wrapper, info.definitions)
             engine_backend = backend_for(backend, model, (), fusion=True,
                                          text=bool(cfg.label_names or cfg.label_file))
         labels = resolve_labels(model, engine_backend, cfg.label_names, cfg.label_file)

@@ -214,11 +214,14 @@ class ParallelStages:
         return cls(config, workers)
 
     def configure(self, bundle: Any, backend: str,
-                  backend_wrapper: Callable[[Any], Any] | None = None) -> None:
-        """Tell the workers what to build (bundle, backend name, their sensors)."""
+                  backend_wrapper: Callable[[Any], Any] | None = None,
+                  definitions: dict[str, str] | None = None) -> None:
+        """Tell the workers what to build (bundle, backend name, their sensors, the bag's
+        message definitions)."""
         for worker in self.workers:
             worker.send({"config": self.config, "bundle": bundle, "backend": backend,
-                         "sensors": worker.sensors, "backend_wrapper": backend_wrapper})
+                         "sensors": worker.sensors, "backend_wrapper": backend_wrapper,
+                         "definitions": definitions or {}})
 
     def run(self, messages: Iterable[Any], topics: dict[str, str], replay: BagReplay, *,
             on_other: Callable[[Any], None] | None = None,

@@ -68,6 +68,8 @@ class BagInfo:
     topics: dict[str, tuple[str, int]]  # topic -> (msgtype, count)
     error: str | None = None
     recovered: bool = False
+    #: msgtype -> the ``.msg`` definition the bag carries (with its dependencies), where known
+    definitions: dict[str, str] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -569,7 +571,8 @@ def open_info(path: Path | str) -> BagInfo:
             count = int(reader.message_count)
             start = int(reader.start_time) if count else 0
             end = int(reader.end_time) - 1 if count else 0
-            return BagInfo(layout.path, layout.storage, start, end, count, topics)
+            return BagInfo(layout.path, layout.storage, start, end, count, topics,
+                           definitions=_definitions(reader))
         counts: dict[str, list[Any]] = {}
         start = end = None
         error = None
@@ -588,6 +591,19 @@ def open_info(path: Path | str) -> BagInfo:
         return BagInfo(layout.path, layout.storage, start or 0, end or 0, n,
                        {k: (v[0], v[1]) for k, v in sorted(counts.items())}, error,
                        recovered=True)
+
+
+def _definitions(reader: Any) -> dict[str, str]:
+    """msgtype -> ``.msg`` text of every connection that carries one (mcap schemas, rosbag2's
+    message_definitions table); IDL definitions are left out."""
+    out: dict[str, str] = {}
+    for conn in reader.connections:
+        msgdef = getattr(conn, "msgdef", None)
+        fmt = str(getattr(getattr(msgdef, "format", None), "name", "")).upper()
+        data = getattr(msgdef, "data", "")
+        if fmt == "MSG" and data and conn.msgtype not in out:
+            out[conn.msgtype] = str(data)
+    return out
 
 
 def format_info(info: BagInfo) -> str:

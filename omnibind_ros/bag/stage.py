@@ -7,18 +7,24 @@ sensor's :class:`~omnibind_ros.core.pipeline.SensorStage` at the message's log t
 arrival time of an infinitely fast machine): conversion, preprocessing and encoding. A message
 that does not deserialize is counted and dropped (the middleware would drop it), never reported.
 
+A message type that is not installed here (a driver's interface package nobody built) is
+read by the definition the bag carries (:attr:`~omnibind_ros.bag.reader.BagInfo.definitions`)
+with rosbags: the converters read fields by name, so they take that message as they take
+rclpy's.
+
 It runs in the evaluating process (the reference path) and in the worker processes of the
 parallel path alike.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from omnibind_ros.core.pipeline import SampleOutcome, SensorStage, make_pipeline
 
-__all__ = ["BagSensor", "StagedMessage", "stamp_of"]
+__all__ = ["BagSensor", "StagedMessage", "bag_deserializer", "stamp_of"]
 
 NS = 1_000_000_000
 
@@ -46,6 +52,29 @@ class StagedMessage:
     cost_s: float
 
 
+def bag_deserializer(msgtype: str, definitions: Mapping[str, str] | None
+                     ) -> Callable[[bytes], Any]:
+    """``rawdata -> message``: rclpy's installed class, else the bag's own definition (rosbags);
+    ValueError when neither exists."""
+    from omnibind_ros.ros.interfaces import message_class
+
+    try:
+        cls = message_class(msgtype)
+    except (ImportError, AttributeError, ValueError):
+        text = (definitions or {}).get(msgtype)
+        if not text:
+            raise ValueError(f"message type {msgtype} is neither installed here nor defined "
+                             "in the bag") from None
+        from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+        store = get_typestore(Stores.EMPTY)
+        store.register(get_types_from_msg(text, msgtype))
+        return lambda raw: store.deserialize_cdr(raw, msgtype)
+    from rclpy.serialization import deserialize_message
+
+    return lambda raw: deserialize_message(raw, cls)
+
+
 class BagSensor:
     """The stage of one configured sensor (see the module docstring).
 
@@ -53,14 +82,16 @@ class BagSensor:
     ----------
     cfg : the sensor's parameters (``ros.params.SensorParams``).
     bundle, backend : the model bundle and a backend with this sensor's encoder.
+    definitions : the bag's message definitions (msgtype -> ``.msg`` text), used for a type
+        that is not installed.
     """
 
-    def __init__(self, cfg: Any, bundle: Any, backend: Any) -> None:
+    def __init__(self, cfg: Any, bundle: Any, backend: Any,
+                 definitions: Mapping[str, str] | None = None) -> None:
         from omnibind_ros.ros.conversions import conversion_for
-        from omnibind_ros.ros.interfaces import message_class
 
         self.cfg = cfg
-        self.msg_class = message_class(cfg.message_type)
+        self.deserialize = bag_deserializer(cfg.message_type, definitions)
         self.stage = SensorStage(conversion_for(cfg.modality, cfg.message_type),
                                  make_pipeline(cfg.modality, bundle, backend),
                                  cfg.encode_rate_hz)
@@ -69,12 +100,10 @@ class BagSensor:
 
     def process(self, index: int, log_ns: int, rawdata: bytes) -> StagedMessage | None:
         """One message; None if it does not deserialize."""
-        from rclpy.serialization import deserialize_message
-
         start = time.perf_counter()
         self.received += 1
         try:
-            msg = deserialize_message(rawdata, self.msg_class)
+            msg = self.deserialize(rawdata)
         except Exception as exc:  # noqa: BLE001  (the middleware drops what it cannot decode)
             self.undecodable += 1
             self.first_error = self.first_error or f"message {index}: {exc}"
