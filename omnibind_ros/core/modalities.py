@@ -59,7 +59,7 @@ MODALITY_SPECS: dict[Modality, ModalitySpec] = {
         ModalitySpec(Modality.TEXT, Role.TEACHER, "str", "text", ("std_msgs/msg/String",)),
         ModalitySpec(Modality.THERMAL, Role.STUDENT,
                      "HxW radiometric frame: uint16 counts, uint8, or float32 degC", "thermal",
-                     ("sensor_msgs/msg/Image",)),
+                     ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")),
         ModalitySpec(Modality.EVENT, Role.STUDENT, "packed events x, y, t_ns, polarity", "event",
                      ("omnibind_ros/msg/EventArray", "event_camera_msgs/msg/EventPacket")),
         ModalitySpec(Modality.TACTILE, Role.STUDENT,

@@ -193,6 +193,24 @@ def test_thermal_32fc1_keeps_isolated_nans_rejects_all_nan() -> None:
         conv.thermal_from_image(image_msg(np.full((4, 4), np.nan, np.float32), "32FC1"))
 
 
+def test_thermal_from_compressed_png_keeps_16_bit_counts() -> None:
+    from omnibind_ros.core.preprocess import ThermalPreprocessor
+
+    counts = np.linspace(27000, 31000, 48, dtype=np.uint16).reshape(6, 8)
+    msg = conv.numpy_to_compressed_image(counts, "png", "mono")
+    frame = conv.conversion_for("thermal", "sensor_msgs/msg/CompressedImage")(msg)
+    assert frame.encoding == "mono16" and frame.data.dtype == np.uint16
+    np.testing.assert_array_equal(frame.data, counts)     # PNG is lossless, 16 bits kept
+    np.testing.assert_allclose(ThermalPreprocessor()(frame),
+                               ThermalPreprocessor()(ThermalFrame(counts, "mono16")))
+    grey8 = conv.thermal_from_compressed_image(
+        conv.numpy_to_compressed_image(np.full((4, 4), 90, np.uint8), "png", "mono"))
+    assert grey8.encoding == "mono8"
+    with pytest.raises(UnsupportedEncodingError, match="false-colour"):
+        conv.thermal_from_compressed_image(
+            conv.numpy_to_compressed_image(random_pixels("rgb8", 6, 8), "png", "rgb"))
+
+
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC3"])
 def test_tactile_from_image_is_rgb(encoding: str) -> None:
     rgb = random_pixels("rgb8", 6, 9)

@@ -55,6 +55,7 @@ from omnibind_ros.ros.conversions.image import (
     tactile_from_compressed_image,
     tactile_from_image,
     tactile_to_image,
+    thermal_from_compressed_image,
     thermal_from_image,
     thermal_to_image,
 )
@@ -75,7 +76,8 @@ __all__ = [
     "packet_to_event_array", "packet_to_event_packet", "pointcloud2_to_array",
     "pointcloud2_to_xyz", "string_to_text",
     "tactile_from_compressed_image", "tactile_from_image", "tactile_to_image",
-    "thermal_from_image", "thermal_to_image", "xyz_to_pointcloud2",
+    "thermal_from_compressed_image", "thermal_from_image", "thermal_to_image",
+    "xyz_to_pointcloud2",
 ]
 
 
@@ -99,6 +101,7 @@ CONVERTERS: dict[tuple[str, str], Callable[[Any], Any] | type] = {
     ("image", IMAGE): image_to_numpy,
     ("image", COMPRESSED_IMAGE): compressed_image_to_numpy,
     ("thermal", IMAGE): thermal_from_image,
+    ("thermal", COMPRESSED_IMAGE): thermal_from_compressed_image,
     ("tactile", IMAGE): tactile_from_image,
     ("tactile", COMPRESSED_IMAGE): tactile_from_compressed_image,
     ("event", "omnibind_ros/msg/EventArray"): event_array_to_packet,

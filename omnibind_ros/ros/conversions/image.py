@@ -383,6 +383,29 @@ def thermal_from_image(msg: Any, kelvin_per_count: float = THERMAL_KELVIN_PER_CO
     return ThermalFrame(data=data, encoding=encoding, kelvin_per_count=kelvin_per_count)
 
 
+def thermal_from_compressed_image(msg: Any,
+                                  kelvin_per_count: float = THERMAL_KELVIN_PER_COUNT
+                                  ) -> ThermalFrame:
+    """A thermal ``sensor_msgs/CompressedImage``: a 16-bit grey PNG is radiometric counts (as
+    "mono16"), an 8-bit grey image an AGC'd frame (as "mono8"). A colour image (a false-colour
+    palette) carries no temperature and is refused.
+
+    Raises
+    ------
+    UnsupportedEncodingError : a colour image.
+    The errors of :func:`compressed_image_to_numpy`.
+    """
+    decoded = compressed_image_to_numpy(msg)
+    image = decoded.image
+    if decoded.channel_order != "mono" or image.dtype not in (np.uint8, np.uint16):
+        raise UnsupportedEncodingError(
+            f"thermal CompressedImage decoded to {decoded.channel_order} {image.dtype}; "
+            "expected grey 16-bit PNG counts or an 8-bit grey image (a false-colour palette "
+            "holds no temperature)")
+    encoding = "mono16" if image.dtype == np.uint16 else "mono8"
+    return ThermalFrame(data=image, encoding=encoding, kelvin_per_count=kelvin_per_count)
+
+
 def thermal_to_image(frame: ThermalFrame, stamp: object = None, frame_id: str = "") -> Any:
     """Build a ``sensor_msgs/Image`` from a :class:`ThermalFrame` (its encoding kept).
 
