@@ -78,7 +78,7 @@ KNOWN_ENCODINGS = (*DECODABLE_ENCODINGS, "trigger")
 # evt3 word types (Prophesee EVT 3.0; event_camera_codecs evt3_types.h).
 _ADDR_Y, _ADDR_X, _VECT_BASE_X, _VECT_12, _VECT_8 = 0x0, 0x2, 0x3, 0x4, 0x5
 _TIME_LOW, _TIME_HIGH = 0x6, 0x8
-_EVT3_RESERVED = (0x1, 0x9, 0xB, 0xC, 0xD)
+_EVT3_RESERVED_LUT = np.isin(np.arange(16), (0x1, 0x9, 0xB, 0xC, 0xD))
 #: A TIME_HIGH this many units (of 4096 us) or fewer below the last one is a glitch, not a wrap.
 _EVT3_WRAP_MIN_STEP = 10
 
@@ -108,24 +108,57 @@ def _words(buf: object, itemsize: int, big_endian: bool, what: str) -> np.ndarra
     return raw.view(f"{order}u{itemsize}").astype(f"=u{itemsize}", copy=False)
 
 
-def _ffill(mask: np.ndarray, values: np.ndarray, initial: int) -> np.ndarray:
-    """Per position, ``values`` at the last position ``<=`` it where ``mask`` holds (else
-    ``initial``): the decoder state a stream of words leaves behind, without a loop."""
-    idx = np.where(mask, np.arange(mask.size), -1)
-    np.maximum.accumulate(idx, out=idx)
-    return np.where(idx >= 0, values[np.maximum(idx, 0)], initial)
+class _State:
+    """The decoder state at the words that emit events, read from a packet's stream of words:
+    for a kind of state word (TIME_LOW, ADDR_Y...), the value of the last such word at or
+    before each emitting word (or the state carried in from the previous packet). One cumulative
+    count per kind and gathers at the emitting words only: no Python loop, no full-size
+    temporaries beyond the counts."""
+
+    def __init__(self, code: np.ndarray, emits: np.ndarray) -> None:
+        self.code, self.emits = code, emits
+
+    def last(self, kind: int, values: np.ndarray, initial: int) -> tuple[np.ndarray, int]:
+        """(value at each emitting word, value at the end of the packet)."""
+        mask = self.code == kind
+        seen = np.cumsum(mask, dtype=np.int32)[self.emits] - 1
+        vals = values[mask]
+        at = np.where(seen >= 0, vals[np.maximum(seen, 0)], initial) if vals.size else \
+            np.full(self.emits.size, initial, dtype=np.int64)
+        return at, (int(vals[-1]) if vals.size else initial)
 
 
-def _expand(rows_mask: np.ndarray, x0: np.ndarray, along_x: bool, fixed: np.ndarray,
-            t: np.ndarray, polarity: np.ndarray) -> DecodedEvents:
-    """One event per set bit ``i`` of each row's mask at ``x0 + i`` (or ``y0 + i``), row-major,
-    so the order is the stream's."""
-    bits = ((rows_mask[:, None] >> _BITS) & 1).astype(np.bool_)
-    r, b = np.nonzero(bits)
-    moving = (x0[r] + b).astype(np.int64)
-    other = fixed[r].astype(np.int64)
+def _popcount12(masks: np.ndarray) -> np.ndarray:
+    return _POPCOUNT[masks]
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(1 << 12)], np.int32)
+
+
+def _expand(single: np.ndarray, mask: np.ndarray, start: np.ndarray, fixed: np.ndarray,
+            t: np.ndarray, polarity: np.ndarray, along_x: bool) -> DecodedEvents:
+    """Events of the emitting words in stream order: a single-event word gives one event at
+    ``start``; a vector word one per set bit ``i`` of ``mask`` at ``start + i``."""
+    counts = np.where(single, 1, _popcount12(mask))
+    offsets = np.cumsum(counts) - counts
+    n = int(counts.sum())
+    moving = np.empty(n, np.int64)
+    word = np.empty(n, np.int64)                   # the emitting word of each event
+    si = np.flatnonzero(single)
+    moving[offsets[si]] = start[si]
+    word[offsets[si]] = si
+    vi = np.flatnonzero(~single)
+    if vi.size:
+        bits = ((mask[vi, None] >> _BITS) & 1).astype(np.bool_)
+        r, b = np.nonzero(bits)                    # row-major: each row's events in order
+        vcounts = counts[vi]
+        rank = np.arange(r.size) - (np.cumsum(vcounts) - vcounts)[r]
+        pos = offsets[vi][r] + rank
+        moving[pos] = start[vi][r] + b
+        word[pos] = vi[r]
+    other = fixed[word]
     x, y = (moving, other) if along_x else (other, moving)
-    return DecodedEvents(x, y, t[r], polarity[r].astype(np.bool_))
+    return DecodedEvents(x, y, t[word], polarity[word].astype(np.bool_))
 
 
 @dataclass
@@ -144,9 +177,9 @@ class Evt3Decoder:
     def decode(self, buf: object, *, big_endian: bool = False) -> DecodedEvents:
         """Decode one packet's bytes into events (sensor time, ns)."""
         words = _words(buf, 2, big_endian, "evt3")
-        code = (words >> 12).astype(np.int64)
+        code = (words >> 12).astype(np.intp)
         pay = (words & 0xFFF).astype(np.int64)
-        reserved = np.flatnonzero(np.isin(code, _EVT3_RESERVED))
+        reserved = np.flatnonzero(_EVT3_RESERVED_LUT[code])
         if reserved.size:
             i = int(reserved[0])
             raise MalformedPacketError(
@@ -187,33 +220,36 @@ class Evt3Decoder:
     def _decode_words(self, code: np.ndarray, pay: np.ndarray) -> DecodedEvents:
         if code.size == 0:
             return DecodedEvents.empty()
+        emits = np.flatnonzero((code == _ADDR_X) | (code == _VECT_12) | (code == _VECT_8))
+        state = _State(code, emits)
         start_high = (self.wraps << 24) | (self.time_high << 12)
-        is_high = code == _TIME_HIGH
         high_ext = np.zeros(code.size, np.int64)
+        is_high = code == _TIME_HIGH
         high_ext[is_high] = self._advance_high(pay[is_high])
-        high = _ffill(is_high, high_ext, start_high)
-        low = _ffill(code == _TIME_LOW, pay, self.time_low)
-        t_ns = (high | low) * 1000
-        y = _ffill(code == _ADDR_Y, pay & 0x7FF, self.y)
+        high, _ = state.last(_TIME_HIGH, high_ext, start_high)
+        low, self.time_low = state.last(_TIME_LOW, pay, self.time_low)
+        y, self.y = state.last(_ADDR_Y, pay & 0x7FF, self.y)
         # Vector base: the last VECT_BASE_X's x plus 12/8 per vector word since, as the codec.
         step = np.where(code == _VECT_12, 12, np.where(code == _VECT_8, 8, 0))
         before = np.cumsum(step) - step
-        is_base = code == _VECT_BASE_X
-        at_base = _ffill(is_base, np.arange(code.size), -1)
-        from_base = np.where(at_base >= 0, before - before[np.maximum(at_base, 0)], before)
-        base = np.where(at_base >= 0, pay[np.maximum(at_base, 0)] & 0x7FF, self.base_x) \
-            + from_base
-        vec_pol = np.where(at_base >= 0, (pay[np.maximum(at_base, 0)] >> 11) & 1, self.polarity)
-        self.y, self.time_low = int(y[-1]), int(low[-1])
-        self.base_x, self.polarity = int(base[-1] + step[-1]), int(vec_pol[-1])
-
-        is_x = code == _ADDR_X
-        emits = np.flatnonzero(is_x | (code == _VECT_12) | (code == _VECT_8))
+        base_pos, end_pos = state.last(_VECT_BASE_X, np.arange(code.size), -1)
+        known = base_pos >= 0
+        base_word = pay[np.maximum(base_pos, 0)]
+        base = np.where(known, (base_word & 0x7FF) - before[np.maximum(base_pos, 0)],
+                        self.base_x) + before[emits]
+        vec_pol = np.where(known, (base_word >> 11) & 1, self.polarity)
+        total = int(before[-1] + step[-1])
+        if end_pos >= 0:
+            self.base_x = int(pay[end_pos] & 0x7FF) + total - int(before[end_pos])
+            self.polarity = int(pay[end_pos] >> 11) & 1
+        else:
+            self.base_x += total
         c, p = code[emits], pay[emits]
-        mask = np.where(c == _ADDR_X, 1, np.where(c == _VECT_12, p & 0xFFF, p & 0xFF))
-        x0 = np.where(c == _ADDR_X, p & 0x7FF, base[emits])
-        pol = np.where(c == _ADDR_X, (p >> 11) & 1, vec_pol[emits])
-        return _expand(mask, x0, True, y[emits], t_ns[emits], pol)
+        single = c == _ADDR_X
+        mask = np.where(c == _VECT_12, p & 0xFFF, p & 0xFF)
+        start = np.where(single, p & 0x7FF, base)
+        pol = np.where(single, (p >> 11) & 1, vec_pol)
+        return _expand(single, mask, start, y, (high | low) * 1000, pol, along_x=True)
 
 
 # libcaer_cmp token codes (libcaer_driver compression_tokens.hpp, event_camera_codecs).
@@ -238,24 +274,25 @@ class LibcaerCmpDecoder:
                 f"libcaer_cmp word {i} (0x{int(words[i]):04x}) has the undefined code {code[i]}")
         if code.size == 0:
             return DecodedEvents.empty()
-        high = _ffill(code == _CMP_TIME_HIGH, pay << 12, 0)
-        low = _ffill(code == _CMP_TIME_LOW, pay, 0)
-        t_ns = int(time_base) + (high | low) * 1000
-        x = _ffill(code == _CMP_ADDR_X, pay & 0x7FF, self.x)
+        emits = np.flatnonzero((code == _CMP_ADDR_Y) | (code == _CMP_VECT_8))
+        state = _State(code, emits)
+        high, _ = state.last(_CMP_TIME_HIGH, pay << 12, 0)     # time restarts every packet
+        low, _ = state.last(_CMP_TIME_LOW, pay, 0)
+        x, self.x = state.last(_CMP_ADDR_X, pay & 0x7FF, self.x)
         step = np.where(code == _CMP_VECT_8, 8, 0)
         before = np.cumsum(step) - step
-        at_base = _ffill(code == _CMP_VECT_BASE_Y, np.arange(code.size), -1)
-        known = at_base >= 0
-        base_word = pay[np.maximum(at_base, 0)]
-        base = np.where(known, (base_word & 0x7FF) + before - before[np.maximum(at_base, 0)], 0)
-        vec_pol = np.where(known, (base_word >> 11) & 1, 0)
-        self.x = int(x[-1])
-        emits = np.flatnonzero((code == _CMP_ADDR_Y) | ((code == _CMP_VECT_8) & known))
+        base_pos, _ = state.last(_CMP_VECT_BASE_Y, np.arange(code.size), -1)
+        known = base_pos >= 0
+        base_word = pay[np.maximum(base_pos, 0)]
+        base = (base_word & 0x7FF) + before[emits] - before[np.maximum(base_pos, 0)]
         c, p = code[emits], pay[emits]
-        mask = np.where(c == _CMP_ADDR_Y, 1, p & 0xFF)
-        y0 = np.where(c == _CMP_ADDR_Y, p & 0x7FF, base[emits])
-        pol = np.where(c == _CMP_ADDR_Y, (p >> 11) & 1, vec_pol[emits])
-        return _expand(mask, y0, False, x[emits], t_ns[emits], pol)
+        single = c == _CMP_ADDR_Y
+        keep = single | known                       # a vector before any base has no y
+        single, p, base, x = single[keep], p[keep], base[keep], x[keep]
+        t_ns = int(time_base) + (high[keep] | low[keep]) * 1000
+        pol = np.where(single, (p >> 11) & 1, (base_word[keep] >> 11) & 1)
+        start = np.where(single, p & 0x7FF, base)
+        return _expand(single, p & 0xFF, start, x, t_ns, pol, along_x=False)
 
 
 def _records(buf: object, big_endian: bool, what: str) -> np.ndarray:
