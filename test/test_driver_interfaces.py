@@ -75,3 +75,16 @@ def test_event_packet_cdr_round_trip_decodes_through_the_sensor_converter() -> N
     assert packet.t_ns.tolist() == [0, 0, 0, 7000]
     assert packet.polarity.tolist() == [True, True, True, False]
     assert (packet.width, packet.height) == (64, 48)
+
+
+@pytest.mark.ros
+def test_a_missing_driver_type_names_where_to_get_it() -> None:
+    from omnibind_ros.ros.interfaces import require_message_class
+
+    assert require_message_class("event_camera_msgs/msg/EventPacket", "sensor ev").__name__ \
+        == "EventPacket"
+    with pytest.raises(ValueError, match=r"sensor mic: message type "
+                       r"audio_common_msgs/msg/AudioStamped is not installed.*mgonzs13"):
+        require_message_class("audio_common_msgs/msg/AudioStamped", "sensor mic")
+    with pytest.raises(ValueError, match="build or install the foo_msgs package"):
+        require_message_class("foo_msgs/msg/Bar", "sensor x")

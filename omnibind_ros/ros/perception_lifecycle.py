@@ -38,7 +38,7 @@ from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import Recognition
 from omnibind_ros.ros import diagnostics, params, qos
 from omnibind_ros.ros.conversions import conversion_for
-from omnibind_ros.ros.interfaces import message_class
+from omnibind_ros.ros.interfaces import require_message_class
 from omnibind_ros.ros.params import SENSOR_KEYS, SensorParams, sensor_param
 from omnibind_ros.ros.recognition import from_time, recognition_message, to_time
 from omnibind_ros.srv import AddSensor, RemoveSensor
@@ -51,6 +51,7 @@ class _Sensor:
 
     def __init__(self, cfg: SensorParams, pipeline: Pipeline) -> None:
         self.cfg = cfg
+        self.msg_class = require_message_class(cfg.message_type, f"sensor {cfg.name}")
         self.convert = conversion_for(cfg.modality, cfg.message_type)
         self.pipeline = pipeline
         self.worker: SensorWorker | None = None
@@ -297,7 +298,7 @@ class PerceptionNode(LifecycleNode):
         reporter = SampleReporter(cfg.name, self._engine, self.get_logger().warning)
         sensor.worker = SensorWorker(stage, reporter, self._hook)
         sensor.subscription = self.create_subscription(
-            message_class(cfg.message_type), cfg.topic, self._callback(sensor.worker),
+            sensor.msg_class, cfg.topic, self._callback(sensor.worker),
             cfg.qos_profile(), callback_group=sensor.group)
 
     def _callback(self, worker: SensorWorker) -> Callable[[Any], None]:
