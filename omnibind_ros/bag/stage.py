@@ -29,11 +29,16 @@ __all__ = ["BagSensor", "StagedMessage", "bag_deserializer", "stamp_of"]
 NS = 1_000_000_000
 
 
-def stamp_of(msg: Any, log_ns: int) -> int:
-    """A message's stamp in ns: its header stamp, or its log time without a header."""
+def stamp_of(msg: Any, log_ns: int, convert: Callable[[Any], Any] | None = None) -> int:
+    """A message's stamp in ns: its header stamp, or without a header its log time (corrected
+    as the node corrects it: :func:`~omnibind_ros.ros.conversions.arrival_stamp_ns`)."""
     header = getattr(msg, "header", None)
     if header is None:
-        return log_ns
+        if convert is None:
+            return log_ns
+        from omnibind_ros.ros.conversions import arrival_stamp_ns
+
+        return arrival_stamp_ns(convert, msg, log_ns)
     return int(header.stamp.sec) * NS + int(header.stamp.nanosec)
 
 
@@ -108,7 +113,7 @@ class BagSensor:
             self.undecodable += 1
             self.first_error = self.first_error or f"message {index}: {exc}"
             return None
-        outcome = self.stage.process(msg, stamp_of(msg, log_ns), log_ns)
+        outcome = self.stage.process(msg, stamp_of(msg, log_ns, self.stage.convert), log_ns)
         if outcome.kind == "embedding":
             self.encoded += 1
         return StagedMessage(index, log_ns, outcome, time.perf_counter() - start)

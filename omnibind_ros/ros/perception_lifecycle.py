@@ -37,7 +37,7 @@ from omnibind_ros.core.threads import limit_blas_threads, limit_malloc_arenas
 from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import Recognition
 from omnibind_ros.ros import diagnostics, params, qos
-from omnibind_ros.ros.conversions import conversion_for
+from omnibind_ros.ros.conversions import arrival_stamp_ns, conversion_for
 from omnibind_ros.ros.interfaces import require_message_class
 from omnibind_ros.ros.params import SENSOR_KEYS, SensorParams, sensor_param
 from omnibind_ros.ros.recognition import from_time, recognition_message, to_time
@@ -298,15 +298,19 @@ class PerceptionNode(LifecycleNode):
         reporter = SampleReporter(cfg.name, self._engine, self.get_logger().warning)
         sensor.worker = SensorWorker(stage, reporter, self._hook)
         sensor.subscription = self.create_subscription(
-            sensor.msg_class, cfg.topic, self._callback(sensor.worker),
+            sensor.msg_class, cfg.topic, self._callback(sensor.worker, sensor.convert),
             cfg.qos_profile(), callback_group=sensor.group)
 
-    def _callback(self, worker: SensorWorker) -> Callable[[Any], None]:
+    def _callback(self, worker: SensorWorker, convert: Callable[[Any], Any]
+                  ) -> Callable[[Any], None]:
         def on_message(msg: Any) -> None:
             now = self.now_ns()
             header = getattr(msg, "header", None)
-            # String (operator text) has no header: its arrival time is its stamp.
-            worker.submit(msg, now if header is None else from_time(header.stamp), now)
+            # String (operator text), AudioData have no header: stamped on arrival (audio: minus
+            # the chunk's duration, conversions.arrival_stamp_ns).
+            stamp = arrival_stamp_ns(convert, msg, now) if header is None else \
+                from_time(header.stamp)
+            worker.submit(msg, stamp, now)
         return on_message
 
     def _unsubscribe(self, sensor: _Sensor) -> SensorWorker | None:

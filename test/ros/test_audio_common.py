@@ -117,3 +117,17 @@ def test_stand_in_audio_data_stamped_round_trips_and_converts() -> None:
     back = deserialize_message(serialize_message(msg), AudioDataStamped)
     block = conv.conversion_for("audio", AudioDataStamped)(back)
     np.testing.assert_array_equal(block.samples[:, 0], samples)
+
+
+def test_unstamped_audio_is_stamped_one_chunk_before_its_arrival() -> None:
+    from omnibind_ros.bag.stage import stamp_of
+
+    convert = conv.conversion_for("audio", "audio_common_msgs/msg/AudioData")
+    chunk = NS(data=np.zeros(1600, "<i2").tobytes())            # 100 ms at 16 kHz mono
+    assert conv.arrival_stamp_ns(convert, chunk, 5_000_000_000) == 4_900_000_000
+    assert stamp_of(chunk, 5_000_000_000, convert) == 4_900_000_000   # the bag path, alike
+    convert.update_info(info("F32LE", 48000, 2))
+    stereo = NS(data=np.zeros((480, 2), "<f4").tobytes())      # 10 ms at 48 kHz stereo
+    assert conv.arrival_stamp_ns(convert, stereo, 10**9) == 10**9 - 10_000_000
+    text = conv.conversion_for("text", "std_msgs/msg/String")
+    assert conv.arrival_stamp_ns(text, NS(data="hi"), 7) == 7       # no correction elsewhere

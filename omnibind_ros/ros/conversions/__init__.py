@@ -69,7 +69,7 @@ from omnibind_ros.ros.conversions.point_cloud import (
 __all__ = [
     "AUDIO_ENCODINGS", "CONVERTERS", "ENCODINGS", "MAX_PACKET_SPAN_NS", "POINT_FIELD_DTYPES",
     "AudioDataConverter", "AudioFormat", "DecodedImage", "EventPacketConverter",
-    "ImageEncoding", "audio_chunk_to_block",
+    "ImageEncoding", "arrival_stamp_ns", "audio_chunk_to_block",
     "audio_stamped_to_block", "block_to_audio_chunk", "block_to_audio_data_stamped",
     "compressed_image_to_numpy", "conversion_for", "event_array_to_packet", "image_to_numpy",
     "normalise_msg_type", "numpy_to_compressed_image", "numpy_to_image",
@@ -79,6 +79,18 @@ __all__ = [
     "thermal_from_compressed_image", "thermal_from_image", "thermal_to_image",
     "xyz_to_pointcloud2",
 ]
+
+
+def arrival_stamp_ns(convert: Callable[[Any], Any], msg: Any, arrival_ns: int) -> int:
+    """The stamp of a message without a header: its arrival time, corrected by the converter
+    where it knows better (``arrival_correction_ns``: unstamped audio began one chunk earlier)."""
+    correction = getattr(convert, "arrival_correction_ns", None)
+    if correction is None:
+        return arrival_ns
+    try:
+        return arrival_ns - int(correction(msg))
+    except Exception:  # noqa: BLE001  (a malformed message: conversion will say what is wrong)
+        return arrival_ns
 
 
 def string_to_text(msg: Any) -> str:

@@ -116,6 +116,18 @@ class AudioDataConverter:
             coding_format=f.str_field(info, "coding_format", what) or "wave")
         return self.format
 
+    def arrival_correction_ns(self, msg: Any) -> int:
+        """How long before its arrival an unstamped ``AudioData`` began: its duration.
+
+        ``AudioData`` has no header, so the node stamps it on arrival; audio_capture publishes a
+        chunk once its last sample is captured, so the first sample was captured one chunk
+        duration earlier (transport latency, a few ms, is not corrected). Read from the length
+        alone, without decoding."""
+        fmt = self.format
+        data = getattr(getattr(msg, "audio", msg), "data", b"")
+        bytes_per_frame = np.dtype(SAMPLE_FORMATS[fmt.sample_format][0]).itemsize * fmt.channels
+        return round(len(data) / bytes_per_frame / fmt.sample_rate * 1e9)
+
     def __call__(self, msg: Any) -> AudioBlock:
         what = "AudioData"
         audio = getattr(msg, "audio", msg)          # AudioDataStamped wraps an AudioData
