@@ -71,12 +71,14 @@ def single_threaded_blas() -> Any:
 
 def run_reference(messages: Iterable[Any], sensors: dict[str, BagSensor],
                   topics: dict[str, str], replay: BagReplay, *,
+                  info_topics: dict[str, str] | None = None,
                   on_other: Callable[[Any], None] | None = None,
                   progress: Callable[[int], None] | None = None
                   ) -> tuple[int, BaseException | None]:
     """The reference path: every message in bag order through its stage and the replay.
 
-    ``topics`` maps topic -> sensor name; messages of other topics go to ``on_other``. Returns
+    ``topics`` maps topic -> sensor name, ``info_topics`` a sensor's paired info topic (e.g.
+    AudioInfo) -> its name; messages of other topics go to ``on_other``. Returns
     (the last log time read, the exception that ended reading a damaged bag or None); the
     replay is finished at that last log time either way.
     """
@@ -85,7 +87,10 @@ def run_reference(messages: Iterable[Any], sensors: dict[str, BagSensor],
         last_ns = max(last_ns, m.log_time_ns)
         name = topics.get(m.topic)
         if name is None:
-            if on_other is not None:
+            owner = (info_topics or {}).get(m.topic)
+            if owner is not None:
+                sensors[owner].process(m.index, m.log_time_ns, m.rawdata, info=True)
+            elif on_other is not None:
                 on_other(m)
             continue
         staged = sensors[name].process(m.index, m.log_time_ns, m.rawdata)
@@ -131,6 +136,20 @@ def _mapped_topics(info: Any, config: Any, truth_topic: str, bag: Path
             + ", ".join(f"{s.name} on {s.topic} ({s.message_type})" for s in config.sensors)
             + ". Pass the node configuration the bag was recorded for (--config).")
     return {topic: cfg.name for topic, cfg in mapped.items()}, skipped
+
+
+def _info_topics(info: Any, config: Any) -> dict[str, str]:
+    """A sensor's paired info topic (AudioInfo beside AudioData) -> the sensor, where the bag
+    has it: its messages update the sensor's converter as the node's info subscription does."""
+    from omnibind_ros.ros.conversions import conversion_for, info_topic_for
+
+    out = {}
+    for s in config.sensors:
+        paired = info_topic_for(conversion_for(s.modality, s.message_type), s.topic,
+                                getattr(s, "info_topic", ""))
+        if paired is not None and paired[0] in info.topics:
+            out[paired[0]] = s.name
+    return out
 
 
 class _Others:
@@ -204,6 +223,9 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
     except BagReadError as exc:
         raise BagEvalError(f"nothing of bag {bag} is readable: {exc}") from exc
     topics, skipped = _mapped_topics(info, cfg, truth_topic, bag)
+    info_topics = _info_topics(info, cfg)
+    for topic in info_topics:
+        skipped.pop(topic, None)
     bundle_path = bundle or cfg.params.get("bundle_path") or default_bundle_dir()
     n_procs = default_processes(backend) if processes is None else max(0, int(processes))
     parallel = None
@@ -234,10 +256,12 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
             # the bag from its first to its last message, whatever their topic.
             if parallel is None:
                 last_ns, read_error = run_reference(iter_messages(bag), sensors, topics, replay,
-                                                    on_other=others, progress=update)
+                                                    info_topics=info_topics, on_other=others,
+                                                    progress=update)
             else:
                 last_ns, read_error = parallel.run(iter_messages(bag), topics, replay,
-                                                   on_other=others, progress=update)
+                                                   info_topics=info_topics, on_other=others,
+                                                   progress=update)
         finally:
             close_bar()
     except BaseException:
@@ -291,6 +315,9 @@ def _result(bag: Path, cfg: Any, info: Any, topics: dict[str, str], skipped: dic
                                  "encoded": count["encoded"]}
         if count["first_error"]:
             sensors_extra[s.name]["first_undecodable"] = count["first_error"]
+        if count.get("info_messages"):
+            sensors_extra[s.name]["info_messages"] = count["info_messages"]
+            sensors_extra[s.name]["bad_info"] = count.get("bad_info", 0)
     ticks = replay.ticks
     extra = {
         "config": str(cfg.path) if cfg.path else None,

@@ -224,22 +224,23 @@ class ParallelStages:
                          "definitions": definitions or {}})
 
     def run(self, messages: Iterable[Any], topics: dict[str, str], replay: BagReplay, *,
+            info_topics: dict[str, str] | None = None,
             on_other: Callable[[Any], None] | None = None,
             progress: Callable[[int], None] | None = None
             ) -> tuple[int, BaseException | None]:
         """As :func:`~omnibind_ros.bag.offline.run_reference`, with the stages in the workers."""
         try:
-            return self._run(messages, topics, replay, on_other, progress)
+            return self._run(messages, topics, info_topics or {}, replay, on_other, progress)
         except BaseException:
             self.abort()
             raise
 
-    def _run(self, messages: Iterable[Any], topics: dict[str, str], replay: BagReplay,
-             on_other: Callable[[Any], None] | None,
+    def _run(self, messages: Iterable[Any], topics: dict[str, str], info_topics: dict[str, str],
+             replay: BagReplay, on_other: Callable[[Any], None] | None,
              progress: Callable[[int], None] | None) -> tuple[int, BaseException | None]:
         window_ns = round(WINDOW_S * NS)
         window_end = replay.start_ns + window_ns
-        batch: dict[str, list[tuple[int, int, bytes]]] = defaultdict(list)
+        batch: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         in_flight: deque[tuple[int, list[_Worker]]] = deque()
         last_ns, errors = replay.start_ns, []
         for m in read_guarded(messages, errors):
@@ -252,6 +253,8 @@ class ParallelStages:
             name = topics.get(m.topic)
             if name is not None:
                 batch[name].append((m.index, m.log_time_ns, m.rawdata))
+            elif m.topic in info_topics:   # in order with the sensor's data, in its worker
+                batch[info_topics[m.topic]].append((m.index, m.log_time_ns, m.rawdata, True))
             elif on_other is not None:
                 on_other(m)
         in_flight.append(self._dispatch(batch))
@@ -260,7 +263,7 @@ class ParallelStages:
         replay.finish(last_ns)
         return last_ns, errors[0] if errors else None
 
-    def _dispatch(self, batch: dict[str, list[tuple[int, int, bytes]]]
+    def _dispatch(self, batch: dict[str, list[tuple[Any, ...]]]
                   ) -> tuple[int, list[_Worker]]:
         wid = self._next_window
         self._next_window += 1

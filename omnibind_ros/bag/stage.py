@@ -96,15 +96,24 @@ class BagSensor:
         from omnibind_ros.ros.conversions import conversion_for
 
         self.cfg = cfg
+        self.definitions = dict(definitions or {})
         self.deserialize = bag_deserializer(cfg.message_type, definitions)
+        self._info_deserialize: Callable[[bytes], Any] | None = None
+        self.info_messages = self.bad_info = 0
         self.stage = SensorStage(conversion_for(cfg.modality, cfg.message_type),
                                  make_pipeline(cfg.modality, bundle, backend),
                                  cfg.encode_rate_hz)
         self.received = self.undecodable = self.encoded = 0
         self.first_error = ""
 
-    def process(self, index: int, log_ns: int, rawdata: bytes) -> StagedMessage | None:
-        """One message; None if it does not deserialize."""
+    def process(self, index: int, log_ns: int, rawdata: bytes, info: bool = False
+                ) -> StagedMessage | None:
+        """One message; None if it does not deserialize. ``info``: a message of the sensor's
+        paired info topic (it updates the converter; nothing is staged)."""
+        if info:
+            self.info_messages += 1
+            self._update_info(rawdata)
+            return None
         start = time.perf_counter()
         self.received += 1
         try:
@@ -118,12 +127,29 @@ class BagSensor:
             self.encoded += 1
         return StagedMessage(index, log_ns, outcome, time.perf_counter() - start)
 
+    def _update_info(self, rawdata: bytes) -> None:
+        from omnibind_ros.ros.conversions import info_topic_for
+
+        convert = self.stage.convert
+        if self._info_deserialize is None:
+            paired = info_topic_for(convert, self.cfg.topic, getattr(self.cfg, "info_topic", ""))
+            if paired is None:
+                return
+            self._info_deserialize = bag_deserializer(paired[1], self.definitions)
+        try:
+            convert.update_info(self._info_deserialize(rawdata))  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001  (the node logs and ignores a bad info message)
+            self.bad_info += 1
+
     def counters(self) -> dict[str, Any]:
-        """Messages received, undecodable and encoded, and the first decoding error."""
+        """Messages received, undecodable and encoded, the first decoding error, and the paired
+        info topic's messages (and how many of those were unusable)."""
         return {"received": self.received, "undecodable": self.undecodable,
-                "encoded": self.encoded, "first_error": self.first_error}
+                "encoded": self.encoded, "first_error": self.first_error,
+                "info_messages": self.info_messages, "bad_info": self.bad_info}
 
     @staticmethod
     def no_counters() -> dict[str, Any]:
         """The counters of a sensor that received nothing."""
-        return {"received": 0, "undecodable": 0, "encoded": 0, "first_error": ""}
+        return {"received": 0, "undecodable": 0, "encoded": 0, "first_error": "",
+                "info_messages": 0, "bad_info": 0}

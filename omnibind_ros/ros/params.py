@@ -181,6 +181,9 @@ SENSOR_KEYS: dict[str, ParamSpec] = {
     "encode_rate_hz": ParamSpec(_D, -1.0, "encode at most this often in Hz; 0 = every "
                                 "message; -1 = modality default (10 for audio, else 0)",
                                 -1.0, 10000.0),
+    "info_topic": ParamSpec(_S, "", "paired info topic of a message type that needs one "
+                            "(audio_common_msgs/AudioInfo for AudioData); '' = the driver's "
+                            "sibling topic (audio_info), 'none' = no info topic"),
 }
 
 
@@ -247,6 +250,7 @@ class SensorParams:
     lost_after: float
     enabled: bool
     encode_rate_hz: float
+    info_topic: str = ""
 
     def monitor_config(self, degraded_after_bad: int = 3) -> SensorConfig:
         return SensorConfig(name=self.name, modality=self.modality, topic=self.topic,

@@ -37,7 +37,7 @@ from omnibind_ros.core.threads import limit_blas_threads, limit_malloc_arenas
 from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import Recognition
 from omnibind_ros.ros import diagnostics, params, qos
-from omnibind_ros.ros.conversions import arrival_stamp_ns, conversion_for
+from omnibind_ros.ros.conversions import arrival_stamp_ns, conversion_for, info_topic_for
 from omnibind_ros.ros.interfaces import require_message_class
 from omnibind_ros.ros.params import SENSOR_KEYS, SensorParams, sensor_param
 from omnibind_ros.ros.recognition import from_time, recognition_message, to_time
@@ -53,9 +53,13 @@ class _Sensor:
         self.cfg = cfg
         self.msg_class = require_message_class(cfg.message_type, f"sensor {cfg.name}")
         self.convert = conversion_for(cfg.modality, cfg.message_type)
+        self.info = info_topic_for(self.convert, cfg.topic, cfg.info_topic)
+        self.info_class = None if self.info is None else require_message_class(
+            self.info[1], f"sensor {cfg.name} (info topic {self.info[0]})")
         self.pipeline = pipeline
         self.worker: SensorWorker | None = None
         self.subscription: Any = None
+        self.info_subscription: Any = None
         self.group = MutuallyExclusiveCallbackGroup()
 
 
@@ -300,6 +304,28 @@ class PerceptionNode(LifecycleNode):
         sensor.subscription = self.create_subscription(
             sensor.msg_class, cfg.topic, self._callback(sensor.worker, sensor.convert),
             cfg.qos_profile(), callback_group=sensor.group)
+        if sensor.info is not None:
+            # Same callback group as the data: the converter is never updated mid-conversion.
+            sensor.info_subscription = self.create_subscription(
+                sensor.info_class, sensor.info[0], self._info_callback(sensor),
+                qos.SENSOR_INFO, callback_group=sensor.group)
+            self.get_logger().info(f"sensor {cfg.name}: format from {sensor.info[0]} "
+                                   f"({sensor.info[1]}) when it arrives")
+
+    def _info_callback(self, sensor: _Sensor) -> Callable[[Any], None]:
+        last: list[Any] = [None]
+
+        def on_info(msg: Any) -> None:
+            try:
+                fmt = sensor.convert.update_info(msg)  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001  (a bad info message never kills the node)
+                self.get_logger().warning(f"sensor {sensor.cfg.name}: info message ignored: "
+                                          f"{exc}", throttle_duration_sec=10.0)
+                return
+            if fmt != last[0]:
+                last[0] = fmt
+                self.get_logger().info(f"sensor {sensor.cfg.name}: {fmt}")
+        return on_info
 
     def _callback(self, worker: SensorWorker, convert: Callable[[Any], Any]
                   ) -> Callable[[Any], None]:
@@ -316,9 +342,10 @@ class PerceptionNode(LifecycleNode):
     def _unsubscribe(self, sensor: _Sensor) -> SensorWorker | None:
         """Destroy the subscription; return the worker for the caller to stop outside the lock
         (a worker finishing an encode may be waiting for the engine's lock to tick)."""
-        if sensor.subscription is not None:
-            self.destroy_subscription(sensor.subscription)
-            sensor.subscription = None
+        for sub in (sensor.subscription, sensor.info_subscription):
+            if sub is not None:
+                self.destroy_subscription(sub)
+        sensor.subscription = sensor.info_subscription = None
         worker, sensor.worker = sensor.worker, None
         return worker
 

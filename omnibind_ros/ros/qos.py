@@ -46,7 +46,8 @@ from rclpy.qos import (
 
 __all__ = [
     "DIAGNOSTICS", "KEYS", "PROFILES", "QoSConfigError", "RECOGNITION", "SENSOR_DATA",
-    "SENSOR_DATA_LATEST", "SENSOR_QOS_BY_MODALITY", "SENSOR_RELIABLE", "SENSOR_STATUS", "TEXT",
+    "SENSOR_DATA_LATEST", "SENSOR_INFO", "SENSOR_QOS_BY_MODALITY", "SENSOR_RELIABLE",
+    "SENSOR_STATUS", "TEXT",
     "copy_qos", "describe_qos", "qos_for_modality", "qos_from_dict", "qos_from_name",
     "qos_to_dict",
 ]
@@ -69,6 +70,10 @@ RECOGNITION = _profile(ReliabilityPolicy.RELIABLE, 10)
 SENSOR_STATUS = _profile(ReliabilityPolicy.RELIABLE, 1, DurabilityPolicy.TRANSIENT_LOCAL)
 DIAGNOSTICS = _profile(ReliabilityPolicy.RELIABLE, 1)
 TEXT = _profile(ReliabilityPolicy.RELIABLE, 10)
+#: A sensor's paired info topic (AudioInfo every 5 s, CameraInfo with each frame): best effort
+#: and volatile match every publisher (reliable or not, transient-local or not); only the newest
+#: matters.
+SENSOR_INFO = _profile(ReliabilityPolicy.BEST_EFFORT, 1)
 
 #: Name -> profile. Use :func:`qos_from_name`, which returns a copy safe to modify.
 PROFILES: dict[str, QoSProfile] = {

@@ -125,3 +125,65 @@ def test_foreign_bag_reads_by_installed_class_and_by_the_bags_definitions(
         assert got["undecodable"] == 0, (sensor, got)
         assert got["encoded"] >= encoded, (sensor, got)
     assert sum(t.answered for t in result.ticks) >= 10
+
+
+def _write_audio_capture_bag(path: Path, with_info: bool) -> np.ndarray:
+    """What audio_capture (format:=wave, sample_format S32LE, 2 channels, 48 kHz) records:
+    unstamped AudioData chunks on /mic/audio and its AudioInfo on /mic/audio_info."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from omnibind_ros.bag.types import typestore
+
+    store = typestore()
+    Data, Info = (store.types[f"audio_common_msgs/msg/{n}"] for n in ("AudioData", "AudioInfo"))
+    frames = (np.sin(np.arange(96_000)[:, None] * [0.05, 0.07]) * 0.4 * 2**31).astype("<i4")
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        data_conn = writer.add_connection("/mic/audio", Data.__msgtype__, typestore=store)
+        info_conn = writer.add_connection("/mic/audio_info", Info.__msgtype__, typestore=store)
+        if with_info:
+            info = Info(channels=2, sample_rate=48000, sample_format="S32LE", bitrate=0,
+                        coding_format="wave")
+            writer.write(info_conn, T0 - 1, store.serialize_cdr(info, Info.__msgtype__))
+        for k in range(0, 96_000, 960):           # 20 ms chunks, 2 s
+            chunk = Data(data=np.frombuffer(frames[k:k + 960].tobytes(), np.uint8))
+            log = T0 + round((k + 960) / 48000 * S)
+            writer.write(data_conn, log, store.serialize_cdr(chunk, Data.__msgtype__))
+    return frames
+
+
+def test_audio_data_takes_its_format_from_the_paired_audio_info(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    from omnibind_ros.bag.offline import evaluate_offline
+
+    root = tmp_path_factory.mktemp("audio_capture")
+    config = root / "perception.yaml"
+    config.write_text(f"""/**/omnibind_perception:
+  ros__parameters:
+    sensors: [microphone]
+    fusion: {{rate_hz: 10.0, max_age_s: 1.0}}
+    labels:
+      names: {json.dumps(["metal can", "glass teapot"])}
+    sensors.microphone: {{modality: audio, topic: /mic/audio, expected_rate_hz: 50.0,
+                         message_type: audio_common_msgs/msg/AudioData}}
+""")
+    bundle = write_test_bundle(root / "tiny")
+    out = {}
+    for with_info in (True, False):
+        bag = root / f"bag_{with_info}"
+        _write_audio_capture_bag(bag, with_info)
+        for processes in (0, 2):
+            result = evaluate_offline(bag, bundle=bundle, config=config, processes=processes,
+                                      progress=False)
+            mic = result.extra["sensors"]["microphone"]
+            assert mic["messages"] == 100 and mic["undecodable"] == 0, mic
+            assert mic.get("info_messages", 0) == int(with_info), mic
+            assert "/mic/audio_info" not in result.skipped_topics
+            out[with_info, processes] = result
+    # with its AudioInfo the chunks are 20 ms of 48 kHz stereo, stamped 20 ms before their
+    # arrival; without it they are read as audio_capture's default (S16LE mono 16 kHz: 240 ms
+    # of noise each, stamped 240 ms before arrival) and the monitor never sees a live sensor
+    answered = {k: sum(t.answered for t in r.ticks) for k, r in out.items()}
+    assert answered[True, 0] == answered[True, 2] >= 15
+    assert answered[False, 0] == answered[False, 2] < answered[True, 0]
+    stamps = [t.stamp_ns for t in out[True, 0].ticks if t.answered]
+    assert all((s - T0) % 20_000_000 == 0 for s in stamps)   # chunk starts: k * 20 ms

@@ -504,3 +504,32 @@ def test_fuzzed_messages_never_crash_the_node(make_harness) -> None:
     assert h.wait(lambda: len(h.recognitions) > before + 5 and h.recognitions[-1].sensors
                   and {"camera", "lidar"} <= set(h.recognitions[-1].sensors), timeout=15.0)
     assert h.thread.is_alive()
+
+
+# -- drivers' message types -----------------------------------------------------------------------
+
+def test_audio_data_sensor_takes_its_format_from_the_sibling_audio_info(make_harness) -> None:
+    from audio_common_msgs.msg import AudioInfo
+
+    from omnibind_ros.ros import qos
+    from omnibind_ros.ros.conversions import AudioFormat
+
+    mic = {"mic": ("audio", "/t/mic/audio", "audio_common_msgs/msg/AudioData")}
+    h = make_harness(sensor_overrides(mic))
+    assert h.node.autostart()
+    convert = h.node._sensors["mic"].convert
+    assert convert.format == AudioFormat()                  # audio_capture's defaults until then
+    pub = h.helper.create_publisher(AudioInfo, "/t/mic/audio_info", qos.SENSOR_RELIABLE)
+    info = AudioInfo(channels=2, sample_rate=48000, sample_format="S32LE", bitrate=0,
+                     coding_format="wave")
+
+    def updated() -> bool:
+        pub.publish(info)
+        return convert.format == AudioFormat("S32LE", 48000, 2, "wave")
+    assert h.wait(updated, timeout=10.0, publish=False)
+
+
+def test_a_sensor_of_a_type_not_installed_fails_configure(make_harness) -> None:
+    mic = {"mic": ("audio", "/t/mic/audio", "audio_common_msgs/msg/AudioStamped")}
+    h = make_harness(sensor_overrides(mic))
+    assert not h.node.autostart()

@@ -69,7 +69,7 @@ from omnibind_ros.ros.conversions.point_cloud import (
 __all__ = [
     "AUDIO_ENCODINGS", "CONVERTERS", "ENCODINGS", "MAX_PACKET_SPAN_NS", "POINT_FIELD_DTYPES",
     "AudioDataConverter", "AudioFormat", "DecodedImage", "EventPacketConverter",
-    "ImageEncoding", "arrival_stamp_ns", "audio_chunk_to_block",
+    "ImageEncoding", "arrival_stamp_ns", "audio_chunk_to_block", "info_topic_for",
     "audio_stamped_to_block", "block_to_audio_chunk", "block_to_audio_data_stamped",
     "compressed_image_to_numpy", "conversion_for", "event_array_to_packet", "image_to_numpy",
     "normalise_msg_type", "numpy_to_compressed_image", "numpy_to_image",
@@ -79,6 +79,23 @@ __all__ = [
     "thermal_from_compressed_image", "thermal_from_image", "thermal_to_image",
     "xyz_to_pointcloud2",
 ]
+
+
+def info_topic_for(convert: Callable[[Any], Any], topic: str, configured: str = ""
+                   ) -> tuple[str, str] | None:
+    """(info topic, its message type) a sensor's converter listens to, or None.
+
+    A converter that needs a paired info topic (``AudioDataConverter``: ``AudioInfo``) has
+    ``INFO_TYPE``, ``INFO_SIBLING`` (the topic name its driver uses beside the data topic) and
+    ``update_info(msg)``. ``configured``: the sensor's ``info_topic`` ("" = the sibling,
+    "none" = none)."""
+    info_type = getattr(convert, "INFO_TYPE", None)
+    if info_type is None or configured.strip().lower() == "none":
+        return None
+    if configured.strip():
+        return configured.strip(), info_type
+    head, _, _ = topic.rstrip("/").rpartition("/")
+    return f"{head}/{convert.INFO_SIBLING}", info_type
 
 
 def arrival_stamp_ns(convert: Callable[[Any], Any], msg: Any, arrival_ns: int) -> int:

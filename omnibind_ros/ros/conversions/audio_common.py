@@ -100,7 +100,11 @@ class AudioFormat:
 
 class AudioDataConverter:
     """``audio_common_msgs/AudioData`` or ``AudioDataStamped`` -> :class:`AudioBlock` in a
-    known :class:`AudioFormat` (one per microphone topic: a paired ``AudioInfo`` updates it)."""
+    known :class:`AudioFormat` (one per microphone topic: a paired ``AudioInfo`` updates it;
+    audio_capture publishes it every 5 s on ``audio_info`` beside ``audio``)."""
+
+    INFO_TYPE = "audio_common_msgs/msg/AudioInfo"
+    INFO_SIBLING = "audio_info"
 
     def __init__(self, fmt: AudioFormat | None = None) -> None:
         self.format = fmt or AudioFormat()
