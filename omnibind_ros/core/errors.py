@@ -83,7 +83,8 @@ class MalformedPacketError(InvalidValueError):
 
 
 class MissingReferenceError(PreprocessError):
-    """A stateless tactile call got a frame without its no-contact reference image."""
+    """A payload lacks the reference it needs: a stateless tactile call got a frame without its
+    no-contact reference image, a depth image arrived before any CameraInfo."""
 
 
 class SilentAudioError(PreprocessError):

@@ -70,7 +70,8 @@ MODALITY_SPECS: dict[Modality, ModalitySpec] = {
                                "audio_common_msgs/msg/AudioDataStamped",
                                "audio_common_msgs/msg/AudioStamped")),
         ModalitySpec(Modality.POINT_CLOUD, Role.STUDENT, "float32 Nx3 points in sensor frame",
-                     "point_cloud", ("sensor_msgs/msg/PointCloud2",)),
+                     "point_cloud", ("sensor_msgs/msg/PointCloud2", "sensor_msgs/msg/Image",
+                                     "sensor_msgs/msg/CompressedImage")),
     )
 }
 

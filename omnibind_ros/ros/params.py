@@ -182,8 +182,8 @@ SENSOR_KEYS: dict[str, ParamSpec] = {
                                 "message; -1 = modality default (10 for audio, else 0)",
                                 -1.0, 10000.0),
     "info_topic": ParamSpec(_S, "", "paired info topic of a message type that needs one "
-                            "(audio_common_msgs/AudioInfo for AudioData); '' = the driver's "
-                            "sibling topic (audio_info), 'none' = no info topic"),
+                            "(AudioInfo for AudioData, CameraInfo for a depth image); '' = the "
+                            "driver's sibling topic (audio_info, camera_info), 'none' = none"),
 }
 
 

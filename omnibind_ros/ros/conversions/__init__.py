@@ -37,6 +37,7 @@ from omnibind_ros.ros.conversions.audio_common import (
     audio_stamped_to_block,
     block_to_audio_data_stamped,
 )
+from omnibind_ros.ros.conversions.depth import DepthCloudConverter, back_project
 from omnibind_ros.ros.conversions.event import (
     MAX_PACKET_SPAN_NS,
     EventPacketConverter,
@@ -68,8 +69,10 @@ from omnibind_ros.ros.conversions.point_cloud import (
 
 __all__ = [
     "AUDIO_ENCODINGS", "CONVERTERS", "ENCODINGS", "MAX_PACKET_SPAN_NS", "POINT_FIELD_DTYPES",
-    "AudioDataConverter", "AudioFormat", "DecodedImage", "EventPacketConverter",
-    "ImageEncoding", "arrival_stamp_ns", "audio_chunk_to_block", "info_topic_for",
+    "AudioDataConverter", "AudioFormat", "DecodedImage", "DepthCloudConverter",
+    "EventPacketConverter",
+    "ImageEncoding", "arrival_stamp_ns", "audio_chunk_to_block", "back_project",
+    "info_topic_for",
     "audio_stamped_to_block", "block_to_audio_chunk", "block_to_audio_data_stamped",
     "compressed_image_to_numpy", "conversion_for", "event_array_to_packet", "image_to_numpy",
     "normalise_msg_type", "numpy_to_compressed_image", "numpy_to_image",
@@ -87,7 +90,8 @@ def info_topic_for(convert: Callable[[Any], Any], topic: str, configured: str = 
 
     A converter that needs a paired info topic (``AudioDataConverter``: ``AudioInfo``) has
     ``INFO_TYPE``, ``INFO_SIBLING`` (the topic name its driver uses beside the data topic) and
-    ``update_info(msg)``. ``configured``: the sensor's ``info_topic`` ("" = the sibling,
+    ``update_info(msg)``; ``DepthCloudConverter`` listens to ``camera_info``. ``configured``:
+    the sensor's ``info_topic`` ("" = the sibling,
     "none" = none)."""
     info_type = getattr(convert, "INFO_TYPE", None)
     if info_type is None or configured.strip().lower() == "none":
@@ -140,6 +144,8 @@ CONVERTERS: dict[tuple[str, str], Callable[[Any], Any] | type] = {
     ("audio", "audio_common_msgs/msg/AudioDataStamped"): AudioDataConverter,
     ("audio", "audio_common_msgs/msg/AudioStamped"): audio_stamped_to_block,
     ("point_cloud", "sensor_msgs/msg/PointCloud2"): pointcloud2_to_xyz,
+    ("point_cloud", IMAGE): DepthCloudConverter,
+    ("point_cloud", COMPRESSED_IMAGE): DepthCloudConverter,
     ("text", "std_msgs/msg/String"): string_to_text,
 }
 
