@@ -98,6 +98,23 @@ def _packet_arrays(packet: EventPacket) -> list[np.ndarray]:
     return arrays
 
 
+def _checked_packet(packet: EventPacket, max_xy: int, max_t_ns: int | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """A packet's arrays and sensor size, checked against what a message can hold."""
+    if not isinstance(packet, EventPacket):
+        raise InvalidDtypeError(f"expected an EventPacket, got {type(packet).__name__}")
+    x, y, t_ns, polarity = _packet_arrays(packet)
+    limits = [("x", x, max_xy), ("y", y, max_xy), ("polarity", polarity, 1)]
+    if max_t_ns is not None:
+        limits.append(("t_ns", t_ns, max_t_ns))
+    for name, values, high in limits:
+        _check_range(values.astype(np.int64), name, high)
+    width = f.uint_field(packet, "width", "EventPacket")
+    height = f.uint_field(packet, "height", "EventPacket")
+    _check_events(x, y, t_ns, polarity, width, height)
+    return x, y, t_ns, polarity, width, height
+
+
 def _check_range(values: np.ndarray, name: str, high: int) -> None:
     if values.size and (int(values.min()) < 0 or int(values.max()) > high):
         raise InvalidValueError(f"EventPacket.{name} must lie in [0, {high}], got "
@@ -119,15 +136,7 @@ def packet_to_event_array(packet: EventPacket, stamp: object = None, frame_id: s
     """
     from omnibind_ros.msg import EventArray
 
-    if not isinstance(packet, EventPacket):
-        raise InvalidDtypeError(f"expected an EventPacket, got {type(packet).__name__}")
-    x, y, t_ns, polarity = _packet_arrays(packet)
-    for name, values, high in (("x", x, 65535), ("y", y, 65535),
-                               ("t_ns", t_ns, MAX_PACKET_SPAN_NS), ("polarity", polarity, 1)):
-        _check_range(values.astype(np.int64), name, high)
-    width = f.uint_field(packet, "width", "EventPacket")
-    height = f.uint_field(packet, "height", "EventPacket")
-    _check_events(x, y, t_ns, polarity, width, height)
+    x, y, t_ns, polarity, width, height = _checked_packet(packet, 65535, MAX_PACKET_SPAN_NS)
     return EventArray(header=f.make_header(stamp, frame_id), width=width, height=height,
                       x=f.packed("H", x), y=f.packed("H", y), t=f.packed("I", t_ns),
                       polarity=f.packed("B", polarity))
@@ -179,12 +188,8 @@ def packet_to_event_packet(packet: EventPacket, stamp: object = None, frame_id: 
     """
     from event_camera_msgs.msg import EventPacket as EventPacketMsg
 
-    if not isinstance(packet, EventPacket):
-        raise InvalidDtypeError(f"expected an EventPacket, got {type(packet).__name__}")
-    x, y, t_ns, polarity = _packet_arrays(packet)
-    width = f.uint_field(packet, "width", "EventPacket")
-    height = f.uint_field(packet, "height", "EventPacket")
-    _check_events(x, y, t_ns, polarity, width, height)
+    # evt3 addresses are 11 bits; its 24-bit microsecond clock wraps, so times are not limited
+    x, y, t_ns, polarity, width, height = _checked_packet(packet, 2047, None)
     sec, nanosec = f.stamp_parts(stamp)
     events = encode_evt3(x, y, sec * 1_000_000_000 + nanosec + t_ns.astype(np.int64), polarity)
     return EventPacketMsg(header=f.make_header(stamp, frame_id), height=height, width=width,
