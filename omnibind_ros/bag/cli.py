@@ -310,6 +310,8 @@ def print_summary(result: Any, scores: dict[str, Any], paths: dict[str, Path],
                      f"p95 {1e3 * latency['p95']:.1f} ms")
     if parts:
         console.print("timing: " + ", ".join(parts))
+    for warning in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}")
     if result.skipped_topics:
         console.print(escape("skipped topics: " + "; ".join(
             f"{t} ({why})" for t, why in sorted(result.skipped_topics.items()))))

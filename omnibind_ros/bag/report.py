@@ -99,6 +99,8 @@ def render_markdown(result: EvalResult, scores: dict[str, Any],
     if result.error:
         lines += ["", f"> **The bag is damaged; the results cover what was read before the "
                   f"damage.** {result.error}"]
+    for warning in result.warnings:
+        lines += ["", f"> **Warning:** {warning}"]
     if extra.get("unknown_params"):
         lines += ["", "> Unknown parameters in the config (ignored, as the node does): "
                   + ", ".join(f"`{p}`" for p in extra["unknown_params"])]
@@ -187,6 +189,7 @@ def report_json(result: EvalResult, scores: dict[str, Any]) -> dict[str, Any]:
         "duration_s": round((result.end_ns - result.start_ns) / NS, 9),
         "sensors": list(result.sensors), "modalities": dict(result.modalities),
         "skipped_topics": dict(result.skipped_topics),
+        "warnings": result.warnings,
         "phases": [{"label": p.label, "start_s": round(result.t_s(p.start_ns), 6),
                     "end_s": round(result.t_s(p.end_ns), 6)} for p in result.phases],
         "meta": meta, "scores": body,

@@ -33,6 +33,7 @@ like the live demo):
 from __future__ import annotations
 
 import bisect
+import difflib
 import json
 import math
 import re
@@ -61,7 +62,7 @@ if TYPE_CHECKING:  # scoring only calls interval_at
 __all__ = [
     "EvalResult", "NS", "Phase", "StateChange", "TickRecord", "VERDICTS", "auto_bin_s",
     "phases_from_events", "phases_from_states", "reason_kind", "score",
-    "sensor_state_seconds", "tick_verdict",
+    "sensor_state_seconds", "tick_verdict", "truth_label_warnings",
 ]
 
 #: Monitor states that keep a sensor in (or eligible for) fusion; the others end a phase.
@@ -168,6 +169,28 @@ class EvalResult:
     def t_s(self, t_ns: int) -> float:
         """Seconds since the bag's first message."""
         return (t_ns - self.start_ns) / NS
+
+    @property
+    def warnings(self) -> list[str]:
+        """What makes the scores misleading: ground-truth labels outside the label set."""
+        return truth_label_warnings(self.truth, self.extra.get("labels") or [])
+
+
+def truth_label_warnings(truth: Any, labels: Sequence[str]) -> list[str]:
+    """One warning per ground-truth label the model cannot answer (not in ``labels``): every
+    tick of it is scored wrong, silently otherwise (a relabelled interval, a typo, another
+    naming scheme). Names the nearest label by spelling (``difflib``)."""
+    if truth is None or not labels:
+        return []
+    known = set(labels)
+    out = []
+    for label in truth.labels():
+        if label in known:
+            continue
+        nearest = difflib.get_close_matches(label, list(labels), n=1, cutoff=0.0)
+        out.append(f"ground-truth label {label!r} is not in the label set, so every tick of "
+                   f"it is scored wrong; nearest label: {nearest[0]!r}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

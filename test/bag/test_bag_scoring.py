@@ -156,3 +156,17 @@ def test_phases_from_monitor_states() -> None:
     assert [(p.label, (p.start_ns - T0) / S, (p.end_ns - T0) / S) for p in phases] == [
         ("all sensors", 0.0, 3.0), ("cam unplugged", 3.0, 6.0), ("all sensors", 6.0, 7.0),
         ("lidar noisy", 7.0, 8.0), ("all sensors", 8.0, 10.0)]
+
+
+def test_truth_labels_outside_the_label_set_are_warned_with_the_nearest_label() -> None:
+    from omnibind_ros.bag.report import render_markdown, report_json
+
+    relabelled = _result([_tick(1000, "mug")], extra={"labels": ["mug", "cans", "teapot"]})
+    assert relabelled.warnings == [
+        "ground-truth label 'can' is not in the label set, so every tick of it is scored "
+        "wrong; nearest label: 'cans'"]
+    scores = score(relabelled)
+    assert "> **Warning:** ground-truth label 'can'" in render_markdown(relabelled, scores)
+    assert report_json(relabelled, scores)["warnings"] == relabelled.warnings
+    assert _result([], extra={"labels": ["mug", "can"]}).warnings == []
+    assert _result([], truth=None, extra={"labels": ["x"]}).warnings == []
