@@ -128,10 +128,7 @@ class _State:
         return at, (int(vals[-1]) if vals.size else initial)
 
 
-def _popcount12(masks: np.ndarray) -> np.ndarray:
-    return _POPCOUNT[masks]
-
-
+#: Set bits of every 12-bit mask (a vector word's event count).
 _POPCOUNT = np.array([bin(i).count("1") for i in range(1 << 12)], np.int32)
 
 
@@ -139,7 +136,7 @@ def _expand(single: np.ndarray, mask: np.ndarray, start: np.ndarray, fixed: np.n
             t: np.ndarray, polarity: np.ndarray, along_x: bool) -> DecodedEvents:
     """Events of the emitting words in stream order: a single-event word gives one event at
     ``start``; a vector word one per set bit ``i`` of ``mask`` at ``start + i``."""
-    counts = np.where(single, 1, _popcount12(mask))
+    counts = np.where(single, 1, _POPCOUNT[mask])
     offsets = np.cumsum(counts) - counts
     n = int(counts.sum())
     moving = np.empty(n, np.int64)

@@ -151,8 +151,11 @@ def sensor_message_class(modality: str, message_type: str = "") -> type:
 def build_sensor_message(modality: str, payload: Any, stamp: Time, frame_id: str,
                          message_type: str = "") -> Any:
     """The message for one :class:`~omnibind_ros.sim.stream.StreamItem` payload."""
-    return _BUILDERS[(modality, sensor_message_type(modality, message_type))](
-        payload, stamp, frame_id)
+    # Per message: a configured sensor's type is already canonical, so look it up directly.
+    builder = _BUILDERS.get((modality, message_type))
+    if builder is None:
+        builder = _BUILDERS[(modality, sensor_message_type(modality, message_type))]
+    return builder(payload, stamp, frame_id)
 
 
 def sensor_qos_name(modality: str) -> str:
