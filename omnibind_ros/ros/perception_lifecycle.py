@@ -15,6 +15,7 @@ error line (the node stays alive in ``unconfigured`` and can be configured again
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -280,8 +281,11 @@ class PerceptionNode(LifecycleNode):
         with self._lock:
             pipeline = make_pipeline(cfg.modality, self._bundle, self._backend, self._hook)
             sensor = _Sensor(cfg, pipeline)
-            self._engine.add_sensor(
-                cfg.monitor_config(int(self._param("bad_samples_to_degrade"))))
+            monitor_cfg = cfg.monitor_config(int(self._param("bad_samples_to_degrade")))
+            # Status and diagnostics name the topic as resolved (namespace, remappings), while
+            # the subscription keeps the configured name: a relative one follows the namespace.
+            self._engine.add_sensor(dataclasses.replace(
+                monitor_cfg, topic=self.resolve_topic_name(cfg.topic)))
             self._sensors[cfg.name] = sensor
             if self._active:
                 self._subscribe(sensor)

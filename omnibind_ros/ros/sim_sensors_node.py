@@ -28,7 +28,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +61,13 @@ from omnibind_ros.sim.scenario import ALL, Scenario, corrupt, load_scenario  # n
 from omnibind_ros.sim.stream import DEFAULT_SENSORS, WINDOWED, StreamItem, WorldStream  # noqa: E402
 
 __all__ = ["DEFAULT_TOPIC_SUFFIX", "SensorConfig", "SimSensorsNode",
-           "build_sensor_message", "ground_truth_message", "main", "sensor_defaults",
-           "sensor_message_class", "sensor_message_type", "sensor_qos_name", "stamp_from_ns"]
+           "build_sensor_message", "ground_truth_message", "main", "root_topic",
+           "sensor_defaults", "sensor_message_class", "sensor_message_type", "sensor_qos_name",
+           "stamp_from_ns"]
 
-#: Topic of sensor <name> by default: /sim/<name>/<suffix> (the names the perception node's
-#: default configuration subscribes to).
+#: Topic of sensor <name> by default: sim/<name>/<suffix>, a relative name, so it follows the
+#: node's namespace (``namespace:=robot1`` -> /robot1/sim/camera/image_raw), as the perception
+#: node's default configuration does.
 DEFAULT_TOPIC_SUFFIX = {"image": "image_raw", "thermal": "image_raw", "event": "events",
                         "tactile": "image_raw", "audio": "audio", "point_cloud": "points",
                         "text": "text"}
@@ -92,9 +94,22 @@ _BUILDERS: dict[tuple[str, str], Builder] = {
 _MODALITIES = tuple(dict.fromkeys(m for m, _ in _BUILDERS))
 
 
+def root_topic(topic: str, node_name: str = SIM_SENSORS_NODE) -> str:
+    """A topic name as a node in the root namespace resolves it ("sim/x" -> "/sim/x",
+    "~/x" -> "/<node_name>/x"): what a bag records, since a bag has no namespace."""
+    if topic.startswith("~/"):
+        return f"/{node_name}/{topic[2:]}"
+    return topic if topic.startswith("/") else "/" + topic
+
+
 @dataclass
 class SensorConfig:
-    """One simulated sensor as configured (``sensors.<name>.*`` parameters)."""
+    """One simulated sensor as configured (``sensors.<name>.*`` parameters).
+
+    ``topic`` is the name resolved in the root namespace (``/sim/camera/image_raw``: what bag
+    recording writes); ``configured_topic`` keeps the name as configured, which the node
+    publishes on, so a relative name follows the node's namespace.
+    """
 
     name: str
     modality: str
@@ -104,6 +119,11 @@ class SensorConfig:
     enabled: bool = True
     noise: bool = False
     message_type: str = ""
+    configured_topic: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.configured_topic = self.topic
+        self.topic = root_topic(self.topic)
 
     @property
     def delay_s(self) -> float:
@@ -168,7 +188,7 @@ def sensor_defaults(name: str, modality: str | None = None) -> dict[str, Any]:
     ``DEFAULT_SENSORS``; topic and frame from the name and the modality)."""
     default_mod, rate = DEFAULT_SENSORS.get(name, ("", 10.0))
     mod = modality or default_mod
-    return {"modality": mod, "topic": f"/sim/{name}/{DEFAULT_TOPIC_SUFFIX.get(mod, 'data')}",
+    return {"modality": mod, "topic": f"sim/{name}/{DEFAULT_TOPIC_SUFFIX.get(mod, 'data')}",
             "rate_hz": float(rate), "frame_id": f"sim_{name}", "enabled": True, "noise": False}
 
 
@@ -283,7 +303,8 @@ class SimSensorsNode(Node):
         defaults = sensor_defaults(name, mod)
         topic = self.declare_parameter(
             prefix + "topic", defaults["topic"],
-            d("Topic the sensor publishes on.", p.PARAMETER_STRING))
+            d("Topic the sensor publishes on; a relative name (sim/camera/image_raw) follows the "
+              "node's namespace.", p.PARAMETER_STRING))
         rate_hz = self.declare_parameter(prefix + "rate_hz", defaults["rate_hz"], d(
             "Messages per second (window sensors: one window per message).",
             p.PARAMETER_DOUBLE, low=0.01, high=1000.0))
@@ -340,14 +361,20 @@ class SimSensorsNode(Node):
     def _plug(self, sensor: SensorConfig) -> None:
         msg_type = sensor_message_class(sensor.modality, sensor.message_type)
         qos = qos_from_name(sensor_qos_name(sensor.modality))
-        self._sensor_pubs[sensor.name] = self.create_publisher(msg_type, sensor.topic, qos)
-        self.get_logger().info(f"sensor {sensor.name} plugged in on {sensor.topic}")
+        pub = self.create_publisher(msg_type, sensor.configured_topic, qos)
+        self._sensor_pubs[sensor.name] = pub
+        self.get_logger().info(f"sensor {sensor.name} plugged in on {pub.topic_name}")
 
     def _unplug(self, sensor: SensorConfig) -> None:
         pub = self._sensor_pubs.pop(sensor.name, None)
         if pub is not None:
             self.destroy_publisher(pub)
-        self.get_logger().info(f"sensor {sensor.name} unplugged from {sensor.topic}")
+        self.get_logger().info(f"sensor {sensor.name} unplugged from {self.topic_of(sensor.name)}")
+
+    def topic_of(self, name: str) -> str:
+        """The fully qualified topic sensor ``name`` publishes on (namespace included)."""
+        sensor = self.sensors[name]
+        return self.resolve_topic_name(sensor.configured_topic)
 
     def _set_ground_truth(self, on: bool) -> None:
         if on and self._gt_pub is None:

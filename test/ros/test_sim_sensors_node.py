@@ -261,8 +261,13 @@ def test_shipped_params_file_configures_every_sensor(make_node) -> None:
     assert list(node.sensors) == spec["sensors"]
     assert node.period_s == spec["object_period_s"]
     for name, sensor in node.sensors.items():
-        for key in ("modality", "topic", "rate_hz", "frame_id", "enabled", "noise"):
+        for key in ("modality", "rate_hz", "frame_id", "enabled", "noise"):
             assert getattr(sensor, key) == spec[f"sensors.{name}"][key], (name, key)
+        # relative topics: published inside the node's namespace, recorded at the root
+        configured = spec[f"sensors.{name}"]["topic"]
+        assert sensor.configured_topic == configured and not configured.startswith("/")
+        assert node.topic_of(name) == f"/robot/{configured}"
+        assert sensor.topic == f"/{configured}"
 
 
 def test_use_sim_time_follows_clock(harness) -> None:
