@@ -5,11 +5,19 @@
         params_file:=/path/to/my_perception.yaml backend:=tensorrt
     ros2 launch omnibind_ros perception.launch.py scenario_file:=hotplug_demo.yaml \
         large_messages:=true
+    ros2 launch omnibind_ros perception.launch.py sim:=false discovery_range:=SUBNET
 
 Starts ``omnibind_perception`` (a lifecycle node; ``autostart:=true`` lets it configure and
 activate itself, ``autostart:=false`` leaves that to a lifecycle manager) and, with
 ``sim:=true``, ``omnibind_sim_sensors`` streaming the simulated world on the topics the default
-perception config subscribes to. Both run in ``namespace``.
+perception config subscribes to. Both run in ``namespace``: the default configs name the sensor
+topics relatively (``sim/camera/image_raw``), so ``namespace:=robot1`` moves the simulated
+sensors and the perception node's subscriptions to ``/robot1/sim/...`` together.
+
+DDS discovery: the nodes keep it on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``,
+omnibind_ros/ros/env.py) and log the effective settings at start-up. A robot whose nodes run
+on several hosts opens it here: ``discovery_range:=SUBNET`` or ``static_peers:="10.0.0.2;..."``
+(both also set ``OMNIBIND_KEEP_DISCOVERY_RANGE=1``, so the nodes keep what launch set).
 
 Every launch import happens inside :func:`generate_launch_description`, so the file can be
 imported (and checked by the test suite) where the launch system is not installed.
@@ -38,7 +46,11 @@ def generate_launch_description() -> Any:
     from launch import LaunchDescription  # noqa: I001
     from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
     from launch.conditions import IfCondition
-    from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+    from launch.substitutions import (
+        LaunchConfiguration,
+        NotEqualsSubstitution,
+        PathJoinSubstitution,
+    )
     from launch_ros.actions import Node
     from launch_ros.parameter_descriptions import ParameterFile, ParameterValue
     from launch_ros.substitutions import FindPackageShare
@@ -90,6 +102,19 @@ def generate_launch_description() -> Any:
                         "so that best-effort messages over ~512 KB reach other processes.",
         ),
         DeclareLaunchArgument(
+            "discovery_range", default_value="LOCALHOST",
+            choices=["LOCALHOST", "SUBNET", "SYSTEM_DEFAULT", "OFF"],
+            description="ROS_AUTOMATIC_DISCOVERY_RANGE of both nodes. LOCALHOST (default) keeps "
+                        "DDS discovery on this machine; SUBNET for a robot whose nodes run on "
+                        "several hosts.",
+        ),
+        DeclareLaunchArgument(
+            "static_peers", default_value="",
+            description="ROS_STATIC_PEERS of both nodes: ';'-separated hosts to discover "
+                        "directly (works with discovery_range:=LOCALHOST, no multicast); "
+                        "empty: none.",
+        ),
+        DeclareLaunchArgument(
             "log_level", default_value="info",
             choices=["debug", "info", "warn", "error", "fatal"],
             description="Log level of both nodes.",
@@ -97,6 +122,21 @@ def generate_launch_description() -> Any:
     ]
     use_sim_time = ParameterValue(arg("use_sim_time"), value_type=bool)
     log_level = ["--log-level", arg("log_level")]
+
+    # Any other range or static peers is the user's explicit choice: tell the nodes (env.py) to
+    # keep it instead of forcing LOCALHOST.
+    discovery = [
+        SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", arg("discovery_range")),
+        SetEnvironmentVariable("ROS_STATIC_PEERS", arg("static_peers"),
+                               condition=IfCondition(NotEqualsSubstitution(
+                                   arg("static_peers"), ""))),
+        SetEnvironmentVariable("OMNIBIND_KEEP_DISCOVERY_RANGE", "1",
+                               condition=IfCondition(NotEqualsSubstitution(
+                                   arg("discovery_range"), "LOCALHOST"))),
+        SetEnvironmentVariable("OMNIBIND_KEEP_DISCOVERY_RANGE", "1",
+                               condition=IfCondition(NotEqualsSubstitution(
+                                   arg("static_peers"), ""))),
+    ]
 
     large_messages = SetEnvironmentVariable(
         fastdds_profile_variable(),
@@ -127,5 +167,5 @@ def generate_launch_description() -> Any:
         condition=IfCondition(arg("sim")),
     )
 
-    return LaunchDescription([*declared, large_messages, sim_sensors, perception])
+    return LaunchDescription([*declared, *discovery, large_messages, sim_sensors, perception])
 

@@ -22,7 +22,8 @@ What it guarantees:
 A robot's own deployment chooses its discovery range itself: with
 ``OMNIBIND_KEEP_DISCOVERY_RANGE=1`` in the environment the discovery variables are left exactly as
 they are (with a warning), everything else still applies. Development, test and CI tooling never
-set it.
+set it. The nodes log :func:`discovery_summary` at start-up: the effective range, static peers
+and domain, and how to open them.
 
 Also usable from a shell: ``eval "$(python -m omnibind_ros.ros.env --large-messages)"`` (what
 ``scripts/ros_env.sh`` does).
@@ -43,6 +44,7 @@ __all__ = [
     "DISCOVERY_RANGE_VAR",
     "KEEP_DISCOVERY_RANGE_VAR",
     "UnsafeRosEnvironmentError",
+    "discovery_summary",
     "ensure_safe_ros_env",
     "fastdds_profile_path",
     "reserve_domain_id",
@@ -71,6 +73,9 @@ MANAGED_VARS = (
 MAX_DOMAIN_ID = 232
 PROFILE_RELPATH = Path("config") / "fastdds_localhost.xml"
 _PACKAGE = "omnibind_ros"
+#: Discovery variables ensure_safe_ros_env changed in this process: name -> value before
+#: ("" = unset), for discovery_summary.
+_forced_from: dict[str, str] = {}
 
 
 class UnsafeRosEnvironmentError(RuntimeError):
@@ -120,7 +125,11 @@ def ensure_safe_ros_env(
             f"{env.get(DISCOVERY_RANGE_VAR, '<unset>')} as it is; DDS discovery may leave this "
             "machine.", RuntimeWarning, stacklevel=2)
     else:
+        before = {var: env.get(var, "") for var in (DISCOVERY_RANGE_VAR, *_REMOTE_PEER_VARS)}
         _restrict_discovery_to_localhost(env, rclpy_loaded)
+        if is_process_env:
+            _forced_from.update({var: old for var, old in before.items()
+                                 if env.get(var, "") != old})
 
     changed = []
     if log_dir is not None:
@@ -173,6 +182,27 @@ def _restrict_discovery_to_localhost(env: MutableMapping[str, str], rclpy_loaded
             warnings.warn(f"removing {var}={value!r}: it names hosts other than this one.",
                           RuntimeWarning, stacklevel=3)
             del env[var]
+
+
+def discovery_summary(environ: MutableMapping[str, str] | None = None) -> str:
+    """One line for a node's start-up log: the effective DDS discovery settings, who chose
+    them, and how a multi-host robot opens them (the project's tooling keeps LOCALHOST)."""
+    env = os.environ if environ is None else environ
+    forced = _forced_from if environ is None or environ is os.environ else {}
+    values = [f"{DISCOVERY_RANGE_VAR}={env.get(DISCOVERY_RANGE_VAR) or '<unset: SUBNET>'}",
+              f"ROS_STATIC_PEERS={env.get('ROS_STATIC_PEERS') or '<none>'}",
+              f"ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID') or '0'}"]
+    if env.get("ROS_DISCOVERY_SERVER"):
+        values.append(f"ROS_DISCOVERY_SERVER={env['ROS_DISCOVERY_SERVER']}")
+    text = "DDS discovery: " + ", ".join(values)
+    if env.get(KEEP_DISCOVERY_RANGE_VAR, "") not in ("", "0"):
+        return text + f" (kept as the environment set them: {KEEP_DISCOVERY_RANGE_VAR}=1)"
+    changed = "; ".join(f"{var} was {old or '<unset>'}" for var, old in forced.items())
+    return (text + " (omnibind_ros keeps discovery on this machine"
+            + (f"; {changed}" if changed else "") + "). For a multi-host robot export "
+            f"{KEEP_DISCOVERY_RANGE_VAR}=1 with {DISCOVERY_RANGE_VAR}=SUBNET or "
+            "ROS_STATIC_PEERS=<host;host> (launch: discovery_range:=SUBNET, "
+            "static_peers:=...)")
 
 
 def _all_loopback(value: str) -> bool:

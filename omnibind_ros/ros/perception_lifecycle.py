@@ -39,6 +39,7 @@ from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import Recognition
 from omnibind_ros.ros import diagnostics, params, qos
 from omnibind_ros.ros.conversions import arrival_stamp_ns, conversion_for, info_topic_for
+from omnibind_ros.ros.env import discovery_summary
 from omnibind_ros.ros.interfaces import require_message_class
 from omnibind_ros.ros.params import SENSOR_KEYS, SensorParams, sensor_param
 from omnibind_ros.ros.recognition import from_time, recognition_message, to_time
@@ -114,6 +115,7 @@ class PerceptionNode(LifecycleNode):
                             callback_group=srv_group)
         self.create_service(RemoveSensor, "~/remove_sensor", self._srv_remove,
                             callback_group=srv_group)
+        self.get_logger().info(discovery_summary())
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omnibind_ros.ros.env import ensure_safe_ros_env
+from omnibind_ros.ros.env import discovery_summary, ensure_safe_ros_env
 
 # This module is an executable's entry point (the lib/omnibind_ros launcher imports it): make the
 # environment safe before rclpy is imported below, not only in main().
@@ -223,6 +223,7 @@ class SimSensorsNode(Node):
 
     def __init__(self, node_name: str = SIM_SENSORS_NODE, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        self.get_logger().info(discovery_summary())
         self._declare_parameters()
         self.sensors = self._read_sensors()
         self.seed = int(self._param("seed"))

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO / "launch" / "perception.launch.py"
 REQUIRED_ARGUMENTS = {"params_file", "namespace", "use_sim_time", "backend", "sim",
-                      "large_messages"}
+                      "large_messages", "discovery_range", "static_peers"}
 EXECUTABLES = {"omnibind_perception", "omnibind_sim_sensors"}
 
 
@@ -126,6 +126,46 @@ def test_scenario_named_in_the_description_is_shipped(tree: ast.Module) -> None:
     named = re.findall(r"[\w.-]+\.yaml", description or "")
     missing = [n for n in named if not (REPO / "config" / "scenarios" / n).is_file()]
     assert named and not missing, f"scenario_file names {missing} not in config/scenarios"
+
+
+def test_both_nodes_run_in_the_namespace_argument(tree: ast.Module) -> None:
+    # With the configs' relative sensor topics (test/ros/test_namespace.py), one namespace
+    # moves the simulated sensors and the perception node's subscriptions together.
+    for node in _calls(tree, "Node"):
+        namespace = _keyword(node, "namespace")
+        assert isinstance(namespace, ast.Call) and namespace.args, ast.dump(node)
+        assert _literal_str(namespace.args[0]) == "namespace", _literal_str(
+            _keyword(node, "name"))
+
+
+def _set_env_calls(tree: ast.Module) -> dict[str, list[ast.Call]]:
+    calls: dict[str, list[ast.Call]] = {}
+    for call in _calls(tree, "SetEnvironmentVariable"):
+        name = _literal_str(call.args[0]) if call.args else None
+        if name:
+            calls.setdefault(name, []).append(call)
+    return calls
+
+
+def test_discovery_defaults_to_localhost_and_opening_it_keeps_it(tree: ast.Module) -> None:
+    from omnibind_ros.ros import env as ros_env
+
+    declared = _declared(tree)
+    assert _literal_str(_keyword(declared["discovery_range"], "default_value")) == "LOCALHOST"
+    assert _literal_str(_keyword(declared["static_peers"], "default_value")) == ""
+    calls = _set_env_calls(tree)
+    # the range always comes from the argument (LOCALHOST unless the user opens it)
+    (range_call,) = calls[ros_env.DISCOVERY_RANGE_VAR]
+    assert _keyword(range_call, "condition") is None
+    assert ast.unparse(range_call.args[1]) == "arg('discovery_range')"
+    # any other range or static peers sets the variable env.py honours, and only then
+    keep = calls[ros_env.KEEP_DISCOVERY_RANGE_VAR]
+    conditions = sorted(ast.unparse(_keyword(c, "condition")) for c in keep)
+    assert conditions == [
+        "IfCondition(NotEqualsSubstitution(arg('discovery_range'), 'LOCALHOST'))",
+        "IfCondition(NotEqualsSubstitution(arg('static_peers'), ''))"]
+    (peers,) = calls["ROS_STATIC_PEERS"]
+    assert _keyword(peers, "condition") is not None
 
 
 def _load_module() -> ModuleType:

@@ -38,6 +38,12 @@ def test_main_autostarts_and_exits_cleanly_on_sigint(tmp_path: Path) -> None:
             if "activated" in line or "Traceback" in line:
                 break
         assert any("activated" in ln for ln in lines), "".join(lines)
+        # the start-up line on DDS discovery: effective range and how to open it
+        discovery = [ln for ln in lines if "DDS discovery:" in ln]
+        assert len(discovery) == 1, "".join(lines)
+        assert "[INFO]" in discovery[0], discovery[0]
+        assert "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST" in discovery[0], discovery[0]
+        assert "OMNIBIND_KEEP_DISCOVERY_RANGE=1" in discovery[0], discovery[0]
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:
