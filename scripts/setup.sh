@@ -2,7 +2,9 @@
 # One idempotent set-up for a fresh Debian/Ubuntu machine with Python 3.11:
 #   1. Debian packages the Python wheels need at run/build time (installed when root, else listed);
 #   2. .venv with pinned dependencies (ROS 2 Kilted wheels, ML stack, test tools);
-#   3. the interfaces in msg/ and srv/ built with cmake against the wheels into .venv;
+#   3. the interfaces in msg/ and srv/ built with cmake against the wheels into .venv, with the
+#      executables (lib/omnibind_ros), launch/, config/ and the ament index entry, so that
+#      `ros2 launch omnibind_ros ...` works from the venv as from a colcon install;
 #   4. omnibind_ros and omnibind_train installed in editable mode.
 # Each step records a hash of its inputs in .venv/.omnibind-stamps/ and is skipped when nothing
 # changed, so a re-run takes a couple of seconds.
@@ -77,10 +79,11 @@ install_dependencies() {
 
 build_interfaces() {
     local h
-    # config/ is installed to share/omnibind_ros too, so a changed profile is re-installed.
-    h=$(inputs_hash CMakeLists.txt cmake/*.cmake package.xml msg/*.msg srv/*.srv config/* "$stamps/deps")
+    # launch/ and config/ are installed to share/omnibind_ros too: a changed file is re-installed.
+    h=$(inputs_hash CMakeLists.txt cmake/*.cmake package.xml msg/*.msg srv/*.srv launch/* \
+        config/* config/*/* "$stamps/deps")
     step_done interfaces "$h" && return 0
-    say "building msg/ and srv/ into .venv (cmake + rosidl)"
+    say "building msg/ and srv/, installing launch/ and config/ into .venv (cmake + rosidl)"
     local build="$repo/build/interfaces"
     mkdir -p "$build"
     # The wheels never set AMENT_PREFIX_PATH; ament's CMake needs it to find the packages.
