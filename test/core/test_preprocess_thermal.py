@@ -132,3 +132,20 @@ def test_output_shape_dtype_and_range(encoding, h, w, size, seed):
     assert out.shape == pre.output_shape == (3, size, size) and out.dtype == np.float32
     assert np.all(np.isfinite(out)) and out.min() >= -1 - 1e-6 and out.max() <= 1 + 1e-6
     np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_one_channel_output_for_single_channel_stems():
+    """``channels=1`` (ImageBind's thermal stem): the same values as channel 0 of the default,
+    normalised with ``mean[0]`` / ``std[0]``."""
+    counts = np.array([[29815, 27315], [32315, 28565]], dtype=np.uint16)
+    one = ThermalPreprocessConfig(t_min_c=0.0, t_max_c=50.0, size=2, channels=1)
+    out = preprocess_thermal(ThermalFrame(counts, "mono16"), one)
+    assert out.shape == (1, 2, 2) == ThermalPreprocessor(one).output_shape
+    np.testing.assert_array_equal(out, preprocess_thermal(ThermalFrame(counts, "mono16"),
+                                                          CONFIG)[:1])
+    raw = ThermalPreprocessConfig(size=2, channels=1, mean=(0, 0, 0), std=(1, 1, 1))
+    np.testing.assert_allclose(preprocess_thermal(ThermalFrame(counts, "mono16"), raw)[0],
+                               [[0.5, 0.0], [1.0, 0.25]], atol=1e-5)
+    for bad in (2, 0, True):
+        with pytest.raises(ValueError, match="channels"):
+            ThermalPreprocessConfig(channels=bad)

@@ -15,6 +15,15 @@ Feature definition (all from :class:`AudioPreprocessConfig`; defaults in bracket
 - ``log(mel + log_offset)`` (natural log, offset [1e-6] keeps silence finite), then
   ``(x - norm_mean) / norm_std`` [0, 1: identity; a bundle stores its training set's values].
 
+``frontend="kaldi_fbank"`` replaces the STFT, mel and log steps by Kaldi's fbank definition
+(:mod:`.kaldi_fbank`: frames of ``n_fft`` samples every ``hop_length``, per-frame DC removal,
+pre-emphasis 0.97, symmetric Hann window, FFT padded to a power of two, Kaldi's mel bank,
+``log(max(energy, eps))``), after subtracting the window's mean, which is what models trained
+on ``torchaudio.compliance.kaldi.fbank`` saw (ImageBind's ``waveform2melspec``; imported
+ImageBind bundles carry this frontend). ``target_frames`` [None] pads (with 0 in the log
+domain, before the normalisation, as ImageBind pads) or crops the frame axis to a fixed
+length, e.g. ImageBind's 204 frames for 198 computed ones.
+
 Quality: a window whose RMS (full scale 1) is below ``silence_rms`` is silent, one where more
 than ``max_clip_fraction`` of the samples have any channel at or above ``clip_level`` (checked
 on the input samples, before resampling smears the plateaus) is clipped.
@@ -42,12 +51,15 @@ from omnibind_ros.core.errors import (
     SilentAudioError,
 )
 from omnibind_ros.core.preprocess import _config as cfg
+from omnibind_ros.core.preprocess.kaldi_fbank import kaldi_fbank
 from omnibind_ros.core.types import AudioBlock
 
-__all__ = ["AudioPreprocessConfig", "AudioPreprocessor", "AudioQuality", "log_mel",
-           "log_mel_window", "mel_filterbank", "to_mono"]
+__all__ = ["AUDIO_FRONTENDS", "AudioPreprocessConfig", "AudioPreprocessor", "AudioQuality",
+           "log_mel", "log_mel_window", "mel_filterbank", "to_mono"]
 
 _QUALITIES = ("VHQ", "HQ", "MQ", "LQ", "QQ")
+#: Feature definitions: the module's own log-mel, or Kaldi's fbank.
+AUDIO_FRONTENDS = ("log_mel", "kaldi_fbank")
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2.0 ** 31}
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -70,6 +82,9 @@ class AudioPreprocessConfig(cfg.ConfigMixin):
     clip_level : absolute sample value (full scale 1) counted as clipped.
     max_clip_fraction : fraction of clipped samples above which a window is clipped.
     resample_quality : soxr quality, "VHQ", "HQ", "MQ", "LQ" or "QQ".
+    frontend : "log_mel" or "kaldi_fbank" (module docstring; ``log_offset`` is unused by the
+        latter, which floors at float32 eps as Kaldi does).
+    target_frames : pad / crop the frame axis to this many frames (None: keep them all).
     """
 
     sample_rate: int = 16000
@@ -86,6 +101,8 @@ class AudioPreprocessConfig(cfg.ConfigMixin):
     clip_level: float = 0.999
     max_clip_fraction: float = 0.01
     resample_quality: str = "HQ"
+    frontend: str = "log_mel"
+    target_frames: int | None = None
 
     def __post_init__(self) -> None:
         cfg.normalise_fields(
@@ -103,7 +120,10 @@ class AudioPreprocessConfig(cfg.ConfigMixin):
             clip_level=cfg.as_float(self, "clip_level", low=0.0, high=1.0, low_open=True),
             max_clip_fraction=cfg.as_float(self, "max_clip_fraction", low=0.0, high=1.0),
             resample_quality=cfg.as_choice(self, "resample_quality", _QUALITIES),
+            frontend=cfg.as_choice(self, "frontend", AUDIO_FRONTENDS),
         )
+        if self.target_frames is not None:
+            self._set("target_frames", cfg.as_int(self, "target_frames", minimum=1))
         if self.fmax is not None:
             self._set("fmax", cfg.as_float(self, "fmax", low=0.0, high=self.sample_rate / 2))
         if self.fmin >= self.fmax_hz:
@@ -123,9 +143,14 @@ class AudioPreprocessConfig(cfg.ConfigMixin):
         return int(round(self.window_s * self.sample_rate))
 
     @property
-    def n_frames(self) -> int:
-        """T, the number of STFT frames in a window."""
+    def computed_frames(self) -> int:
+        """The number of STFT frames that fit in a window."""
         return 1 + (self.window_samples - self.n_fft) // self.hop_length
+
+    @property
+    def n_frames(self) -> int:
+        """T, the number of frames of the features (``target_frames`` when set)."""
+        return self.target_frames if self.target_frames is not None else self.computed_frames
 
 
 @dataclass(frozen=True)
@@ -247,13 +272,27 @@ def log_mel_window(window: np.ndarray, config: AudioPreprocessConfig) -> np.ndar
     if window.shape != (config.window_samples,):
         raise InvalidShapeError(
             f"window must have shape ({config.window_samples},), got {window.shape}")
-    frames = np.lib.stride_tricks.sliding_window_view(window.astype(np.float64), config.n_fft)
-    frames = frames[::config.hop_length] * _hann(config.n_fft)
-    power = np.square(np.abs(np.fft.rfft(frames, axis=1)))
-    bank = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.fmin,
-                          config.fmax_hz)
-    mel = np.log(bank @ power.T + config.log_offset)
+    if config.frontend == "kaldi_fbank":
+        mel = kaldi_fbank(window - window.mean(), config.sample_rate, n_mels=config.n_mels,
+                          frame_length=config.n_fft, frame_shift=config.hop_length,
+                          fmin=config.fmin, fmax=config.fmax_hz).T.astype(np.float64)
+    else:
+        frames = np.lib.stride_tricks.sliding_window_view(window.astype(np.float64),
+                                                          config.n_fft)
+        frames = frames[::config.hop_length] * _hann(config.n_fft)
+        power = np.square(np.abs(np.fft.rfft(frames, axis=1)))
+        bank = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.fmin,
+                              config.fmax_hz)
+        mel = np.log(bank @ power.T + config.log_offset)
+    mel = _fit_frames(mel, config.n_frames)
     return ((mel - config.norm_mean) / config.norm_std).astype(np.float32)[None]
+
+
+def _fit_frames(mel: np.ndarray, frames: int) -> np.ndarray:
+    """Crop the frame axis (the last) to ``frames``, or pad it with zeros at the end."""
+    if mel.shape[1] >= frames:
+        return mel[:, :frames]
+    return np.pad(mel, ((0, 0), (0, frames - mel.shape[1])))
 
 
 def _resample(mono: np.ndarray, rate: float, config: AudioPreprocessConfig) -> np.ndarray:

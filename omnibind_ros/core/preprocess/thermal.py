@@ -1,4 +1,7 @@
-"""Thermal preprocessing: radiometric frame -> temperature window -> float32 [3, size, size].
+"""Thermal preprocessing: radiometric frame -> temperature window -> float32 [C, size, size].
+
+C is ``channels``: 3 (the value replicated, for trunks pre-trained on RGB, the default) or 1
+(for encoders with a one-channel thermal stem, such as ImageBind's).
 
 Encodings
 ---------
@@ -54,6 +57,7 @@ class ThermalPreprocessConfig(cfg.ConfigMixin):
     interpolation : see :class:`~omnibind_ros.core.preprocess.image.ImagePreprocessConfig`.
     mean, std : per-channel normalisation of the [0, 1] value replicated to 3 channels.
     mono8 : "relative" (accept AGC'd 8-bit frames as value / 255) or "reject".
+    channels : 3 (replicate the value) or 1; with 1 only ``mean[0]`` / ``std[0]`` apply.
     """
 
     t_min_c: float = 0.0
@@ -64,6 +68,7 @@ class ThermalPreprocessConfig(cfg.ConfigMixin):
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     mono8: str = "relative"
+    channels: int = 3
 
     def __post_init__(self) -> None:
         t_min = cfg.as_float(self, "t_min_c", low=-KELVIN_AT_0C)
@@ -78,7 +83,10 @@ class ThermalPreprocessConfig(cfg.ConfigMixin):
             mean=cfg.as_float_tuple(self, "mean", 3),
             std=cfg.as_float_tuple(self, "std", 3, positive=True),
             mono8=cfg.as_choice(self, "mono8", ("relative", "reject")),
+            channels=cfg.as_int(self, "channels", minimum=1),
         )
+        if self.channels not in (1, 3):
+            raise cfg.fail(self, f"channels must be 1 or 3, got {self.channels}")
 
 
 def _check_frame(frame: ThermalFrame, config: ThermalPreprocessConfig) -> np.ndarray:
@@ -147,8 +155,8 @@ def preprocess_thermal(frame: ThermalFrame, config: ThermalPreprocessConfig) -> 
 
     Returns
     -------
-    float32 [3, size, size]: the [0, 1] value resized, replicated to 3 channels, then
-    ``(v - mean) / std``.
+    float32 [channels, size, size]: the [0, 1] value resized, replicated to 3 channels
+    (``channels=3``), then ``(v - mean) / std``.
 
     Raises
     ------
@@ -157,7 +165,9 @@ def preprocess_thermal(frame: ThermalFrame, config: ThermalPreprocessConfig) -> 
     unit = thermal_to_unit(frame, config)
     # Resize before replicating: one channel is a third of the work and gives the same result.
     small = fit_square(unit, config.size, config.resize_mode, config.interpolation)
-    return normalise_chw(np.repeat(small[:, :, None], 3, axis=2), config.mean, config.std)
+    channels = config.channels
+    return normalise_chw(np.repeat(small[:, :, None], channels, axis=2),
+                         config.mean[:channels], config.std[:channels])
 
 
 class ThermalPreprocessor:
@@ -168,8 +178,8 @@ class ThermalPreprocessor:
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
-        """Shape of the model input: (3, size, size)."""
-        return (3, self.config.size, self.config.size)
+        """Shape of the model input: (channels, size, size)."""
+        return (self.config.channels, self.config.size, self.config.size)
 
     def __call__(self, frame: ThermalFrame) -> np.ndarray:
         """Return :func:`preprocess_thermal` of ``frame``: float32 [3, size, size]."""
