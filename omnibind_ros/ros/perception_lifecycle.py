@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -174,8 +175,11 @@ class PerceptionNode(LifecycleNode):
         opts = {"threads": threads} if threads > 0 else {}
         self._backend = create_backend(self._param("backend"), self._bundle,
                                        fallback=bool(self._param("backend_fallback")), **opts)
+        # An archive (.tar, .tar.gz) is extracted once, keyed by its hash, into the cache.
+        archive = Path(path).is_file() and Path(path).name != "bundle.yaml"
+        source = f" (extracted from {path})" if archive else ""
         self.get_logger().info(f"bundle {self._bundle.name} [{self._bundle.family or '?'}] "
-                               f"{self._bundle.root} ({list(self._bundle.modalities)}, "
+                               f"{self._bundle.root}{source} ({list(self._bundle.modalities)}, "
                                f"D={self._bundle.dim}), backend {self._backend.name}")
         settings = params.read_fusion(self._param)
         # The clock is read inside the engine's and the monitor's locks: a time read by a
