@@ -165,7 +165,7 @@ def _console() -> Any:
 
 
 def _cmd_record_sim(args: argparse.Namespace) -> int:
-    from omnibind_ros.bag.reader import format_info
+    from omnibind_ros.bag.summary import format_info
     from omnibind_ros.bag.record import record_sim
 
     sensors = [s.strip() for s in args.sensors.split(",") if s.strip()] if args.sensors \
@@ -184,7 +184,7 @@ def _cmd_record_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from omnibind_ros.bag.reader import format_info
+    from omnibind_ros.bag.summary import format_info
     from omnibind_ros.bag.record import record_live
 
     info = record_live(args.config, args.out, args.duration, args.storage,
@@ -197,7 +197,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from omnibind_ros.bag.reader import format_info, open_info
+    from omnibind_ros.bag.reader import open_info
+    from omnibind_ros.bag.summary import format_info
 
     info = open_info(args.bag)
     print(format_info(info))

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BagInfo", "BagMessage", "BagReadError", "format_info", "iter_messages", "open_info"]
+__all__ = ["BagInfo", "BagMessage", "BagReadError", "iter_messages", "open_info"]
 
 _MCAP_MAGIC = b"\x89MCAP0\r\n"
 _STORAGE_BY_SUFFIX = {".mcap": "mcap", ".db3": "sqlite3"}
@@ -70,6 +70,9 @@ class BagInfo:
     recovered: bool = False
     #: msgtype -> the ``.msg`` definition the bag carries (with its dependencies), where known
     definitions: dict[str, str] = field(default_factory=dict)
+    #: topic -> (first, last) log time, where known without extra reading (a scanned bag);
+    #: :func:`omnibind_ros.bag.summary.topic_spans` gives them for any bag
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -574,6 +577,7 @@ def open_info(path: Path | str) -> BagInfo:
             return BagInfo(layout.path, layout.storage, start, end, count, topics,
                            definitions=_definitions(reader))
         counts: dict[str, list[Any]] = {}
+        spans: dict[str, tuple[int, int]] = {}
         start = end = None
         error = None
         n = 0
@@ -581,6 +585,8 @@ def open_info(path: Path | str) -> BagInfo:
             for msg in session.messages():
                 entry = counts.setdefault(msg.topic, [msg.msgtype, 0])
                 entry[1] += 1
+                first, last = spans.get(msg.topic, (msg.log_time_ns, msg.log_time_ns))
+                spans[msg.topic] = (min(first, msg.log_time_ns), max(last, msg.log_time_ns))
                 start = msg.log_time_ns if start is None else min(start, msg.log_time_ns)
                 end = msg.log_time_ns if end is None else max(end, msg.log_time_ns)
                 n += 1
@@ -590,7 +596,7 @@ def open_info(path: Path | str) -> BagInfo:
             error = f"{exc.position}: {exc.cause}"
         return BagInfo(layout.path, layout.storage, start or 0, end or 0, n,
                        {k: (v[0], v[1]) for k, v in sorted(counts.items())}, error,
-                       recovered=True)
+                       recovered=True, spans=dict(sorted(spans.items())))
 
 
 def _definitions(reader: Any) -> dict[str, str]:
@@ -604,25 +610,3 @@ def _definitions(reader: Any) -> dict[str, str]:
         if fmt == "MSG" and data and conn.msgtype not in out:
             out[conn.msgtype] = str(data)
     return out
-
-
-def format_info(info: BagInfo) -> str:
-    """Human-readable summary (``omnibind-bag info``): span, storage, one line per topic."""
-    lines = [f"bag:       {info.path}",
-             f"storage:   {info.storage}" + ("  (index unusable: scanned)" if info.recovered
-                                             else ""),
-             f"duration:  {info.duration_s:.3f} s  ({info.start_ns * 1e-9:.3f} .. "
-             f"{info.end_ns * 1e-9:.3f} s since the epoch)",
-             f"messages:  {info.message_count}"]
-    if info.error:
-        lines.append(f"DAMAGED:   {info.error}")
-    if info.topics:
-        width = max(len(t) for t in info.topics)
-        tw = max(len(v[0]) for v in info.topics.values())
-        lines.append("topics:")
-        for topic, (msgtype, count) in info.topics.items():
-            rate = count / info.duration_s if info.duration_s > 0 else 0.0
-            lines.append(f"  {topic:<{width}}  {msgtype:<{tw}}  {count:>7} msgs  {rate:8.2f} Hz")
-    else:
-        lines.append("topics:    none")
-    return "\n".join(lines)

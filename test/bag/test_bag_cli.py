@@ -31,7 +31,12 @@ def test_record_sim_and_info(cli_bag, capsys) -> None:
     assert main(["info", str(cli_bag)]) == 0
     out = capsys.readouterr().out
     assert "storage:   mcap" in out and "messages:  20" in out  # 15 + 1 + 3 truth + 1 event
-    assert "/sim/camera/image_raw" in out and "15 msgs" in out
+    rows = {line.split()[0]: line.split()[2:] for line in out.splitlines()
+            if line.startswith("  /")}
+    # msgs, Hz while active, Hz over the bag, active from .. to (s since the bag's start)
+    assert rows["/sim/camera/image_raw"] == ["15", "15.00", "15.00", "0.000", "..", "0.933"]
+    assert rows["/omnibind/ground_truth"] == ["3", "2.00", "3.00", "0.000", "..", "1.000"]
+    assert rows["/sim/operator/text"] == ["1", "-", "1.00", "0.000", "..", "0.000"]
     assert "DAMAGED" not in out
 
 

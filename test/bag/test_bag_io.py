@@ -16,10 +16,10 @@ import pytest
 
 from omnibind_ros.bag.reader import (
     BagReadError,
-    format_info,
     iter_messages,
     open_info,
 )
+from omnibind_ros.bag.summary import format_info, topic_rates, topic_spans
 from omnibind_ros.bag.types import msg_dir, typestore
 
 T0 = 1_700_000_000_000_000_000
@@ -149,7 +149,83 @@ def test_info(bag) -> None:
         "/omnibind/ground_truth": ("omnibind_ros/msg/GroundTruth", 10)}
     text = format_info(info)
     assert "4.950 s" in text and "omnibind_ros/msg/EventArray" in text
-    assert "20.20 Hz" in text  # 100 images over 4.95 s
+    cam = next(line for line in text.splitlines() if line.startswith("  /cam "))
+    # 99 intervals of 50 ms while active; 100 images over the 4.95 s bag
+    assert cam.split()[-5:] == ["20.00", "20.20", "0.000", "..", "4.950"]
+
+
+def test_topic_spans_from_the_indexes_match_the_messages(bag) -> None:
+    """Several mcap chunks (MessageIndex records) or the sqlite3 table: the same first and last
+    log time per topic as reading every message."""
+    path, _, written = bag
+    expected: dict[str, tuple[int, int]] = {}
+    for topic, _, t_ns, _ in written:
+        first, last = expected.get(topic, (t_ns, t_ns))
+        expected[topic] = (min(first, t_ns), max(last, t_ns))
+    info = open_info(path)
+    assert not info.recovered and info.spans == {}  # the index is read only when asked
+    assert topic_spans(info) == expected
+    assert expected["/omnibind/ground_truth"] == (T0 + 3, T0 + 90 * 50_000_000 + 3)
+
+
+def _write_late_topic_bag(path: Path, storage: str) -> None:
+    """/always at 20 Hz over [0, 10] s; /late at 10 Hz over [6, 8] s only (21 messages)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    ts = typestore()
+    String = ts.types["std_msgs/msg/String"]
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    rows = [(T0 + k * 50_000_000, "/always") for k in range(201)]
+    rows += [(T0 + 6 * 10**9 + k * 100_000_000, "/late") for k in range(21)]
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        conns = {t: writer.add_connection(t, "std_msgs/msg/String", typestore=ts)
+                 for t in ("/always", "/late")}
+        for t_ns, topic in sorted(rows):
+            writer.write(conns[topic], t_ns,
+                         bytes(ts.serialize_cdr(String(data="x"), "std_msgs/msg/String")))
+
+
+@pytest.mark.parametrize("storage, scanned", [("mcap", False), ("sqlite3", False),
+                                              ("mcap", True)])
+def test_info_rate_over_the_span_a_topic_was_active(tmp_path, storage, scanned) -> None:
+    """A topic recorded for 2 s of a 10 s bag runs at 10 Hz, not 2.1 Hz; the whole-bag average
+    is shown beside it. From the indexes, and from a scan where the index is unusable (an mcap
+    without its closing magic: rosbags refuses it, every message is still readable)."""
+    path = tmp_path / "late"
+    _write_late_topic_bag(path, storage)
+    if scanned:
+        f = _storage_file(path)
+        os.truncate(f, f.stat().st_size - 8)
+    info = open_info(path)
+    assert info.recovered is scanned and info.error is None and info.message_count == 222
+    spans = topic_spans(info)
+    assert spans == {"/always": (T0, T0 + 10 * 10**9),
+                     "/late": (T0 + 6 * 10**9, T0 + 8 * 10**9)}
+    rates = topic_rates(info, spans)
+    assert rates["/late"] == (pytest.approx(10.0), pytest.approx(21 / 10.0))
+    assert rates["/always"] == (pytest.approx(20.0), pytest.approx(20.1))
+    late = next(line for line in format_info(info).splitlines() if line.startswith("  /late "))
+    assert late.split()[-6:] == ["21", "10.00", "2.10", "6.000", "..", "8.000"]
+
+
+def test_info_rate_of_a_single_message_topic(tmp_path) -> None:
+    """One message has no interval: no active rate (not an infinite or zero one)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    ts = typestore()
+    String = ts.types["std_msgs/msg/String"]
+    path = tmp_path / "one"
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        a = writer.add_connection("/a", "std_msgs/msg/String", typestore=ts)
+        b = writer.add_connection("/b", "std_msgs/msg/String", typestore=ts)
+        raw = bytes(ts.serialize_cdr(String(data="x"), "std_msgs/msg/String"))
+        writer.write(a, T0, raw)
+        writer.write(b, T0 + 10**9, raw)
+        writer.write(a, T0 + 2 * 10**9, raw)
+    info = open_info(path)
+    assert topic_rates(info)["/b"] == (None, pytest.approx(0.5))
+    line = next(line for line in format_info(info).splitlines() if line.startswith("  /b "))
+    assert line.split()[-6:] == ["1", "-", "0.50", "1.000", "..", "1.000"]
 
 
 def test_custom_type_hashes_match_the_built_interfaces() -> None:
