@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
             for name, text in helps.items()}
     for p in cmds.values():
         _common(p)
+    from .byo.cli import add_import_arguments
+
+    imports = sub.add_parser(
+        "import", help="a bundle from an open_clip or ImageBind checkpoint (no training)",
+        description="Build a model bundle from a checkpoint you already have: open_clip CLIP "
+                    "(camera + text) or ImageBind (camera, microphone, thermal camera + text), "
+                    "with the model's own preprocessing carried in the bundle.")
+    add_import_arguments(imports)
     for name in ("stage0", "cad", "af"):
         _resumable(cmds[name])
     cmds["cad"].add_argument("--terms", default=None,
@@ -206,6 +214,10 @@ def _dispatch(args: argparse.Namespace, ws) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omnibind-train`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "import":  # no config, no workspace: a checkpoint in, a bundle out
+        from .byo.cli import run_import
+
+        return run_import(args)
     try:
         cfg = _config(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:

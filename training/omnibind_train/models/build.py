@@ -65,6 +65,10 @@ def build_torch_module(component: str, config: Mapping[str, Any],
         from ..binding.export import build_bound_encoder
 
         return build_bound_encoder(data)
+    if data.get("family") == "imported":  # a tower of a user's checkpoint (omnibind-train import)
+        from ..byo.encoders import build_imported_encoder
+
+        return build_imported_encoder(component, data)
     if data.get("family") == "unialign":  # a UniAlign path (seed 002): tokenizer + MoE-LoRA ViT
         from ..unialign.export import build_unialign_encoder
 
