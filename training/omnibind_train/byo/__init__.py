@@ -1,0 +1,1 @@
+"""Bring your own model: bundles built from checkpoints a user already has (``omnibind-train import``)."""
