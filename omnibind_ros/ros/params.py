@@ -162,6 +162,13 @@ GLOBAL_PARAMS: dict[str, ParamSpec] = {
     "graph_poll_hz": ParamSpec(_D, 2.0, "publisher-count polling of sensor topics", 0.1, 100.0),
     "bad_samples_to_degrade": ParamSpec(_I, 3, "bad messages in a row that make a sensor "
                                         "DEGRADED (configure)", 1, 1000),
+    "annotated_image.rate_hz": ParamSpec(_D, 5.0, "most frames per second of "
+                                         "~/annotated_image, rendered only while subscribed; "
+                                         "0 = never", 0.0, 30.0),
+    "annotated_image.sensor": ParamSpec(_S, "", "image sensor whose newest frame "
+                                        "~/annotated_image shows; '' = the first live one"),
+    "annotated_image.width": ParamSpec(_I, 640, "width in pixels of ~/annotated_image (the "
+                                       "frame is scaled to it)", 160, 3840),
 }
 
 #: Per-sensor keys (parameter ``sensors.<name>.<key>``). Defaults of None depend on modality.

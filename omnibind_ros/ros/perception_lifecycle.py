@@ -39,6 +39,7 @@ from omnibind_ros.core.threads import limit_blas_threads, limit_malloc_arenas
 from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import Recognition
 from omnibind_ros.ros import diagnostics, params, qos
+from omnibind_ros.ros.annotated_image import AnnotatedImage
 from omnibind_ros.ros.conversions import arrival_stamp_ns, conversion_for, info_topic_for
 from omnibind_ros.ros.env import discovery_summary
 from omnibind_ros.ros.interfaces import require_message_class
@@ -104,6 +105,7 @@ class PerceptionNode(LifecycleNode):
         self._sensors: dict[str, _Sensor] = {}
         self._active = False
         self._pubs: dict[str, Any] = {}
+        self._annotated: AnnotatedImage | None = None  # ~/annotated_image
         self._timers: list[Any] = []
         self._fusion_timer: Any = None
         self._last_status_ns: int | None = None
@@ -202,6 +204,7 @@ class PerceptionNode(LifecycleNode):
             "diagnostics": self.create_lifecycle_publisher(
                 diagnostics.DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS),
         }
+        self._annotated = AnnotatedImage(self, f"{self._model[0]} [{self._model[1] or '?'}]")
 
     def _warm_up(self) -> None:
         # The first audio features call JIT-compiles (about a second): pay it here, not on the
@@ -229,6 +232,7 @@ class PerceptionNode(LifecycleNode):
                                   callback_group=self._status_group),
             ]
             self._restart_fusion_timer()
+            self._annotated.start()
         self.get_logger().info(f"activated with sensors {list(self._sensors)}")
         return super().on_activate(state)
 
@@ -260,6 +264,8 @@ class PerceptionNode(LifecycleNode):
                 if timer is not None:
                     self.destroy_timer(timer)
             self._timers, self._fusion_timer = [], None
+            if self._annotated is not None:
+                self._annotated.stop()
             workers = [self._unsubscribe(sensor) for sensor in self._sensors.values()]
         _stop_workers(workers)
 
@@ -272,6 +278,9 @@ class PerceptionNode(LifecycleNode):
             for pub in self._pubs.values():
                 self.destroy_publisher(pub)
             self._pubs = {}
+            if self._annotated is not None:
+                self._annotated.destroy()
+                self._annotated = None
             if self._backend is not None:
                 self._backend.close()
             self._backend = self._bundle = self._engine = None
@@ -311,9 +320,11 @@ class PerceptionNode(LifecycleNode):
         stage = SensorStage(sensor.convert, sensor.pipeline, cfg.encode_rate_hz)
         reporter = SampleReporter(cfg.name, self._engine, self.get_logger().warning)
         sensor.worker = SensorWorker(stage, reporter, self._hook)
+        callback = self._callback(sensor.worker, sensor.convert)
+        if cfg.modality == "image" and self._annotated is not None:
+            callback = self._annotated.tap(cfg.name, sensor.convert, callback)
         sensor.subscription = self.create_subscription(
-            sensor.msg_class, cfg.topic, self._callback(sensor.worker, sensor.convert),
-            cfg.qos_profile(), callback_group=sensor.group)
+            sensor.msg_class, cfg.topic, callback, cfg.qos_profile(), callback_group=sensor.group)
         if sensor.info is not None:
             # Same callback group as the data: the converter is never updated mid-conversion.
             sensor.info_subscription = self.create_subscription(
@@ -356,6 +367,8 @@ class PerceptionNode(LifecycleNode):
             if sub is not None:
                 self.destroy_subscription(sub)
         sensor.subscription = sensor.info_subscription = None
+        if self._annotated is not None:
+            self._annotated.forget(sensor.cfg.name)
         worker, sensor.worker = sensor.worker, None
         return worker
 
@@ -458,6 +471,8 @@ class PerceptionNode(LifecycleNode):
             if names & {"fusion.rate_hz", "fusion.tick_on_embedding"}:
                 with self._lock:
                     self._restart_fusion_timer()
+            if "annotated_image.rate_hz" in names and self._active and self._annotated:
+                self._annotated.start()
         except Exception as exc:  # noqa: BLE001  (validated already; report, don't crash)
             self.get_logger().error(f"applying {sorted(names)} failed: {exc}")
 
