@@ -165,8 +165,8 @@ def _console() -> Any:
 
 
 def _cmd_record_sim(args: argparse.Namespace) -> int:
-    from omnibind_ros.bag.summary import format_info
     from omnibind_ros.bag.record import record_sim
+    from omnibind_ros.bag.summary import format_info
 
     sensors = [s.strip() for s in args.sensors.split(",") if s.strip()] if args.sensors \
         else None
@@ -184,8 +184,8 @@ def _cmd_record_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from omnibind_ros.bag.summary import format_info
     from omnibind_ros.bag.record import record_live
+    from omnibind_ros.bag.summary import format_info
 
     info = record_live(args.config, args.out, args.duration, args.storage,
                        truth_topic=args.truth_topic or None, progress=not args.no_progress)
