@@ -8,6 +8,7 @@ configuration, spun by one multi-threaded executor (omnibind_ros.ros.executor)::
     omnibind-bringup --scenario hotplug_demo          # scripted hot-plug; stops after 40 s
     omnibind-bringup --no-sim --params-file my.yaml   # perception on your own sensors
     omnibind-bringup --no-ui --summary-json run.json --ros-args --log-level warn
+    omnibind-bringup --snapshot ~/.cache/omnibind_ros/screenshots/annotated_image.png
 
 Configuration: each node gets ``--ros-args --params-file <file>`` as its own command line, so
 rcl reads the YAML exactly as ``ros2 run`` and launch do (``/**/`` wildcards included); the
@@ -62,6 +63,7 @@ from omnibind_ros.tools.bringup_nodes import (
     BringupError,
     BringupOptions,
 )
+from omnibind_ros.tools.bringup_snapshot import default_snapshot_path
 from omnibind_ros.tools.live_view import render_live, render_summary, status_line
 from omnibind_ros.tools.log_capture import LogCapture
 
@@ -217,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "stdout is not a terminal)")
     parser.add_argument("--summary-json", type=Path, default=None, metavar="PATH",
                         help="also write the summary as JSON")
+    parser.add_argument("--snapshot", type=Path, nargs="?", const=default_snapshot_path(),
+                        default=None, metavar="PNG",
+                        help="save one frame of the perception node's ~/annotated_image as a "
+                             "PNG, then stop (default path: <cache>/screenshots/"
+                             "annotated_image.png)")
+    parser.add_argument("--snapshot-after", type=_positive, default=3.0, metavar="S",
+                        help="with --snapshot: take the first frame with an answer after S "
+                             "stream seconds (default 3)")
     return parser
 
 
@@ -234,7 +244,7 @@ def options_from_args(args: argparse.Namespace, ros_args: Sequence[str],
         scenario=args.scenario, duration_s=args.duration, bundle=args.bundle,
         backend=args.backend, namespace=args.namespace, realtime_factor=args.realtime_factor,
         transition_s=args.transition, ui=not args.no_ui and is_terminal,
-        ros_args=list(ros_args))
+        ros_args=list(ros_args), snapshot=args.snapshot, snapshot_after_s=args.snapshot_after)
 
 
 def _install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
@@ -285,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         restore()
     for part in render_summary(summary):
         console.print(part)
+    if args.snapshot is not None:
+        if summary.get("snapshot"):
+            console.print(f"annotated image saved: {summary['snapshot']}")
+        else:
+            print(f"omnibind-bringup: error: no snapshot: {summary.get('snapshot_error')}",
+                  file=sys.stderr)
+            return 1
     if args.summary_json:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")

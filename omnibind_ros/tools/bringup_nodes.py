@@ -132,6 +132,11 @@ class Monitor:
         with self._lock:
             self._truth_label = msg.label
 
+    def answered(self) -> bool:
+        """Whether the newest recognition has an answer."""
+        with self._lock:
+            return self._recognition is not None and bool(self._recognition.best_label)
+
     def final_states(self) -> dict[str, str]:
         with self._lock:
             return {s.name: state_name(s.state) for s in self._statuses}
@@ -177,6 +182,10 @@ class BringupOptions:
     ui: bool = True
     status_every_s: float = 2.0
     ros_args: Sequence[str] = ()
+    #: save one ~/annotated_image frame here as a PNG, then stop (bringup_snapshot)
+    snapshot: Path | None = None
+    #: stream seconds before the snapshot is taken (then at the first answered frame)
+    snapshot_after_s: float = 3.0
 
 
 def _params_args(path: Path) -> list[str]:
@@ -220,6 +229,7 @@ class Bringup:
         self._end_s: float | None = None
         self._plan: list[Phase] = []
         self._summary: dict[str, Any] | None = None
+        self.snapshot_saver: Any = None  # bringup_snapshot.Snapshot with opts.snapshot
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -250,6 +260,12 @@ class Bringup:
         if not self.perception.autostart():
             raise BringupError(self._configure_hint())
         self.monitor = Monitor(self.monitor_node, self.scoreboard, PERCEPTION_NODE, self.t_s)
+        if self.opts.snapshot is not None:
+            from omnibind_ros.tools.bringup_snapshot import Snapshot
+
+            self.snapshot_saver = Snapshot(
+                self.monitor_node, PERCEPTION_NODE, self.opts.snapshot,
+                self.opts.snapshot_after_s, self.t_s, self.monitor.answered)
         for node in (self.perception, self.monitor_node, self.sim):
             if node is not None:
                 self.executor.add_node(node)
@@ -324,6 +340,8 @@ class Bringup:
         return 0.0 if self._t0 is None else time.monotonic() - self._t0
 
     def done(self) -> bool:
+        if self.snapshot_saver is not None and self.snapshot_saver.saved.is_set():
+            return True
         return self.duration_s is not None and self.t_s() >= self.duration_s
 
     def snapshot(self) -> LiveState:
@@ -398,4 +416,14 @@ class Bringup:
                 "sensors": self.monitor.final_states() if self.monitor else {},
                 "models": dict(self.monitor.models) if self.monitor else {},
                 "sim": sim if self.sim is not None else None, "clean_shutdown": clean,
-                "log_file": str(self.log_file) if self.log_file else None}
+                "log_file": str(self.log_file) if self.log_file else None,
+                **self._snapshot_summary()}
+
+    def _snapshot_summary(self) -> dict[str, Any]:
+        shot = self.snapshot_saver
+        if shot is None:
+            return {}
+        saved = shot.saved.is_set() and not shot.error
+        return {"snapshot": str(shot.path) if saved else None,
+                "snapshot_error": shot.error or (None if saved else "no frame saved before "
+                                                 "the run ended")}
