@@ -14,6 +14,7 @@ Examples
     omnibind-train all --config training/configs/sim_binding.yaml     # the binding family
     omnibind-train all --config training/configs/sim_unialign.yaml    # the UniAlign family
     omnibind-train ablate --config training/configs/sim_unialign.yaml # its Tables 8-11
+    omnibind-train teach my.bag --modality thermal --out ~/bundles/with_thermal  # new sensor
 
 A config with ``family: binding`` (seeds 001/003, :mod:`omnibind_train.binding`) runs its own
 stages: ``data``, ``spaces``, ``pairs``, ``bind``, ``af``, ``eval``, ``export``; one with
@@ -21,7 +22,11 @@ stages: ``data``, ``spaces``, ``pairs``, ``bind``, ``af``, ``eval``, ``export``;
 ``teachers``, ``train``, ``af``, ``eval``, ``export`` and ``ablate`` (``all`` runs a family's
 stages in order, ``ablate`` excepted).
 
-Every subcommand reads the same pipeline YAML (``PipelineConfig``); ``--set key.sub=value``
+``teach`` (:mod:`omnibind_train.teach`) distils a new sensor from one bag (camera + the sensor,
+no labels needed) into a copy of a bundle; it reads its own YAML (``training/configs/
+teach.yaml``, ``TeachConfig``).
+
+Every other subcommand reads the same pipeline YAML (``PipelineConfig``); ``--set key.sub=value``
 overrides any field. Outputs go under the cache directory (see :mod:`omnibind_train.pipeline`).
 A bad config is reported in one line with exit status 2.
 """
@@ -34,6 +39,7 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 DEFAULT_CONFIG = "training/configs/sim_default.yaml"
+TEACH_CONFIG = "training/configs/teach.yaml"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -106,7 +112,94 @@ def build_parser() -> argparse.ArgumentParser:
         cmds[name].add_argument("--overwrite-data", action="store_true",
                                 help="regenerate the data set if the one in the cache was made "
                                      "from another config or simulator version")
+    _teach_parser(sub)
     return parser
+
+
+def _teach_parser(sub: argparse._SubParsersAction) -> None:
+    text = ("teach a bundle a new sensor from one bag: pair its messages with the camera, CAD "
+            "with the bundle's image encoder as teacher, retrain AF, export a new bundle")
+    p = sub.add_parser("teach", help=text, description=text)
+    p.add_argument("bag", type=Path, help="rosbag2 directory (or .mcap/.db3) with the camera "
+                   "and the new sensor")
+    p.add_argument("--modality", default=None,
+                   help="the new sensor's modality: thermal, event, tactile, audio, point_cloud")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="bundle to teach (default <cache>/bundles/default); never written")
+    p.add_argument("--out", type=Path, required=True, help="new bundle directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing bundle at --out (never the input bundle)")
+    p.add_argument("--topic", default=None, help="the new sensor's topic (default: the bag's "
+                   "only topic of a type the modality reads)")
+    p.add_argument("--camera-topic", default=None, help="the camera's topic (default: likewise)")
+    p.add_argument("--tolerance", type=float, default=None, metavar="S",
+                   help="largest sensor-to-camera stamp difference in seconds (default 0.05)")
+    p.add_argument("--labels", default=None, metavar="none|topic|CSV",
+                   help="none (pseudo-labels from the image teacher), topic (the bag's ground "
+                        "truth topic) or a CSV of start_s,end_s,label intervals")
+    p.add_argument("--init", choices=("registry", "bundle"), default=None,
+                   help="start the student from the registry's default encoder (default) or "
+                        "from the bundle's encoder of that modality")
+    p.add_argument("--no-run-data", action="store_true",
+                   help="stage II from the bag only (not the bundle's training run data)")
+    p.add_argument("--config", default=TEACH_CONFIG,
+                   help=f"teach config YAML (default {TEACH_CONFIG})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set cad.loop.epochs=10 (repeatable)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache directory")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: the config's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _teach_config(args: argparse.Namespace):  # -> TeachConfig
+    from .teach import TeachConfig
+
+    overrides = list(args.overrides)
+    for key, value in (("modality", args.modality), ("topic", args.topic),
+                       ("camera_topic", args.camera_topic), ("tolerance_s", args.tolerance),
+                       ("labels", args.labels), ("init", args.init),
+                       ("cache_dir", args.cache_dir), ("device", args.device),
+                       ("threads", args.threads)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.no_run_data:
+        overrides.append("run_data=none")
+    if args.no_progress:
+        overrides.append("progress=false")
+    return TeachConfig.from_yaml(args.config, overrides)
+
+
+def _run_teach(args: argparse.Namespace) -> int:
+    """``omnibind-train teach``: one-line errors (exit 2) for what the user can fix."""
+    import os
+
+    try:
+        cfg = _teach_config(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"omnibind-train: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    import torch
+
+    from omnibind_ros.bag.truth import TruthError
+    from omnibind_ros.core.bundle import default_bundle_dir
+    from omnibind_ros.core.errors import BundleError
+
+    from .teach import TeachError, teach
+    from .teach.report import summary
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        result = teach(args.bag, args.bundle or default_bundle_dir(), args.out, cfg,
+                       overwrite=args.overwrite)
+    except (TeachError, BundleError, TruthError, FileNotFoundError) as exc:
+        print(f"omnibind-train teach: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(summary(result))
+    return 0
 
 
 BINDING_COMMANDS = ("data", "spaces", "pairs", "bind", "af", "eval", "export", "all")
@@ -214,6 +307,8 @@ def _dispatch(args: argparse.Namespace, ws) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omnibind-train`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "teach":  # its own config (TeachConfig): a bag and a bundle in
+        return _run_teach(args)
     if args.command == "import":  # no config, no workspace: a checkpoint in, a bundle out
         from .byo.cli import run_import
 
