@@ -1,0 +1,70 @@
+"""Shared by the audio readers (ESC-50, UrbanSound8K): clip loading and the preprocessing window.
+
+The runtime's audio preprocessor analyses the last ``window_s`` seconds of a stream. A data set
+clip is longer than that window (ESC-50: 5 s, UrbanSound8K: up to 4 s) and its sound often sits
+at the start with silence padding after it (ESC-50 pads short sounds), so pushing the whole clip
+would often analyse silence. :meth:`AudioClipReader.preprocessed` therefore pushes one
+``window_s`` excerpt of the clip, chosen by ``window``:
+
+- ``"loudest"`` (default): the excerpt with the highest energy (mean square of the channel
+  mean), found with a cumulative sum over every start sample;
+- ``"first"`` / ``"last"``: the clip's first / last ``window_s`` seconds.
+
+A clip shorter than the window is pushed whole (the preprocessor zero-pads the window's start,
+as at run time). The raw sample (``reader[i]``) is always the whole clip.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from omnibind_ros.core.types import AudioBlock
+
+from .base import DatasetReader, read_audio
+
+__all__ = ["WINDOW_CHOICES", "AudioClipReader", "clip_window"]
+
+WINDOW_CHOICES = ("loudest", "first", "last")
+
+
+def clip_window(block: AudioBlock, window_s: float, window: str = "loudest") -> AudioBlock:
+    """The ``window_s``-second excerpt of ``block`` chosen by ``window`` (see module doc)."""
+    if window not in WINDOW_CHOICES:
+        raise ValueError(f"window must be one of {WINDOW_CHOICES}, got {window!r}")
+    samples = block.samples
+    n = samples.shape[0]
+    w = int(math.ceil(window_s * block.sample_rate))
+    if n <= w:
+        return block
+    if window == "first":
+        start = 0
+    elif window == "last":
+        start = n - w
+    else:
+        mono = samples.astype(np.float64)
+        mono = mono.mean(axis=1) if mono.ndim == 2 else mono
+        energy = np.concatenate([[0.0], np.cumsum(mono * mono)])
+        start = int(np.argmax(energy[w:] - energy[:-w]))
+    return AudioBlock(samples=samples[start:start + w], sample_rate=block.sample_rate)
+
+
+class AudioClipReader(DatasetReader):
+    """A reader of audio clips (one file per sample) with the window choice above."""
+
+    modality = "audio"
+
+    def __init__(self, root: Any, window: str = "loudest") -> None:
+        super().__init__(root)
+        if window not in WINDOW_CHOICES:
+            raise ValueError(f"window must be one of {WINDOW_CHOICES}, got {window!r}")
+        self.window = window
+
+    def load(self, i: int) -> AudioBlock:
+        """The whole clip at the file's rate: float32 ``[n_frames, channels]``."""
+        return read_audio(self.path(i))
+
+    def _for_preprocessing(self, payload: AudioBlock, config: Mapping[str, Any]) -> AudioBlock:
+        return clip_window(payload, float(config["window_s"]), self.window)
