@@ -26,8 +26,8 @@ from typing import Any
 
 from omnibind_ros.core.names import PERCEPTION_NODE
 
-__all__ = ["ConfigError", "NodeConfig", "default_config_path", "load_node_config", "map_topics",
-           "parse_node_params"]
+__all__ = ["ConfigError", "NodeConfig", "default_config_path", "info_topics", "load_node_config",
+           "map_topics", "parse_node_params", "sensor_key"]
 
 #: Node-level keys rcl and rclpy handle themselves (accepted, not checked here).
 _ROS_KEYS = ("use_sim_time",)
@@ -52,6 +52,9 @@ class NodeConfig:
     label_file : ``labels.file`` ("" = none), resolved against the config's directory when it
         is relative and not found from the working directory.
     unknown : parameter names in the file the node does not know (typos, other versions).
+    invalid : sensors the node would refuse (only with ``load_node_config(strict=False)``):
+        name -> (the config key at fault, e.g. ``sensors.lidar.message_type``, the node's
+        reason). They are not in ``sensors``.
     """
 
     path: Path | None
@@ -62,6 +65,7 @@ class NodeConfig:
     label_names: list[str] = field(default_factory=list)
     label_file: str = ""
     unknown: list[str] = field(default_factory=list)
+    invalid: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def sensor(self, name: str) -> Any:
         for cfg in self.sensors:
@@ -151,14 +155,35 @@ def read_params_file(path: Path, node_name: str, *, what: str = "parameter file"
     return parse_node_params(document, node_name, str(path))
 
 
+def sensor_key(name: str, reason: str) -> str:
+    """The config key a sensor's rejection is about (``sensors.<name>.<key>``), read from the
+    node's reason; ``sensors.<name>`` when the reason names none."""
+    import re
+
+    match = re.search(rf"sensors\.{re.escape(name)}\.(\w+)", reason)
+    if match:
+        return f"sensors.{name}.{match.group(1)}"
+    for needle, key in (("cannot be read from", "message_type"),  # conversion_for
+                        ("unknown modality", "modality"), ("QoS", "qos"),
+                        ("lost_after", "lost_after")):
+        if needle in reason:
+            return f"sensors.{name}.{key}"
+    return f"sensors.{name}"
+
+
 def load_node_config(path: str | Path | None = None,
-                     node_name: str = PERCEPTION_NODE) -> NodeConfig:
+                     node_name: str = PERCEPTION_NODE, *, strict: bool = True) -> NodeConfig:
     """Read the node's parameters from a YAML file (default: the package's perception.yaml).
 
     Parameters
     ----------
     path : the ``--params-file`` of the node; None = :func:`default_config_path`.
     node_name : the node's name (sections are matched against it).
+    strict : raise on sensors the node would refuse (one error naming every one of them by
+        its config key, not only the first: a user fixing a borrowed config should not
+        discover them one run at a time). False: return them in ``NodeConfig.invalid`` (bag
+        evaluation then names them together with what the bag and the bundle offer, see
+        :mod:`omnibind_ros.bag.sensor_check`).
 
     Raises
     ------
@@ -188,6 +213,7 @@ def load_node_config(path: str | Path | None = None,
             unknown.append(name)
     names = list(values["sensors"] or [])
     sensors = []
+    invalid: dict[str, tuple[str, str]] = {}
     for name in names:
         prefix = f"sensors.{name}."
         extra = sorted(k for k in raw if k.startswith(prefix) and k[len(prefix):]
@@ -196,8 +222,15 @@ def load_node_config(path: str | Path | None = None,
         try:
             cfg = P.build_sensor(name, {k: raw.get(prefix + k) for k in P.SENSOR_KEYS})
         except ValueError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+            invalid[name] = (sensor_key(name, str(exc)), str(exc))
+            continue
         sensors.append(_with_topic(cfg, _absolute(cfg.topic, node_name)))
+    if invalid and strict:
+        if len(invalid) == 1:
+            ((key, reason),) = invalid.values()
+            raise ConfigError(f"{path}: {reason}")
+        raise ConfigError(f"{path}: {len(invalid)} sensors are invalid:\n" + "\n".join(
+            f"  {key}: {reason}" for key, reason in invalid.values()))
     listed = {f"sensors.{n}." for n in names}
     unknown += sorted(k for k in raw if k.startswith("sensors.") and k != "sensors"
                       and not any(k.startswith(p) for p in listed))
@@ -214,7 +247,7 @@ def load_node_config(path: str | Path | None = None,
     return NodeConfig(path=path, params=values, sensors=sensors, fusion=fusion,
                       bad_samples_to_degrade=int(values["bad_samples_to_degrade"]),
                       label_names=list(values["labels.names"] or []), label_file=label_file,
-                      unknown=sorted(set(unknown)))
+                      unknown=sorted(set(unknown)), invalid=invalid)
 
 
 def _with_topic(cfg: Any, topic: str) -> Any:
@@ -255,3 +288,18 @@ def map_topics(bag_topics: Mapping[str, tuple[str, int]], sensors: Sequence[Any]
             continue
         mapped[topic] = sensor
     return mapped, skipped
+
+
+def info_topics(bag_topics: Mapping[str, Any], sensors: Sequence[Any]) -> dict[str, str]:
+    """A sensor's paired info topic (AudioInfo beside AudioData, CameraInfo beside a depth
+    image) -> the sensor, where the bag has it: offline mode feeds its messages to the sensor's
+    converter as the node's info subscription does, live mode plays it to that subscription."""
+    from omnibind_ros.ros.conversions import conversion_for, info_topic_for
+
+    out = {}
+    for s in sensors:
+        paired = info_topic_for(conversion_for(s.modality, s.message_type), s.topic,
+                                getattr(s, "info_topic", ""))
+        if paired is not None and paired[0] in bag_topics:
+            out[paired[0]] = s.name
+    return out

@@ -121,9 +121,11 @@ def _progress_bar(enabled: bool, start_ns: int, end_ns: int
     return update, bar.close
 
 
-def _mapped_topics(info: Any, config: Any, truth_topic: str, bag: Path
+def _mapped_topics(info: Any, config: Any, truth_topic: str, bag: Path, check: Any
                    ) -> tuple[dict[str, str], dict[str, str]]:
-    """(topic -> sensor name, skipped topic -> why); BagEvalError when nothing maps."""
+    """(topic -> sensor name, skipped topic -> why); BagEvalError when nothing maps, naming
+    every sensor with what would work (``check``: :class:`~omnibind_ros.bag.sensor_check.
+    SensorCheck`)."""
     from omnibind_ros.bag.config import map_topics
 
     mapped, skipped = map_topics(info.topics, config.sensors, (truth_topic, SCENARIO_EVENT_TOPIC))
@@ -134,22 +136,9 @@ def _mapped_topics(info: Any, config: Any, truth_topic: str, bag: Path
             + ". Configured sensors ("
             + (str(config.path) if config.path else "defaults") + "): "
             + ", ".join(f"{s.name} on {s.topic} ({s.message_type})" for s in config.sensors)
-            + ". Pass the node configuration the bag was recorded for (--config).")
+            + ". Pass the node configuration the bag was recorded for (--config). "
+            "Per sensor:\n" + check.listing())
     return {topic: cfg.name for topic, cfg in mapped.items()}, skipped
-
-
-def _info_topics(info: Any, config: Any) -> dict[str, str]:
-    """A sensor's paired info topic (AudioInfo beside AudioData) -> the sensor, where the bag
-    has it: its messages update the sensor's converter as the node's info subscription does."""
-    from omnibind_ros.ros.conversions import conversion_for, info_topic_for
-
-    out = {}
-    for s in config.sensors:
-        paired = info_topic_for(conversion_for(s.modality, s.message_type), s.topic,
-                                getattr(s, "info_topic", ""))
-        if paired is not None and paired[0] in info.topics:
-            out[paired[0]] = s.name
-    return out
 
 
 class _Others:
@@ -200,7 +189,10 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
     FileNotFoundError : bag, bundle or config missing.
     BagEvalError : no topic of the bag maps to a configured sensor (the message lists both),
         or nothing of the bag is readable.
-    ConfigError, TruthError : an unusable config or ground-truth CSV.
+    ConfigError, TruthError : an unusable config or ground-truth CSV; a config with sensors
+        the node would refuse (a bad value, a modality the bundle lacks) names every unusable
+        sensor at once (:mod:`omnibind_ros.bag.sensor_check`). Sensors the bag merely does not
+        feed are named together in one warning (``EvalResult.warnings``).
 
     A bag damaged part-way is not an error: the result holds everything up to the damage and
     ``error`` names the position.
@@ -208,8 +200,10 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
     from omnibind_ros.ros.env import ensure_safe_ros_env
 
     ensure_safe_ros_env()  # rclpy (serialization) is imported below
+    from omnibind_ros.bag.config import info_topics as config_info_topics
     from omnibind_ros.bag.config import load_node_config
     from omnibind_ros.bag.reader import BagReadError, iter_messages, open_info
+    from omnibind_ros.bag.sensor_check import preflight
     from omnibind_ros.core.backends import create_backend
     from omnibind_ros.core.bundle import default_bundle_dir, load_bundle
     from omnibind_ros.core.labels import resolve_labels
@@ -217,16 +211,18 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
 
     wall0 = time.perf_counter()
     bag = Path(bag)
-    cfg = load_node_config(config)
+    cfg = load_node_config(config, strict=False)  # every unusable sensor is named below
     try:
         info = open_info(bag)
     except BagReadError as exc:
         raise BagEvalError(f"nothing of bag {bag} is readable: {exc}") from exc
-    topics, skipped = _mapped_topics(info, cfg, truth_topic, bag)
-    info_topics = _info_topics(info, cfg)
+    bundle_path = bundle or cfg.params.get("bundle_path") or default_bundle_dir()
+    check = preflight(cfg, info.topics, bundle_path, used=(truth_topic, SCENARIO_EVENT_TOPIC),
+                      bag=bag)
+    topics, skipped = _mapped_topics(info, cfg, truth_topic, bag, check)
+    info_topics = config_info_topics(info.topics, cfg.sensors)
     for topic in info_topics:
         skipped.pop(topic, None)
-    bundle_path = bundle or cfg.params.get("bundle_path") or default_bundle_dir()
     n_procs = default_processes(backend) if processes is None else max(0, int(processes))
     parallel = None
     if n_procs:  # first: the workers import while this process loads the bundle
@@ -281,10 +277,13 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
     else:
         counters, timing = parallel.counters, parallel.timing
     timing = {"setup_s": round(setup_s, 3), "processes": n_procs, **timing}
-    return _result(bag, cfg, info, topics, skipped, replay, counters, others, truth_csv,
-                   truth_topic, last_ns, read_error, bundle_path, engine_backend, backend,
-                   time.perf_counter() - wall0, timing,
-                   f"{model.name} (family: {model.family or 'unspecified'})")
+    result = _result(bag, cfg, info, topics, skipped, replay, counters, others, truth_csv,
+                     truth_topic, last_ns, read_error, bundle_path, engine_backend, backend,
+                     time.perf_counter() - wall0, timing,
+                     f"{model.name} (family: {model.family or 'unspecified'})")
+    warning = check.warning()
+    result.extra["sensor_warnings"] = [warning] if warning else []
+    return result
 
 
 def _result(bag: Path, cfg: Any, info: Any, topics: dict[str, str], skipped: dict[str, str],

@@ -172,8 +172,11 @@ class EvalResult:
 
     @property
     def warnings(self) -> list[str]:
-        """What makes the scores misleading: ground-truth labels outside the label set."""
-        return truth_label_warnings(self.truth, self.extra.get("labels") or [])
+        """What makes the scores misleading: configured sensors the bag never feeds
+        (``extra["sensor_warnings"]``, :mod:`omnibind_ros.bag.sensor_check`) and ground-truth
+        labels outside the label set (``extra["labels"]``)."""
+        return [*(self.extra.get("sensor_warnings") or []),
+                *truth_label_warnings(self.truth, self.extra.get("labels") or [])]
 
 
 def truth_label_warnings(truth: Any, labels: Sequence[str]) -> list[str]:
