@@ -30,10 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omnibind_ros.bag.config import info_topics
 from omnibind_ros.bag.errors import LiveEvalError
 from omnibind_ros.bag.live_recorder import RECORDER_NAME, Recorder, state_changes, tick_records
+from omnibind_ros.bag.live_sensors import live_sensor_table, node_counts, undecodable_messages
 from omnibind_ros.bag.player import PlaybackPlan, PlayerHandle
 from omnibind_ros.bag.scoring import EvalResult, phases_from_events, phases_from_states
+from omnibind_ros.bag.warmup import warm_up
 from omnibind_ros.core.names import (
     CLOCK_TOPIC,
     GROUND_TRUTH_TOPIC,
@@ -79,15 +82,21 @@ def _node_sensors(node: Any) -> list[_Sensor]:
 
 
 def _plan_topics(bag_topics: dict[str, tuple[str, int]], sensors: Sequence[_Sensor],
-                 used: Iterable[str]) -> tuple[dict[str, tuple[str, bool]], dict[str, str]]:
+                 used: Iterable[str], paired: Iterable[str] = ()
+                 ) -> tuple[dict[str, tuple[str, bool]], dict[str, str]]:
     """(topics to play, skipped topic -> why), as offline mode maps them. ``used``: topics the
-    evaluator reads itself (ground truth, scenario events): neither played nor skipped."""
+    evaluator reads itself (ground truth, scenario events): neither played nor skipped.
+    ``paired``: the sensors' info topics in the bag (``config.info_topics``), played best
+    effort like the node's info subscription (offline mode feeds them to the converter too)."""
     from omnibind_ros.bag.config import map_topics
     from omnibind_ros.ros.conversions import normalise_msg_type
 
     mapped, skipped = map_topics(bag_topics, sensors, used)
     play = {topic: (normalise_msg_type(bag_topics[topic][0]), sensor.reliable)
             for topic, sensor in mapped.items()}
+    for topic in paired:
+        skipped.pop(topic, None)
+        play[topic] = (normalise_msg_type(bag_topics[topic][0]), False)
     return play, skipped
 
 
@@ -193,9 +202,22 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
 
     Raises
     ------
+    ConfigError : sensors the node would refuse (a bad value, a modality the bundle lacks): one
+        error naming every unusable sensor by its config key, before any ROS is started
+        (:mod:`omnibind_ros.bag.sensor_check`, as offline mode). Sensors the bag does not feed
+        are named in one warning (``EvalResult.warnings``).
     LiveEvalError : the node failed to configure (bad bundle), no topic of the bag is one the
         node listens to, or the node never received the bag's /clock.
     FileNotFoundError, BagReadError : the bag cannot be opened at all.
+
+    Before the node starts, the first messages of every played sensor run through their
+    conversion and preprocessing in this process (:mod:`omnibind_ros.bag.warmup`): a cold
+    process's one-time costs (open3d's import on the first point cloud...) otherwise stall the
+    node in the bag's first second and show as sub-second "unplugged" phases.
+
+    The report's per-sensor table (``extra["sensors"]``) has offline mode's columns
+    (:mod:`omnibind_ros.bag.live_sensors`); undecodable messages and a damaged bag are named by
+    the same index among the bag's messages as offline.
 
     The process environment is made safe first (``ensure_safe_ros_env``, which refuses if rclpy
     was already imported with discovery beyond this machine); the evaluation creates its own
@@ -214,9 +236,13 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
         raise FileNotFoundError(f"node config not found: {config}")
     wall0 = time.monotonic()
     info = open_info(bag)
-    # Ground truth and scenario events first: a bad CSV fails before minutes of playback.
+    # Ground truth, scenario events and the sensors first: a bad CSV or config fails before
+    # minutes of playback.
     truth = _load_truth(bag, truth_csv, truth_topic, info)
     events, side_error = _scenario_events(bag, info.topics)
+    cfg, check, bundle_path = _preflight(bag, info, config, bundle, truth_topic)
+    warm_s = warm_up(bag, [s for s in cfg.sensors if s.name in check.fed], bundle_path,
+                     info.definitions)
 
     import rclpy
     from rclpy.context import Context
@@ -241,12 +267,13 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
         restore_level = _set_log_level(perception.get_logger().name, log_level)
         sensors = _node_sensors(perception)
         plan_topics, skipped = _plan_topics(info.topics, sensors,
-                                            used=(truth_topic, SCENARIO_EVENT_TOPIC))
+                                            used=(truth_topic, SCENARIO_EVENT_TOPIC),
+                                            paired=info_topics(info.topics, cfg.sensors))
         if not plan_topics:
             raise LiveEvalError(
                 f"no topic of {bag} is a sensor topic of the node config {config} "
                 f"(bag topics: {sorted(info.topics) or 'none'}; node topics: "
-                f"{[s.topic for s in sensors]})")
+                f"{[s.topic for s in sensors]}). Per sensor:\n{check.listing()}")
         recorder_node = Node(RECORDER_NAME, context=context,
                              parameter_overrides=[Parameter("use_sim_time", value=True)])
         recorder = Recorder(recorder_node, perception.get_name())
@@ -267,6 +294,7 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
                                 f"within {CLOCK_WAIT_S:.0f} s")
         if not perception.autostart():
             raise LiveEvalError(_configure_hint(perception))
+        labels = list(perception.engine.fusion.label_names)
         player.go()
         progress_bar = _Progress(progress, (info.end_ns - info.start_ns) / NS,
                                  f"live x{rate:g}")
@@ -277,6 +305,7 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
         progress_bar.update((info.end_ns - info.start_ns) / NS)
         # answers still in flight (an encode, a queued callback): until none came for a while
         _wait(lambda: time.monotonic() - recorder.last_wall >= SETTLE_S, 5.0)
+        counts = node_counts(perception, [s.name for s in sensors])  # while its workers exist
     except BaseException:
         if player is not None:
             player.close()
@@ -297,6 +326,8 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
 
     last_ns = stats.last_log_ns if stats.last_log_ns is not None else info.start_ns
     end_ns = last_ns if stats.error else info.end_ns
+    sensor_topics = {s.topic: s.message_type for s in sensors if s.topic in plan_topics}
+    undecodable = undecodable_messages(bag, sensor_topics, info.definitions, until_ns=last_ns)
     ticks, dropped = tick_records(recorder.recognitions, last_ns=end_ns,
                                   diags=recorder.fusion_diags, statuses=recorder.statuses,
                                   stamp_wall=stats.stamp_wall,
@@ -317,6 +348,12 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
         extra={
             "rate": float(rate),
             "config": str(config),
+            "bundle": str(Path(bundle_path)),
+            "labels": labels,
+            "sensors": live_sensor_table(sensors, plan_topics, stats.published, counts,
+                                         undecodable),
+            "sensor_warnings": [w for w in (check.warning(),) if w],
+            "unknown_params": list(cfg.unknown),
             "player": {"process": bool(player_process), "published": stats.published,
                        "clock_messages": len(stats.clock_wall),
                        "messages_read": stats.messages_read,
@@ -325,7 +362,7 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
             "truth_source": ("csv" if truth_csv is not None else
                              truth_topic if truth is not None else None),
             "timing": {"player_lag_s": stats.lag_s, "late_messages": stats.late_messages,
-                       "playback_wall_s": round(stats.wall_s, 3)},
+                       "playback_wall_s": round(stats.wall_s, 3), "warm_up_s": warm_s},
         })
 
 
@@ -353,6 +390,26 @@ def _configure_hint(node: Any) -> str:
         return (f"no model bundle at {path}: pass --bundle PATH or build the default one "
                 "(`make demo`)")
     return "the perception node failed to configure (its error is logged above)"
+
+
+def _preflight(bag: Path, info: Any, config: Path, bundle: Path | str | None,
+               truth_topic: str) -> tuple[Any, Any, Path]:
+    """(the node config as bag evaluation reads it, its :class:`~omnibind_ros.bag.
+    sensor_check.SensorCheck`, the bundle the node will load): the node's own YAML read as
+    offline mode reads it, so a config is judged alike in both modes, before any ROS starts.
+
+    Raises ConfigError naming every unusable sensor when the node would refuse one.
+    """
+    from omnibind_ros.bag.config import load_node_config
+    from omnibind_ros.bag.sensor_check import preflight
+    from omnibind_ros.core.bundle import default_bundle_dir
+
+    cfg = load_node_config(config, strict=False)
+    bundle_path = Path(bundle or cfg.params.get("bundle_path") or default_bundle_dir())
+    bundle_path = bundle_path.expanduser()
+    check = preflight(cfg, info.topics, bundle_path, used=(truth_topic, SCENARIO_EVENT_TOPIC),
+                      bag=bag)
+    return cfg, check, bundle_path
 
 
 def _load_truth(bag: Path, truth_csv: Path | str | None, topic: str, info: Any) -> Any:

@@ -308,10 +308,13 @@ def _result(bag: Path, cfg: Any, info: Any, topics: dict[str, str], skipped: dic
     sensors_extra = {}
     for s in cfg.sensors:
         count = counters.get(s.name) or BagSensor.no_counters()
+        # as live mode's table (bag.live_sensors): every decodable message reaches the engine
         sensors_extra[s.name] = {"topic": s.topic, "modality": s.modality,
                                  "mapped": s.topic in mapped, "messages": count["received"],
+                                 "received": count["received"] - count["undecodable"],
                                  "undecodable": count["undecodable"],
-                                 "encoded": count["encoded"]}
+                                 "encoded": count["encoded"],
+                                 "bad": replay.reporters[s.name].bad}
         if count["first_error"]:
             sensors_extra[s.name]["first_undecodable"] = count["first_error"]
         if count.get("info_messages"):

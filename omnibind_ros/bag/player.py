@@ -83,7 +83,8 @@ class PlaybackStats:
     clock_wall : (bag ns, monotonic wall time) of every /clock message published while playing.
     wall_s : seconds from the start of playback to the end of the tail.
     error : the bag read error that ended playback early (its position), or None.
-    messages_read, last_log_ns : messages read from the bag, log time of the last one.
+    messages_read, last_log_ns : messages read from the bag (every topic, played or not), log
+        time of the last one (the end of the evaluated span, as offline).
     unmatched : topics without a matched subscription when playback started.
     """
 
@@ -196,10 +197,16 @@ class Player:
 
         last = plan.start_ns
         try:
-            for msg in iter_messages(plan.bag, topics=list(self._pubs)):
+            # Every message of the bag is read, the planned topics' are published: a damaged
+            # bag then stops at the message offline evaluation stops at, named by the same
+            # index among the bag's messages (a topic-filtered read counts only its own).
+            for msg in iter_messages(plan.bag):
                 if stop():
                     break
                 stats.messages_read += 1
+                last = msg.log_time_ns
+                if msg.topic not in self._pubs:
+                    continue
                 clock_until(msg.log_time_ns)
                 due = pace(msg.log_time_ns)
                 self._pubs[msg.topic].publish(msg.rawdata)
@@ -210,7 +217,6 @@ class Player:
                     stamp = header_stamp_ns(msg.rawdata)
                     if stamp is not None and stamp not in stats.stamp_wall:
                         stats.stamp_wall[stamp] = now
-                last = msg.log_time_ns
         except BagReadError as exc:
             stats.error = str(exc)
         stats.last_log_ns = last if stats.messages_read else None

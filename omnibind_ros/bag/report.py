@@ -145,13 +145,7 @@ def render_markdown(result: EvalResult, scores: dict[str, Any],
     lines += _table(["sensor"] + states,
                     [[name] + [_num(v.get(s), 1) if s in v else "" for s in states]
                      for name, v in scores["sensor_state_s"].items()])
-    sensors = extra.get("sensors") or {}
-    if sensors:
-        lines += ["", "Messages per sensor:", ""]
-        lines += _table(["sensor", "topic", "messages", "encoded", "undecodable"],
-                        [[n, f"`{v.get('topic', '')}`", v.get("messages", 0),
-                          v.get("encoded", 0), v.get("undecodable", 0)]
-                         for n, v in sensors.items()], 2)
+    lines += _sensor_messages(result.mode, extra.get("sensors") or {})
 
     age = scores["input_age_s"]
     lines += ["", "## Input age and latency", "",
@@ -173,6 +167,30 @@ def render_markdown(result: EvalResult, scores: dict[str, Any],
               f"{timing['wall_s']:.1f} s, {_num(timing['ticks_per_s'], 1)} fusion ticks/s, "
               f"{_num(span / timing['wall_s'] if timing['wall_s'] else None, 2)} bag s per s."]
     return "\n".join(lines) + "\n"
+
+
+def _sensor_messages(mode: str, sensors: dict[str, Any]) -> list[str]:
+    """The per-sensor message table (offline and live alike) and each sensor's first
+    undecodable message (named by its index among the bag's messages, the same in both)."""
+    if not sensors:
+        return []
+    received = ("every decodable message reaches the engine at its log time"
+                if mode == "offline" else
+                "messages the node's callbacks got; fewer than the decodable ones when a "
+                "best-effort queue replaced a message while the node was busy")
+    lines = ["", "Messages per sensor (messages: in the bag on its topic; received: "
+             f"{received}; bad: conversion, preprocessing or encoding failed; undecodable: "
+             "not deserializable, dropped as the middleware drops them):", ""]
+    lines += _table(["sensor", "topic", "messages", "received", "encoded", "bad",
+                     "undecodable"],
+                    [[n, f"`{v.get('topic', '')}`", v.get("messages", 0),
+                      v.get("received", "–"), v.get("encoded", 0), v.get("bad", "–"),
+                      v.get("undecodable", 0)] for n, v in sensors.items()], 2)
+    firsts = [(n, v["first_undecodable"]) for n, v in sensors.items()
+              if v.get("first_undecodable")]
+    if firsts:
+        lines += [""] + [f"- first undecodable message of {n}: {text}" for n, text in firsts]
+    return lines
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from omnibind_ros.core.pipeline import SampleOutcome, SensorStage, make_pipeline
 
-__all__ = ["BagSensor", "StagedMessage", "bag_deserializer", "stamp_of"]
+__all__ = ["BagSensor", "StagedMessage", "bag_deserializer", "stamp_of", "undecodable_text"]
 
 NS = 1_000_000_000
 
@@ -40,6 +40,14 @@ def stamp_of(msg: Any, log_ns: int, convert: Callable[[Any], Any] | None = None)
 
         return arrival_stamp_ns(convert, msg, log_ns)
     return int(header.stamp.sec) * NS + int(header.stamp.nanosec)
+
+
+def undecodable_text(index: int, exc: BaseException) -> str:
+    """How an undecodable message is named in a report: its index among the bag's messages (all
+    topics, log-time order: :attr:`~omnibind_ros.bag.reader.BagMessage.index`) and the error.
+    Offline and live evaluation both name it so, so one damaged message reads the same in
+    either report."""
+    return f"message {index}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,7 @@ class BagSensor:
             msg = self.deserialize(rawdata)
         except Exception as exc:  # noqa: BLE001  (the middleware drops what it cannot decode)
             self.undecodable += 1
-            self.first_error = self.first_error or f"message {index}: {exc}"
+            self.first_error = self.first_error or undecodable_text(index, exc)
             return None
         outcome = self.stage.process(msg, stamp_of(msg, log_ns, self.stage.convert), log_ns)
         if outcome.kind == "embedding":

@@ -100,3 +100,24 @@ def test_plots_without_answers(tmp_path: Path) -> None:
     paths = write_report(result, score(result), tmp_path)
     assert paths["accuracy_by_combination"].read_bytes().startswith(PNG)
     assert paths["timeline"].read_bytes().startswith(PNG)
+
+
+def test_per_sensor_messages_table_in_both_modes() -> None:
+    """The table and each sensor's first undecodable message, offline and live alike; only the
+    meaning of "received" is explained per mode."""
+    sensors = {
+        "cam": {"topic": "/cam", "messages": 40, "received": 37, "encoded": 30, "bad": 2,
+                "undecodable": 1, "first_undecodable": "message 66: CDR buffer too short"},
+        "lidar": {"topic": "/points", "messages": 40, "received": 40, "encoded": 38, "bad": 0,
+                  "undecodable": 0}}
+    for mode, meaning in (("offline", "every decodable message reaches the engine"),
+                          ("live", "messages the node's callbacks got")):
+        result = dataclasses.replace(_result(), mode=mode,
+                                     extra={**_result().extra, "sensors": sensors})
+        md = render_markdown(result, score(result))
+        assert meaning in md
+        assert "| sensor | topic | messages | received | encoded | bad | undecodable |" in md
+        assert "| cam | `/cam` | 40 | 37 | 30 | 2 | 1 |" in md
+        assert "| lidar | `/points` | 40 | 40 | 38 | 0 | 0 |" in md
+        assert "- first undecodable message of cam: message 66: CDR buffer too short" in md
+        assert "first undecodable message of lidar" not in md

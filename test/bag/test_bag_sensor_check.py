@@ -141,7 +141,7 @@ def _borrowed(root: Path) -> Path:
                           ("front", "velo", "thermal", "mic", "skin"))
 
 
-@pytest.mark.parametrize("mode", ["offline"])
+@pytest.mark.parametrize("mode", ["offline", "live"])
 def test_evaluation_refuses_once_naming_every_sensor(bag_and_bundles, mode) -> None:
     """Offline and live (before any ROS starts) raise one ConfigError with all three."""
     from omnibind_ros.bag.config import ConfigError
