@@ -29,17 +29,25 @@ from .base import (
     read_image_gray,
     read_image_rgb,
 )
+from .caltech101 import Caltech101
 from .esc50 import ESC50
+from .imagenet import ImageNet1K
+from .ncaltech101 import NCaltech101
+from .nimagenet import NImageNet
 from .urbansound8k import UrbanSound8K
 
-__all__ = ["ESC50", "READERS", "DatasetFormatError", "DatasetLayoutError", "DatasetReader",
-           "UrbanSound8K", "open_dataset", "per_class_split", "read_audio", "read_image_gray",
-           "read_image_rgb"]
+__all__ = ["ESC50", "READERS", "Caltech101", "DatasetFormatError", "DatasetLayoutError",
+           "DatasetReader", "ImageNet1K", "NCaltech101", "NImageNet", "UrbanSound8K",
+           "open_dataset", "per_class_split", "read_audio", "read_image_gray", "read_image_rgb"]
 
 #: Registry name -> reader class.
 READERS: dict[str, type[DatasetReader]] = {
+    "imagenet": ImageNet1K,
+    "caltech101": Caltech101,
     "esc50": ESC50,
     "urbansound8k": UrbanSound8K,
+    "nimagenet": NImageNet,
+    "ncaltech101": NCaltech101,
 }
 
 
