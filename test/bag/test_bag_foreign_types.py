@@ -187,3 +187,30 @@ def test_audio_data_takes_its_format_from_the_paired_audio_info(
     assert answered[False, 0] == answered[False, 2] < answered[True, 0]
     stamps = [t.stamp_ns for t in out[True, 0].ticks if t.answered]
     assert all((s - T0) % 20_000_000 == 0 for s in stamps)   # chunk starts: k * 20 ms
+
+
+def test_live_plays_the_paired_audio_info(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Live mode plays a sensor's info topic too (the node's info subscription sets the
+    converter's format, as offline mode's feeding does): without it, 48 kHz stereo S32LE would
+    be read as 16 kHz mono S16LE and the microphone would never be LIVE."""
+    from omnibind_ros.bag.live import evaluate_live
+
+    root = tmp_path_factory.mktemp("audio_capture_live")
+    config = root / "perception.yaml"
+    config.write_text(f"""/**/omnibind_perception:
+  ros__parameters:
+    sensors: [microphone]
+    fusion: {{rate_hz: 10.0, max_age_s: 1.0}}
+    labels:
+      names: {json.dumps(["metal can", "glass teapot"])}
+    sensors.microphone: {{modality: audio, topic: /mic/audio, expected_rate_hz: 50.0,
+                         message_type: audio_common_msgs/msg/AudioData}}
+""")
+    bag = root / "bag"
+    _write_audio_capture_bag(bag, with_info=True)
+    result = evaluate_live(bag, rate=1.0, bundle=write_test_bundle(root / "tiny"),
+                           config=config, progress=False)
+    assert result.extra["player"]["published"] == {"/mic/audio": 100, "/mic/audio_info": 1}
+    assert "/mic/audio_info" not in result.skipped_topics
+    assert any(c.sensor == "microphone" and c.state == "LIVE" for c in result.states)
+    assert sum(t.answered for t in result.ticks) >= 10
