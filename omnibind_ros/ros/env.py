@@ -120,10 +120,15 @@ def ensure_safe_ros_env(
         raise ValueError(f"ROS_DOMAIN_ID must be in 0..{MAX_DOMAIN_ID}, got {domain_id}")
 
     if env.get(KEEP_DISCOVERY_RANGE_VAR, "") not in ("", "0"):
-        warnings.warn(
-            f"{KEEP_DISCOVERY_RANGE_VAR} is set: leaving {DISCOVERY_RANGE_VAR}="
-            f"{env.get(DISCOVERY_RANGE_VAR, '<unset>')} as it is; DDS discovery may leave this "
-            "machine.", RuntimeWarning, stacklevel=2)
+        remote = [var for var in _REMOTE_PEER_VARS
+                  if env.get(var) and not _all_loopback(env[var])]
+        if env.get(DISCOVERY_RANGE_VAR) != "LOCALHOST" or remote:  # else nothing to warn of
+            warnings.warn(
+                f"{KEEP_DISCOVERY_RANGE_VAR} is set: leaving {DISCOVERY_RANGE_VAR}="
+                f"{env.get(DISCOVERY_RANGE_VAR, '<unset>')}"
+                + "".join(f", {var}={env[var]}" for var in remote)
+                + " as they are; DDS discovery may leave this machine.",
+                RuntimeWarning, stacklevel=2)
     else:
         before = {var: env.get(var, "") for var in (DISCOVERY_RANGE_VAR, *_REMOTE_PEER_VARS)}
         _restrict_discovery_to_localhost(env, rclpy_loaded)

@@ -56,3 +56,17 @@ def test_ensure_safe_ros_env_records_what_it_forced(monkeypatch: pytest.MonkeyPa
     assert fake["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     assert ros_env._forced_from == {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
     assert "ROS_AUTOMATIC_DISCOVERY_RANGE was SUBNET" in ros_env.discovery_summary()
+
+
+def test_keeping_a_loopback_setup_does_not_warn() -> None:
+    import warnings
+
+    env = {"OMNIBIND_KEEP_DISCOVERY_RANGE": "1", "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "ROS_STATIC_PEERS": "127.0.0.1", "ROS_LOG_DIR": "/tmp", "AMENT_PREFIX_PATH": "/x"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ros_env.ensure_safe_ros_env(environ=env)  # launch static_peers:=127.0.0.1
+    env["ROS_STATIC_PEERS"] = "10.0.0.2"  # a peer on another host: said out loud
+    with pytest.warns(RuntimeWarning, match="ROS_STATIC_PEERS=10.0.0.2"):
+        ros_env.ensure_safe_ros_env(environ=env)
+    assert env["ROS_STATIC_PEERS"] == "10.0.0.2"
