@@ -34,16 +34,19 @@ from .esc50 import ESC50
 from .imagenet import ImageNet1K
 from .ncaltech101 import NCaltech101
 from .nimagenet import NImageNet
+from .shapenet_part import ShapeNetPart
 from .urbansound8k import UrbanSound8K
 
 __all__ = ["ESC50", "READERS", "Caltech101", "DatasetFormatError", "DatasetLayoutError",
            "DatasetReader", "ImageNet1K", "NCaltech101", "NImageNet", "UrbanSound8K",
-           "open_dataset", "per_class_split", "read_audio", "read_image_gray", "read_image_rgb"]
+           "ShapeNetPart", "open_dataset", "per_class_split", "read_audio", "read_image_gray",
+           "read_image_rgb"]
 
 #: Registry name -> reader class.
 READERS: dict[str, type[DatasetReader]] = {
     "imagenet": ImageNet1K,
     "caltech101": Caltech101,
+    "shapenetpart": ShapeNetPart,
     "esc50": ESC50,
     "urbansound8k": UrbanSound8K,
     "nimagenet": NImageNet,
