@@ -32,12 +32,13 @@ from .base import (
 from .caltech101 import Caltech101
 from .esc50 import ESC50
 from .imagenet import ImageNet1K
+from .llvip import LLVIP
 from .ncaltech101 import NCaltech101
 from .nimagenet import NImageNet
 from .shapenet_part import ShapeNetPart
 from .urbansound8k import UrbanSound8K
 
-__all__ = ["ESC50", "READERS", "Caltech101", "DatasetFormatError", "DatasetLayoutError",
+__all__ = ["ESC50", "LLVIP", "READERS", "Caltech101", "DatasetFormatError", "DatasetLayoutError",
            "DatasetReader", "ImageNet1K", "NCaltech101", "NImageNet", "UrbanSound8K",
            "ShapeNetPart", "open_dataset", "per_class_split", "read_audio", "read_image_gray",
            "read_image_rgb"]
@@ -49,6 +50,7 @@ READERS: dict[str, type[DatasetReader]] = {
     "shapenetpart": ShapeNetPart,
     "esc50": ESC50,
     "urbansound8k": UrbanSound8K,
+    "llvip": LLVIP,
     "nimagenet": NImageNet,
     "ncaltech101": NCaltech101,
 }
