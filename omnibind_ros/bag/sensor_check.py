@@ -27,7 +27,9 @@ this bag: the evaluation runs (as the node would), and one warning lists them al
 which no sensor is fed by the bag is refused by each mode with its own "no topic of ..." error,
 to which :meth:`SensorCheck.listing` is appended.
 
-Disabled sensors (``enabled: false``) are not checked: the user switched them off.
+Disabled sensors (``enabled: false``) are checked only against the bundle (the node builds
+their pipelines too, to enable them at run time): the user switched them off, so a topic the bag
+lacks is no surprise.
 """
 from __future__ import annotations
 
@@ -175,14 +177,16 @@ def check_sensors(cfg: Any, bag_topics: Mapping[str, tuple[str, int]],
                                           True))
             continue
         sensor = next((s for s in cfg.sensors if s.name == name), None)
-        if sensor is None or not sensor.enabled:
+        if sensor is None:
             continue
-        if sensor.modality not in modalities:
+        if sensor.modality not in modalities:  # the node builds disabled sensors' pipelines too
             problems.append(SensorProblem(
                 name, f"sensors.{name}.modality",
                 f"{bundle} has no {sensor.modality} encoder (the node refuses to configure)",
                 f"its modalities: {', '.join(have)}; remove {name} from `sensors` or use a "
                 f"bundle with {_a(sensor.modality)} encoder", True))
+            continue
+        if not sensor.enabled:
             continue
         if sensor.topic not in bag_topics:
             problems.append(SensorProblem(

@@ -48,6 +48,7 @@ def _check(tmp_path: Path, modalities: list[str]) -> object:
 def test_every_unusable_sensor_is_named_with_what_would_work(tmp_path: Path) -> None:
     check = _check(tmp_path, ["image", "point_cloud", "tactile", "text", "thermal"])
     by_key = {p.key: p for p in check.problems}
+    # (spare, disabled, on a topic the bag lacks: not named; its image encoder exists)
     # every sensor but the two usable ones and the disabled one, in config order, by its key
     assert list(by_key) == ["sensors.thermal.topic", "sensors.lidar2.topic",
                             "sensors.depth.message_type", "sensors.mic.modality",
@@ -91,6 +92,15 @@ def test_every_unusable_sensor_is_named_with_what_would_work(tmp_path: Path) -> 
     assert all(key in warning for key in ("sensors.thermal.topic", "sensors.lidar2.topic",
                                           "sensors.depth.message_type"))
     assert "sensors.mic" not in warning  # fatal ones are the error's, not a warning's
+
+
+def test_a_disabled_sensor_still_needs_its_encoder(tmp_path: Path) -> None:
+    """The node builds every configured sensor's pipeline, enabled or not (it may be enabled at
+    run time): a disabled sensor of a modality the bundle lacks is fatal too."""
+    check = _check(tmp_path, ["point_cloud", "tactile", "text", "thermal", "audio"])
+    spare = next(p for p in check.problems if p.sensor == "spare")
+    assert (spare.key, spare.fatal) == ("sensors.spare.modality", True)
+    assert spare.problem == "bundle b has no image encoder (the node refuses to configure)"
 
 
 def test_a_clean_config_has_no_problem(tmp_path: Path) -> None:
