@@ -37,7 +37,7 @@ from .bundle_io import TeachError
 from .config import TeachConfig
 from .pairing import Pairing, pair_nearest
 
-__all__ = ["BagData", "read_bag", "student_features"]
+__all__ = ["BagData", "bag_topics", "read_bag", "student_features"]
 
 NS = 1_000_000_000
 
@@ -93,7 +93,7 @@ def student_features(student: ModalityEncoder, cfg: TeachConfig, cache_dir: Path
     from ..data import hash_json, onnx_trunk_encode_fn, trunk_encode_fn
 
     fn = None
-    if cfg.device == "cpu" and hasattr(student.config.trunk, "kind"):
+    if cfg.trunk_runtime != "torch" and cfg.device == "cpu":
         trunk = {"kind": student.config.trunk.kind,
                  **dataclasses.asdict(student.config.trunk)}
         path = cache_dir / "features" / "_trunks" / f"{hash_json(trunk)}.onnx"
@@ -101,9 +101,33 @@ def student_features(student: ModalityEncoder, cfg: TeachConfig, cache_dir: Path
     return fn or trunk_encode_fn(student, cfg.device)
 
 
-def _topics(cfg: TeachConfig, info: Any) -> dict[str, tuple[str, str]]:
-    sensor = resolve_topic(info, cfg.modality, cfg.topic, role=f"new {cfg.modality} sensor",
-                           exclude=[cfg.camera_topic] if cfg.camera_topic else ())
+def bag_topics(bag: str | Path, cfg: TeachConfig) -> tuple[Any, dict[str, tuple[str, str]]]:
+    """(the bag's ``BagInfo``, ``{"camera": (topic, type), "sensor": (topic, type)}``).
+
+    A new sensor whose type the camera shares (thermal, tactile, depth images) is found by its
+    topic name when not given (:func:`~omnibind_ros.bag_inputs.resolve_topic`), so a bag with
+    only a camera is refused rather than read as one.
+
+    Raises
+    ------
+    FileNotFoundError : no such bag.
+    TeachError : unreadable bag, a topic missing or of the wrong type, no camera.
+    """
+    from omnibind_ros.bag.reader import BagReadError, open_info
+    from omnibind_ros.core.modalities import MODALITY_SPECS, Modality, parse_modality
+
+    try:
+        info = open_info(Path(bag))
+    except BagReadError as exc:
+        raise TeachError(f"nothing of bag {bag} is readable: {exc}") from exc
+    shared = set(MODALITY_SPECS[parse_modality(cfg.modality)].ros_types) & set(
+        MODALITY_SPECS[Modality.IMAGE].ros_types)
+    try:
+        sensor = resolve_topic(info, cfg.modality, cfg.topic, role=f"new {cfg.modality} sensor",
+                               exclude=[cfg.camera_topic] if cfg.camera_topic else (),
+                               need_hint=bool(shared))
+    except BagInputError as exc:
+        raise TeachError(f"{exc} (the new sensor: --topic)") from None
     try:
         camera = resolve_topic(info, "image", cfg.camera_topic, role="camera (the image teacher)",
                                exclude=[sensor[0]])
@@ -112,7 +136,11 @@ def _topics(cfg: TeachConfig, info: Any) -> dict[str, tuple[str, str]]:
                          "sensor's samples through their time-aligned frames") from None
     if camera[0] == sensor[0]:
         raise TeachError(f"the camera and the new sensor are the same topic {camera[0]}")
-    return {"camera": camera, "sensor": sensor}
+    for role, (topic, _) in (("new sensor", sensor), ("camera", camera)):
+        if info.topics[topic][1] == 0:
+            raise TeachError(f"topic {topic} (the {role}) has no messages in bag {bag}: was "
+                             "its driver running while recording?")
+    return info, {"camera": camera, "sensor": sensor}
 
 
 def read_bag(bag: str | Path, cfg: TeachConfig, bundle: ModelBundle, student: ModalityEncoder,
@@ -122,24 +150,16 @@ def read_bag(bag: str | Path, cfg: TeachConfig, bundle: ModelBundle, student: Mo
     Raises
     ------
     FileNotFoundError : no such bag.
-    TeachError : a topic is missing or unreadable, no camera, or no sensor sample has a camera
-        frame within the tolerance (the message gives the counts).
+    TeachError : see :func:`bag_topics`; no image encoder in the bundle; no sensor sample
+        with a camera frame within the tolerance (the message gives the counts).
     """
-    from omnibind_ros.bag.reader import BagReadError, open_info
     from omnibind_ros.core.backends import create_backend
 
     bag = Path(bag)
-    try:
-        info = open_info(bag)
-    except BagReadError as exc:
-        raise TeachError(f"nothing of bag {bag} is readable: {exc}") from exc
     if "image" not in bundle.modalities:
         raise TeachError(f"bundle {bundle.root} has no image encoder: the camera's encoder is "
                          "the teacher")
-    try:
-        topics = _topics(cfg, info)
-    except BagInputError as exc:
-        raise TeachError(str(exc)) from None
+    info, topics = bag_topics(bag, cfg)
     specs = [InputSpec("camera", "image", *topics["camera"],
                        bundle.preprocess_configs["image"].to_dict()),
              InputSpec(cfg.modality, cfg.modality, *topics["sensor"], dict(preprocess))]

@@ -66,6 +66,15 @@ def torch_modules(bundle: ModelBundle, skip: tuple[str, ...] = ()
                              f"{bundle.family or 'unspecified'}) is not a ModalityEncoder; "
                              "teaching re-exports cad_af bundles")
     text = _load(bundle, "text", bundle.text.config, bundle.text.torch_weights, "text")
+    if getattr(text, "tokenizer", None) is None:  # towers the runtime tokenises from the bundle
+        from ..models.text import TextTokenizer
+
+        try:
+            text.tokenizer = TextTokenizer(bundle.text.tokenizer_dir,
+                                           max_length=int(bundle.text.max_length))
+        except (OSError, ValueError) as exc:
+            raise TeachError(f"cannot load the tokenizer of bundle {bundle.root} "
+                             f"({bundle.text.tokenizer_dir}): {exc}") from exc
     fusion = _load(bundle, "fusion", bundle.fusion.config, bundle.fusion.torch_weights, "fusion")
     return encoders, text, fusion  # type: ignore[return-value]
 

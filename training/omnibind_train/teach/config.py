@@ -75,6 +75,8 @@ class TeachConfig(YamlConfig):
         docstring of :mod:`omnibind_train.teach.train`).
     af : overrides of the bundle's AF training config (its run's ``af`` section).
     encode_batch : inputs per encoder call while reading the bag.
+    trunk_runtime : ``"auto"`` (ONNX Runtime for a frozen student trunk on the CPU, checked
+        against torch, as the pipeline's feature cache) or ``"torch"``.
     seed, device, threads, progress, cache_dir : as in the pipeline config.
     work_dir : checkpoints and the teach report (None: ``<cache>/runs/teach/<out name>``).
     export : see :class:`TeachExportConfig`.
@@ -96,6 +98,7 @@ class TeachConfig(YamlConfig):
     cad: CADConfig = field(default_factory=_default_cad)
     af: dict[str, Any] = field(default_factory=dict)
     encode_batch: int = 32
+    trunk_runtime: str = "auto"
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -117,6 +120,8 @@ class TeachConfig(YamlConfig):
             raise ValueError(f"run_data must be one of {RUN_DATA_CHOICES}, got {self.run_data!r}")
         if not self.tolerance_s >= 0:
             raise ValueError(f"tolerance_s must be >= 0, got {self.tolerance_s}")
+        if self.trunk_runtime not in ("auto", "torch"):
+            raise ValueError(f"trunk_runtime must be auto or torch, got {self.trunk_runtime!r}")
         if self.matches_per_sample < 1:
             raise ValueError("matches_per_sample must be >= 1")
         if self.crossfit_folds == 1 or self.crossfit_folds < 0:

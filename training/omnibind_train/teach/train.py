@@ -56,7 +56,7 @@ from ..trainers.af import AFConfig, FusionData, checkpoint_logit_scale, train_fu
 from ..trainers.cad import StudentData, embed_values, train_cad
 from ..trainers.checkpoint import load_checkpoint
 from ..trainers.common import derive_seed
-from .bagdata import BagData, read_bag
+from .bagdata import BagData, bag_topics, read_bag
 from .bundle_io import (
     TeachError,
     new_preprocess_config,
@@ -259,6 +259,7 @@ def teach(bag: str | Path, bundle_path: str | Path, out: str | Path, cfg: TeachC
         raise FileNotFoundError(f"bag {bag} does not exist")
     bundle = load_bundle(bundle_path)
     out = _check_out(bundle.root, Path(out), overwrite)
+    bag_topics(bag, cfg)  # a bag without the topics fails here, before any model is built
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     work = Path(cfg.work_dir).expanduser() if cfg.work_dir else cache / "runs" / "teach" / out.name
     label_emb = torch.from_numpy(np.array(bundle.label_embeddings, np.float32))
