@@ -25,6 +25,7 @@ sample. Reading is two cheap passes: :func:`admitted_stamps`
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,15 +130,24 @@ def topic_candidates(info: Any, modality: str) -> list[str]:
     return sorted(t for t, (msgtype, _) in info.topics.items() if msgtype in types)
 
 
+def _hinted(topic: str, modality: str) -> bool:
+    """Whether a topic name carries a word of :data:`TOPIC_HINTS` for ``modality``
+    (``/robot/lepton3/image_raw`` for thermal): a name part starting with a hint word."""
+    parts = [p for p in re.split(r"[^a-z0-9]+", topic.lower()) if p]
+    return any(p.startswith(w) for p in parts for w in TOPIC_HINTS[modality])
+
+
 def resolve_topic(info: Any, modality: str, topic: str | None, *, role: str,
-                  exclude: Sequence[str] = ()) -> tuple[str, str]:
+                  exclude: Sequence[str] = (), need_hint: bool = False) -> tuple[str, str]:
     """``(topic, message type)`` of the ``modality`` sensor in a bag.
 
-    A given ``topic`` must exist with a type the modality reads. Without one, the only candidate
-    topic (by type, ``exclude`` left out) is taken, or among several the only one whose name
-    carries a word of :data:`TOPIC_HINTS` (``/flir/image_raw`` for thermal); anything else is an
-    error listing the candidates. ``role`` names the sensor in messages ("new sensor",
-    "camera").
+    A given ``topic`` must exist with a type the modality reads. Without one, the candidates are
+    the topics of a readable type (``exclude`` left out); the only one is taken, or among
+    several the only one whose name carries a word of :data:`TOPIC_HINTS`. With ``need_hint``
+    (a modality that shares its message type with the camera: a thermal or tactile
+    ``sensor_msgs/Image``) the name must carry one in any case, so a bag holding only a camera
+    is never read as a thermal camera. Anything else is an error listing the candidates.
+    ``role`` names the sensor in messages ("new thermal sensor", "camera").
 
     Raises
     ------
@@ -148,7 +158,7 @@ def resolve_topic(info: Any, modality: str, topic: str | None, *, role: str,
     listing = ", ".join(f"{t} ({v[0]})" for t, v in sorted(info.topics.items())) or "none"
     if topic:
         if topic not in info.topics:
-            raise BagInputError(f"bag {info.path} has no topic {topic} (the {role}, {mod}); its "
+            raise BagInputError(f"bag {info.path} has no topic {topic} (the {role}); its "
                                 f"topics: {listing}")
         msgtype = info.topics[topic][0]
         if msgtype not in types:
@@ -156,17 +166,19 @@ def resolve_topic(info: Any, modality: str, topic: str | None, *, role: str,
                                 f"{mod} sensor cannot be read from (the {role}); readable types: "
                                 f"{', '.join(types)}")
         return topic, msgtype
-    candidates = [t for t in topic_candidates(info, mod) if t not in exclude]
-    if len(candidates) > 1:
-        hinted = [t for t in candidates
-                  if any(w in part for part in t.lower().split("/") for w in TOPIC_HINTS[mod])]
-        candidates = hinted if len(hinted) == 1 else candidates
+    readable = [t for t in topic_candidates(info, mod) if t not in exclude]
+    hinted = [t for t in readable if _hinted(t, mod)]
+    candidates = hinted if need_hint or (len(readable) > 1 and len(hinted) == 1) else readable
     if len(candidates) == 1:
         return candidates[0], info.topics[candidates[0]][0]
+    if not readable:
+        raise BagInputError(f"bag {info.path} has no topic the {role} could be on (a {mod} "
+                            f"sensor reads {', '.join(types)}); its topics: {listing}")
     if not candidates:
-        raise BagInputError(f"bag {info.path} has no topic a {mod} sensor could be the {role} "
-                            f"on (types {', '.join(types)}); its topics: {listing}")
-    raise BagInputError(f"bag {info.path} has several topics the {role} ({mod}) could be on: "
+        raise BagInputError(f"no topic of bag {info.path} looks like the {role} (topics of "
+                            f"its types: {', '.join(readable)}; none is named like "
+                            f"{'/'.join(TOPIC_HINTS[mod])}): name its topic")
+    raise BagInputError(f"bag {info.path} has several topics the {role} could be on: "
                         f"{', '.join(candidates)}; name it")
 
 

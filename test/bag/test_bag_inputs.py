@@ -123,10 +123,15 @@ def test_resolve_topic_names_what_is_missing() -> None:
         resolve_topic(info, "thermal", "/nope", role="new sensor")
     with pytest.raises(BagInputError, match="carries std_msgs/msg/String"):
         resolve_topic(info, "thermal", "/chat", role="new sensor")
-    with pytest.raises(BagInputError, match="no topic a event sensor"):
+    with pytest.raises(BagInputError, match="no topic the new sensor could be on"):
         resolve_topic(info, "event", None, role="new sensor")
     with pytest.raises(BagInputError, match="several topics"):
         resolve_topic(info, "tactile", None, role="new sensor")
+    camera_only = SimpleNamespace(path="c.bag", topics={CAM: ("sensor_msgs/msg/Image", 10)})
+    assert resolve_topic(camera_only, "thermal", None, role="t")[0] == CAM  # by type alone
+    with pytest.raises(BagInputError, match="looks like the new thermal.*/robot/front/image_raw"):
+        resolve_topic(camera_only, "thermal", None, role="new thermal sensor", need_hint=True)
+    assert resolve_topic(info, "thermal", None, role="t", need_hint=True)[0] == THERMAL
 
 
 def test_reading_imports_no_rclpy(tmp_path: Path) -> None:
