@@ -41,6 +41,8 @@ def test_ncaltech_bin_decoding_with_overflow(tmp_path: Path) -> None:
     assert (pkt.width, pkt.height) == (240, 180)
     x, y, t, p = decode_atis40(path.read_bytes())
     assert t.tolist() == [e[3] for e in EXPECTED] and t.dtype == np.int64
+    _, _, t23, _ = decode_atis40(path.read_bytes(), overflow_increment_us=1 << 23)
+    assert t23.tolist()[3:] == [3 + (1 << 23), 1 + (2 << 23)]
     # the 23-bit maximum, and a file out of time order (EventPacket needs ascending times)
     late = write_atis_bin(tmp_path / "late.bin", [(1, 1, 1, (1 << 23) - 1), (2, 2, 0, 10)])
     pkt = read_atis_bin(late)

@@ -71,7 +71,10 @@ def test_esc50_cross_validation_and_esc10(esc_root: Path) -> None:
 def test_esc50_preprocessed_uses_the_loudest_window(esc_root: Path) -> None:
     r = ESC50(esc_root, folds=1)
     x = r.preprocessed(0)
-    assert x is not None and x.shape == (1, *x.shape[1:]) and np.isfinite(x).all()
+    from omnibind_ros.core.preprocess import build_preprocessor
+
+    assert x is not None and np.isfinite(x).all()
+    assert x.shape == build_preprocessor("audio", r.preprocess_config()).output_shape
     last = ESC50(esc_root, folds=1, window="last").preprocessed(0)
     # the tone (3.0-3.5 s) lies in the last 2 s too; "first" (0-2 s) is silence
     first = ESC50(esc_root, folds=1, window="first").preprocessed(0)

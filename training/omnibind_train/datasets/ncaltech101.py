@@ -18,8 +18,10 @@ A record whose y address is 240 is not an event but a timestamp-overflow marker:
 after it has ``overflow_increment_us`` added to its timestamp (cumulatively, one increment per
 marker), and the marker is dropped. The increment is 2**13 us, the value of the dataset
 authors' reference readers (``Read_Ndataset.m`` and the Python ``eventvision`` reader; tonic uses
-the same). Decoding is vectorised: one ``reshape(-1, 5)`` and a cumulative marker count.
-Recordings last ~300 ms (< 2**23 us), so real files are not expected to hold markers.
+the same) -- not 2**23, the range of the 23-bit field; it is a parameter
+(``overflow_increment_us``) should a copy of the data need the other. Decoding is vectorised: one
+``reshape(-1, 5)`` and a cumulative marker count. Recordings last ~300 ms (< 2**23 us), so real
+N-Caltech101 files are not expected to hold markers at all.
 
 Categories: the folder names sorted by code point. N-Caltech101 has no ``Faces`` folder (only
 ``Faces_easy``) and ships ``BACKGROUND_Google``, which is kept by default: 100 objects +
@@ -31,7 +33,10 @@ Split: the seeded per-class protocol of :mod:`.caltech101` (30 train per class, 
 Raw samples are :class:`~omnibind_ros.core.types.EventPacket`: ``t_ns`` is the recorded time in
 ns (from the recording's start), polarity True = ON. Frame size: the saccades sweep images
 scaled into ~240 x 180 of the 304 x 240 ATIS, so the packet is 240 x 180 pixels, grown to
-``max + 1`` of a sample's addresses when an event lies outside.
+``max + 1`` of a sample's addresses when an event lies outside. No preprocessing override is
+set: the core event preprocessing keeps its configured window (the runtime default is the
+packet's last 50 ms, i.e. part of the third saccade of a ~300 ms recording); a training config
+may choose ``window="count"`` or a longer ``window_ms`` in the bundle's event config instead.
 """
 from __future__ import annotations
 
@@ -114,6 +119,7 @@ class NCaltech101(DatasetReader):
     train_per_class, test_per_class, seed : the split protocol (see :mod:`.caltech101`).
     include_background : keep ``BACKGROUND_Google`` as a class (default True: 101 classes).
     frame_size : nominal (width, height) of the packets.
+    overflow_increment_us : microseconds added after each overflow marker.
     """
 
     name = "N-Caltech101"
@@ -122,11 +128,13 @@ class NCaltech101(DatasetReader):
     def __init__(self, root: str | Path, split: str = "train", *, train_per_class: int = 30,
                  test_per_class: int | None = None, seed: int = 0,
                  include_background: bool = True,
-                 frame_size: tuple[int, int] = FRAME_SIZE) -> None:
+                 frame_size: tuple[int, int] = FRAME_SIZE,
+                 overflow_increment_us: int = OVERFLOW_INCREMENT_US) -> None:
         super().__init__(root)
         if split not in ("train", "test", "all"):
             raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
         self.split, self.seed, self.frame_size = split, seed, tuple(frame_size)
+        self.overflow_increment_us = int(overflow_increment_us)
         folder = self.root / "Caltech101"
         if not folder.is_dir():
             raise DatasetLayoutError(f"{self.name} root {self.root} lacks Caltech101/")
@@ -146,7 +154,7 @@ class NCaltech101(DatasetReader):
         self._labels = np.array(labels, dtype=np.int64)
 
     def load(self, i: int) -> EventPacket:
-        return read_atis_bin(self.path(i), self.frame_size)
+        return read_atis_bin(self.path(i), self.frame_size, self.overflow_increment_us)
 
     def pair_key(self, i: int) -> str:
         """``<category>/<stem>``: the key of the Caltech-101 image this recording shows."""
