@@ -4,6 +4,7 @@ it from there; an archive whose members leave their directory is refused at conf
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from omnibind_ros.core.bundle import archive_bundle, load_bundle
+from omnibind_ros.core.bundle import load_bundle
 
 pytestmark = pytest.mark.ros
 
@@ -38,9 +39,14 @@ def test_node_runs_a_bundle_archive_extracted_once_by_hash(
     cache = tmp_path / "cache"
     monkeypatch.setenv("OMNIBIND_CACHE_DIR", str(cache))
     archive = tmp_path / f"tiny.{kind}"
-    if kind == "tar.gz":
-        archive_bundle(tiny_bundle_dir, archive)  # what the README's python one-liner does
-    else:  # what the README's plain `tar` line does
+    if kind == "tar.gz":  # the README's line, on a bundle with machine-specific engines
+        bundles = tmp_path / "bundles"
+        shutil.copytree(tiny_bundle_dir, bundles / "tiny")
+        (bundles / "tiny" / "engines").mkdir()
+        (bundles / "tiny" / "engines" / "model.plan").write_bytes(b"gpu specific")
+        subprocess.run(["tar", "-C", str(bundles), "-czf", str(archive),
+                        "--exclude=tiny/engines", "tiny"], check=True)
+    else:  # uncompressed
         subprocess.run(["tar", "-C", str(tiny_bundle_dir.parent), "-cf", str(archive),
                         tiny_bundle_dir.name], check=True)
     node, ok = _configure(make_node, archive)
@@ -49,6 +55,7 @@ def test_node_runs_a_bundle_archive_extracted_once_by_hash(
     extracted = cache / "bundles" / "extracted"
     assert root.is_relative_to(extracted) and (root / "bundle.yaml").is_file()
     assert node._bundle.name == load_bundle(tiny_bundle_dir).name
+    assert not (root / "engines").exists(), "engines/ stays on the machine that built them"
     node.trigger_cleanup()
     # configured again: the same extraction is reused (one directory per archive content)
     again, ok = _configure(make_node, archive)
