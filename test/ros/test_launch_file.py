@@ -223,3 +223,45 @@ def test_launch_description_builds_with_launch_ros() -> None:
     assert all(a.description for a in arguments.values())
     assert sum(isinstance(e, Node) for e in description.entities) == 2
     assert any(isinstance(e, SetEnvironmentVariable) for e in description.entities)
+
+
+@pytest.mark.launch
+@pytest.mark.skipif(_launch_ros_reason() is not None, reason=str(_launch_ros_reason()))
+@pytest.mark.parametrize("arguments, expected", [
+    ({}, {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}),
+    ({"discovery_range": "SUBNET"},
+     {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "OMNIBIND_KEEP_DISCOVERY_RANGE": "1"}),
+    ({"static_peers": "127.0.0.1"},
+     {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_STATIC_PEERS": "127.0.0.1",
+      "OMNIBIND_KEEP_DISCOVERY_RANGE": "1"}),
+])
+def test_launch_arguments_resolve_to_the_namespace_and_discovery_environment(
+        arguments: dict[str, str], expected: dict[str, str]) -> None:
+    """Evaluated as launch does (no process started): namespace:=robot1 puts both nodes in
+    /robot1; the discovery arguments set exactly these variables."""
+    from launch import LaunchContext  # noqa: I001
+    from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+    from launch.utilities import perform_substitutions
+    from launch_ros.actions import Node
+
+    description: Any = _load_module().generate_launch_description()
+    context = LaunchContext()
+    context.launch_configurations.update({"namespace": "robot1", **arguments})
+    for entity in description.entities:
+        if isinstance(entity, DeclareLaunchArgument):
+            entity.visit(context)  # defaults of the arguments not given, choices checked
+
+    def active(entity: Any) -> bool:
+        return entity.condition is None or entity.condition.evaluate(context)
+
+    discovery = {"ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS",
+                 "OMNIBIND_KEEP_DISCOVERY_RANGE"}
+    environment = {perform_substitutions(context, e.name): perform_substitutions(context, e.value)
+                   for e in description.entities
+                   if isinstance(e, SetEnvironmentVariable) and active(e)}
+    assert {k: v for k, v in environment.items() if k in discovery} == expected
+    nodes = [e for e in description.entities if isinstance(e, Node) and active(e)]
+    assert len(nodes) == 2
+    for node in nodes:
+        node._perform_substitutions(context)  # what Node.execute does first
+        assert node.expanded_node_namespace == "/robot1"
