@@ -207,17 +207,32 @@ class PerceptionNode(LifecycleNode):
         self._annotated = AnnotatedImage(self, f"{self._model[0]} [{self._model[1] or '?'}]")
 
     def _warm_up(self) -> None:
-        # The first audio features call JIT-compiles (about a second): pay it here, not on the
-        # first chunk of a live stream, where it would make the microphone look stalled.
-        if "audio" not in self._bundle.preprocess_configs:
-            return
-        pipeline = make_pipeline("audio", self._bundle, self._backend)
-        rate = pipeline.preprocessor.config.sample_rate
-        noise = np.random.default_rng(0).normal(0, 0.05, rate // 10).astype(np.float32)
+        """Pay each sensor path's one-time costs at configure, not on its first live messages.
+
+        The first audio features call JIT-compiles (about a second); the first point cloud
+        imports open3d (about 0.85 s, holding the GIL, so every other sensor's messages wait
+        too). On a live stream either makes sensors look stalled for a moment.
+        """
+        configs = self._bundle.preprocess_configs
+        rng = np.random.default_rng(0)
+        if "audio" in configs:
+            pipeline = make_pipeline("audio", self._bundle, self._backend)
+            rate = pipeline.preprocessor.config.sample_rate
+            noise = rng.normal(0, 0.05, rate // 10).astype(np.float32)
+            self._warm("audio", lambda: pipeline.encode(pipeline.preprocessor(
+                AudioBlock(noise, rate))))
+        if "point_cloud" in configs:
+            pipeline = make_pipeline("point_cloud", self._bundle, self._backend)
+            cfg = pipeline.preprocessor.config
+            centre = (np.asarray(cfg.roi_min) + np.asarray(cfg.roi_max)) / 2
+            cube = (centre + rng.uniform(-0.15, 0.15, (400, 3))).astype(np.float32)
+            self._warm("point_cloud", lambda: pipeline.encode(pipeline.preprocess(cube)))
+
+    def _warm(self, modality: str, run: Callable[[], object]) -> None:
         try:
-            pipeline.encode(pipeline.preprocessor(AudioBlock(noise, rate)))
-        except Exception as exc:  # noqa: BLE001
-            self.get_logger().warning(f"audio warm-up failed: {exc}")
+            run()
+        except Exception as exc:  # noqa: BLE001 - a warm-up never fails configure
+            self.get_logger().warning(f"{modality} warm-up failed: {exc}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._lock:
