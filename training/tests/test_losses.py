@@ -113,7 +113,9 @@ def test_cad_se_loss_eq5_6_matches_loops():
     assert cad_se_loss(student, text, None).item() == pytest.approx(text_only, rel=1e-9)
 
 
-def test_cad_total_uses_the_appendix_weighting():
+def test_cad_total_defaults_to_eq7():
+    """Default weighting ``paper_eq7``: L_in + L_cr + L_se, each a per-sample mean (the
+    appendix code's weighting is checked in test_cad_weighting.py)."""
     student, text, image = _unit(4, seed=17), _unit(4, seed=18), _unit(4, seed=19)
     s, t, v = _np(student), _np(text), _np(image)
     l_in = _info_nce_rows(s, t, 0.07)
@@ -124,7 +126,7 @@ def test_cad_total_uses_the_appendix_weighting():
     assert out["in_loss"].item() == pytest.approx(l_in, rel=1e-6)
     assert out["cr_loss"].item() == pytest.approx(l_cr, rel=1e-9)
     assert out["se_loss"].item() == pytest.approx(l_se, rel=1e-9)
-    assert out["loss"].item() == pytest.approx((l_in + 100 * l_cr + 100 * l_se) / 3, rel=1e-6)
+    assert out["loss"].item() == pytest.approx(l_in + l_cr + l_se, rel=1e-6)
     printed = CADLoss.as_printed().double()(student, text, image)["loss"].item()
     assert printed == pytest.approx(l_in + l_cr + l_se, rel=1e-6)
 

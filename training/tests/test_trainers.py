@@ -80,7 +80,9 @@ def test_cad_plan_visits_every_student_once_per_round_in_random_orders() -> None
 
 
 def test_cad_config_terms_toggle_loss_weights() -> None:
-    assert CADConfig(terms=["in", "se"]).loss_weights() == (1.0, 0.0, 100.0)
+    assert CADConfig(terms=["in", "se"]).loss_weights() == (1.0, 0.0, 1.0)  # Eq. 7
+    assert CADConfig(terms=["in", "se"], weighting="appendix_code").loss_weights() == \
+        (1.0, 0.0, 100.0)
     with pytest.raises(ValueError, match="terms"):
         CADConfig(terms=["in", "xx"])
     cfg = CADConfig.from_dict(CADConfig(terms=["in"]).to_dict())

@@ -10,6 +10,8 @@ train end to end on cached preprocessed inputs.
 
 Loss-term toggles (``terms``) give the Table 7 ablation: ``["in"]``, ``["in", "cr"]``,
 ``["in", "se"]`` and all three; a disabled term gets weight 0 (the divisor is unchanged).
+``weighting`` picks the source the combination follows: Eq. 7 (``paper_eq7``, the default) or
+the appendix code (``appendix_code``), see :mod:`omnibind_train.losses`.
 
 Every rank visits the same student at the same step (the order depends on the seed and the
 round only), and each student is its own DDP unit, so no parameter is ever unused in a step.
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnibind_ros.core.modalities import STUDENTS
-from omnibind_train.losses import CADLoss
+from omnibind_train.losses import CAD_WEIGHTINGS, DEFAULT_CAD_WEIGHTING, CADLoss
 from omnibind_train.models.encoders import ModalityEncoder
 
 from .common import (
@@ -52,6 +54,10 @@ CAD_TERMS = ("in", "cr", "se")
 ABLATION_VARIANTS: dict[str, tuple[str, ...]] = {
     "L_in": ("in",), "L_in+L_cr": ("in", "cr"), "L_in+L_se": ("in", "se"),
     "all": ("in", "cr", "se")}
+#: What ``weighting: custom`` fills in for fields left unset: the defaults of the configs
+#: written before ``weighting`` existed, so such a config (or a bundle's provenance) trains as
+#: it did.
+LEGACY_CUSTOM = {"weights": (1.0, 100.0, 100.0), "divisor": 3.0, "kl_reduction": "batchmean"}
 
 
 @dataclass
@@ -65,9 +71,18 @@ class CADConfig(ConfigBase):
     lr : per-student learning-rate overrides (the paper's Table 10 differs per modality).
     students : student modalities to train, in canonical order.
     terms : enabled loss terms, subset of ``("in", "cr", "se")``.
-    weights, divisor : CADLoss weighting (default: the appendix code, (1, 100, 100) / 3).
+    weighting : the source the loss combination follows, ``"paper_eq7"`` (default) or
+        ``"appendix_code"`` (:data:`omnibind_train.losses.CAD_WEIGHTINGS`: weights, divisor,
+        KL reduction, L_cr orientation and L_se teacher all from that source), or
+        ``"custom"`` (``weights``, ``divisor``, ``kl_reduction`` as given, Eq. 3-5's terms).
+        Left unset, it is ``"custom"`` when any of those three is given (a config written before
+        the choice existed) and the default otherwise.
+    weights, divisor, kl_reduction : with a named weighting, filled in from it (giving other
+        values is an error: they would no longer be that source); with ``custom``, free
+        (unset ones: ``LEGACY_CUSTOM``).
     temperature, learn_temperature : tau of L_in.
-    kd_temperature, kl_reduction : of the correspondence KLs.
+    kd_temperature : softmax temperature of the correspondence KLs; 1 in both sources (a named
+        weighting requires 1).
     train_fraction : class-balanced fraction of the student samples used (scarce-data setting).
     steps_per_visit : optimiser steps per student visit.
     point_subsample : points per cloud during training (0 = all; inference always uses all).
@@ -84,12 +99,13 @@ class CADConfig(ConfigBase):
     lr: dict[str, float] = field(default_factory=dict)
     students: list[str] = field(default_factory=lambda: [m.value for m in STUDENTS])
     terms: list[str] = field(default_factory=lambda: list(CAD_TERMS))
-    weights: tuple[float, float, float] = (1.0, 100.0, 100.0)
-    divisor: float = 3.0
+    weighting: str | None = None
+    weights: tuple[float, float, float] | None = None
+    divisor: float | None = None
+    kl_reduction: str | None = None
     temperature: float = 0.07
     learn_temperature: bool = False
     kd_temperature: float = 1.0
-    kl_reduction: str = "batchmean"
     train_fraction: float = 1.0
     steps_per_visit: int = 1
     point_subsample: int = 0
@@ -102,17 +118,67 @@ class CADConfig(ConfigBase):
             raise ValueError(f"terms must be a non-empty subset of {CAD_TERMS}, got {self.terms}")
         if not self.students:
             raise ValueError("no student modalities to train")
-        self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
+        self._resolve_weighting()
+
+    def _resolve_weighting(self) -> None:
+        given = {k: getattr(self, k) for k in LEGACY_CUSTOM if getattr(self, k) is not None}
+        if "weights" in given:
+            given["weights"] = tuple(float(w) for w in given["weights"])
+            if len(given["weights"]) != 3:
+                raise ValueError(f"weights must be (w_in, w_cr, w_se), got {self.weights}")
+        if "divisor" in given:
+            given["divisor"] = float(given["divisor"])
+        if self.weighting is None:
+            self.weighting = "custom" if given else DEFAULT_CAD_WEIGHTING
+        if self.weighting == "custom":
+            values = {**LEGACY_CUSTOM, **given}
+            CADLoss(weighting=self._custom(values))  # validates the reduction
+        elif self.weighting in CAD_WEIGHTINGS:
+            preset = CAD_WEIGHTINGS[self.weighting]
+            values = {k: getattr(preset, k) for k in LEGACY_CUSTOM}
+            clash = {k: v for k, v in given.items() if v != values[k]}
+            if clash or self.kd_temperature != 1.0:
+                clash.update({} if self.kd_temperature == 1.0
+                             else {"kd_temperature": self.kd_temperature})
+                raise ValueError(
+                    f"cad.weighting {self.weighting!r} fixes weights={values['weights']}, "
+                    f"divisor={values['divisor']}, kl_reduction={values['kl_reduction']!r} "
+                    f"and kd_temperature=1.0 (its source's); got {clash}: drop them, or set "
+                    "weighting: custom to train a combination that follows neither source")
+        else:
+            raise ValueError(f"unknown cad.weighting {self.weighting!r}; expected one of "
+                             f"{[*CAD_WEIGHTINGS, 'custom']}")
+        self.weights = values["weights"]
+        self.divisor = values["divisor"]
+        self.kl_reduction = values["kl_reduction"]
+
+    def replace(self, **changes: Any) -> CADConfig:
+        """A copy with ``changes``; a new ``weighting`` brings its own weights, divisor and
+        reduction unless ``changes`` sets them too."""
+        if "weighting" in changes:
+            changes = {**{k: None for k in LEGACY_CUSTOM}, **changes}
+        return super().replace(**changes)
+
+    @staticmethod
+    def _custom(values: Mapping[str, Any]) -> Any:
+        from omnibind_train.losses import CADWeighting
+
+        return CADWeighting(weights=values["weights"], divisor=values["divisor"],
+                            kl_reduction=values["kl_reduction"])
 
     def loss_weights(self) -> tuple[float, float, float]:
         """``weights`` with the disabled terms zeroed."""
+        assert self.weights is not None
         return tuple(w if t in self.terms else 0.0  # type: ignore[return-value]
                      for t, w in zip(CAD_TERMS, self.weights, strict=True))
 
     def build_loss(self) -> CADLoss:
+        weighting = (self._custom({"weights": self.weights, "divisor": self.divisor,
+                                   "kl_reduction": self.kl_reduction})
+                     if self.weighting == "custom" else self.weighting)
         return CADLoss(temperature=self.temperature, learn_temperature=self.learn_temperature,
-                       kd_temperature=self.kd_temperature, kl_reduction=self.kl_reduction,
-                       weights=self.loss_weights(), divisor=self.divisor)
+                       kd_temperature=self.kd_temperature, weighting=weighting,
+                       weights=self.loss_weights())
 
 
 @dataclass
