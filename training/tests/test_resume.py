@@ -40,7 +40,7 @@ def _stage0(run_dir, resume=None, dist=None):
     feats, labels, centres = clustered(120, C, F_DIM, noise=0.5)
     # two views: the per-step view choice must also be reproduced
     views = torch.stack([feats, feats.flip(-1)])
-    cfg = Stage0Config(loop=LoopConfig(epochs=6, batch_size=25, ckpt_every=7),
+    cfg = Stage0Config(loop=LoopConfig(epochs=6, batch_size=24, ckpt_every=7),
                        optim=OptimConfig(lr=3e-3))
     enc = small_encoder("image")
     enc.head.append(torch.nn.Dropout(0.2))  # exercises the re-seeded global RNG

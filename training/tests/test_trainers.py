@@ -56,7 +56,8 @@ def test_epoch_batches_are_a_pure_function_and_split_ranks() -> None:
     assert torch.equal(a.batch(2, 1), b.batch(2, 1))
     assert not torch.equal(a.batch(0, 0), a.batch(1, 0))  # reshuffled per epoch
     assert set(torch.cat([a.batch(0, i) for i in range(6)]).tolist()) <= set(idx.tolist())
-    ranks = [EpochBatches(idx, 5, seed=3, dist=DistInfo(rank=r, world_size=2)) for r in (0, 1)]
+    # batch_size is the global batch: 10 over 2 ranks, 5 each
+    ranks = [EpochBatches(idx, 10, seed=3, dist=DistInfo(rank=r, world_size=2)) for r in (0, 1)]
     seen = [set(torch.cat([rk.batch(0, i) for i in range(rk.steps_per_epoch)]).tolist())
             for rk in ranks]
     assert not seen[0] & seen[1]

@@ -13,6 +13,11 @@ Loss-term toggles (``terms``) give the Table 7 ablation: ``["in"]``, ``["in", "c
 ``weighting`` picks the source the combination follows: Eq. 7 (``paper_eq7``, the default) or
 the appendix code (``appendix_code``), see :mod:`omnibind_train.losses`.
 
+Under ``torchrun`` the student, text and image embeddings of every rank are gathered
+(:func:`~.distributed.gather_batch`): L_in's negatives and the ``k x k`` matrices of L_cr and
+L_se are those of the global batch ``k = loop.batch_size``, and the gradients equal one
+process's on that batch.
+
 Every rank visits the same student at the same step (the order depends on the seed and the
 round only), and each student is its own DDP unit, so no parameter is ever unused in a step.
 """
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnibind_ros.core.modalities import STUDENTS
-from omnibind_train.losses import CAD_WEIGHTINGS, DEFAULT_CAD_WEIGHTING, CADLoss
+from omnibind_train.losses import CAD_WEIGHTINGS, DEFAULT_CAD_WEIGHTING, CADLoss, upcast
 from omnibind_train.models.encoders import ModalityEncoder
 
 from .common import (
@@ -46,7 +51,7 @@ from .common import (
     make_optimizer,
     param_groups,
 )
-from .distributed import DistInfo, single_process, wrap_ddp
+from .distributed import DistInfo, gather_batch, single_process, wrap_ddp
 from .stage0 import pick_views
 
 CAD_TERMS = ("in", "cr", "se")
@@ -199,22 +204,30 @@ class StudentLoss(nn.Module):
     """A student's trainable part plus its CAD loss (the DDP unit).
 
     With a frozen trunk the input is cached trunk features and only the head runs; otherwise the
-    whole encoder runs on the cached preprocessed input.
+    whole encoder runs on the cached preprocessed input. With ``dist`` distributed, the student,
+    text and image embeddings of every rank are gathered first
+    (:func:`~.distributed.gather_batch`): the loss sees the global batch.
     """
 
-    def __init__(self, encoder: ModalityEncoder, loss: CADLoss) -> None:
+    def __init__(self, encoder: ModalityEncoder, loss: CADLoss,
+                 dist: DistInfo | None = None) -> None:
         super().__init__()
         self.on_features = encoder.trunk_frozen
         self.part: nn.Module = encoder.head if self.on_features else encoder
         self.loss = loss
+        self.dist = dist
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Unit student embeddings ``[B, D]``."""
-        return F.normalize(self.part(x), dim=-1) if self.on_features else self.part(x)
+        """Unit student embeddings ``[B, D]`` (float32 even under autocast)."""
+        if self.on_features:
+            return F.normalize(upcast(self.part(x)), dim=-1)
+        return upcast(self.part(x))
 
     def forward(self, x: torch.Tensor, text: torch.Tensor,
                 image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.loss(self.embed(x), text, image)
+        """This rank's ``[b, ...]`` inputs and ``[b, D]`` teacher embeddings -> the loss dict
+        over the global batch."""
+        return self.loss(*(gather_batch(t, self.dist) for t in (self.embed(x), text, image)))
 
 
 def augment_points(points: torch.Tensor, gen: torch.Generator, *, subsample: int = 0,
@@ -280,14 +293,15 @@ def train_cad(students: Mapping[str, ModalityEncoder], data: Mapping[str, Studen
     text, image : ``[N, D]`` frozen teacher embeddings of the same samples (caption, image).
     teacher_valid : ``[N]`` bool, samples whose caption and image are usable.
     labels : ``[N]`` int64 classes (for the class-balanced ``train_fraction`` subset).
-    cfg : the stage config.
+    cfg : the stage config (``cfg.loop.batch_size`` is the global batch, see
+        :class:`LoopConfig`).
     seed, dist, run_dir, record, resume, eval_fn, progress : see :class:`TrainLoop`.
     train_mask : ``[N]`` bool, restrict training to these samples (cross-fitting folds).
     """
     dist = dist or single_process()
     names = [m for m in cfg.students if m in students]
     losses = {m: cfg.build_loss() for m in names}
-    models = {m: wrap_ddp(StudentLoss(students[m], losses[m]), dist) for m in names}
+    models = {m: wrap_ddp(StudentLoss(students[m], losses[m], dist), dist) for m in names}
     batches = {}
     for m in names:
         usable = data[m].valid & teacher_valid

@@ -32,7 +32,7 @@ from .checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from .distributed import DistInfo, autocast, barrier, single_process
+from .distributed import DistInfo, autocast, barrier, per_rank_batch, single_process
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -137,8 +137,11 @@ class LoopConfig(ConfigBase):
 
     Attributes
     ----------
-    epochs : passes over the (per-rank) training samples.
-    batch_size : samples per step and per rank.
+    epochs : passes over the training samples.
+    batch_size : the *global* batch: samples per optimiser step, all ranks together. Under
+        ``torchrun`` each rank takes ``batch_size // world_size`` of them (an error when the
+        world size does not divide it) and the losses are computed over the gathered global
+        batch, so a run computes the same losses and gradients on any number of ranks.
     log_every : steps between TensorBoard scalar writes (and the progress bar's postfix).
     ckpt_every : steps between checkpoints (0: only the final one).
     eval_every : steps between evaluations (0: only at the end).
@@ -176,12 +179,23 @@ class EpochBatches:
     ``batch(epoch, b)`` is a pure function of its arguments (and ``seed``, ``dist``), which is
     what lets a resumed run see exactly the batches an uninterrupted run would have seen.
 
+    The sampler deals rank r the positions r, r + W, ... of one shuffled order (the same for
+    every world size), so the ranks' batches ``b`` together are exactly the single-process batch
+    ``b`` of the global batch size: positions ``[b B, (b + 1) B)`` of that order.
+
     Parameters
     ----------
     indices : the sample indices to draw from (e.g. the valid samples of a split), ``[n]``.
-    batch_size : samples per batch and rank.
+    batch_size : the global batch (all ranks together); this rank takes
+        ``batch_size // world_size`` (:func:`~.distributed.per_rank_batch`: an error when the
+        world size does not divide it), fewer when a rank's share of the samples is smaller.
     seed : sampler seed.
     dist : ranks; the sampler gives each rank a disjoint share.
+
+    Attributes
+    ----------
+    batch_size : this rank's batch.
+    global_batch_size : all ranks' batches together (``batch_size * world_size``).
     """
 
     def __init__(self, indices: torch.Tensor | Sequence[int], batch_size: int, *, seed: int,
@@ -195,7 +209,8 @@ class EpochBatches:
         self.sampler = DistributedSampler(range(len(self.indices)), num_replicas=dist.world_size,
                                           rank=dist.rank, shuffle=True, seed=seed)
         per_rank = len(self.sampler)
-        self.batch_size = min(batch_size, per_rank)
+        self.batch_size = min(per_rank_batch(batch_size, dist), per_rank)
+        self.global_batch_size = self.batch_size * dist.world_size
         self.steps_per_epoch = per_rank // self.batch_size  # drop the ragged tail
         self._epoch: int | None = None
         self._order = torch.empty(0, dtype=torch.long)

@@ -2,7 +2,8 @@
 
 Symmetric InfoNCE with a learnable temperature (:class:`~omnibind_train.losses.ContrastiveLoss`)
 between image embeddings (head over cached trunk features) and the frozen text embeddings of the
-paired captions, on the abundant simulated image-caption pairs.
+paired captions, on the abundant simulated image-caption pairs. Under ``torchrun`` the negatives
+are the whole global batch's (:func:`~.distributed.gather_batch`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnibind_train.losses import ContrastiveLoss
+from omnibind_train.losses import ContrastiveLoss, upcast
 from omnibind_train.models.encoders import ModalityEncoder
 
 from .common import (
@@ -30,7 +31,7 @@ from .common import (
     make_optimizer,
     param_groups,
 )
-from .distributed import DistInfo, single_process, wrap_ddp
+from .distributed import DistInfo, gather_batch, single_process, wrap_ddp
 
 
 @dataclass
@@ -51,15 +52,22 @@ class Stage0Config(ConfigBase):
 
 
 class HeadLoss(nn.Module):
-    """``normalise(head(features))`` fed to a loss: the unit DDP wraps (no frozen trunk in it)."""
+    """``normalise(head(features))`` fed to a loss: the unit DDP wraps (no frozen trunk in it).
 
-    def __init__(self, head: nn.Module, loss: nn.Module) -> None:
+    With ``dist`` distributed, the embeddings and targets of every rank are gathered first
+    (:func:`~.distributed.gather_batch`): the loss sees the global batch, and gradients reach
+    this rank's rows scaled so DDP's average is the single-process gradient.
+    """
+
+    def __init__(self, head: nn.Module, loss: nn.Module, dist: DistInfo | None = None) -> None:
         super().__init__()
-        self.head, self.loss = head, loss
+        self.head, self.loss, self.dist = head, loss, dist
 
     def forward(self, features: torch.Tensor, *targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``features`` ``[B, F]``, targets ``[B, D]`` each -> the loss dict."""
-        return self.loss(F.normalize(self.head(features), dim=-1), *targets)
+        """``features`` ``[b, F]``, targets ``[b, D]`` each (this rank's rows) -> the loss dict
+        over the global batch."""
+        emb = F.normalize(upcast(self.head(features)), dim=-1)
+        return self.loss(*(gather_batch(t, self.dist) for t in (emb, *targets)))
 
 
 def pick_views(values: torch.Tensor, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -81,6 +89,7 @@ def train_stage0(encoder: ModalityEncoder, features: torch.Tensor, text: torch.T
     ----------
     encoder : the image encoder (frozen trunk; its head is trained).
     features : ``[V, N, F]`` cached trunk features of the N teacher images (V views).
+        ``cfg.loop.batch_size`` is the global batch (see :class:`LoopConfig`).
     text : ``[N, D]`` unit caption embeddings from the frozen text encoder.
     valid : ``[N]`` bool, samples with a usable image and caption.
     cfg : the stage config.
@@ -88,7 +97,7 @@ def train_stage0(encoder: ModalityEncoder, features: torch.Tensor, text: torch.T
     """
     dist = dist or single_process()
     loss = ContrastiveLoss(temperature=cfg.temperature, learn_temperature=cfg.learn_temperature)
-    model = wrap_ddp(HeadLoss(encoder.head, loss), dist)
+    model = wrap_ddp(HeadLoss(encoder.head, loss, dist), dist)
     batches = EpochBatches(torch.nonzero(valid).flatten(), cfg.loop.batch_size,
                            seed=seed, dist=dist)
     total = cfg.loop.epochs * batches.steps_per_epoch
