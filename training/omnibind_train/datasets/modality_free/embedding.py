@@ -133,10 +133,12 @@ def unique_embeddings(embedder: TextEmbedder, texts: Sequence[str]
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Embed the distinct texts of ``texts`` once: ``(embeddings [U, D], inverse [N])`` with
     ``embeddings[inverse[i]]`` the (re-normalised) vector of ``texts[i]``."""
-    uniq, inverse = np.unique(np.asarray(list(texts), dtype=object).astype(str),
-                              return_inverse=True)
-    emb = np.asarray(embedder.embed(uniq.tolist()), dtype=np.float32)
+    ids: dict[str, int] = {}
+    inverse = np.fromiter((ids.setdefault(str(t), len(ids)) for t in texts), dtype=np.int64,
+                          count=len(texts))
+    uniq = list(ids)  # first-seen order (dicts keep insertion order)
+    emb = np.asarray(embedder.embed(uniq), dtype=np.float32).reshape(len(uniq), -1)
     if emb.shape[0] != len(uniq):
         raise ValueError(f"text embedder returned {emb.shape[0]} vectors for {len(uniq)} texts")
     norm = np.linalg.norm(emb, axis=-1, keepdims=True)
-    return emb / np.maximum(norm, 1e-12), inverse.reshape(-1)
+    return emb / np.maximum(norm, 1e-12), inverse
