@@ -388,3 +388,28 @@ def test_index_file_round_trip_and_staleness(tmp_path: Path) -> None:
     (tmp_path / "x.jsonl").write_text('{"a": 1}\n')
     with pytest.raises(StaleIndexError, match="not a modality-free index"):
         read_modality_free_index(tmp_path / "x.jsonl")
+
+
+def test_repeated_label_names_get_keys(tmp_path: Path) -> None:
+    # ImageNet-1K's first synonyms repeat "crane" (bird, machine) and "maillot"
+    img = FakeReader("image", ["crane", "tench", "crane"], 4)
+    img.wnids = ("n02012849", "n01440764", "n03126707")  # type: ignore[attr-defined]
+    evt = FakeReader("event", ["crane", "tench", "crane"], 2)  # no wnids: label index
+    src = {"img": img, "evt": evt}
+    lmap = load_or_create_label_map(tmp_path / "map.yaml", src, BowEmbedder())
+    keys = {key for t in lmap.targets for key in t.claimed()}
+    assert keys == {("img", "crane [n02012849]"), ("img", "crane [n03126707]"),
+                    ("img", "tench"), ("evt", "crane [#0]"), ("evt", "crane [#2]"),
+                    ("evt", "tench")}
+    # equal names pair in label order (N-ImageNet shares ImageNet's synset order)
+    owner = target_of(lmap)
+    assert owner[("img", "crane [n02012849]")] == owner[("evt", "crane [#0]")]
+    assert owner[("img", "crane [n03126707]")] == owner[("evt", "crane [#2]")]
+    assert owner[("img", "crane [n02012849]")] != owner[("img", "crane [n03126707]")]
+    index = build_modality_free_index(src, tmp_path / "map.yaml", embedder=BowEmbedder(),
+                                      num_items=60, proportions={2: 1.0})
+    for it in index:
+        for m in it["members"]:
+            if m["modality"] == "image":
+                wnid = img.wnids[img.labels[m["index"]]]  # type: ignore[attr-defined]
+                assert m["source_label"] in ("tench", f"crane [{wnid}]")

@@ -51,8 +51,10 @@ source's reader, root, selection, size and label fingerprints), then one line pe
                  {"modality": "point_cloud", "dataset": "shapenetpart", "index": 402,
                   "source_label": "Airplane", "similarity": 0.83}]}
 
-``index`` is the position in that source's reader (``reader[index]``), ``similarity`` the
-cosine between the member's and the anchor's description embeddings. JSON lines were chosen
+``index`` is the position in that source's reader (``reader[index]``), ``source_label`` the
+sample's label as the label map names it (its label name; a name the data set repeats gets a
+suffix, :func:`~.sources.label_keys`), ``similarity`` the cosine between the member's and the
+anchor's description embeddings. JSON lines were chosen
 over parquet/npz: no extra dependency, readable and diffable, streams line by line;
 ``pandas.read_json(path, lines=True).iloc[1:]`` reads the items.
 """
@@ -75,7 +77,7 @@ from .mapping import (
     LabelMap,
     load_or_create_label_map,
 )
-from .sources import MODALITY_ORDER, LabelledSource, check_sources, source_summary
+from .sources import MODALITY_ORDER, LabelledSource, check_sources, label_keys, source_summary
 
 __all__ = ["DEFAULT_PROPORTIONS", "INDEX_FORMAT", "PAPER_NUM_ITEMS", "PAPER_STATED_PROPORTIONS",
            "ModalityFreeBuildError", "ModalityFreeIndex", "StaleIndexError",
@@ -330,12 +332,13 @@ def build_modality_free_index(
     # -- label level: each target's samples per modality --------------------------------------
     # readers' ``labels`` is a copy: read once per data set (ImageNet: 1.28 M labels)
     labels_of = {ds: np.asarray(sources[ds].labels, dtype=np.int64) for ds in keys}
+    keys_of = {ds: label_keys(sources[ds]) for ds in keys}
     by_label: dict[str, tuple[dict[str, int], np.ndarray, np.ndarray]] = {}
     for ds in keys:  # samples grouped by label once per data set
         labels = labels_of[ds]
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(len(sources[ds].label_names) + 1))
-        names = {str(n): k for k, n in enumerate(sources[ds].label_names)}
+        names = {key: k for k, key in enumerate(label_keys(sources[ds]))}
         by_label[ds] = (names, order, bounds)
     members: dict[int, dict[str, list[tuple[str, np.ndarray]]]] = {}
     for c, t in enumerate(targets):
@@ -426,7 +429,7 @@ def build_modality_free_index(
                 pos, sim = pool.best_match(anchor_vec, emb, margin)
             ds = str(pool.datasets[pos])
             idx = int(pool.indices[pos])
-            label_name = sources[ds].label_names[int(labels_of[ds][idx])]
+            label_name = keys_of[ds][int(labels_of[ds][idx])]
             out_members.append({"modality": m, "dataset": ds, "index": idx,
                                 "source_label": str(label_name),
                                 "similarity": round(float(sim), 4)})

@@ -44,6 +44,9 @@ The file (:meth:`LabelMap.write`; the format is documented in its header comment
         shapenetpart:
         - {label: Airplane, similarity: 1.0}
 
+Labels are named by their label name; a name a data set repeats (ImageNet-1K's "crane" and
+"maillot") gets a suffix, the synset id or the label index (:func:`~.sources.label_keys`).
+
 Editing: set ``status`` (rejected targets are not used), rename a target, add or remove source
 labels (a hand-added label may omit ``similarity``; several labels of one data set under one
 target are allowed), set ``reviewed: true``. A source label may belong to one used target only.
@@ -74,6 +77,7 @@ from .sources import (
     LabelledSource,
     check_sources,
     label_fingerprint,
+    label_keys,
     readable_label,
 )
 
@@ -356,7 +360,7 @@ class LabelMap:
                                          f"map says {entry.modality}")
             if entry.labels_sha1 != now.labels_sha1:
                 used = sorted({lab for t in self.targets for ds, lab in t.claimed() if ds == key})
-                gone = [lab for lab in used if lab not in set(map(str, src.label_names))]
+                gone = [lab for lab in used if lab not in set(label_keys(src))]
                 raise StaleLabelMapError(
                     f"{where} is stale for data set {key!r}: made for {entry.num_labels} labels "
                     f"(sha1 {entry.labels_sha1[:12]}), the data set has {now.num_labels} "
@@ -370,7 +374,7 @@ class LabelMap:
             for ds, lab in t.claimed():
                 if ds not in sources:
                     continue
-                names = [str(n) for n in sources[ds].label_names]
+                names = list(label_keys(sources[ds]))
                 if lab not in names:
                     near = difflib.get_close_matches(lab, names, n=3)
                     raise StaleLabelMapError(
@@ -418,22 +422,25 @@ def propose_label_map(sources: Mapping[str, LabelledSource],
         kept_map._check_labels_exist(sources, f"label map {keep.path or ''}".strip())
     claimed = {key for t in kept for key in t.claimed()}
 
-    nodes: list[tuple[str, str]] = [(ds, str(n)) for ds, src in sources.items()
-                                    for n in src.label_names if (ds, str(n)) not in claimed]
+    # (data set, label key, label name) of every label not claimed by a kept target
+    nodes: list[tuple[str, str, str]] = [
+        (ds, key, str(name)) for ds, src in sources.items()
+        for key, name in zip(label_keys(src), src.label_names, strict=True)
+        if (ds, key) not in claimed]
     ds_order = {ds: k for k, ds in enumerate(sources)}
     targets: list[TargetLabel] = []
     if nodes:
-        emb, inv = unique_embeddings(embedder, _label_texts([n for _, n in nodes],
+        emb, inv = unique_embeddings(embedder, _label_texts([n for *_, n in nodes],
                                                             label_template))
         vec = emb[inv]
-        groups = _complete_linkage(vec, [ds for ds, _ in nodes], threshold)
+        groups = _complete_linkage(vec, [node[0] for node in nodes], threshold)
         taken = {t.name for t in kept}
         for members in groups:
             sim = vec[members] @ vec[members].T
             mean = sim.mean(axis=1)
             medoid = members[int(np.lexsort((
                 [ds_order[nodes[m][0]] for m in members], -mean))[0])]
-            name = readable_label(nodes[medoid][1])
+            name = readable_label(nodes[medoid][2])
             if name in taken:
                 name = f"{name} ({nodes[medoid][0]})"
             k = 2

@@ -18,7 +18,7 @@ import numpy as np
 from omnibind_ros.core.modalities import ALL_MODALITIES, Modality
 
 __all__ = ["MODALITY_ORDER", "SOURCE_MODALITIES", "LabelledSource", "check_sources",
-           "label_fingerprint", "readable_label", "source_summary"]
+           "label_fingerprint", "label_keys", "readable_label", "source_summary"]
 
 #: Canonical order of modalities in an item (the core registry's order).
 MODALITY_ORDER: tuple[str, ...] = tuple(m.value for m in ALL_MODALITIES)
@@ -55,6 +55,22 @@ def readable_label(name: str) -> str:
     return " ".join(text.lower().split())
 
 
+def label_keys(src: LabelledSource) -> tuple[str, ...]:
+    """How the label map and the index name each label of ``src``: its label name, made unique
+    where the data set repeats a name (ImageNet-1K's first synonyms hold "crane" and "maillot"
+    twice) by a suffix: the synset id when the reader has ``wnids`` (``"crane [n02012849]"``),
+    else the label index (``"crane [#134]"``)."""
+    names = [str(n) for n in src.label_names]
+    wnids = getattr(src, "wnids", None)
+    if wnids is not None and len(wnids) != len(names):
+        wnids = None
+    seen: dict[str, int] = {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+    return tuple(n if seen[n] == 1 else f"{n} [{wnids[k] if wnids is not None else f'#{k}'}]"
+                 for k, n in enumerate(names))
+
+
 def label_fingerprint(label_names: Sequence[str]) -> str:
     """sha1 of the label names in order (one per line): a map or an index written for one list of
     names is stale for any other."""
@@ -75,10 +91,9 @@ def check_sources(sources: Mapping[str, LabelledSource]) -> dict[str, LabelledSo
         if modality not in SOURCE_MODALITIES:
             raise ValueError(f"source {key!r}: modality {modality!r} is not one of "
                              f"{list(SOURCE_MODALITIES)}")
-        names = tuple(str(n) for n in src.label_names)
+        names = label_keys(src)
         if len(set(names)) != len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(f"source {key!r}: duplicate label names {dup}")
+            raise ValueError(f"source {key!r}: label names cannot be told apart: {names}")
         labels = np.asarray(src.labels)
         if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
             raise ValueError(f"source {key!r}: label indices outside 0..{len(names) - 1}")
