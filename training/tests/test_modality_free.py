@@ -379,6 +379,17 @@ def test_index_file_round_trip_and_staleness(tmp_path: Path) -> None:
     assert back.items == built.items and back.header["num_items"] == 120
     assert back.header["sources"]["pts"]["modality"] == "point_cloud"
     assert back.header["size_counts"] == {"1": 7, "2": 55, "3": 18, "4": 19, "5": 21}
+    arrays = back.member_arrays()
+    present = np.stack([arrays[m]["present"] for m in
+                        ("image", "text", "thermal", "event", "tactile", "audio", "point_cloud")])
+    assert present.sum(0).tolist() == [len(it["modalities"]) for it in back]
+    first = back.items[0]
+    for m in first["members"]:
+        if m["modality"] != "text":
+            assert arrays[m["modality"]]["dataset"][0] == m["dataset"]
+            assert arrays[m["modality"]]["index"][0] == m["index"]
+    assert (arrays["thermal"]["index"] == -1).all()  # no thermal source here
+    assert arrays["label"]["index"].tolist() == [it["label_index"] for it in back]
     fewer = dict(src, aud=FakeReader("audio", ["airplane", "dog", "siren"], 2))
     with pytest.raises(StaleIndexError, match="stale for data set 'aud': num_samples"):
         read_modality_free_index(path, fewer)

@@ -151,6 +151,34 @@ class ModalityFreeIndex:
         n = max(len(self.items), 1)
         return {k: v / n for k, v in self.size_counts().items()}
 
+    def member_arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per modality, aligned with the items: ``{"dataset": object [N] ("" where absent),
+        "index": int64 [N] (-1 where absent), "present": bool [N]}``, and for ``"text"`` a
+        ``"text"`` object array (None where absent); plus ``"label"``: ``{"index": int64 [N]}``.
+        What a feature-gathering step needs to stack cached per-source embeddings into
+        ``[N, modalities, D]`` with a presence mask for the AF stage."""
+        n = len(self.items)
+        out: dict[str, dict[str, np.ndarray]] = {
+            "label": {"index": np.asarray([it["label_index"] for it in self.items],
+                                          dtype=np.int64)}}
+        for m in MODALITY_ORDER:
+            if m == TEXT:
+                out[m] = {"text": np.full(n, None, dtype=object),
+                          "present": np.zeros(n, dtype=bool)}
+            else:
+                out[m] = {"dataset": np.full(n, "", dtype=object),
+                          "index": np.full(n, -1, dtype=np.int64),
+                          "present": np.zeros(n, dtype=bool)}
+        for r, it in enumerate(self.items):
+            for mem in it["members"]:
+                slot = out[mem["modality"]]
+                slot["present"][r] = True
+                if mem["modality"] == TEXT:
+                    slot["text"][r] = mem["text"]
+                else:
+                    slot["dataset"][r], slot["index"][r] = mem["dataset"], mem["index"]
+        return out
+
     def combination_counts(self) -> dict[tuple[str, ...], int]:
         """``{modality set: items}``, most frequent first."""
         counts: dict[tuple[str, ...], int] = {}

@@ -50,6 +50,8 @@ Labels are named by their label name; a name a data set repeats (ImageNet-1K's "
 Editing: set ``status`` (rejected targets are not used), rename a target, add or remove source
 labels (a hand-added label may omit ``similarity``; several labels of one data set under one
 target are allowed), set ``reviewed: true``. A source label may belong to one used target only.
+A label left out of every target is simply not used; to keep it out when the map is recomputed,
+list it under a rejected target.
 
 Honouring edits (:func:`load_or_create_label_map`): an existing file is read and used as it is
 (never recomputed over); it is checked against the sources and a mismatch raises
@@ -100,7 +102,8 @@ _HEADER = """\
 #   status: accepted | rejected | proposed   (rejected targets are not used)
 #   name:   the class name of the target (the built items' label)
 #   sources: <data set>: [{label: <its label name, exactly>, similarity: <cosine or omitted>}]
-#            add or remove labels freely; a label may belong to one used target only
+#            add or remove labels freely; a label may belong to one used target only;
+#            to keep a label out of every target, list it under a rejected target
 #   reviewed: set true once every target is checked (a builder can require it)
 # Recomputing (recompute=True) keeps accepted and rejected targets (all targets once
 # reviewed: true) verbatim and re-proposes the rest. `datasets` records the label lists this
