@@ -16,6 +16,10 @@ replaces it (any combination may show up at runtime). Per batch:
 4. the head fuses the padded tokens with the mask; Eq. 9 against the label embeddings.
 
 The mean baseline has no parameters and is not trained; linear and concat train exactly like AF.
+
+Under ``torchrun`` ``loop.batch_size`` is the global batch, as in every trainer. Eq. 9 is a
+per-sample loss against the label table (no in-batch negatives), so nothing is gathered: the
+ranks' batches are equally large and DDP's average of their batch means is the global mean.
 """
 from __future__ import annotations
 
