@@ -15,8 +15,17 @@ the appendix code (``appendix_code``), see :mod:`omnibind_train.losses`.
 
 Under ``torchrun`` the student, text and image embeddings of every rank are gathered
 (:func:`~.distributed.gather_batch`): L_in's negatives and the ``k x k`` matrices of L_cr and
-L_se are those of the global batch ``k = loop.batch_size``, and the gradients equal one
-process's on that batch.
+L_se are those of the global batch ``k`` (the student's batch size, see below), and the
+gradients equal one process's on that batch.
+
+Per-student batch sizes. CAD visits one student at a time, so each student's batches can have
+their own size (the paper's Table 10: touch 512, thermal 256, event 128): ``batch_size`` maps a
+student to its *global* batch, ``loop.batch_size`` is the default for the others. Under
+``torchrun`` each rank takes ``batch_size // world_size`` of that student's batch (an error when
+the world size does not divide it). With ``schedule: per_student`` each student trains
+``loop.epochs`` passes over its own samples (Table 10's "total epochs" per modality); the default
+``rounds`` schedule visits every student in every round for ``loop.epochs`` passes over the
+largest student's samples (smaller students then see more passes).
 
 Every rank visits the same student at the same step (the order depends on the seed and the
 round only), and each student is its own DDP unit, so no parameter is ever unused in a step.
@@ -55,6 +64,8 @@ from .distributed import DistInfo, gather_batch, single_process, wrap_ddp
 from .stage0 import pick_views
 
 CAD_TERMS = ("in", "cr", "se")
+#: How visits are scheduled (``CADConfig.schedule``).
+CAD_SCHEDULES = ("rounds", "per_student")
 #: Table 7 rows -> loss terms (names as in ``omnibind_train.evaluation.CAD_VARIANTS``).
 ABLATION_VARIANTS: dict[str, tuple[str, ...]] = {
     "L_in": ("in",), "L_in+L_cr": ("in", "cr"), "L_in+L_se": ("in", "se"),
@@ -74,6 +85,15 @@ class CADConfig(ConfigBase):
     loop, optim : see :class:`LoopConfig`, :class:`OptimConfig`; ``loop.epochs`` counts passes
         over each student's samples.
     lr : per-student learning-rate overrides (the paper's Table 10 differs per modality).
+    batch_size : per-student *global* batch sizes (Table 10 differs per modality); a student
+        not listed uses ``loop.batch_size``. Under ``torchrun`` each rank takes
+        ``batch_size // world_size`` of them, as for every global batch (:class:`LoopConfig`).
+    schedule : ``"rounds"`` (default): every round visits every student once, in a random
+        order, for ``loop.epochs`` x the largest student's batches per epoch rounds, so a
+        student with fewer batches per epoch sees more passes over its samples;
+        ``"per_student"``: each student takes ``loop.epochs`` passes over its own samples
+        (``loop.epochs`` x its batches per epoch), rounds visit the students that have batches
+        left, in a random order; the run ends when the last student has finished.
     students : student modalities to train, in canonical order.
     terms : enabled loss terms, subset of ``("in", "cr", "se")``.
     weighting : the source the loss combination follows, ``"paper_eq7"`` (default) or
@@ -102,6 +122,8 @@ class CADConfig(ConfigBase):
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=30, batch_size=64))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.05))
     lr: dict[str, float] = field(default_factory=dict)
+    batch_size: dict[str, int] = field(default_factory=dict)
+    schedule: str = "rounds"
     students: list[str] = field(default_factory=lambda: [m.value for m in STUDENTS])
     terms: list[str] = field(default_factory=lambda: list(CAD_TERMS))
     weighting: str | None = None
@@ -123,7 +145,26 @@ class CADConfig(ConfigBase):
             raise ValueError(f"terms must be a non-empty subset of {CAD_TERMS}, got {self.terms}")
         if not self.students:
             raise ValueError("no student modalities to train")
+        self._check_batch_sizes()
         self._resolve_weighting()
+
+    def _check_batch_sizes(self) -> None:
+        known = {m.value for m in STUDENTS}
+        unknown = sorted(set(self.batch_size) - known)
+        if unknown:
+            raise ValueError(f"cad.batch_size: unknown student(s) {unknown}; students are "
+                             f"{sorted(known)}")
+        for m, b in self.batch_size.items():
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                raise ValueError(f"cad.batch_size.{m} must be a positive integer (the global "
+                                 f"batch), got {b!r}")
+        if self.schedule not in CAD_SCHEDULES:
+            raise ValueError(f"cad.schedule must be one of {CAD_SCHEDULES}, "
+                             f"got {self.schedule!r}")
+
+    def student_batch_size(self, student: str) -> int:
+        """``student``'s global batch: its ``batch_size`` entry, else ``loop.batch_size``."""
+        return int(self.batch_size.get(student, self.loop.batch_size))
 
     def _resolve_weighting(self) -> None:
         given = {k: getattr(self, k) for k in LEGACY_CUSTOM if getattr(self, k) is not None}
@@ -252,29 +293,77 @@ def augment_points(points: torch.Tensor, gen: torch.Generator, *, subsample: int
 
 @dataclass
 class _Plan:
-    """The deterministic step -> (student, batch) schedule."""
+    """The deterministic step -> (student, batch) schedule.
+
+    ``per_student`` False: every round visits every student for ``steps_per_visit`` steps;
+    there are ``epochs`` x the largest student's batches per epoch rounds. True: student ``m``
+    takes ``epochs`` x its own batches per epoch steps in all; a round visits the students with
+    steps left (``steps_per_visit`` steps each, fewer in a student's last visit).
+    """
 
     students: list[str]
     batches: dict[str, EpochBatches]
     steps_per_visit: int
     seed: int
+    epochs: int = 1
+    per_student: bool = False
+
+    def __post_init__(self) -> None:
+        if self.per_student:
+            self._build_per_student()
 
     @property
     def rounds(self) -> int:
         return max(b.steps_per_epoch for b in self.batches.values())
+
+    @property
+    def total_steps(self) -> int:
+        if self.per_student:
+            return int(self._round_start[-1])
+        return self.epochs * self.rounds * len(self.students) * self.steps_per_visit
+
+    def student_steps(self, student: str) -> int:
+        """Optimiser steps (batches) ``student`` takes over the whole run."""
+        if self.per_student:
+            return self.epochs * self.batches[student].steps_per_epoch
+        return self.epochs * self.rounds * self.steps_per_visit
 
     def order(self, round_: int) -> list[str]:
         perm = torch.randperm(len(self.students), generator=generator(self.seed, "cad-order",
                                                                       round_))
         return [self.students[i] for i in perm.tolist()]
 
+    def _build_per_student(self) -> None:
+        spv = self.steps_per_visit
+        left = {m: self.student_steps(m) for m in self.students}
+        rounds = max(-(-n // spv) for n in left.values())
+        starts = [0]
+        for r in range(rounds):
+            starts.append(starts[-1] + sum(min(spv, max(0, left[m] - r * spv))
+                                           for m in self.students))
+        self._left = left
+        self._round_start = starts
+
     def at(self, step: int) -> tuple[str, torch.Tensor]:
-        per_round = len(self.students) * self.steps_per_visit
-        round_, within = divmod(step, per_round)
-        visit, sub = divmod(within, self.steps_per_visit)
-        student = self.order(round_)[visit]
-        _, index = self.batches[student].at(round_ * self.steps_per_visit + sub)
-        return student, index
+        if not self.per_student:
+            per_round = len(self.students) * self.steps_per_visit
+            round_, within = divmod(step, per_round)
+            visit, sub = divmod(within, self.steps_per_visit)
+            student = self.order(round_)[visit]
+            _, index = self.batches[student].at(round_ * self.steps_per_visit + sub)
+            return student, index
+        import bisect
+
+        spv = self.steps_per_visit
+        round_ = bisect.bisect_right(self._round_start, step) - 1
+        within = step - self._round_start[round_]
+        for student in self.order(round_):
+            n = min(spv, max(0, self._left[student] - round_ * spv))
+            if within < n:
+                _, index = self.batches[student].at(round_ * spv + within)
+                return student, index
+            within -= n
+        raise IndexError(f"step {step} is past the schedule's {self.total_steps} steps")
 
 
 def train_cad(students: Mapping[str, ModalityEncoder], data: Mapping[str, StudentData],
@@ -293,8 +382,8 @@ def train_cad(students: Mapping[str, ModalityEncoder], data: Mapping[str, Studen
     text, image : ``[N, D]`` frozen teacher embeddings of the same samples (caption, image).
     teacher_valid : ``[N]`` bool, samples whose caption and image are usable.
     labels : ``[N]`` int64 classes (for the class-balanced ``train_fraction`` subset).
-    cfg : the stage config (``cfg.loop.batch_size`` is the global batch, see
-        :class:`LoopConfig`).
+    cfg : the stage config (``cfg.student_batch_size(m)`` is student ``m``'s global batch,
+        see :class:`LoopConfig`).
     seed, dist, run_dir, record, resume, eval_fn, progress : see :class:`TrainLoop`.
     train_mask : ``[N]`` bool, restrict training to these samples (cross-fitting folds).
     """
@@ -308,10 +397,11 @@ def train_cad(students: Mapping[str, ModalityEncoder], data: Mapping[str, Studen
         if train_mask is not None:
             usable = usable & train_mask
         keep = class_subset(labels, cfg.train_fraction, seed=seed, candidates=usable)
-        batches[m] = EpochBatches(keep, cfg.loop.batch_size, seed=derive_sampler_seed(seed, m),
-                                  dist=dist)
-    plan = _Plan(names, batches, cfg.steps_per_visit, seed)
-    total = cfg.loop.epochs * plan.rounds * len(names) * cfg.steps_per_visit
+        batches[m] = EpochBatches(keep, cfg.student_batch_size(m),
+                                  seed=derive_sampler_seed(seed, m), dist=dist)
+    plan = _Plan(names, batches, cfg.steps_per_visit, seed, epochs=cfg.loop.epochs,
+                 per_student=cfg.schedule == "per_student")
+    total = plan.total_steps
     named = {m: [p for p in students[m].parameters() if p.requires_grad]
              + list(losses[m].parameters()) for m in names}
     optimizer, scheduler = make_optimizer(param_groups(named, cfg.optim, cfg.lr), cfg.optim,
