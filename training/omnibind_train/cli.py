@@ -15,6 +15,8 @@ Examples
     omnibind-train all --config training/configs/sim_unialign.yaml    # the UniAlign family
     omnibind-train ablate --config training/configs/sim_unialign.yaml # its Tables 8-11
     omnibind-train teach my.bag --modality thermal --out ~/bundles/with_thermal  # new sensor
+    omnibind-train modality-free --source esc50=/data/ESC-50:folds=1,2,3,4 ... \
+        --label-map labelmap.yaml --out train_index.jsonl     # seed 000's modality-free index
 
 A config with ``family: binding`` (seeds 001/003, :mod:`omnibind_train.binding`) runs its own
 stages: ``data``, ``spaces``, ``pairs``, ``bind``, ``af``, ``eval``, ``export``; one with
@@ -96,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "(camera + text) or ImageBind (camera, microphone, thermal camera + text), "
                     "with the model's own preprocessing carried in the bundle.")
     add_import_arguments(imports)
+    from .datasets.modality_free.cli import add_modality_free_arguments
+
+    add_modality_free_arguments(sub.add_parser(
+        "modality-free", help="build the modality-free combination index from the real readers",
+        description="Seed 000's modality-free data set (Sec. 3.4): a reviewed label map and the "
+                    "seeded combination index (JSON lines) from the nine data sets' readers."))
     for name in ("stage0", "cad", "af"):
         _resumable(cmds[name])
     cmds["cad"].add_argument("--terms", default=None,
@@ -313,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .byo.cli import run_import
 
         return run_import(args)
+    if args.command == "modality-free":  # readers in, a label map and an index out
+        from .datasets.modality_free.cli import run_modality_free
+
+        return run_modality_free(args)
     try:
         cfg = _config(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
