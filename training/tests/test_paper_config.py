@@ -287,7 +287,8 @@ def test_open_clip_teacher_through_the_registry(tmp_path, monkeypatch) -> None:
     from omnibind_train.models import build_encoder
     from omnibind_train.pipeline import Workspace
 
-    cfg = load("af.fusion.dim=16", "encoders.text.tokenizer=null")
+    small = [f"data.preprocess.{m}.size=32" for m in ("image", "thermal", "event", "tactile")]
+    cfg = load("af.fusion.dim=16", "encoders.text.tokenizer=null", *small)
     with pytest.raises(DataRootError, match=r"encoders\.\w+\.open_clip = .*CKPT_DIR is not set"):
         cfg.encoder_configs()
     monkeypatch.setenv("CKPT_DIR", str(tmp_path))
@@ -320,6 +321,14 @@ def test_open_clip_teacher_through_the_registry(tmp_path, monkeypatch) -> None:
         torch.testing.assert_close(txt(ids), torch.nn.functional.normalize(text(ids), dim=-1))
     assert not any(p.requires_grad for p in thermal.trunk.parameters())
     assert all(p.requires_grad for p in thermal.head.parameters())
+    # the preprocessing makes the ViT's input size
+    assert ws.preprocess_configs["thermal"]["size"] == 32
+    assert load().pipeline_config(resolve_encoders=False).data.preprocess["event"] == {
+        "size": 224}
+    with pytest.raises(ValueError, match=r"the ViT takes 32 px inputs but thermal's "
+                                         r"preprocessing makes 224 px"):
+        load("af.fusion.dim=16", "encoders.text.tokenizer=null",
+             *[s for s in small if "thermal" not in s]).encoder_configs()
     # the fusion head must live in the teacher space
     with pytest.raises(ValueError, match="af.fusion.dim is 768 but the shared space"):
-        load("encoders.text.tokenizer=null").encoder_configs()
+        load("encoders.text.tokenizer=null", *small).encoder_configs()

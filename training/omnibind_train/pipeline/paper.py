@@ -187,12 +187,16 @@ class PaperDataConfig(ConfigBase):
     cad : student modality -> :class:`CADSource`.
     label_prompt : the text teacher's input for a label (Sec. 3.3: "a photo of a {label}").
     modality_free : the modality-free index (AF's training and test data).
+    preprocess : modality -> overrides of the core preprocessing (as ``DataConfig.preprocess``;
+        e.g. the ViT's input size: an open_clip vision trunk's ``image_size`` must equal its
+        modality's ``size``).
     """
 
     sources: dict[str, SourceSpec] = field(default_factory=dict)
     cad: dict[str, CADSource] = field(default_factory=dict)
     label_prompt: str = "a photo of a {}."
     modality_free: ModalityFreeSpec | None = None
+    preprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -318,6 +322,9 @@ class PaperOmniBindConfig(YamlConfig):
                     if key not in sources:
                         problems.append(f"data.modality_free.{n}.sources: {key!r} is not a "
                                         "key of data.sources")
+        bad = sorted(set(self.data.preprocess) - set(STUDENT_NAMES) - {"image", "text"})
+        if bad:
+            problems.append(f"data.preprocess: unknown modalities {bad}")
         for m, spec in self.encoders.items():
             problem = _check_encoder_spec(m, spec)
             if problem:
@@ -453,6 +460,16 @@ class PaperOmniBindConfig(YamlConfig):
             if self.af.fusion.dim != text_dim:
                 raise ValueError(f"af.fusion.dim is {self.af.fusion.dim} but the shared space "
                                  f"(the text encoder's embed_dim) is {text_dim}")
+        for m, c in out.items():
+            size = getattr(c.trunk, "image_size", None)
+            if c.trunk.kind == "open_clip_vision" and size is not None:
+                from omnibind_ros.core.preprocess import build_config
+
+                want = build_config(m, self.data.preprocess.get(m) or None).to_dict().get("size")
+                if want is not None and int(want) != int(size):
+                    raise ValueError(f"encoders.{m}: the ViT takes {size} px inputs but "
+                                     f"{m}'s preprocessing makes {want} px: set "
+                                     f"data.preprocess.{m}.size: {size}")
         return out
 
     def _expand_trunk(self, m: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -492,8 +509,9 @@ class PaperOmniBindConfig(YamlConfig):
 
     def pipeline_config(self, *, resolve_encoders: bool = True) -> Any:
         """A :class:`~.config.PipelineConfig` carrying this run's encoders, CAD and AF settings
-        to the existing trainers and workspace (its ``data`` stays the simulated default: the
-        real-data stages are not wired into the workspace, see :data:`WIRED`)."""
+        to the existing trainers and workspace (its ``data`` is the simulated default with this config's ``preprocess``: the real-data
+        stages are not wired into the workspace, see :data:`WIRED`)."""
+        from ..data import DataConfig
         from .config import PipelineConfig
 
         encoders: dict[str, Any] = {}
@@ -504,6 +522,7 @@ class PaperOmniBindConfig(YamlConfig):
                 encoders[m] = d
         return PipelineConfig(name=self.name, seed=self.seed, cache_dir=self.cache_dir,
                               device=self.device, threads=self.threads, progress=self.progress,
+                              data=DataConfig(preprocess=dict(self.data.preprocess)),
                               encoders=encoders, cad=self.cad, af=self.af,
                               baselines=list(self.baselines))
 
