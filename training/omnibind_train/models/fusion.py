@@ -1,10 +1,29 @@
 """Stage II fusion: the Adaptive Fusion head (seed 000 Eq. 8), its classification helpers
-(Fig. 3b) and the mean / linear / concat baselines (Tables 2, 3, 8, 9).
+(Fig. 3b), the mean / linear / concat baselines (Tables 2, 3, 8, 9) and the Table 8/9 ablation
+heads (a learnable CLS token, outer-product fusion).
 
 Every head maps ``tokens [B, N, D]`` + ``mask [B, N]`` (bool, True = a live modality) to a unit
 ``[B, D]`` embedding; this is the ONNX contract the runtime's fusion tick feeds (padded tokens +
-mask). The AF head is token-order free and exports with dynamic B and N; the baselines need
-fixed modality *slots* (``N == num_slots``, one per modality in ``MODALITY_SLOTS`` order).
+mask). The token-set heads (:data:`TOKEN_SET_KINDS`: AF, mean, CLS token, outer product) are
+token-order free and take any N; the slot baselines need fixed modality *slots*
+(``N == num_slots``, one per modality in ``MODALITY_SLOTS`` order).
+
+How the paper's ablation rows map onto heads:
+
+* Table 8 "CLS(·) + SA(·)" and Table 9 "SA(·) (Ours)": ``af``.
+* Table 8 "CLS(·)": the paper's CLS(·) is the classification operation of Fig. 3b (cosine of
+  each modality's embedding with the label embeddings), which gives the per-modality predictions
+  whose wrong ones are the negative labels. Without SA, Eq. 8 is the mean of the embeddings and
+  nothing is left to train; classifying by the summed per-modality cosines ranks the labels
+  exactly as the mean embedding does (the norm of the mean is a per-sample constant), so that
+  reading *is* the ``mean`` head. The trainable reading, a learnable classification token that
+  alone makes the fused embedding (no self-attention among the modality tokens, no token
+  residual, no mean over tokens), is ``cls_token`` (:class:`ClsTokenFusion`).
+* Table 8 "Cat": ``concat``.
+* Table 9 "Linear" (SA replaced by a linear layer): ``linear``; with uniform slot weights it is
+  exactly ``mean(Linear(tokens))``; its learned per-slot weights make it a superset.
+* Table 9 "Outer Product" (SA replaced by an outer-product operation): ``outer``
+  (:class:`OuterProductFusion`).
 """
 from __future__ import annotations
 
@@ -137,8 +156,108 @@ class ConcatFusion(nn.Module):
         return F.normalize(self.linear(flat), dim=-1)
 
 
+class ClsTokenFusion(nn.Module):
+    """Table 8's CLS-only row read as a learnable classification token (see the module
+    docstring for the paper's own reading, which is the mean head).
+
+    One learned query attends over the live modality tokens (multi-head, padded tokens masked
+    out as keys) and its attended value, projected, is the fused embedding:
+    ``E_m = normalise(W_o concat_h(softmax_i(q_h . k_hi / sqrt(d)) v_hi))`` with
+    ``k = W_k LN(x)``, ``v = W_v x``. Unlike AF there is no self-attention among the modality
+    tokens, no residual of the tokens and no mean over them: the token alone decides.
+
+    Initialisation: ``q = 0`` (uniform attention over the live tokens), ``W_v`` and ``W_o`` the
+    identity, so an untrained head equals the mean baseline, like every other head here.
+
+    Parameters
+    ----------
+    dim : D.
+    num_heads : attention heads (``dim % num_heads == 0``).
+    """
+
+    def __init__(self, *, dim: int = 384, num_heads: int = 8) -> None:
+        super().__init__()
+        assert dim % num_heads == 0, f"dim {dim} is not divisible by num_heads {num_heads}"
+        self.num_heads = num_heads
+        self.query = nn.Parameter(torch.zeros(dim))
+        self.norm = nn.LayerNorm(dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        for layer in (self.value, self.proj):
+            nn.init.eye_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``[B, N, D]``, ``mask`` ``[B, N]`` bool -> fused ``[B, D]`` (unit norm;
+        zeros for a sample without live tokens)."""
+        mask = mask.bool()
+        tokens = _clean(tokens, mask)
+        h = self.num_heads
+        k = rearrange(self.key(self.norm(tokens)), "b n (h d) -> b h n d", h=h)
+        v = rearrange(self.value(tokens), "b n (h d) -> b h n d", h=h)
+        q = rearrange(self.query, "(h d) -> h d", h=h)
+        scores = torch.einsum("hd,bhnd->bhn", q, k) * k.shape[-1] ** -0.5
+        scores = torch.where(mask[:, None, :], scores, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1) * mask[:, None, :].to(scores.dtype)
+        out = rearrange(torch.einsum("bhn,bhnd->bhd", weights, v), "b h d -> b (h d)")
+        out = self.proj(out) * mask.any(dim=1, keepdim=True).to(out.dtype)
+        return F.normalize(out, dim=-1)
+
+
+class OuterProductFusion(nn.Module):
+    """Table 9's outer-product row: Eq. 8 with ``SA(·)`` replaced by an outer-product operation.
+
+    Each live token is reduced to ``z_i = [A LN(x_i); 1]`` (``rank + 1`` values; the appended 1
+    keeps the first-order terms, as in Tensor Fusion Networks); its outer product with the mean
+    ``z`` of the *other* live tokens is flattened and projected back to D:
+    ``OP(X)_i = x_i + P vec(z_i (x) mean_{j != i} z_j)``, ``E_m = normalise(mean_i OP(X)_i)``.
+    So every output carries the pairwise (bilinear) cross-modal terms, where SA carries
+    attention-weighted values. A lone token has no partner and passes through unchanged.
+
+    The paper gives no size; the full ``D x D`` outer product would need a ``D^2 x D``
+    projection (56 M weights at D = 384), hence the reduction to ``rank``. ``P`` starts at zero
+    (an untrained head is the mean baseline, like AF with ``zero_init``).
+
+    Parameters
+    ----------
+    dim : D.
+    rank : r, the reduced size of each factor of the outer product.
+    """
+
+    def __init__(self, *, dim: int = 384, rank: int = 32) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.reduce = nn.Linear(dim, rank, bias=False)
+        self.proj = nn.Linear((rank + 1) ** 2, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def interact(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``OP``: ``[B, N, D]`` -> ``[B, N, D]`` (padded positions carry garbage-free zeros
+        in ``z`` and are excluded by the caller's masked mean)."""
+        live = mask.to(tokens.dtype).unsqueeze(-1)
+        z = self.reduce(self.norm(tokens))
+        z = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1) * live
+        count = live.sum(dim=1, keepdim=True)
+        others = (z.sum(dim=1, keepdim=True) - z) / (count - 1).clamp_min(1.0)
+        pair = rearrange(z.unsqueeze(-1) * others.unsqueeze(-2), "b n r s -> b n (r s)")
+        has_partner = (count >= 2).to(tokens.dtype)
+        return tokens + self.proj(pair) * has_partner
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``[B, N, D]``, ``mask`` ``[B, N]`` bool -> fused ``[B, D]`` (unit norm)."""
+        mask = mask.bool()
+        tokens = _clean(tokens, mask)
+        return F.normalize(masked_mean(self.interact(tokens, mask), mask), dim=-1)
+
+
 FUSION_KINDS: dict[str, type[nn.Module]] = {
-    "af": AdaptiveFusion, "mean": MeanFusion, "linear": LinearFusion, "concat": ConcatFusion}
+    "af": AdaptiveFusion, "mean": MeanFusion, "linear": LinearFusion, "concat": ConcatFusion,
+    "cls_token": ClsTokenFusion, "outer": OuterProductFusion}
+#: Heads that take any number of tokens in any order (dynamic N at export); the others are
+#: slot-based (``N == len(slots)``).
+TOKEN_SET_KINDS: tuple[str, ...] = ("af", "mean", "cls_token", "outer")
 
 
 @dataclass
@@ -147,11 +266,12 @@ class FusionConfig:
 
     Attributes
     ----------
-    kind : ``"af"``, ``"mean"``, ``"linear"`` or ``"concat"``.
+    kind : ``"af"``, ``"mean"``, ``"linear"``, ``"concat"``, ``"cls_token"`` or ``"outer"``.
     dim : D.
-    num_heads : AF attention heads.
+    num_heads : AF / CLS-token attention heads.
     zero_init : AF output projection starts at zero.
     slots : modality slot order (slot-based baselines; also recorded for the bundle).
+    rank : factor size of the outer-product head.
     """
 
     kind: str = "af"
@@ -159,6 +279,7 @@ class FusionConfig:
     num_heads: int = 8
     zero_init: bool = True
     slots: tuple[str, ...] = MODALITY_SLOTS
+    rank: int = 32
 
     def __post_init__(self) -> None:
         if self.kind not in FUSION_KINDS:
@@ -178,6 +299,10 @@ class FusionConfig:
                                   zero_init=self.zero_init)
         if self.kind == "mean":
             return MeanFusion()
+        if self.kind == "cls_token":
+            return ClsTokenFusion(dim=self.dim, num_heads=self.num_heads)
+        if self.kind == "outer":
+            return OuterProductFusion(dim=self.dim, rank=self.rank)
         return FUSION_KINDS[self.kind](num_slots=len(self.slots), dim=self.dim)
 
 
