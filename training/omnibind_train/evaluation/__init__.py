@@ -9,6 +9,11 @@ What is computed, against which table of the paper:
 * :func:`zero_shot_accuracy`: single-modality zero-shot top-1 (Tables 4-6; Table 7's cells).
 * :func:`add_embedding_noise`, :func:`replace_with_random`, :func:`robustness_sweep`: one
   modality made noisy, AF accuracy over the combinations that contain it (Tables 12, 13).
+* :func:`select_on_val`: the only selection among options (e.g. ``cad.crossfit_folds``),
+  reading the validation split only; test scores ride along.
+* Invalid inputs (``present`` masks: preprocessing failed, modality absent) are masked exactly as
+  in training by :func:`evaluate_combinations`, :func:`zero_shot_accuracy` and
+  :func:`robustness_sweep`.
 * :func:`write_report` / :func:`format_summary`: ``report.md``, ``results.json``, PNG plots, and
   whether the paper's expected shape holds here (:func:`expected_shape`; no tuning to fit).
 
@@ -20,7 +25,8 @@ prints percent and percentage points); per-size keys are strings (``"1"``, ``"2"
 ``[B, S]`` mask, so the slot-based baselines (linear, concat) see each modality in its own slot.
 
 Modules: :mod:`.metrics` (subsets, accuracy, the combination and zero-shot tables),
-:mod:`.robustness` (noise, the sweep), :mod:`.checks` (expected shape), :mod:`.report`
+:mod:`.robustness` (noise, the sweep), :mod:`.checks` (expected shape), :mod:`.selection`
+(choices made on val), :mod:`.report`
 (summary, ``report.md``, ``results.json``), :mod:`.plots` and :mod:`.formatting` (numbers and
 table layout shared by the last two).
 """
@@ -33,8 +39,11 @@ from .metrics import (
     aggregate_subsets,
     enumerate_subsets,
     evaluate_combinations,
+    hit_rate,
     in_slot_order,
+    present_matrix,
     subset_accuracy,
+    subset_hits,
     subset_name,
     topk_correct,
     zero_shot_accuracy,
@@ -55,13 +64,15 @@ from .report import (
     write_report,
 )
 from .robustness import add_embedding_noise, replace_with_random, robustness_sweep
+from .selection import SELECTION_SPLIT, select_on_val
 
 __all__ = [
     "ABBREV", "CAD_VARIANTS", "HEAD_LABELS", "HEAD_ORDER", "MAX_CHUNK_ELEMENTS",
-    "PAPER_COMBINATIONS", "THRESHOLDS", "TOP_K", "add_embedding_noise", "aggregate_subsets",
-    "enumerate_subsets", "evaluate_combinations", "expected_shape", "format_summary",
-    "in_slot_order", "plot_accuracy_vs_size", "plot_cad_ablation", "plot_per_subset",
-    "plot_robustness", "render_report", "replace_with_random", "results_json",
-    "robustness_sweep", "subset_accuracy", "subset_name", "to_jsonable", "topk_correct",
-    "write_report", "zero_shot_accuracy",
+    "PAPER_COMBINATIONS", "SELECTION_SPLIT", "THRESHOLDS", "TOP_K", "add_embedding_noise",
+    "aggregate_subsets", "enumerate_subsets", "evaluate_combinations", "expected_shape",
+    "format_summary", "hit_rate", "in_slot_order", "plot_accuracy_vs_size",
+    "plot_cad_ablation", "plot_per_subset", "plot_robustness", "present_matrix",
+    "render_report", "replace_with_random", "results_json", "robustness_sweep",
+    "select_on_val", "subset_accuracy", "subset_hits", "subset_name", "to_jsonable",
+    "topk_correct", "write_report", "zero_shot_accuracy",
 ]

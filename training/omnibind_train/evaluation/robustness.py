@@ -3,14 +3,21 @@ accuracy over the combinations that contain the noisy modality."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.fusion import MODALITY_SLOTS, stack_modalities
-from .metrics import _check_inputs, _slot_order, _subset_masks, enumerate_subsets, subset_accuracy
+from .metrics import (
+    _check_inputs,
+    _slot_order,
+    _subset_masks,
+    enumerate_subsets,
+    present_matrix,
+    subset_accuracy,
+)
 
 
 def add_embedding_noise(emb: torch.Tensor, std: float,
@@ -48,6 +55,7 @@ def robustness_sweep(embeddings: dict[str, torch.Tensor], labels: torch.Tensor,
                      noise_stds: Sequence[float], *, modalities: Sequence[str] | None = None,
                      noisy_modalities: Sequence[str] | None = None, min_size: int = 2,
                      seed: int = 0, slots: Sequence[str] = MODALITY_SLOTS,
+                     present: Mapping[str, torch.Tensor] | torch.Tensor | None = None,
                      ) -> dict[str, dict[float, float]]:
     """Tables 12-13 protocol: one modality made noisy, the head's top-1 over the combinations.
 
@@ -55,13 +63,16 @@ def robustness_sweep(embeddings: dict[str, torch.Tensor], labels: torch.Tensor,
     :func:`add_embedding_noise`, and the value is the mean top-1 of ``head`` over the subsets of
     ``modalities`` with >= ``min_size`` modalities that contain m (the others are unaffected).
     The noise draw depends only on (``seed``, m), not on the head or the std, so two heads
-    (trained with / without negative labels) are compared on identical noise.
+    (trained with / without negative labels) are compared on identical noise. ``present``
+    masks invalid inputs as :func:`~.metrics.evaluate_combinations` does (a pair whose noisy
+    modality is invalid is fused from the rest; one with nothing valid is left out).
 
     Returns ``{modality: {std: acc}}`` (fractions).
     """
     modalities = list(modalities or [m for m in slots if m in embeddings])
     _check_inputs(embeddings, labels, label_embeddings, modalities)
     subsets = [s for s in enumerate_subsets(modalities, slots=slots) if len(s) >= min_size]
+    usable = present_matrix(present, int(labels.shape[0]), slots)
     out: dict[str, dict[float, float]] = {}
     for m in noisy_modalities or _slot_order(modalities, slots):
         masks = _subset_masks([s for s in subsets if m in s], slots)
@@ -70,6 +81,6 @@ def robustness_sweep(embeddings: dict[str, torch.Tensor], labels: torch.Tensor,
             gen = torch.Generator().manual_seed(seed * 1009 + list(slots).index(m))
             noisy = {**embeddings, m: add_embedding_noise(embeddings[m], float(std), gen)}
             tokens, _ = stack_modalities({k: noisy[k] for k in modalities}, slots=slots)
-            acc = subset_accuracy(head, tokens, masks, labels, label_embeddings, (1,))
-            out[m][float(std)] = float(acc.mean()) if masks.shape[0] else float("nan")
+            acc = subset_accuracy(head, tokens, masks, labels, label_embeddings, (1,), usable)
+            out[m][float(std)] = float(acc.nanmean()) if masks.shape[0] else float("nan")
     return out

@@ -201,7 +201,8 @@ def make_batch(data: FusionData, records: torch.Tensor, label_embeddings: torch.
     mask = torch.where(swap.unsqueeze(1), random_subsets(records.numel(), allowed, gen), mask)
     mask = mask & present
     mask = torch.where(mask.any(dim=1, keepdim=True), mask, present)
-    tokens = data.tokens[sample] * mask.unsqueeze(-1)
+    # masked with where, not a product: an invalid input's token may be NaN (NaN * 0 is NaN)
+    tokens = torch.where(mask.unsqueeze(-1), data.tokens[sample], 0.0)
     slot = list(slots).index(cfg.noise_modality) if cfg.noise_modality else None
     tokens = noise_one_modality(tokens, mask, cfg.noise_prob, cfg.noise_std, gen, slot)
     targets = data.labels[sample]
