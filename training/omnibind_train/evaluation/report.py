@@ -182,6 +182,76 @@ def _section_cad(cad: Mapping[str, Mapping[str, float]] | None) -> str:
             + _md_table(["Loss"] + students + ["Average"], rows))
 
 
+def _cad_half(cad: Mapping[str, Mapping[str, float]]) -> list[list[str]]:
+    students = in_slot_order(cad)
+    rows = []
+    for v in CAD_VARIANTS:
+        vals = [cad[s].get(v) for s in students]
+        rows.append([v] + [_pct(x) for x in vals] + [_pct(_mean([x for x in vals if _finite(x)]))])
+    deltas = _cad_deltas(cad)
+    rows.append(["Δ all − L_in"] + [_pts(deltas.get(s)) for s in students]
+                + [_pts(_mean(list(deltas.values())))])
+    return rows
+
+
+def _section_cad_centres(by_centre: Mapping[str, Mapping[str, Any]]) -> str:
+    """Table 7 as the paper prints it: one half per align centre, per split."""
+    head = "## CAD ablation (Table 7)\n\n"
+    splits = list(dict.fromkeys(s for per in by_centre.values() for s in per))
+    parts = [head + "Zero-shot top-1 (%) of each student trained with the listed CAD losses, "
+             "aligned to the text teacher (the paper's CAD, Eq. 2) or to the image teacher "
+             "(Table 7's lower half). Students are scored against the label-prompt (text) "
+             "embeddings in both halves."]
+    for split in splits:
+        rows = []
+        students: list[str] = []
+        for centre, per in by_centre.items():
+            cad = per.get(split)
+            if not cad:
+                continue
+            students = students or in_slot_order(cad)
+            rows += [[centre.capitalize() if i == 0 else "", *row]
+                     for i, row in enumerate(_cad_half(cad))]
+        if rows:
+            parts.append(f"### {split} split\n\n"
+                         + _md_table(["Align centre", "Loss", *students, "Average"], rows))
+    return "\n\n".join(parts)
+
+
+def _section_fusion_ablation(fab: Mapping[str, Any] | None) -> str:
+    """Tables 8/9 rows: every head by subset size, per split."""
+    head = "## Fusion ablation (Tables 8, 9)\n\n"
+    if not fab or not fab.get("splits"):
+        return head + _NOT_RUN
+    parts = [head + "Top-1 (%) by subset size; Total = mean over the subsets of ≥ 2 "
+             "modalities (the paper's Total). Table 8: CLS(·) + SA(·) = AF, Cat = concat, "
+             "CLS(·) = the mean head (the classification operation without SA ranks labels as "
+             "the mean does) and the learnable CLS token; Table 9: Linear, Outer product."]
+    for split, comb in fab["splits"].items():
+        sizes = sorted({rec["size"] for rec in comb["subsets"].values()})
+        rows = [[HEAD_LABELS.get(h, h)]
+                + [_pct(comb["by_size"]["top1"][h][str(k)]) for k in sizes if k >= 2]
+                + [_pct(comb["avg_ge2"]["top1"][h])] for h in comb["heads"]]
+        parts.append(f"### {split} split\n\n" + _md_table(
+            ["Method", *[f"{k}M" for k in sizes if k >= 2], "Total"], rows))
+    return "\n\n".join(parts)
+
+
+def _section_crossfit(dec: Mapping[str, Any] | None) -> str:
+    """Stage II's ``cad.crossfit_folds``, chosen on the validation split."""
+    head = "## Stage II training embeddings: cross-fitting folds, chosen on val\n\n"
+    if not dec or not dec.get("options"):
+        return head + _NOT_RUN
+    choice = dec["decision"]
+    rows = [[str(k), _pct(v.get("val")), _pct(v.get("test")), str(len(v.get("per_seed", []))),
+             "**chosen**" if str(k) == str(choice["chosen"]) else ""]
+            for k, v in dec["options"].items()]
+    return (head + f"{dec.get('metric', '')}; selection reads the val column only (ties within "
+            f"{_pts(choice.get('tolerance'))} pts go to fewer folds), test is reported "
+            "alongside.\n\n"
+            + _md_table(["crossfit_folds", "val", "test", "seeds", ""], rows))
+
+
 def _robust_table(curves: Mapping[str, Mapping[Any, float]], mods: list[str],
                   stds: list[float], fmt: Callable[[float | None], str]) -> str:
     rows = []
@@ -223,8 +293,14 @@ def render_report(results: Mapping[str, Any], plots: Mapping[str, Path] | None =
              _section_meta(results.get("meta")), _section_checks(results),
              _section_zero_shot(results.get("zero_shot")),
              _section_combinations(results.get("combinations")),
-             _section_cad(results.get("cad_ablation")),
-             _section_robustness(results.get("robustness"))]
+             (_section_cad_centres(results["cad_ablation_centres"])
+              if results.get("cad_ablation_centres")
+              else _section_cad(results.get("cad_ablation")))]
+    if results.get("fusion_ablation"):
+        parts.append(_section_fusion_ablation(results["fusion_ablation"]))
+    if results.get("crossfit_decision"):
+        parts.append(_section_crossfit(results["crossfit_decision"]))
+    parts += [_section_robustness(results.get("robustness"))]
     if plots:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{k}]({p.name})" for k, p in plots.items()))
     return "\n\n".join(parts) + "\n"
@@ -272,6 +348,10 @@ def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
     ``results`` keys (each optional; a missing one is "not run"): ``"combinations"``
     (:func:`evaluate_combinations`), ``"zero_shot"`` (:func:`zero_shot_accuracy`),
     ``"cad_ablation"`` (``{student: {variant: acc}}``, variants :data:`CAD_VARIANTS`),
+    ``"cad_ablation_centres"`` (``{centre: {split: {student: {variant: acc}}}}``, Table 7's
+    two halves; rendered instead of ``"cad_ablation"`` when present), ``"fusion_ablation"``
+    (``{"splits": {split: evaluate_combinations result}}``, Tables 8/9),
+    ``"crossfit_decision"`` (``run_crossfit_decision``'s result),
     ``"robustness"`` (``{"with_negatives": {modality: {std: acc}}, "without_negatives": ...}``),
     ``"meta"`` (provenance). Returns name -> path: ``"report"``, ``"json"`` and one per plot
     (``"acc_vs_size"``, ``"per_subset"``, ``"cad_ablation"``, ``"robustness"``).
