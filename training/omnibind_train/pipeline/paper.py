@@ -117,7 +117,8 @@ class CADSource(ConfigBase):
     image : the image teacher's input: ``"paired"`` (the reader's own paired image:
         LLVIP's visible crop, Touch-and-Go's video frame), a key of ``data.sources`` whose
         sample of the same pair key is the image (N-Caltech101 -> Caltech-101), or None (no
-        image teacher: L_in and a text-only L_se, no L_cr; :class:`~omnibind_train.losses.CADLoss`).
+        image teacher: L_in and a text-only L_se, no L_cr;
+        :class:`~omnibind_train.losses.CADLoss`).
     """
 
     source: str
@@ -509,8 +510,9 @@ class PaperOmniBindConfig(YamlConfig):
 
     def pipeline_config(self, *, resolve_encoders: bool = True) -> Any:
         """A :class:`~.config.PipelineConfig` carrying this run's encoders, CAD and AF settings
-        to the existing trainers and workspace (its ``data`` is the simulated default with this config's ``preprocess``: the real-data
-        stages are not wired into the workspace, see :data:`WIRED`)."""
+        to the existing trainers and workspace (its ``data`` is the simulated default with this
+        config's ``preprocess``: the real-data stages are not wired into the workspace, see
+        :data:`WIRED`)."""
         from ..data import DataConfig
         from .config import PipelineConfig
 
