@@ -332,3 +332,11 @@ def test_open_clip_teacher_through_the_registry(tmp_path, monkeypatch) -> None:
     # the fusion head must live in the teacher space
     with pytest.raises(ValueError, match="af.fusion.dim is 768 but the shared space"):
         load("encoders.text.tokenizer=null", *small).encoder_configs()
+
+
+def test_omnibind_train_stage_commands_name_the_paper_config(capsys) -> None:
+    from omnibind_train.cli import main
+
+    assert main(["cad", "--config", str(CONFIG)]) == 2
+    err = capsys.readouterr().err
+    assert "paper-scale OmniBind config" in err and "not wired" in err and err.count("\n") == 1
