@@ -313,7 +313,7 @@ def print_table(res: dict[str, Any], gpus: int) -> None:
           f"sizes: {res['sizes']}")
     print("  forward GFLOP/sample: " + ", ".join(
         f"{m} {v:.2f}" for m, v in res["tower_forward_gflop"].items()))
-    head = (f"{'stage':5} {'what':78} {'samples':>9} {'ep':>3} {'GFLOP/s':>9} "
+    head = (f"{'stage':5} {'what':78} {'samples':>9} {'ep':>3} {'GFLOP/smp':>9} "
             f"{'PFLOP':>9} {'A100 h':>8} {'PFLOP*':>9} {'A100 h*':>8}")
     print(head)
     print("-" * len(head))
