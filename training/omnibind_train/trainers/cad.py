@@ -27,6 +27,12 @@ the world size does not divide it). With ``schedule: per_student`` each student 
 ``rounds`` schedule visits every student in every round for ``loop.epochs`` passes over the
 largest student's samples (smaller students then see more passes).
 
+Per-student samples. In the simulated world all students share one sample set and one set of
+teacher embeddings; on the paper's real data each student trains on its own data set, so a
+:class:`StudentData` may carry its own samples' text / image teacher embeddings and labels. A
+student without paired images (ESC-50 audio, ShapeNet-part points) has no image teacher: its
+loss is L_in + the text-only L_se, L_cr is 0 (see :class:`StudentData`).
+
 Every rank visits the same student at the same step (the order depends on the seed and the
 round only), and each student is its own DDP unit, so no parameter is ever unused in a step.
 """
@@ -229,16 +235,44 @@ class CADConfig(ConfigBase):
 
 @dataclass
 class StudentData:
-    """One student's cached training inputs.
+    """One student's cached training inputs, optionally with its own samples' teachers.
+
+    In the simulated world every sample carries every modality, so all students share one set
+    of N samples and :func:`train_cad` takes their teacher embeddings once (its ``text``,
+    ``image``, ``teacher_valid``, ``labels`` arguments). On the paper's real data each student
+    has its own data set (Table 10: Touch-and-Go, LLVIP, N-Caltech101; ESC-50, ShapeNet-part),
+    so a student may carry its own teachers instead: when ``text`` is set, this student's
+    ``text`` / ``image`` / ``teacher_valid`` / ``labels`` are used and the shared ones ignored.
 
     Attributes
     ----------
     values : ``[V, N, F]`` trunk features (frozen trunk) or ``[1, N, P, 3]`` point sets.
     valid : ``[N]`` bool.
+    text : ``[N, D]`` frozen text-teacher embeddings of this student's samples (E_l), or None
+        (use the shared ones).
+    image : ``[N, D]`` frozen image-teacher embeddings of the paired images (E_v), or None:
+        no image teacher (a student whose data set has no paired image, e.g. audio, point
+        cloud). Then only the text-centred terms exist: L_in (Eq. 2 uses E_t and E_l only) and
+        L_se with the text self-similarity as its teacher (Eq. 5 without the image half);
+        L_cr (Eq. 3-4, whose teacher D_t^r = E_l . E_v^T needs the image) is 0
+        (:class:`~omnibind_train.losses.CADLoss` with ``image=None``).
+    teacher_valid : ``[N]`` bool, samples whose teachers are usable (a paired image found and
+        decoded); None: all.
+    labels : ``[N]`` int64 classes of this student's samples (class-balanced
+        ``train_fraction``); required with ``text``.
     """
 
     values: torch.Tensor
     valid: torch.Tensor
+    text: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+    teacher_valid: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    @property
+    def own_teachers(self) -> bool:
+        """Whether this student carries its own samples' teacher embeddings."""
+        return self.text is not None
 
 
 class StudentLoss(nn.Module):
@@ -265,10 +299,13 @@ class StudentLoss(nn.Module):
         return upcast(self.part(x))
 
     def forward(self, x: torch.Tensor, text: torch.Tensor,
-                image: torch.Tensor) -> dict[str, torch.Tensor]:
+                image: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """This rank's ``[b, ...]`` inputs and ``[b, D]`` teacher embeddings -> the loss dict
-        over the global batch."""
-        return self.loss(*(gather_batch(t, self.dist) for t in (self.embed(x), text, image)))
+        over the global batch (``image`` None: a student without an image teacher)."""
+        student, text = (gather_batch(t, self.dist) for t in (self.embed(x), text))
+        if image is not None:
+            image = gather_batch(image, self.dist)
+        return self.loss(student, text, image)
 
 
 def augment_points(points: torch.Tensor, gen: torch.Generator, *, subsample: int = 0,
@@ -367,8 +404,9 @@ class _Plan:
 
 
 def train_cad(students: Mapping[str, ModalityEncoder], data: Mapping[str, StudentData],
-              text: torch.Tensor, image: torch.Tensor, teacher_valid: torch.Tensor,
-              labels: torch.Tensor, cfg: CADConfig, *, seed: int = 0,
+              text: torch.Tensor | None, image: torch.Tensor | None,
+              teacher_valid: torch.Tensor | None, labels: torch.Tensor | None,
+              cfg: CADConfig, *, seed: int = 0,
               dist: DistInfo | None = None, run_dir: Path | None = None,
               record: Mapping[str, Any] | None = None, resume: str | Path | None = None,
               eval_fn: EvalFn | None = None, progress: bool = True,
@@ -378,9 +416,12 @@ def train_cad(students: Mapping[str, ModalityEncoder], data: Mapping[str, Studen
     Parameters
     ----------
     students : modality -> encoder (heads, and trunks if trainable, are trained).
-    data : modality -> its cached inputs over the N student samples.
-    text, image : ``[N, D]`` frozen teacher embeddings of the same samples (caption, image).
-    teacher_valid : ``[N]`` bool, samples whose caption and image are usable.
+    data : modality -> its cached inputs over the N student samples; a
+        :class:`StudentData` with its own teachers (``own_teachers``) brings its own samples
+        (the real data sets: one per student) and ignores the four shared arguments below.
+    text, image : ``[N, D]`` frozen teacher embeddings of the shared samples (caption, image);
+        None when every student brings its own (``image`` None: no image teacher).
+    teacher_valid : ``[N]`` bool, shared samples whose caption and image are usable.
     labels : ``[N]`` int64 classes (for the class-balanced ``train_fraction`` subset).
     cfg : the stage config (``cfg.student_batch_size(m)`` is student ``m``'s global batch,
         see :class:`LoopConfig`).
@@ -391,12 +432,15 @@ def train_cad(students: Mapping[str, ModalityEncoder], data: Mapping[str, Studen
     names = [m for m in cfg.students if m in students]
     losses = {m: cfg.build_loss() for m in names}
     models = {m: wrap_ddp(StudentLoss(students[m], losses[m], dist), dist) for m in names}
+    teachers = {m: _student_teachers(m, data[m], text, image, teacher_valid, labels)
+                for m in names}
     batches = {}
     for m in names:
-        usable = data[m].valid & teacher_valid
+        m_text, m_image, m_valid, m_labels = teachers[m]
+        usable = data[m].valid & m_valid
         if train_mask is not None:
             usable = usable & train_mask
-        keep = class_subset(labels, cfg.train_fraction, seed=seed, candidates=usable)
+        keep = class_subset(m_labels, cfg.train_fraction, seed=seed, candidates=usable)
         batches[m] = EpochBatches(keep, cfg.student_batch_size(m),
                                   seed=derive_sampler_seed(seed, m), dist=dist)
     plan = _Plan(names, batches, cfg.steps_per_visit, seed, epochs=cfg.loop.epochs,
@@ -420,13 +464,40 @@ def train_cad(students: Mapping[str, ModalityEncoder], data: Mapping[str, Studen
         x = pick_views(data[student].values, index, gen).to(torch.float32)
         if not students[student].trunk_frozen and x.ndim == 3 and x.shape[-1] == 3:
             x = augment_points(x, gen, subsample=cfg.point_subsample, rotate=cfg.point_rotate)
-        out = models[student](x.to(device), text[index].to(device, torch.float32),
-                              image[index].to(device, torch.float32))
+        m_text, m_image, _, _ = teachers[student]
+        out = models[student](x.to(device), m_text[index].to(device, torch.float32),
+                              None if m_image is None
+                              else m_image[index].to(device, torch.float32))
         return {**out, **{f"{k}/{student}": v for k, v in out.items()}}
 
     for m in models.values():
         m.train()
     return loop.run(step, eval_fn=eval_fn, resume=resume)
+
+
+def _student_teachers(student: str, d: StudentData, text: torch.Tensor | None,
+                      image: torch.Tensor | None, teacher_valid: torch.Tensor | None,
+                      labels: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``(text, image or None, teacher_valid, labels)`` of one student's samples: its own
+    (:attr:`StudentData.own_teachers`) or the shared ones."""
+    if d.own_teachers:
+        assert d.text is not None
+        n = d.valid.shape[0]
+        if d.labels is None:
+            raise ValueError(f"cad: student {student} brings its own teachers but no labels")
+        for what, t in (("text", d.text), ("image", d.image), ("labels", d.labels),
+                        ("teacher_valid", d.teacher_valid)):
+            if t is not None and t.shape[0] != n:
+                raise ValueError(f"cad: student {student}'s {what} has {t.shape[0]} rows, its "
+                                 f"samples {n}")
+        valid = d.teacher_valid if d.teacher_valid is not None \
+            else torch.ones(n, dtype=torch.bool)
+        return d.text, d.image, valid.bool(), d.labels.long()
+    if text is None or teacher_valid is None or labels is None:
+        raise ValueError(f"cad: student {student} has no teachers: pass the shared text, "
+                         "teacher_valid and labels, or give its StudentData its own")
+    return text, image, teacher_valid, labels
 
 
 @torch.no_grad()
