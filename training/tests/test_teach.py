@@ -229,3 +229,16 @@ def test_cli_reports_a_bad_bag_in_one_line(teacher_bundle: Path, tmp_path: Path,
     assert code == 2 and len(err) == 1 and "Teaching needs the camera" in err[0]
     assert main(["teach", str(bag), "--out", str(tmp_path / "o"), "--modality", "image"]) == 2
     assert "is a teacher" in capsys.readouterr().err
+
+
+def test_labels_from_the_truth_topic_switch_on_every_cad_term(teacher_bundle: Path,
+                                                             tmp_path: Path) -> None:
+    bag = tmp_path / "bag"
+    write_bag(bag, seed=1, seconds=6)
+    cfg = _cfg(tmp_path, labels="topic", crossfit_folds=0, **{"cad.loop.epochs": 5})
+    prov = teach(bag, teacher_bundle, tmp_path / "taught", cfg).report
+    assert prov["labels"]["source"] == "topic" and prov["labels"]["pseudo_labelled_samples"] == 0
+    assert prov["labels"]["labelled_samples"] == prov["pairing"]["pairs_used"] == 48
+    assert prov["cad"]["terms"] == ["in", "cr", "se"]
+    with pytest.raises(TeachError, match="init: bundle, but bundle .* has no thermal encoder"):
+        teach(bag, teacher_bundle, tmp_path / "again", _cfg(tmp_path, init="bundle"))

@@ -9,7 +9,8 @@ preprocesses the paired messages, and encodes, in batches:
   Runtime backend): the teacher embedding ``E_v`` of seed 000 Eq. 2-7 is exactly what the robot
   computes for that frame;
 * new-sensor samples with the student's frozen trunk (cached features, the head is what CAD
-  trains), or kept as preprocessed inputs when the trunk is trainable.
+  trains; ``augment_views`` > 1 adds views of the pipeline's training augmentation, flips and
+  shifts), or kept as preprocessed inputs when the trunk is trainable.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from omnibind_ros.bag_inputs import (
 )
 from omnibind_ros.core.bundle import ModelBundle
 
+from ..data.preprocess import augment_input
 from ..models.encoders import ModalityEncoder
 from .bundle_io import TeachError
 from .config import TeachConfig
@@ -49,8 +51,9 @@ class BagData:
     Attributes
     ----------
     image : ``[P, D]`` unit teacher embeddings of the paired camera frames.
-    values : ``[1, P, F]`` trunk features (frozen trunk) or ``[1, P, ...]`` preprocessed inputs
-        of the paired new-sensor samples (the ``StudentData.values`` layout).
+    values : ``[V, P, F]`` trunk features (frozen trunk; view 0 plain, the others augmented)
+        or ``[1, P, ...]`` preprocessed inputs of the paired new-sensor samples (the
+        ``StudentData.values`` layout).
     stamps_ns : ``[P]`` the new-sensor samples' stamps.
     samples : ``{"image": [k, ...], modality: [k, ...]}`` a few preprocessed inputs of each (the
         export's parity checks).
@@ -201,7 +204,13 @@ def read_bag(bag: str | Path, cfg: TeachConfig, bundle: ModelBundle, student: Mo
                 encode_sensor.append(student_features(student, cfg, cache_dir,
                                                       np.stack(x[:2])))
             fn = encode_sensor[0]
-            rows = fn(x) if fn is not None else torch.from_numpy(np.stack(x)).float()
+            if fn is None:  # a trainable trunk trains on the inputs themselves
+                rows = torch.from_numpy(np.stack(x)).float()[:, None]
+            else:  # [B, V, F]: view 0 plain, views >= 1 augmented as the pipeline's cache does
+                rows = torch.stack([fn(x if v == 0 else [
+                    augment_input(xi, cfg.modality, np.random.default_rng([cfg.seed, seq, v]))
+                    for (seq, _), xi in zip(batch, x, strict=True)])
+                    for v in range(max(1, cfg.augment_views))], dim=1)
             feats.update({seq: r for (seq, _), r in zip(batch, rows, strict=True)})
         batch.clear()
 
@@ -230,7 +239,7 @@ def read_bag(bag: str | Path, cfg: TeachConfig, bundle: ModelBundle, student: Mo
     pairing = Pairing(pairing.sensor[keep], pairing.camera[keep], pairing.offset_ns[keep],
                       pairing.num_sensor, pairing.num_camera, pairing.tolerance_ns)
     image = torch.from_numpy(np.stack([image_emb[cam[i].seq] for i in pairing.camera.tolist()]))
-    values = torch.stack([feats[sen[i].seq] for i in pairing.sensor.tolist()])[None]
+    values = torch.stack([feats[sen[i].seq] for i in pairing.sensor.tolist()], dim=1)
     return BagData(
         image=torch.nn.functional.normalize(image.float(), dim=-1), values=values,
         stamps_ns=np.asarray([sen[i].stamp_ns for i in pairing.sensor.tolist()], np.int64),

@@ -38,8 +38,8 @@ def summary(result: Any) -> str:
         f"{lab['truth_for_checks'] or 'no truth'}: {_pct(lab['pseudo_label_accuracy'])}",
         f"  CAD ({'+'.join('L_' + t for t in r['cad']['terms'])}, image-centred): "
         f"{r['cad']['steps']} steps in {r['cad']['seconds']:.0f} s",
-        f"  {m} zero-shot on the bag: untrained {_pct(acc['untrained']['vs_truth'])} vs truth "
-        f"/ {_pct(acc['untrained']['vs_targets'])} vs targets; taught (out-of-fold) "
+        f"  {m} zero-shot on the bag: before teaching {_pct(acc['before']['vs_truth'])} vs "
+        f"truth / {_pct(acc['before']['vs_targets'])} vs targets; taught (out-of-fold) "
         f"{_pct(acc['taught_out_of_fold']['vs_truth'])} / "
         f"{_pct(acc['taught_out_of_fold']['vs_targets'])}; in-sample "
         f"{_pct(acc['taught_in_sample']['vs_truth'])} / "

@@ -204,7 +204,7 @@ def _af(cfg: TeachConfig, bundle: ModelBundle, fusion: torch.nn.Module, rows: Fu
         label_emb: torch.Tensor, run_af: dict[str, Any], work: Path) -> tuple[float, Any]:
     """Stage II from the bundle's head: (logit scale to export, loop result or None)."""
     keep = set(bundle.modalities) | {"text", cfg.modality}
-    raw = {**run_af, **cfg.af, "fusion": dict(bundle.fusion.config),  # type: ignore[union-attr]
+    raw = {**_merged(run_af, cfg.af), "fusion": dict(bundle.fusion.config),  # type: ignore
            "modalities": [s for s in MODALITY_SLOTS if s in keep]}
     af_cfg = AFConfig.from_dict(raw)
     result = train_fusion(fusion, rows, label_emb, af_cfg, seed=cfg.seed, run_dir=work / "af",
@@ -212,6 +212,16 @@ def _af(cfg: TeachConfig, bundle: ModelBundle, fusion: torch.nn.Module, rows: Fu
     if result is None:  # a parameter-free head (mean): nothing to train
         return float(bundle.logit_scale or 1.0 / af_cfg.temperature), None
     return checkpoint_logit_scale(load_checkpoint(work / "af" / "final")), result
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied key by key, nested dicts merged (``{loop: {epochs:
+    5}}`` keeps the run's batch size)."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = (_merged(out[key], value) if isinstance(value, dict)
+                    and isinstance(out.get(key), dict) else value)
+    return out
 
 
 def _sample_inputs(bundle: ModelBundle, data: BagData, ws: Any, modalities: list[str],
@@ -340,7 +350,7 @@ def _report(cfg: TeachConfig, bag: Path, bundle: ModelBundle, data: BagData,
                     "pairs_used": len(data)},
         "labels": labels,
         "cad": cad,
-        "student_accuracy_on_bag": {"untrained": before, "taught_in_sample": after,
+        "student_accuracy_on_bag": {"before": before, "taught_in_sample": after,
                                     "taught_out_of_fold": oof_acc},
         "af": {**rows, "run_data": run_why,
                "steps": af_result.steps if af_result is not None else 0,
