@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
              "backbone": "UniAlign family: pre-train (or load) the frozen CLIP ViT",
              "teachers": "UniAlign family: cache the partial-modal teachers' features",
              "train": "UniAlign family: train MoE-LoRA, tokenizers, heads, KD connectors",
-             "ablate": "UniAlign family: train the ablation models (Tables 8-11)"}
+             "ablate": "UniAlign family: train the ablation models (Tables 8-11)",
+             "features": "paper config (family omnibind_paper): compute and cache the frozen "
+                         "trunk features and teacher embeddings CAD and AF read"}
     cmds = {name: sub.add_parser(name, help=text, description=text)
             for name, text in helps.items()}
     for p in cmds.values():
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "seeded combination index (JSON lines) from the nine data sets' readers."))
     for name in ("stage0", "cad", "af"):
         _resumable(cmds[name])
+    cmds["features"].set_defaults(config="training/configs/paper_omnibind.yaml")
     cmds["cad"].add_argument("--terms", default=None,
                              help="comma-separated CAD loss terms (in,cr,se; default: config)")
     cmds["af"].add_argument("--no-negatives", action="store_true",
@@ -254,11 +257,10 @@ def _config(args: argparse.Namespace):  # -> PipelineConfig | BindingConfig | Un
 
     overrides = _shared_overrides(args)
     family = _family(args.config)
-    if family is None and _is_paper_omnibind(args.config):
-        raise ValueError(f"{args.config} is the paper-scale OmniBind config: its CAD and AF "
-                         "stages on the real data sets are not wired into omnibind-train yet; "
-                         "it drives `omnibind-train modality-free --config ...` and `python -m "
-                         "omnibind_train.pipeline.paper check --config ...`")
+    if args.command == "features":
+        raise ValueError("`features` is the paper-scale OmniBind config's step (family: "
+                         "omnibind_paper, training/configs/paper_omnibind.yaml); the simulated "
+                         "pipeline caches its features inside each stage")
     if family is not None:
         if args.command not in FAMILY_COMMANDS[family]:
             raise ValueError(f"{args.config} is a {family}-family config: its commands are "
@@ -339,6 +341,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .datasets.modality_free.cli import run_modality_free
 
         return run_modality_free(args)
+    try:
+        paper = _is_paper_omnibind(args.config)
+    except Exception:  # noqa: BLE001 - _config names the unreadable or malformed file
+        paper = False
+    if paper:  # the real data sets: omnibind_train.pipeline.paper_run
+        from .pipeline.paper_run import run_paper_command
+
+        return run_paper_command(args)
     try:
         cfg = _config(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:

@@ -19,7 +19,8 @@ and encoder specs are checked without touching a file. A stage that needs data c
 first (:meth:`PaperOmniBindConfig.require_stage`) and names every unset placeholder and missing
 root at once.
 
-What is wired to real data (and what is not) is stated in :data:`WIRED`.
+What is wired to real data is stated in :data:`WIRED`; the CAD and AF stages on the readers are
+:mod:`.paper_run` (``omnibind-train features | cad | af | all --config <this>``).
 
 Checks from the command line::
 
@@ -61,12 +62,17 @@ WIRED = {
                 "open_clip_text_config for a local open_clip checkpoint, registry names, "
                 "EncoderConfig dicts) into EncoderConfigs; pipeline_config() hands them with "
                 "cad/af to the existing trainers",
-    "cad": "NOT wired: the CAD stage's inputs (student trunk features, paired-image and "
-           "label-prompt teacher embeddings of each data.cad source) are not computed from "
-           "the readers; train_cad runs with these settings on inputs a caller provides",
-    "af": "NOT wired: the AF stage's frozen per-modality embeddings of the modality-free "
-          "index items (ModalityFreeIndex.member_arrays gives the aligned member arrays) are "
-          "not computed; train_fusion runs with these settings on FusionData a caller builds",
+    "features": "wired: `omnibind-train features --config <this>` computes and caches (keyed "
+                "by reader selection, trunk and preprocessing configs) every student's frozen "
+                "trunk features or inputs, its paired images' image-teacher features and the "
+                "modality-free members' features (omnibind_train.pipeline.paper_run)",
+    "cad": "wired: `omnibind-train cad --config <this>`: each student on its own data.cad "
+           "source, text teacher = its label prompts, image teacher = its paired images (none "
+           "for audio / point cloud: L_in + text-only L_se), checkpoints under "
+           "<cache>/runs/<name>/cad",
+    "af": "wired: `omnibind-train af --config <this>`: the modality-free train index's members "
+          "embedded by the CAD students and the teachers, with the presence mask; AF and the "
+          "baselines trained, fused top-1 on the test index when built",
 }
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -511,8 +517,8 @@ class PaperOmniBindConfig(YamlConfig):
     def pipeline_config(self, *, resolve_encoders: bool = True) -> Any:
         """A :class:`~.config.PipelineConfig` carrying this run's encoders, CAD and AF settings
         to the existing trainers and workspace (its ``data`` is the simulated default with this
-        config's ``preprocess``: the real-data stages are not wired into the workspace, see
-        :data:`WIRED`)."""
+        config's ``preprocess``; the real-data stages read the readers through
+        :class:`~.paper_run.PaperRun`, which uses this workspace for encoders only)."""
         from ..data import DataConfig
         from .config import PipelineConfig
 
