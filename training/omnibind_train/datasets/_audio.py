@@ -68,3 +68,28 @@ class AudioClipReader(DatasetReader):
 
     def _for_preprocessing(self, payload: AudioBlock, config: Mapping[str, Any]) -> AudioBlock:
         return clip_window(payload, float(config["window_s"]), self.window)
+
+
+class FoldedClipReader(AudioClipReader):
+    """An audio data set published with numbered cross-validation folds (ESC-50,
+    UrbanSound8K): subclasses set ``FOLDS`` and fill ``_rows`` (metadata rows) and ``_fold``."""
+
+    FOLDS: tuple[int, ...] = ()
+    _rows: list[dict[str, Any]]
+    _fold: np.ndarray
+
+    @classmethod
+    def cross_validation(cls, root: Any, test_fold: int, **kwargs: Any
+                         ) -> tuple[Any, Any]:
+        """The (train, test) readers of the round that holds out ``test_fold``."""
+        test = cls(root, test_fold, **kwargs)
+        train = cls(root, [f for f in cls.FOLDS if f != test.folds[0]], **kwargs)
+        return train, test
+
+    def fold(self, i: int) -> int:
+        """The fold of sample ``i`` (one of ``FOLDS``)."""
+        return int(self._fold[self._index(i)])
+
+    def record(self, i: int) -> dict[str, Any]:
+        """Sample ``i``'s row of the data set's metadata CSV (typed)."""
+        return dict(self._rows[self._index(i)])

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._audio import AudioClipReader
+from ._audio import FoldedClipReader
 from .base import DatasetFormatError, require_dir, require_file, select_folds
 
 __all__ = ["ESC50"]
@@ -31,7 +31,7 @@ __all__ = ["ESC50"]
 _COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 
 
-class ESC50(AudioClipReader):
+class ESC50(FoldedClipReader):
     """ESC-50 clips of the chosen folds.
 
     Parameters
@@ -70,22 +70,6 @@ class ESC50(AudioClipReader):
         self._paths = [audio / r["filename"] for r in self._rows]
         self._labels = np.array([index[r["target"]] for r in self._rows], dtype=np.int64)
         self._fold = np.array([r["fold"] for r in self._rows], dtype=np.int64)
-
-    @classmethod
-    def cross_validation(cls, root: str | Path, test_fold: int, **kwargs: Any
-                         ) -> tuple[ESC50, ESC50]:
-        """The (train, test) readers of the round that holds out ``test_fold``."""
-        test = cls(root, test_fold, **kwargs)
-        train = cls(root, [f for f in cls.FOLDS if f != test.folds[0]], **kwargs)
-        return train, test
-
-    def fold(self, i: int) -> int:
-        """The fold (1..5) of sample ``i``."""
-        return int(self._fold[self._index(i)])
-
-    def record(self, i: int) -> dict[str, Any]:
-        """Sample ``i``'s row of ``meta/esc50.csv`` (fold, target, take... typed)."""
-        return dict(self._rows[self._index(i)])
 
 
 def _read_meta(path: Path) -> list[dict[str, Any]]:

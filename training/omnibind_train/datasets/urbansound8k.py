@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._audio import AudioClipReader
+from ._audio import FoldedClipReader
 from .base import DatasetFormatError, require_dir, require_file, select_folds
 
 __all__ = ["UrbanSound8K"]
@@ -33,7 +33,7 @@ __all__ = ["UrbanSound8K"]
 _COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
 
 
-class UrbanSound8K(AudioClipReader):
+class UrbanSound8K(FoldedClipReader):
     """UrbanSound8K excerpts of the chosen folds.
 
     Parameters
@@ -66,22 +66,6 @@ class UrbanSound8K(AudioClipReader):
                        for r in self._rows]
         self._labels = np.array([r["classID"] for r in self._rows], dtype=np.int64)
         self._fold = np.array([r["fold"] for r in self._rows], dtype=np.int64)
-
-    @classmethod
-    def cross_validation(cls, root: str | Path, test_fold: int, **kwargs: Any
-                         ) -> tuple[UrbanSound8K, UrbanSound8K]:
-        """The (train, test) readers of the round that holds out ``test_fold``."""
-        test = cls(root, test_fold, **kwargs)
-        train = cls(root, [f for f in cls.FOLDS if f != test.folds[0]], **kwargs)
-        return train, test
-
-    def fold(self, i: int) -> int:
-        """The fold (1..10) of sample ``i``."""
-        return int(self._fold[self._index(i)])
-
-    def record(self, i: int) -> dict[str, Any]:
-        """Sample ``i``'s metadata row (salience 1 = foreground, 2 = background)."""
-        return dict(self._rows[self._index(i)])
 
 
 def _read_meta(path: Path) -> list[dict[str, Any]]:
