@@ -32,7 +32,7 @@ from .base import (
     read_image_rgb,
 )
 
-__all__ = ["BACKGROUND", "Caltech101", "category_files"]
+__all__ = ["BACKGROUND", "Caltech101", "category_files", "select_split"]
 
 BACKGROUND = "BACKGROUND_Google"
 
@@ -50,6 +50,28 @@ def category_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, dict[st
                 files[stem] = f.name
         out[entry.name] = files
     return out
+
+
+def select_split(reader: DatasetReader, folder: Path, suffixes: tuple[str, ...], *,
+                 include_background: bool, split: str, train_per_class: int,
+                 test_per_class: int | None, seed: int) -> None:
+    """Fill ``reader``'s label names, paths and labels from ``folder/<class>/<files>`` with the
+    seeded per-class split (shared by Caltech-101 and N-Caltech101, so an image and its
+    recording land in the same split)."""
+    tree = category_files(folder, suffixes)
+    if not include_background:
+        tree.pop(BACKGROUND, None)
+    if not tree:
+        raise DatasetLayoutError(f"{reader.name} root {reader.root}: {folder.name}/ has no "
+                                 "category folders")
+    reader.label_names = tuple(tree)
+    labels = []
+    for k, (cat, files) in enumerate(tree.items()):
+        for stem in per_class_split(list(files), cat, split, train_per_class, test_per_class,
+                                    seed):
+            reader._paths.append(folder / cat / files[stem])
+            labels.append(k)
+    reader._labels = np.array(labels, dtype=np.int64)
 
 
 class Caltech101(DatasetReader):
@@ -79,20 +101,9 @@ class Caltech101(DatasetReader):
         if folder is None:
             raise DatasetLayoutError(f"{self.name} root {self.root} lacks 101_ObjectCategories/")
         self.images_dir = folder
-        tree = category_files(folder, IMAGE_SUFFIXES)
-        if not include_background:
-            tree.pop(BACKGROUND, None)
-        if not tree:
-            raise DatasetLayoutError(f"{self.name} root {self.root}: 101_ObjectCategories/ has "
-                                     "no category folders")
-        self.label_names = tuple(tree)
-        labels = []
-        for k, (cat, files) in enumerate(tree.items()):
-            for stem in per_class_split(list(files), cat, split, train_per_class,
-                                        test_per_class, seed):
-                self._paths.append(folder / cat / files[stem])
-                labels.append(k)
-        self._labels = np.array(labels, dtype=np.int64)
+        select_split(self, folder, IMAGE_SUFFIXES, include_background=include_background,
+                     split=split, train_per_class=train_per_class,
+                     test_per_class=test_per_class, seed=seed)
 
     def load(self, i: int) -> np.ndarray:
         """uint8 ``[H, W, 3]`` RGB."""

@@ -46,8 +46,8 @@ import numpy as np
 
 from omnibind_ros.core.types import EventPacket
 
-from .base import DatasetFormatError, DatasetLayoutError, DatasetReader, per_class_split
-from .caltech101 import BACKGROUND, category_files
+from .base import DatasetFormatError, DatasetLayoutError, DatasetReader
+from .caltech101 import select_split
 
 __all__ = ["FRAME_SIZE", "OVERFLOW_INCREMENT_US", "OVERFLOW_Y", "NCaltech101", "decode_atis40",
            "read_atis_bin"]
@@ -138,20 +138,9 @@ class NCaltech101(DatasetReader):
         folder = self.root / "Caltech101"
         if not folder.is_dir():
             raise DatasetLayoutError(f"{self.name} root {self.root} lacks Caltech101/")
-        tree = category_files(folder, (".bin",))
-        if not include_background:
-            tree.pop(BACKGROUND, None)
-        if not tree:
-            raise DatasetLayoutError(f"{self.name} root {self.root}: Caltech101/ has no "
-                                     "category folders")
-        self.label_names = tuple(tree)
-        labels = []
-        for k, (cat, files) in enumerate(tree.items()):
-            for stem in per_class_split(list(files), cat, split, train_per_class,
-                                        test_per_class, seed):
-                self._paths.append(folder / cat / files[stem])
-                labels.append(k)
-        self._labels = np.array(labels, dtype=np.int64)
+        select_split(self, folder, (".bin",), include_background=include_background,
+                     split=split, train_per_class=train_per_class,
+                     test_per_class=test_per_class, seed=seed)
 
     def load(self, i: int) -> EventPacket:
         return read_atis_bin(self.path(i), self.frame_size, self.overflow_increment_us)
