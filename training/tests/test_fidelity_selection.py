@@ -98,3 +98,27 @@ def test_crossfit_decision_reads_val_and_reports_test(monkeypatch):
     # with a tolerance wider than the val gap, the cheaper option (fewer folds) is kept
     out = eval_stage.run_crossfit_decision(_FakeWorkspace(), folds=(2, 0), tolerance=0.1)
     assert out["decision"]["chosen"] == 0
+
+
+def test_image_centre_swaps_shared_and_own_teachers():
+    """Table 7's image half: the teachers swap in CAD's (text, image) slots, for the shared
+    teachers and for a student carrying its own (the real data sets)."""
+    from omnibind_train.trainers.cad import StudentData
+
+    text, image = torch.zeros(3, 2), torch.ones(3, 2)
+    assert eval_stage.centred_teachers(text, image, "text") == (text, image)
+    first, second = eval_stage.centred_teachers(text, image, "image")
+    assert first is image and second is text
+    with pytest.raises(ValueError):
+        eval_stage.centred_teachers(text, image, "audio")
+    own = StudentData(torch.zeros(1, 3, 4), torch.ones(3, dtype=torch.bool), text=text,
+                      image=image, labels=torch.zeros(3, dtype=torch.long))
+    shared = StudentData(torch.zeros(1, 3, 4), torch.ones(3, dtype=torch.bool))
+    out = eval_stage.centred_student_data({"tactile": own, "event": shared}, "image")
+    assert out["tactile"].text is image and out["tactile"].image is text
+    assert out["event"] is shared
+    assert eval_stage.centred_student_data({"tactile": own}, "text")["tactile"] is own
+    no_image = StudentData(torch.zeros(1, 3, 4), torch.ones(3, dtype=torch.bool), text=text,
+                           labels=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="no image teacher"):
+        eval_stage.centred_student_data({"audio": no_image}, "image")

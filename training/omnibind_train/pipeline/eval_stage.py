@@ -3,6 +3,7 @@ CAD loss ablation (Table 7, both align centres) and the noisy-modality robustnes
 as ``<run>/eval`` report."""
 from __future__ import annotations
 
+import dataclasses
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,13 @@ from torch import nn
 
 from ..models.fusion import MODALITY_SLOTS
 from ..trainers.af import FusionData, train_fusion
-from ..trainers.cad import ABLATION_VARIANTS, CADConfig, crossfit_embeddings, train_cad
+from ..trainers.cad import (
+    ABLATION_VARIANTS,
+    CADConfig,
+    StudentData,
+    crossfit_embeddings,
+    train_cad,
+)
 from ..trainers.common import derive_seed
 from .train_stages import _cad_inputs, student_accuracy
 from .workspace import Workspace, _file_digest, _save_tensors, _say, _timed
@@ -45,6 +52,25 @@ def centred_teachers(text: torch.Tensor, image: torch.Tensor, centre: str
     raise ValueError(f"unknown align centre {centre!r}; expected one of {list(ALIGN_CENTRES)}")
 
 
+def centred_student_data(data: Mapping[str, StudentData], centre: str
+                         ) -> dict[str, StudentData]:
+    """Students that carry their own teachers (the real data sets) with those swapped like
+    :func:`centred_teachers`; shared-teacher students (the simulated world) unchanged.
+
+    Raises ``ValueError`` for an image-centred student without an image teacher.
+    """
+    out = {}
+    for m, d in data.items():
+        if centre not in ALIGN_CENTRES:
+            raise ValueError(f"unknown align centre {centre!r}; expected {list(ALIGN_CENTRES)}")
+        if centre == "image" and d.own_teachers:
+            if d.image is None:
+                raise ValueError(f"{m}: no image teacher, so no image-centred CAD")
+            d = dataclasses.replace(d, text=d.image, image=d.text)
+        out[m] = d
+    return out
+
+
 def train_cad_centred(ws: Workspace, cfg: CADConfig, centre: str, *,
                       splits: Sequence[str] = ("test",),
                       inputs: tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
@@ -58,6 +84,7 @@ def train_cad_centred(ws: Workspace, cfg: CADConfig, centre: str, *,
     """
     data, text, image, teacher_valid = inputs or _cad_inputs(ws, cfg.students)
     first, second = centred_teachers(text, image, centre)
+    data = centred_student_data(data, centre)
     encoders = {m: ws.training_encoder(m) for m in cfg.students}
     train_cad(encoders, data, first, second, teacher_valid, ws.labels("student", "train"), cfg,
               seed=derive_seed(ws.cfg.seed, "cad") % 2 ** 31, dist=ws.dist, progress=progress)
