@@ -205,3 +205,18 @@ def test_onnx_parity_with_dynamic_batch_and_tokens(tmp_path, make):
         mask[:, 0] = True
         got = session.run(None, {"tokens": tokens.numpy(), "mask": mask.numpy()})[0]
         np.testing.assert_allclose(got, head(tokens, mask).detach().numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["af", "mean", "cls_token", "outer", "linear", "concat"])
+def test_bundle_export_gives_token_set_heads_a_dynamic_token_axis(kind):
+    """The bundle writer exports every token-set head with a dynamic N (the runtime feeds only
+    the live sensors' tokens); only the slot baselines get a fixed N."""
+    from types import SimpleNamespace
+
+    from omnibind_train.export.components import _fusion_token_count
+    from omnibind_train.models.fusion import TOKEN_SET_KINDS
+
+    plan = SimpleNamespace(fusion_config={"kind": kind}, encoders={"image": None, "audio": None})
+    dynamic, n = _fusion_token_count(plan)
+    assert dynamic == (kind in TOKEN_SET_KINDS) == (kind not in ("linear", "concat"))
+    assert n == (3 if dynamic else len(FusionConfig().slots))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from ..models.fusion import FusionConfig, export_fusion_onnx
+from ..models.fusion import TOKEN_SET_KINDS, FusionConfig, export_fusion_onnx
 from .onnx_io import (
     EMBEDDING_OUTPUT,
     ENCODER_INPUT,
@@ -77,9 +77,10 @@ def _export_encoders(plan: _Plan, tmp: Path, *, exporter: str | Mapping[str, str
 
 
 def _fusion_token_count(plan: _Plan) -> tuple[bool, int]:
-    """(dynamic N?, example N): AF and mean take any N, slot baselines exactly len(slots)."""
+    """(dynamic N?, example N): token-set heads (AF, mean, CLS token, outer product) take any N,
+    slot baselines exactly len(slots)."""
     kind = plan.fusion_config.get("kind", "af")
-    if kind in ("af", "mean"):
+    if kind in TOKEN_SET_KINDS:  # any N, any order: the dynamic token axis
         return True, max(3, len(plan.encoders))
     slots = plan.fusion_config.get("slots") or FusionConfig().slots
     return False, len(slots)
