@@ -207,8 +207,8 @@ def test_missing_data_root_is_one_line(monkeypatch, capsys, tmp_path) -> None:
     err = capsys.readouterr().err
     assert "paper-scale OmniBind config" in err and "DATA_ROOT is not set" in err
     assert err.count("\n") == 1
-    assert main(["eval", "--config", str(CONFIG)]) == 2
-    assert "its commands are features, cad, af, all" in capsys.readouterr().err
+    assert main(["stage0", "--config", str(CONFIG)]) == 2
+    assert "its commands are features, cad, af, eval, export, all" in capsys.readouterr().err
 
 
 def test_features_then_cad_on_the_real_readers(paths, capsys) -> None:

@@ -47,7 +47,8 @@ from ..trainers.common import ConfigBase
 from .config import YamlConfig
 
 __all__ = ["FAMILY", "STAGES", "WIRED", "CADSource", "DataRootError", "ModalityFreeSplit",
-           "ModalityFreeSpec", "PaperDataConfig", "PaperOmniBindConfig", "SourceSpec", "main"]
+           "ModalityFreeSpec", "PaperDataConfig", "PaperExportSpec", "PaperOmniBindConfig",
+           "SourceSpec", "main"]
 
 FAMILY = "omnibind_paper"
 #: Stages whose data :meth:`PaperOmniBindConfig.require_stage` can check.
@@ -73,6 +74,16 @@ WIRED = {
     "af": "wired: `omnibind-train af --config <this>`: the modality-free train index's members "
           "embedded by the CAD students and the teachers, with the presence mask; AF and the "
           "baselines trained, fused top-1 on the test index when built",
+    "eval": "wired: `omnibind-train eval --config <this>`: each CAD student's zero-shot top-1 "
+            "on its data set's test split (data.eval, default: the modality-free test source "
+            "with the same reader and root) against that data set's label prompts; AF and the "
+            "baselines on the modality-free test index; report.md + results.json under "
+            "<cache>/runs/<name>/eval (omnibind_train.pipeline.paper_eval)",
+    "export": "wired: `omnibind-train export --config <this>`: the image teacher, the CAD "
+              "students, the AF head, the text teacher with its CLIP BPE tokenizer.json, the "
+              "label set (export.labels or the modality-free target labels), the readers' "
+              "preprocessing and provenance as a runtime bundle "
+              "(omnibind_train.pipeline.paper_export)",
 }
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -185,6 +196,29 @@ class ModalityFreeSpec(ConfigBase):
 
 
 @dataclass
+class PaperExportSpec(ConfigBase):
+    """The runtime bundle of the paper run (``omnibind-train export --config <this>``).
+
+    Attributes
+    ----------
+    out : bundle directory (None: ``<cache>/bundles/<bundle>``).
+    bundle : bundle name under ``<cache>/bundles`` when ``out`` is None.
+    labels : the label names the bundle recognises (None: the modality-free index's target
+        labels, made readable: ``car_horn`` -> "car horn"); embedded with ``data.label_prompt``.
+    exporter : ``auto`` | ``dynamo`` | ``torchscript`` (as :func:`export_bundle`).
+    sample_batch : real test samples per modality the export traces and checks parity on.
+    include_torch_weights : also write the torch fallback's safetensors (doubles the size).
+    """
+
+    out: str | None = None
+    bundle: str = "paper_omnibind"
+    labels: list[str] | None = None
+    exporter: str = "auto"
+    sample_batch: int = 2
+    include_torch_weights: bool = True
+
+
+@dataclass
 class PaperDataConfig(ConfigBase):
     """The real data of the paper run.
 
@@ -197,6 +231,10 @@ class PaperDataConfig(ConfigBase):
     preprocess : modality -> overrides of the core preprocessing (as ``DataConfig.preprocess``;
         e.g. the ViT's input size: an open_clip vision trunk's ``image_size`` must equal its
         modality's ``size``).
+    eval : student -> key of ``data.sources``: the test split its zero-shot top-1 is measured
+        on (``omnibind-train eval``); a student not listed takes the one source of
+        ``modality_free.test.sources`` (else of all sources) with the same reader and root as
+        its ``data.cad`` source (:meth:`PaperOmniBindConfig.eval_source`).
     """
 
     sources: dict[str, SourceSpec] = field(default_factory=dict)
@@ -204,6 +242,7 @@ class PaperDataConfig(ConfigBase):
     label_prompt: str = "a photo of a {}."
     modality_free: ModalityFreeSpec | None = None
     preprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eval: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -224,6 +263,7 @@ class PaperOmniBindConfig(YamlConfig):
         encoder's output size (the shared space).
     cad, af : the stage settings (Table 10), the trainers' own config classes.
     baselines : fusion baselines next to AF.
+    export : the runtime bundle (:class:`PaperExportSpec`).
     """
 
     family: str = FAMILY
@@ -240,6 +280,7 @@ class PaperOmniBindConfig(YamlConfig):
     cad: CADConfig = field(default_factory=CADConfig)
     af: AFConfig = field(default_factory=AFConfig)
     baselines: list[str] = field(default_factory=lambda: ["mean", "linear", "concat"])
+    export: PaperExportSpec = field(default_factory=PaperExportSpec)
 
     def __post_init__(self) -> None:
         problems = self._validate()
@@ -329,6 +370,20 @@ class PaperOmniBindConfig(YamlConfig):
                     if key not in sources:
                         problems.append(f"data.modality_free.{n}.sources: {key!r} is not a "
                                         "key of data.sources")
+        for student, key in self.data.eval.items():
+            if student not in STUDENT_NAMES:
+                problems.append(f"data.eval: {student!r} is not a student modality "
+                                f"{list(STUDENT_NAMES)}")
+            elif key not in sources:
+                problems.append(f"data.eval.{student}: {key!r} is not a key of data.sources")
+            else:
+                try:
+                    modality = sources[key].reader_class().modality
+                except ValueError:
+                    modality = student
+                if modality != student:
+                    problems.append(f"data.eval.{student}: {key!r} is {modality} data, not "
+                                    f"{student}")
         bad = sorted(set(self.data.preprocess) - set(STUDENT_NAMES) - {"image", "text"})
         if bad:
             problems.append(f"data.preprocess: unknown modalities {bad}")
@@ -371,6 +426,28 @@ class PaperOmniBindConfig(YamlConfig):
                                 f"({spec.reader if spec else key} data set root)")
         assert spec is not None
         return spec.reader_class()(root, **spec.options)
+
+    def eval_source(self, student: str) -> str:
+        """The ``data.sources`` key of ``student``'s test split (``data.eval``, else the source
+        of ``modality_free.test.sources`` (then of all sources) reading the same data set: same
+        reader and root as its ``data.cad`` source, another key)."""
+        if student in self.data.eval:
+            return self.data.eval[student]
+        cs = self.data.cad.get(student)
+        if cs is None:
+            raise ValueError(f"{student} has no data.cad entry, so no test split can be derived: "
+                             f"set data.eval.{student}")
+        train = self.data.sources[cs.source]
+        same = [k for k, s in self.data.sources.items() if k != cs.source
+                and s.reader == train.reader and s.root == train.root]
+        mf = self.data.modality_free
+        preferred = [k for k in same if mf is not None and k in mf.test.sources]
+        found = preferred or same
+        if len(found) != 1:
+            raise ValueError(f"data.eval.{student}: cannot tell {student}'s test split from "
+                             f"{cs.source!r} (candidates {found or 'none'}): set "
+                             f"data.eval.{student} to a data.sources key")
+        return found[0]
 
     def stage_sources(self, stage: str) -> list[str]:
         """The keys of ``data.sources`` that ``stage`` reads."""

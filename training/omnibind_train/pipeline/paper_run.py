@@ -1,5 +1,6 @@
 """The paper config's CAD and AF stages on the real data sets: ``omnibind-train features | cad |
-af --config training/configs/paper_omnibind.yaml``.
+af --config training/configs/paper_omnibind.yaml`` (``eval``: :mod:`.paper_eval`, ``export``:
+:mod:`.paper_export`; ``all`` runs cad, af, eval, export).
 
 :mod:`.paper` reads the config; this module computes what the existing trainers need from the
 readers and runs them (:func:`~omnibind_train.trainers.cad.train_cad`,
@@ -77,7 +78,7 @@ from .workspace import Workspace
 __all__ = ["PAPER_COMMANDS", "PaperRun", "StudentSet", "add_paper_arguments", "run_paper_command"]
 
 #: ``omnibind-train`` commands the paper config runs.
-PAPER_COMMANDS = ("features", "cad", "af", "all")
+PAPER_COMMANDS = ("features", "cad", "af", "eval", "export", "all")
 #: Format of the paper feature caches (part of every key).
 PAPER_FEATURE_FORMAT = 1
 
@@ -302,7 +303,12 @@ class PaperRun:
     @cached_property
     def image_teacher(self) -> ModalityEncoder:
         """The frozen image teacher (head on cached trunk features; module docstring)."""
-        enc = self.ws.new_encoder("image", pretrained=False)
+        return self.image_teacher_encoder(pretrained=False)
+
+    def image_teacher_encoder(self, *, pretrained: bool) -> ModalityEncoder:
+        """The image teacher: its head (identity, or a stage-0 checkpoint of this run) on the
+        trunk, whose weights are loaded with ``pretrained`` (needed for raw images: export)."""
+        enc = self.ws.new_encoder("image", pretrained=pretrained)
         if not enc.trunk_frozen:
             raise ValueError("encoders.image: the image teacher's trunk must be frozen "
                              "(its features are cached once)")
@@ -507,6 +513,29 @@ class PaperRun:
         data = FusionData.build(emb, present, labels, [])
         return data, self.label_embeddings(index.label_names), index
 
+    def fusion_heads(self, kinds: Sequence[str] | None = None) -> dict[str, torch.nn.Module]:
+        """The trained fusion heads (``af`` and the baselines; ``mean`` has no weights), each
+        from ``<run>/af/<kind>/final``; a trained kind without a checkpoint is skipped."""
+        heads: dict[str, torch.nn.Module] = {}
+        for kind in list(kinds or ["af", *self.cfg.baselines]):
+            head = self.ws.fusion_config(kind).fusion.build()
+            if any(p.requires_grad for p in head.parameters()):
+                final = self.ws.stage_dir("af") / kind / "final"
+                if not (final / "weights.safetensors").exists():
+                    continue
+                load_trainable_state(head, load_checkpoint(final).weights["fusion"],
+                                     what=f"af:{kind}")
+            heads[kind] = head.to(self.dist.device).eval()
+        return heads
+
+    def fused_scores(self, heads: Mapping[str, torch.nn.Module], split: str = "test",
+                     data: tuple[FusionData, torch.Tensor, Any] | None = None
+                     ) -> dict[str, float]:
+        """Top-1 of each head over the modality-free ``split``'s items, each item fused from
+        its own modalities (what :meth:`run_af` reports after training)."""
+        fd, labels, _ = data or self.fusion_data(split)
+        return {kind: fused_accuracy(head, fd, labels) for kind, head in heads.items()}
+
     def run_af(self, *, resume: str | None = None, kinds: Sequence[str] | None = None
                ) -> dict[str, float]:
         """Stage II on the modality-free train index; fused top-1 on the test index (the
@@ -561,6 +590,7 @@ def add_paper_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--terms", default=None)
     p.add_argument("--heads", default=None)
     p.add_argument("--no-negatives", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
 
 
 def paper_overrides(args: argparse.Namespace) -> list[str]:
@@ -582,6 +612,10 @@ def paper_overrides(args: argparse.Namespace) -> list[str]:
 def _stage_problems(cfg: PaperOmniBindConfig, stage: str) -> list[str]:
     """:meth:`PaperOmniBindConfig.check_stage`, where AF's test index is optional: without it
     (not built yet) neither it nor the roots only the test split reads are required."""
+    if stage in ("eval", "export"):
+        from .paper_eval import eval_problems
+
+        return eval_problems(cfg)
     problems = cfg.check_stage(stage)
     mf = cfg.data.modality_free
     if stage != "af" or mf is None:
@@ -598,8 +632,9 @@ def _stage_problems(cfg: PaperOmniBindConfig, stage: str) -> list[str]:
 
 
 def run_paper_command(args: argparse.Namespace) -> int:
-    """``omnibind-train features | cad | af | all --config <paper config>``: exit 0, or 2 with
-    one line naming what is wrong (unset placeholder, missing root / checkpoint / index)."""
+    """``omnibind-train features | cad | af | eval | export | all --config <paper config>``
+    (``all``: cad, af, eval, export): exit 0, or 2 with one line naming what is wrong (unset
+    placeholder, missing root / checkpoint / index)."""
     import os
 
     command = args.command
@@ -610,8 +645,8 @@ def run_paper_command(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = PaperOmniBindConfig.from_yaml(args.config, paper_overrides(args))
-        stages = {"features": ["cad"], "cad": ["cad"], "af": ["af"],
-                  "all": ["cad", "af"]}[command]
+        stages = {"features": ["cad"], "cad": ["cad"], "af": ["af"], "eval": ["eval"],
+                  "export": ["export"], "all": ["cad", "af", "eval"]}[command]
         for stage in stages:
             problems = _stage_problems(cfg, stage)
             if problems:
@@ -640,6 +675,14 @@ def run_paper_command(args: argparse.Namespace) -> int:
             heads = getattr(args, "heads", None)
             run.run_af(resume=resume if command == "af" else None,
                        kinds=heads.split(",") if heads else None)
+        if command in ("eval", "all"):
+            from .paper_eval import run_paper_eval
+
+            run_paper_eval(run)
+        if command in ("export", "all"):
+            from .paper_export import run_paper_export
+
+            run_paper_export(run, getattr(args, "out", None))
         run._say(f"[{command}] done in {time.perf_counter() - t0:.1f} s")
     except (ValueError, FileNotFoundError) as exc:
         print(f"omnibind-train: error: {exc}".replace("\n", " "), file=sys.stderr)
