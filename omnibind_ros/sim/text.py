@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from omnibind_ros.core.preprocess.text import fix_articles as _fix_articles
 from omnibind_ros.sim.catalog import ObjectClass
 
 #: Probability that a caption names only the shape (our choice: frequent enough to matter).
@@ -77,7 +78,6 @@ PROMPT_TEMPLATES: tuple[str, ...] = (
     "a {}.",
 )
 
-_ARTICLE = re.compile(r"\b([Aa])n? (?=(\w))")
 
 
 def caption(obj: ObjectClass, rng: np.random.Generator) -> str:
@@ -158,10 +158,3 @@ def _pick(options: Sequence[str], rng: np.random.Generator) -> str:
 def _has_word(text: str, phrase: str) -> bool:
     return re.search(rf"\b{re.escape(phrase)}\b", text) is not None
 
-
-def _fix_articles(text: str) -> str:
-    """Make each indefinite article agree with the following word (vowel letter rule)."""
-    def repl(m: re.Match[str]) -> str:
-        article = "an" if m.group(2).lower() in "aeiou" else "a"
-        return (article.capitalize() if m.group(1) == "A" else article) + " "
-    return _ARTICLE.sub(repl, text)

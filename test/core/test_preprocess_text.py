@@ -50,3 +50,29 @@ def test_normalisation_is_idempotent_and_trimmed(text):
     once = normalize_text(text, config)
     assert normalize_text(once, config) == once
     assert once == once.strip() and "  " not in once
+
+
+def test_label_prompts_agree_between_training_and_runtime():
+    """Training caches label embeddings from omnibind_ros.sim.text.label_prompts; the runtime
+    re-embeds replaced labels with embed_labels: both fill templates through label_prompt, so
+    "a {}" + "apple" is "an apple" on both sides (it was "a apple" at runtime)."""
+    import numpy as np
+
+    from omnibind_ros.core.backends.base import embed_labels
+    from omnibind_ros.core.preprocess.text import label_prompt
+    from omnibind_ros.sim.text import label_prompts
+
+    assert label_prompt("a photo of a {}.", "apple") == "a photo of an apple."
+    assert label_prompt("An {} on the table", "mug") == "A mug on the table"
+    templates = ["a photo of a {}.", "a {} in front of the robot."]
+    seen: list[str] = []
+
+    class Recorder:
+        def embed_text(self, texts):
+            seen.extend(texts)
+            return np.ones((len(texts), 4), np.float32)
+
+    embed_labels(Recorder(), ["apple", "wooden mug", "orange"], templates)
+    training = label_prompts(["apple", "wooden mug", "orange"], templates)
+    assert seen == [p for name in ("apple", "wooden mug", "orange") for p in training[name]]
+    assert "a photo of an apple." in seen and "an orange in front of the robot." in seen

@@ -15,6 +15,7 @@ import numpy as np
 
 from omnibind_ros.core.bundle import EncoderSpec, ModelBundle, TensorSpec
 from omnibind_ros.core.errors import BackendUnavailableError, InvalidShapeError
+from omnibind_ros.core.preprocess.text import label_prompt
 
 __all__ = ["BackendBase", "InferenceBackend", "embed_labels", "import_runtime"]
 
@@ -219,7 +220,8 @@ def embed_labels(backend: InferenceBackend, names: Sequence[str],
         templates = ["{}"]
     if not names:
         return np.zeros((0, backend.bundle.dim), dtype=np.float32)
-    prompts = [t.format(name) for name in names for t in templates]
+    # the exporter's prompts: same template filling and article rule (core.preprocess.text)
+    prompts = [label_prompt(t, name) for name in names for t in templates]
     emb = backend.embed_text(prompts).reshape(len(names), len(templates), -1).mean(axis=1)
     norm = np.linalg.norm(emb, axis=-1, keepdims=True)
     return (emb / np.maximum(norm, 1e-12)).astype(np.float32)

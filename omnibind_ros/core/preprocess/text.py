@@ -13,9 +13,29 @@ from dataclasses import dataclass
 from omnibind_ros.core.errors import EmptyInputError, InvalidDtypeError
 from omnibind_ros.core.preprocess import _config as cfg
 
-__all__ = ["TextPreprocessConfig", "TextPreprocessor", "normalize_text"]
+__all__ = ["TextPreprocessConfig", "TextPreprocessor", "fix_articles", "label_prompt",
+           "normalize_text"]
 
 _WHITESPACE = re.compile(r"\s+")
+_ARTICLE = re.compile(r"\b([Aa])n? (?=(\w))")
+
+
+def fix_articles(text: str) -> str:
+    """Make each indefinite article agree with the following word (vowel letter rule):
+    "a apple" -> "an apple", "an mug" -> "a mug"."""
+    def repl(m: re.Match[str]) -> str:
+        article = "an" if m.group(2).lower() in "aeiou" else "a"
+        return (article.capitalize() if m.group(1) == "A" else article) + " "
+    return _ARTICLE.sub(repl, text)
+
+
+def label_prompt(template: str, label: str) -> str:
+    """One label prompt: ``template`` with its ``{}`` replaced by ``label``, articles agreeing.
+
+    Training (the cached label embeddings of every bundle) and the runtime (labels replaced at
+    runtime) both build prompts here, so a label embedded on either side is the same vector.
+    """
+    return fix_articles(template.replace("{}", label))
 
 
 @dataclass(frozen=True)
@@ -100,4 +120,4 @@ class TextPreprocessor:
     def prompts(self, label: str) -> list[str]:
         """Return the label's prompts, one per template, e.g. "a photo of a wooden mug."."""
         label = normalize_text(label, self.config)
-        return [template.replace("{}", label) for template in self.config.prompt_templates]
+        return [label_prompt(template, label) for template in self.config.prompt_templates]

@@ -190,9 +190,12 @@ def run_paper_export(run: Any, out: str | Path | None = None) -> Path | None:
     train_tokenizer = text.tokenizer
     text.tokenizer = clip_tokenizer(run)
     text_cfg = text_config(run)
-    try:  # as the runtime re-embeds labels (embed_labels: template.format(name), mean, L2)
+    try:  # as the runtime re-embeds labels (embed_labels: label_prompt, mean, L2)
+        from omnibind_ros.core.preprocess.text import label_prompt
+
         templates = list(text_cfg["prompt_templates"])
-        emb = embed_texts(text, [t.format(n) for n in names for t in templates], text_cfg)
+        emb = embed_texts(text, [label_prompt(t, n) for n in names for t in templates],
+                          text_cfg)
         label_emb = torch.nn.functional.normalize(
             emb.view(len(names), len(templates), -1).mean(1), dim=-1)
     except Exception:

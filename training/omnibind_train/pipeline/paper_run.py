@@ -342,9 +342,13 @@ class PaperRun:
 
     def prompts(self, label_names: Sequence[str]) -> list[str]:
         """``data.label_prompt`` of each label name (made readable: ``car_horn`` -> car horn)."""
+        from omnibind_ros.core.preprocess.text import label_prompt
+
         from ..datasets.modality_free import readable_label
 
-        return [self.cfg.data.label_prompt.format(readable_label(n)) for n in label_names]
+        # label_prompt: the runtime's template filling (articles agree: "an airplane")
+        return [label_prompt(self.cfg.data.label_prompt, readable_label(n))
+                for n in label_names]
 
     def label_embeddings(self, label_names: Sequence[str]) -> torch.Tensor:
         return self.embed_text(self.prompts(label_names))
