@@ -44,11 +44,12 @@ def main(args: list[str] | None = None) -> int:
 
     try:
         with rclpy.init(args=args):
-            node = PerceptionNode()
             # Encoders run in the sensors' own worker threads; the executor runs only cheap
             # callbacks, timers and services, so 4 threads keep the fusion tick and the status
-            # independent of a burst of sensor callbacks.
+            # independent of a burst of sensor callbacks. Built before the node: a SIGINT
+            # landing inside an executor's __init__ made its __del__ print a traceback.
             executor = PoolSafeExecutor(num_threads=4)
+            node = PerceptionNode()
             executor.add_node(node)
             try:
                 if node.get_parameter("autostart").value and not node.autostart():

@@ -46,7 +46,7 @@ from rcl_interfaces.msg import (  # noqa: E402
     ParameterDescriptor,
     ParameterType,
 )
-from rclpy.executors import ExternalShutdownException  # noqa: E402
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -503,9 +503,14 @@ def main(args: list[str] | None = None) -> int:
     ensure_safe_ros_env()  # already done at import; kept so the contract is visible here
     try:
         with rclpy.init(args=args):
+            # The executor exists before the node starts streaming: a SIGINT that lands while
+            # rclpy.spin() would still be building one interrupted its __init__, and its
+            # __del__ then printed a traceback at shutdown.
+            executor = SingleThreadedExecutor()
             node = SimSensorsNode()
+            executor.add_node(node)
             try:
-                rclpy.spin(node)
+                executor.spin()
             finally:
                 node.get_logger().info(f"stream stats: {dict(node.stats)}")
                 node.destroy_node()
