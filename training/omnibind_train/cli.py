@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 - _config names the unreadable or malformed file
         paper = False
     if paper:  # the real data sets: omnibind_train.pipeline.paper_run
-        from .pipeline.paper_run import run_paper_command
+        from .pipeline.paper_cli import run_paper_command
 
         return run_paper_command(args)
     try:
