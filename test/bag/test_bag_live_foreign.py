@@ -72,10 +72,15 @@ def live(setup: dict[str, Path]) -> Any:
 
 
 def test_no_unplugged_phase_at_start_up(live: Any) -> None:
-    """Without scenario events the phases come from the monitor: a clean bag is one phase, and
-    no sensor leaves LIVE while playback starts (before the warm-up: 3-4 sub-second phases in
-    the first second, from the node stalled in open3d's import)."""
-    assert [p.label for p in live.phases] == ["all sensors"]
+    """Without scenario events the phases come from the monitor: the bag starts with all
+    sensors, and no sensor leaves LIVE while playback starts (before the warm-up: 3-4
+    sub-second phases in the first second, from the node stalled in open3d's import). Later
+    phases are not asserted: on a loaded machine a stall of the whole process can still mark
+    both sensors out for a moment mid-bag (seen once in a fresh-clone run beside other tests),
+    which is the live node's real behaviour, not a start-up artefact."""
+    assert live.phases and live.phases[0].label == "all sensors"
+    assert [p.label for p in live.phases if p.start_ns < live.start_ns + 2 * S] == [
+        "all sensors"]
     early = [(c.sensor, c.state, round((c.t_ns - live.start_ns) / S, 3)) for c in live.states
              if c.t_ns < live.start_ns + 2 * S]
     assert {c[0] for c in early if c[1] == "LIVE"} == {"front", "velo"}
