@@ -8,12 +8,19 @@ from omnibind_ros.core.bundle import load_bundle
 
 def build_tensorrt_engines(bundle_dir: str | Path, *, fp16: bool = True, max_batch: int = 16,
                            force: bool = False, device: int = 0,
-                           engines_dir: str | Path | None = None) -> dict[str, Path]:
-    """Build a TensorRT engine per ONNX graph of the bundle (cached per GPU + TensorRT version).
+                           engines_dir: str | Path | None = None,
+                           module: str = "tensorrt") -> dict[str, Path]:
+    """Build a TensorRT engine per ONNX graph of the bundle.
 
-    Engines land in ``<bundle_dir>/engines/<gpu>_trt<version>/`` (or ``engines_dir``); a cached
-    engine is reused while its ONNX checksum and precision match. See
-    :func:`omnibind_ros.core.backends.tensorrt_backend.build_engines`.
+    Engines are cached per GPU name + compute capability + TensorRT version and land in
+    ``<bundle_dir>/engines/<gpu>_sm<cc>_trt<version>/`` (or ``engines_dir``); a cached engine is
+    reused only while the ONNX file's SHA-256, the precision, the batch limit and the
+    optimisation profiles match, and is rebuilt otherwise. See
+    :func:`omnibind_ros.core.engines.build_engines`.
+
+    ``module`` is ``"tensorrt"`` by default: those are the engines the tensorrt backend loads.
+    ``"tensorrt_rtx"`` (``pip install tensorrt-rtx``; builds without a GPU, for RTX GPUs'
+    TensorRT-RTX runtime) or ``"auto"`` (tensorrt, else tensorrt_rtx) choose otherwise.
 
     Returns
     -------
@@ -22,11 +29,11 @@ def build_tensorrt_engines(bundle_dir: str | Path, *, fp16: bool = True, max_bat
     Raises
     ------
     BackendUnavailableError
-        TensorRT is not installed (it cannot be installed from PyPI alone), or a graph fails to
-        build.
+        The TensorRT module is not installed (``tensorrt`` comes with JetPack or from NVIDIA's
+        wheels), or a graph fails to build.
     """
-    from omnibind_ros.core.backends.tensorrt_backend import build_engines
+    from omnibind_ros.core.engines import build_engines
 
     bundle = load_bundle(bundle_dir)
     return build_engines(bundle, fp16=fp16, max_batch=max_batch, force=force, device=device,
-                         engines_dir=engines_dir)
+                         engines_dir=engines_dir, module=module)
