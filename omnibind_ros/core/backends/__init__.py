@@ -1,15 +1,19 @@
 """Inference backends: run a model bundle's graphs on numpy arrays.
 
-=============  ===============================================  ===============================
-name           runs                                             needs
-=============  ===============================================  ===============================
-onnxruntime    the ONNX files (CPU; CUDA/TensorRT EPs if built)  onnxruntime (+ tokenizers)
-tensorrt       engines built from the ONNX files, per GPU       tensorrt, torch with CUDA
-torch          modules rebuilt from configs + safetensors       torch, omnibind_train
-=============  ===============================================  ===============================
+====================  ==============================================  ==========================
+name                  runs                                            needs
+====================  ==============================================  ==========================
+onnxruntime           the ONNX files (CPU; CUDA EP when built in)     onnxruntime (+ tokenizers)
+onnxruntime_cuda      the ONNX files on ORT's CUDA EP, never the CPU  onnxruntime-gpu
+onnxruntime_tensorrt  the ONNX files on ORT's TensorRT EP (+ CUDA)    onnxruntime-gpu, TensorRT
+tensorrt              engines built from the ONNX files, per GPU      tensorrt, torch with CUDA
+torch                 modules rebuilt from configs + safetensors      torch, omnibind_train
+====================  ==============================================  ==========================
 
 Every backend satisfies :class:`InferenceBackend`; :func:`create_backend` picks one by name and
-can fall back to ONNX Runtime. Nothing here imports a runtime until a backend is created.
+can fall back to ONNX Runtime; ``"auto"`` takes the first that runs here in :data:`AUTO_ORDER`.
+``backend.name`` says which one you got. Nothing here imports a runtime until a backend is
+created.
 """
 from __future__ import annotations
 
@@ -29,11 +33,14 @@ _log = logging.getLogger(__name__)
 #: Canonical backend names and their aliases.
 BACKENDS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime", "ort", "onnx"),
+    "onnxruntime_cuda": ("onnxruntime_cuda", "ort_cuda", "onnxruntime-cuda"),
+    "onnxruntime_tensorrt": ("onnxruntime_tensorrt", "ort_tensorrt", "ort_trt",
+                             "onnxruntime-tensorrt"),
     "tensorrt": ("tensorrt", "trt"),
     "torch": ("torch", "pytorch"),
 }
-#: Order tried by ``create_backend("auto")``.
-AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+#: Order tried by ``create_backend("auto")``: fastest first.
+AUTO_ORDER = ("tensorrt", "onnxruntime_tensorrt", "onnxruntime_cuda", "onnxruntime", "torch")
 
 
 def _canonical(name: str) -> str:
@@ -51,6 +58,14 @@ def backend_class(name: str) -> type[BackendBase]:
         from omnibind_ros.core.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend
+    if canonical == "onnxruntime_cuda":
+        from omnibind_ros.core.backends.onnxruntime_backend import OnnxRuntimeCudaBackend
+
+        return OnnxRuntimeCudaBackend
+    if canonical == "onnxruntime_tensorrt":
+        from omnibind_ros.core.backends.onnxruntime_backend import OnnxRuntimeTensorRTBackend
+
+        return OnnxRuntimeTensorRTBackend
     if canonical == "tensorrt":
         from omnibind_ros.core.backends.tensorrt_backend import TensorRTBackend
 
@@ -85,14 +100,16 @@ def create_backend(name: str, bundle: ModelBundle | str, *, fallback: bool = Fal
 
     Parameters
     ----------
-    name : ``"onnxruntime"`` (``"ort"``), ``"tensorrt"`` (``"trt"``), ``"torch"``, or
-        ``"auto"`` (tensorrt, then onnxruntime, then torch: the first that can run here).
+    name : ``"onnxruntime"`` (``"ort"``), ``"onnxruntime_cuda"`` (``"ort_cuda"``),
+        ``"onnxruntime_tensorrt"`` (``"ort_trt"``), ``"tensorrt"`` (``"trt"``), ``"torch"``, or
+        ``"auto"`` (the first of :data:`AUTO_ORDER` that can run here: tensorrt,
+        onnxruntime_tensorrt, onnxruntime_cuda, onnxruntime, torch).
     bundle : a loaded bundle or a path to one (see :func:`~omnibind_ros.core.bundle.load_bundle`).
     fallback : when ``name`` cannot run here, log a warning and use ONNX Runtime instead of
         raising. Check ``backend.name`` for what you got.
     **opts : backend options (``threads``, ``providers``, ``device``, ``fp16``,
-        ``build_missing``, ``modalities``...). Each backend receives the ones it takes; an
-        option no candidate backend takes is a ``TypeError``.
+        ``engines_dir``, ``build_missing``, ``modalities``...). Each backend receives the
+        ones it takes; an option no candidate backend takes is a ``TypeError``.
 
     Raises
     ------
