@@ -15,15 +15,17 @@ as at run time). The raw sample (``reader[i]``) is always the whole clip.
 """
 from __future__ import annotations
 
+import csv
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from omnibind_ros.core.types import AudioBlock
 
-from .base import DatasetReader, read_audio
+from .base import DatasetFormatError, DatasetReader, read_audio
 
 __all__ = ["WINDOW_CHOICES", "AudioClipReader", "clip_window"]
 
@@ -68,6 +70,25 @@ class AudioClipReader(DatasetReader):
 
     def _for_preprocessing(self, payload: AudioBlock, config: Mapping[str, Any]) -> AudioBlock:
         return clip_window(payload, float(config["window_s"]), self.window)
+
+
+def read_metadata_csv(path: Path, columns: tuple[str, ...],
+                      typed: Callable[[dict[str, str]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of a data set's metadata CSV, each through ``typed``; a header lacking one of
+    ``columns`` or a row ``typed`` cannot convert raises DatasetFormatError naming the line."""
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or ())]
+        if missing:
+            raise DatasetFormatError(f"{path}: header lacks {', '.join(missing)} (expected "
+                                     f"{','.join(columns)})")
+        rows = []
+        for line, r in enumerate(reader, start=2):
+            try:
+                rows.append(typed(r))
+            except (TypeError, ValueError) as exc:
+                raise DatasetFormatError(f"{path} line {line}: {exc}") from exc
+    return rows
 
 
 class FoldedClipReader(AudioClipReader):

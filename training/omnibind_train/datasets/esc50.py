@@ -16,14 +16,13 @@ file's rate); the preprocessing window is chosen as in :mod:`._audio`.
 """
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._audio import FoldedClipReader
+from ._audio import FoldedClipReader, read_metadata_csv
 from .base import DatasetFormatError, require_dir, require_file, select_folds
 
 __all__ = ["ESC50"]
@@ -73,19 +72,7 @@ class ESC50(FoldedClipReader):
 
 
 def _read_meta(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in _COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise DatasetFormatError(f"{path}: header lacks {', '.join(missing)} (expected "
-                                     f"{','.join(_COLUMNS)})")
-        rows = []
-        for line, r in enumerate(reader, start=2):
-            try:
-                rows.append({"filename": r["filename"], "fold": int(r["fold"]),
-                             "target": int(r["target"]), "category": r["category"],
-                             "esc10": r["esc10"].strip().lower() == "true",
-                             "src_file": r["src_file"], "take": r["take"]})
-            except (TypeError, ValueError) as exc:
-                raise DatasetFormatError(f"{path} line {line}: {exc}") from exc
-    return rows
+    return read_metadata_csv(path, _COLUMNS, lambda r: {
+        "filename": r["filename"], "fold": int(r["fold"]), "target": int(r["target"]),
+        "category": r["category"], "esc10": r["esc10"].strip().lower() == "true",
+        "src_file": r["src_file"], "take": r["take"]})

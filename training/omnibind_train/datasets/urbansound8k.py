@@ -18,14 +18,13 @@ window is chosen as in :mod:`._audio`.
 """
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._audio import FoldedClipReader
+from ._audio import FoldedClipReader, read_metadata_csv
 from .base import DatasetFormatError, require_dir, require_file, select_folds
 
 __all__ = ["UrbanSound8K"]
@@ -69,19 +68,7 @@ class UrbanSound8K(FoldedClipReader):
 
 
 def _read_meta(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in _COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise DatasetFormatError(f"{path}: header lacks {', '.join(missing)} (expected "
-                                     f"{','.join(_COLUMNS)})")
-        rows = []
-        for line, r in enumerate(reader, start=2):
-            try:
-                rows.append({"slice_file_name": r["slice_file_name"], "fsID": int(r["fsID"]),
-                             "start": float(r["start"]), "end": float(r["end"]),
-                             "salience": int(r["salience"]), "fold": int(r["fold"]),
-                             "classID": int(r["classID"]), "class": r["class"]})
-            except (TypeError, ValueError) as exc:
-                raise DatasetFormatError(f"{path} line {line}: {exc}") from exc
-    return rows
+    return read_metadata_csv(path, _COLUMNS, lambda r: {
+        "slice_file_name": r["slice_file_name"], "fsID": int(r["fsID"]),
+        "start": float(r["start"]), "end": float(r["end"]), "salience": int(r["salience"]),
+        "fold": int(r["fold"]), "classID": int(r["classID"]), "class": r["class"]})
