@@ -1,4 +1,4 @@
-"""Issue 12 part 5e: invalid inputs (preprocessing failed / modality absent) are masked at
+"""Invalid inputs (preprocessing failed / modality absent) are masked at
 evaluation exactly as in training (``make_batch``, ``fused_accuracy``): the head fuses the
 present modalities of a subset and a sample with none is left out of that subset."""
 from __future__ import annotations

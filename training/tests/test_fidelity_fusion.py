@@ -1,4 +1,4 @@
-"""Issue 12 part 5c: the Table 8 CLS-only and Table 9 outer-product heads, against literal
+"""The Table 8 CLS-only and Table 9 outer-product heads, against literal
 re-implementations, and the paper's own CLS(·)-without-SA reading (= the mean head)."""
 from __future__ import annotations
 

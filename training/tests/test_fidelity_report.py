@@ -1,4 +1,4 @@
-"""Issue 12 part 5b-d in the report: Table 7's two halves, the Table 8/9 rows and the stage-II
+"""The evaluation report: Table 7's two halves, the Table 8/9 rows and the stage-II
 cross-fitting decision on val (test alongside)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12 part 5d: design choices are decided on the validation split, never the test split
+"""Design choices are decided on the validation split, never the test split
 (``select_on_val`` and the stage-II cross-fitting decision that uses it)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Teach a bundle a new sensor from one recording (``omnibind-train teach``; issue 11 part 3).
+"""Teach a bundle a new sensor from one recording (``omnibind-train teach``).
 
 A robot gets a new sensor (a thermal camera, a tactile pad...) next to its camera. One bag of
 the two, no labels needed: the new sensor's messages are paired with the camera frames nearest

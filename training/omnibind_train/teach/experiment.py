@@ -1,4 +1,5 @@
-"""The evidence for ``omnibind-train teach`` on the simulated world (issue 11 part 3).
+"""The evidence for ``omnibind-train teach`` on the simulated world: a student taught from one
+recording against the data set's.
 
 Two helpers around a training run (``training/configs/sim_default.yaml``)::
 
