@@ -48,6 +48,9 @@ SIM_YAML = REPO / "config" / "sim_sensors.yaml"
 OURS, BASELINE = "ours", "baseline"
 RECOGNITION_TOPICS = {OURS: "/omnibind_perception/recognition",
                       BASELINE: "/omnibind_baseline_sync/recognition"}
+#: The hand-written torch-eager node of ``bench_runtime.py naive`` (benchmarks/_naive_node.py).
+NAIVE = "naive"
+RECOGNITION_TOPICS[NAIVE] = "/omnibind_naive_torch/recognition"
 
 
 # -- statistics and tables ---------------------------------------------------------------------
