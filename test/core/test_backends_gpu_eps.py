@@ -108,8 +108,8 @@ def _n_sessions(bundle) -> int:
 def test_backend_names_are_node_choices():
     # the node's `backend` parameter lists BACKENDS' keys, so it offers the new names as is
     assert {"onnxruntime_cuda", "onnxruntime_tensorrt"} <= set(BACKENDS)
-    assert AUTO_ORDER == ("tensorrt", "onnxruntime_tensorrt", "onnxruntime_cuda", "onnxruntime",
-                          "torch")
+    assert AUTO_ORDER == ("tensorrt", "onnxruntime_tensorrt", "onnxruntime_cuda", "torch_cuda",
+                          "onnxruntime", "torch")
 
 
 def test_cuda_requests_the_cuda_provider_on_the_device(fake_ort, bundle):

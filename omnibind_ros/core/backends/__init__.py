@@ -7,6 +7,8 @@ onnxruntime           the ONNX files (CPU; CUDA EP when built in)     onnxruntim
 onnxruntime_cuda      the ONNX files on ORT's CUDA EP, never the CPU  onnxruntime-gpu
 onnxruntime_tensorrt  the ONNX files on ORT's TensorRT EP (+ CUDA)    onnxruntime-gpu, TensorRT
 tensorrt              engines built from the ONNX files, per GPU      tensorrt, torch with CUDA
+torch_cuda            the torch modules on a GPU: FP16/BF16, CUDA     torch with CUDA,
+                      graphs per input shape, channels-last           omnibind_train
 torch                 modules rebuilt from configs + safetensors      torch, omnibind_train
 ====================  ==============================================  ==========================
 
@@ -37,10 +39,12 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "onnxruntime_tensorrt": ("onnxruntime_tensorrt", "ort_tensorrt", "ort_trt",
                              "onnxruntime-tensorrt"),
     "tensorrt": ("tensorrt", "trt"),
+    "torch_cuda": ("torch_cuda", "cuda", "torch-cuda", "pytorch_cuda"),
     "torch": ("torch", "pytorch"),
 }
 #: Order tried by ``create_backend("auto")``: fastest first.
-AUTO_ORDER = ("tensorrt", "onnxruntime_tensorrt", "onnxruntime_cuda", "onnxruntime", "torch")
+AUTO_ORDER = ("tensorrt", "onnxruntime_tensorrt", "onnxruntime_cuda", "torch_cuda", "onnxruntime",
+              "torch")
 
 
 def _canonical(name: str) -> str:
@@ -70,6 +74,10 @@ def backend_class(name: str) -> type[BackendBase]:
         from omnibind_ros.core.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend
+    if canonical == "torch_cuda":
+        from omnibind_ros.core.backends.torch_cuda_backend import TorchCudaBackend
+
+        return TorchCudaBackend
     from omnibind_ros.core.backends.torch_backend import TorchBackend
 
     return TorchBackend
@@ -101,15 +109,16 @@ def create_backend(name: str, bundle: ModelBundle | str, *, fallback: bool = Fal
     Parameters
     ----------
     name : ``"onnxruntime"`` (``"ort"``), ``"onnxruntime_cuda"`` (``"ort_cuda"``),
-        ``"onnxruntime_tensorrt"`` (``"ort_trt"``), ``"tensorrt"`` (``"trt"``), ``"torch"``, or
-        ``"auto"`` (the first of :data:`AUTO_ORDER` that can run here: tensorrt,
-        onnxruntime_tensorrt, onnxruntime_cuda, onnxruntime, torch).
+        ``"onnxruntime_tensorrt"`` (``"ort_trt"``), ``"tensorrt"`` (``"trt"``),
+        ``"torch_cuda"`` (``"cuda"``), ``"torch"``, or ``"auto"`` (the first of
+        :data:`AUTO_ORDER` that can run here: tensorrt, onnxruntime_tensorrt, onnxruntime_cuda,
+        torch_cuda, onnxruntime, torch).
     bundle : a loaded bundle or a path to one (see :func:`~omnibind_ros.core.bundle.load_bundle`).
     fallback : when ``name`` cannot run here, log a warning and use ONNX Runtime instead of
         raising. Check ``backend.name`` for what you got.
-    **opts : backend options (``threads``, ``providers``, ``device``, ``fp16``,
-        ``engines_dir``, ``build_missing``, ``modalities``...). Each backend receives the
-        ones it takes; an option no candidate backend takes is a ``TypeError``.
+    **opts : backend options (``threads``, ``providers``, ``device``, ``fp16``, ``precision``,
+        ``cuda_graphs``, ``engines_dir``, ``build_missing``, ``modalities``...). Each backend
+        receives the ones it takes; an option no candidate backend takes is a ``TypeError``.
 
     Raises
     ------
