@@ -19,7 +19,7 @@ LOST       ERROR  no publisher, or silent beyond lost_after periods
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
@@ -79,8 +79,12 @@ def _sensor_diag(node_name: str, health: SensorHealth) -> DiagnosticStatus:
 
 
 def fusion_diag(node_name: str, no_answer_reason: str | None,
-                used: Iterable[str] = ()) -> DiagnosticStatus:
-    """OK while recognising; WARN with the reason when not (e.g. min_modalities not met)."""
+                used: Iterable[str] = (), model: Mapping[str, str] | None = None
+                ) -> DiagnosticStatus:
+    """OK while recognising; WARN with the reason when not (e.g. min_modalities not met).
+
+    ``model`` (bundle, family, backend, providers) is carried as key/values, so a monitor sees
+    which inference backend ``backend: auto`` or a fallback actually chose."""
     if no_answer_reason is None:
         level, message = DiagnosticStatus.WARN, "no fusion tick yet"
     elif no_answer_reason:
@@ -88,7 +92,9 @@ def fusion_diag(node_name: str, no_answer_reason: str | None,
     else:
         level, message = DiagnosticStatus.OK, "recognising from " + ", ".join(used)
     return DiagnosticStatus(level=level, name=f"{node_name}: fusion", message=message,
-                            hardware_id=node_name)
+                            hardware_id=node_name,
+                            values=[KeyValue(key=k, value=str(v))
+                                    for k, v in (model or {}).items()])
 
 
 def diagnostic_array(node_name: str, healths: Iterable[SensorHealth], stamp: object,

@@ -35,7 +35,11 @@ from omnibind_ros.core.names import PERCEPTION_NODE
 from omnibind_ros.core.pipeline import Pipeline, SensorStage, StageHook, make_pipeline
 from omnibind_ros.core.recognizer import MONITOR_RATE_HZ, Recognizer, build_fusion_tick
 from omnibind_ros.core.sensor_worker import SampleReporter, SensorWorker
-from omnibind_ros.core.threads import limit_blas_threads, limit_malloc_arenas
+from omnibind_ros.core.threads import (
+    limit_blas_threads,
+    limit_malloc_arenas,
+    limit_open3d_threads,
+)
 from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import Recognition
 from omnibind_ros.ros import diagnostics, params, qos
@@ -226,6 +230,7 @@ class PerceptionNode(LifecycleNode):
             cfg = pipeline.preprocessor.config
             centre = (np.asarray(cfg.roi_min) + np.asarray(cfg.roi_max)) / 2
             cube = (centre + rng.uniform(-0.15, 0.15, (400, 3))).astype(np.float32)
+            limit_open3d_threads(1)  # DBSCAN's OpenMP team waits more than it works (core.threads)
             self._warm("point_cloud", lambda: pipeline.encode(pipeline.preprocess(cube)))
 
     def _warm(self, modality: str, run: Callable[[], object]) -> None:
@@ -450,9 +455,16 @@ class PerceptionNode(LifecycleNode):
         result = engine.last_result
         fusion = diagnostics.fusion_diag(
             self.get_name(), None if result is None else result.no_answer_reason,
-            () if result is None else result.sensors)
+            () if result is None else result.sensors, self._model_info())
         self._pubs["diagnostics"].publish(
             diagnostics.diagnostic_array(self.get_name(), healths, stamp, fusion))
+
+    def _model_info(self) -> dict[str, str]:
+        bundle, backend = self._bundle, self._backend
+        if bundle is None or backend is None:
+            return {}
+        return {"bundle": bundle.name, "family": bundle.family or "?",
+                "backend": backend.name, "providers": ", ".join(backend.providers)}
 
     def _poll_graph(self) -> None:
         # Publisher counts from the graph: a driver process that died is LOST at once instead

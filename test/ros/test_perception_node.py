@@ -415,6 +415,21 @@ def test_diagnostics_levels_per_state(make_harness) -> None:
                   and level("camera") == DiagnosticStatus.OK)
 
 
+def test_diagnostics_name_the_backend_in_use(make_harness) -> None:
+    h = active_harness(make_harness, {"camera": SENSORS["camera"]})
+
+    def fusion_values() -> dict[str, str] | None:
+        for s in h.diags[-1].status if h.diags else ():
+            if s.name == "omnibind_perception: fusion":
+                return {kv.key: kv.value for kv in s.values}
+        return None
+    assert h.wait(lambda: fusion_values() is not None)
+    values = fusion_values()
+    assert values["backend"] == h.node._backend.name == "onnxruntime"
+    assert values["providers"] == "CPUExecutionProvider"
+    assert values["bundle"] == h.node._bundle.name
+
+
 def test_audio_chunks_are_streamed_and_encoded_at_the_encode_rate(make_harness) -> None:
     sensors = {"mic": ("audio", "/t/mic", "omnibind_ros/msg/AudioChunk")}
     h = active_harness(make_harness, sensors, **{"sensors.mic.encode_rate_hz": 5.0})
