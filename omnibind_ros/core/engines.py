@@ -5,49 +5,109 @@ Works with NVIDIA ``tensorrt`` (the runtime the :mod:`tensorrt backend
 (TensorRT for RTX: same Builder/OnnxParser API; pip-installable from PyPI and able to build
 engines on a machine without a GPU, which is how CI exercises this code for real). The module
 is imported when a build starts, never at import; ``module="auto"`` takes ``tensorrt`` when it
-is importable, else ``tensorrt_rtx``.
+is importable, else ``tensorrt_rtx``. ``omnibind-engines`` (:mod:`omnibind_ros.tools.engines_cli`)
+is the command line for it.
 
-Cache layout: ``<engines_dir or bundle/engines>/<gpu>_sm<cc>_<trt|trtrtx><version>/`` holds
-``<component>.engine`` files, ``engines.json`` (header: GPU name, compute capability, module,
-version; per component: ONNX SHA-256 of the file as it is now, precision, batch limit,
-optimisation profiles, engine SHA-256) and, for ``tensorrt``, ``timing.cache``. An engine is
-loaded only when the header and its entry equal what a build now would record and the engine
+Cache layout: ``<engines_dir or bundle/engines>/<gpu>_sm<cc>_<trt|trtrtx><version>[_dla<n>]/``
+holds ``<component>.engine`` files, ``engines.json`` (header: GPU name, compute capability,
+module, version; per component: ONNX SHA-256 of the file as it is now, precision, DLA core, batch
+limit, optimisation profiles, engine SHA-256; per INT8 component: its calibration files and the
+SHA-256 of the ONNX file they were made from) and, for ``tensorrt``, ``timing.cache``. An engine
+is loaded only when the header and its entry equal what a build now would record and the engine
 file's checksum matches; anything else is stale and rebuilt.
 
-Precision: ``fp16`` sets ``BuilderFlag.FP16`` for the encoders and the text encoder; the fusion
-head always stays fp32 (fp16 turns its masked-score constant into -inf). ``tensorrt_rtx`` has
-no FP16 flag (its networks are strongly typed: precision comes from the ONNX tensors), so its
-engines are recorded as fp32. Timing caches are a no-op in TensorRT-RTX and are skipped there.
+Precision (``precision="fp32" | "fp16" | "int8"``, or a mapping per modality/component):
+
+* ``fp16`` sets ``BuilderFlag.FP16`` for the encoders and the text encoder. ``tensorrt_rtx``
+  has no FP16 flag (its networks are strongly typed: precision comes from the ONNX tensors), so
+  its fp16 requests are built and recorded as fp32.
+* ``int8`` quantises the modality encoders from calibration batches (sensor samples through the
+  shared preprocessing): with ``tensorrt`` by ``IInt8EntropyCalibrator2`` (``BuilderFlag.INT8``
+  plus FP16 so layers without an INT8 kernel fall back to fp16; cache ``<component>.calib``),
+  with ``tensorrt_rtx`` by a QDQ graph from ONNX Runtime's entropy calibration (see
+  :mod:`omnibind_ros.core.int8`). A calibration cache is reused while the ONNX file's SHA-256 is
+  the one it was made from. The text encoder stays fp16 unless a precision mapping asks for int8
+  for ``"text"`` (and calibration batches for it are given).
+* The fusion head always stays fp32: it is tiny (nothing to gain), and fp16 turns its
+  masked-score constant into -inf (int8 would clip it the same way).
+
+Timing caches are a no-op in TensorRT-RTX and are skipped there.
+
+Jetson
+------
+* JetPack ships TensorRT with the OS image: JetPack 5.1.x has TensorRT 8.5 (Xavier and Orin);
+  JetPack 6.x (Orin only) has TensorRT 8.6 (6.0) or 10.x (later 6.x releases). Check your
+  JetPack's release notes for the exact version; ``python3 -c "import tensorrt;
+  print(tensorrt.__version__)"`` says what is installed. The builder handles both API
+  generations (explicit batch is requested below TensorRT 10).
+* Engines are specific to the GPU and the TensorRT version that built them: build them on the
+  Jetson itself (or an identical module with the same JetPack), never on an x86 machine. The
+  cache key (GPU name, compute capability 7.2 on Xavier / 8.7 on Orin, TensorRT version) keeps
+  engines made elsewhere from being loaded.
+* DLA: Xavier and Orin AGX/NX modules have NVDLA cores (one or two; check your module's data
+  sheet); the Orin Nano and the original Nano have none. ``dla_core=n`` builds the modality
+  encoders for DLA core ``n`` with ``BuilderFlag.GPU_FALLBACK``. DLA runs only fp16 and int8, so
+  fp32 is refused. Layers DLA does not support run on the GPU instead (the build logs how many
+  ``IBuilderConfig.can_run_on_DLA`` rejects; ``trtexec --useDLACore=n --allowGPUFallback
+  --verbose`` shows the placement), and every switch between DLA and GPU costs time. DLA
+  encoder engines are built with a fixed batch-1 profile (DLA works on shapes fixed at build
+  time; a sensor node sends one sample at a time). The fusion head and the text encoder always
+  run on the GPU. DLA engines live in their own ``_dla<n>`` cache folder. See "DLA Supported
+  Layers and Restrictions" in the TensorRT developer guide of your version.
+* Power mode changes timings: ``sudo nvpmodel -q`` shows the mode, ``sudo nvpmodel -m <id>``
+  sets it and ``sudo jetson_clocks`` pins the clocks at the mode's maximum. Build and benchmark
+  in the mode the robot runs in; the engines stay valid across modes, the timings do not.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omnibind_ros.core import int8
 from omnibind_ros.core.backends.base import import_runtime
 from omnibind_ros.core.bundle import ENGINES_DIR, ModelBundle, TensorSpec
 from omnibind_ros.core.errors import BackendUnavailableError
 
-__all__ = ["DEFAULT_MAX_BATCH", "ENGINE_MANIFEST", "TIMING_CACHE", "TRT_MODULES", "Component",
-           "build_engines", "components", "engine_cache_dir", "expected_entry", "gpu_identity",
-           "gpu_name", "import_tensorrt", "manifest_header", "profile_shapes", "read_manifest",
+__all__ = ["CALIBRATION_CACHE", "DEFAULT_MAX_BATCH", "ENGINE_MANIFEST", "PRECISIONS",
+           "QDQ_GRAPH", "QDQ_TABLE", "TIMING_CACHE", "TRT_MODULES", "Calibration", "Component",
+           "Precision", "build_engines", "calibration_reusable", "component_precision",
+           "components", "engine_cache_dir", "expected_entry", "gpu_identity", "gpu_name",
+           "import_tensorrt", "manifest_header", "profile_shapes", "read_manifest",
            "recorded_max_batch", "stale_components"]
+
+_log = logging.getLogger(__name__)
 
 ENGINE_MANIFEST = "engines.json"
 TIMING_CACHE = "timing.cache"
+#: Suffixes of a component's INT8 calibration files in the cache folder.
+CALIBRATION_CACHE = ".calib"  # TensorRT's entropy calibration cache
+QDQ_TABLE = ".calib.json"  # ONNX Runtime's entropy ranges (QDQ path)
+QDQ_GRAPH = ".qdq.onnx"  # the explicitly quantised graph the QDQ engine is built from
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
+PRECISIONS = ("fp32", "fp16", "int8")
 _TRT_HINT = ("TensorRT comes with JetPack on Jetson; on x86 `pip install tensorrt` (a CUDA build "
              "of torch runs the engines); `pip install tensorrt-rtx` builds engines without a GPU")
 _FUSION, _TEXT = "fusion", "text"
 _CHUNK = 1 << 20
 DEFAULT_MAX_BATCH = 16
+_CALIBRATOR, _QDQ = "entropy-calibrator", "qdq-entropy"
+
+#: ``"fp32" | "fp16" | "int8"`` for every graph, or a mapping from a component key
+#: (``"encoder:image"``, ``"text"``), a modality name or ``"default"`` to one of them.
+Precision = str | Mapping[str, str]
+#: Calibration batches per component key: a mapping ``{"encoder:image": batches}`` or a callable
+#: ``component -> batches | None``. Batches (see :data:`omnibind_ros.core.int8.CalibrationItem`)
+#: are iterated only when a component is calibrated, so a lazy source costs nothing when the
+#: caches are fresh.
+Calibration = Mapping[str, Iterable[Any]] | Callable[["Component"], Iterable[Any] | None]
 
 
 @dataclass(frozen=True)
@@ -61,8 +121,18 @@ class Component:
     fp16_allowed: bool
 
     @property
+    def modality(self) -> str | None:
+        """The modality of an encoder (None for fusion and text)."""
+        return self.key.split(":", 1)[1] if self.key.startswith("encoder:") else None
+
+    @property
+    def stem(self) -> str:
+        """File-name stem of the component's files in the cache folder."""
+        return self.key.replace(":", "_")
+
+    @property
     def engine_name(self) -> str:
-        return self.key.replace(":", "_") + ".engine"
+        return self.stem + ".engine"
 
 
 def import_tensorrt(module: str = "auto") -> Any:
@@ -127,21 +197,30 @@ def gpu_name(device: int = 0) -> str:
     return gpu_identity(device)[0]
 
 
-def manifest_header(trt: Any, gpu: tuple[str, str]) -> dict[str, str]:
+def manifest_header(trt: Any, gpu: tuple[str, str], dla_core: int | None = None
+                    ) -> dict[str, Any]:
     """What every engine in a cache directory was built with (all must match to load one)."""
-    return {"gpu": gpu[0], "compute_capability": gpu[1], "module": _module_name(trt),
-            "tensorrt": str(trt.__version__)}
+    header: dict[str, Any] = {"gpu": gpu[0], "compute_capability": gpu[1],
+                              "module": _module_name(trt), "tensorrt": str(trt.__version__)}
+    if dla_core is not None:
+        header["dla_core"] = int(dla_core)
+    return header
 
 
 def engine_cache_dir(bundle: ModelBundle, *, trt: Any | None = None,
                      gpu: tuple[str, str] | None = None, device: int = 0,
-                     engines_dir: str | Path | None = None) -> Path:
-    """``<engines_dir or bundle/engines>/<gpu>_sm<cc>_<trt|trtrtx><version>`` (not created)."""
+                     engines_dir: str | Path | None = None, dla_core: int | None = None
+                     ) -> Path:
+    """``<engines_dir or bundle/engines>/<gpu>_sm<cc>_<trt|trtrtx><version>[_dla<n>]``.
+
+    Not created. A DLA core gets a folder of its own: its engines are different engines.
+    """
     trt = import_tensorrt() if trt is None else trt
     name, cap = gpu_identity(device) if gpu is None else gpu
     flavour = "trtrtx" if _module_name(trt) == "tensorrt_rtx" else "trt"
     base = Path(engines_dir) if engines_dir is not None else bundle.root / ENGINES_DIR
-    return base / f"{_slug(name)}_sm{_slug(cap)}_{flavour}{_slug(str(trt.__version__))}"
+    dla = "" if dla_core is None else f"_dla{int(dla_core)}"
+    return base / f"{_slug(name)}_sm{_slug(cap)}_{flavour}{_slug(str(trt.__version__))}{dla}"
 
 
 def components(bundle: ModelBundle, modalities: Sequence[str] | None = None,
@@ -195,18 +274,84 @@ def _sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def _fp16_applied(trt: Any, comp: Component, fp16: bool) -> bool:
-    return bool(fp16 and comp.fp16_allowed and hasattr(trt.BuilderFlag, "FP16"))
+def _check_precision(value: str, where: str) -> str:
+    if value not in PRECISIONS:
+        raise ValueError(f"{where} must be one of {PRECISIONS}, not {value!r}")
+    return value
 
 
-def expected_entry(trt: Any, comp: Component, bundle: ModelBundle, *, fp16: bool,
-                   max_batch: int, onnx_sha256: str | None = None) -> dict[str, Any]:
+def resolve_precision(precision: Precision | None = None, fp16: bool | None = None) -> Precision:
+    """``precision``, or the older ``fp16=`` flag as one (``True``: fp16, ``False``: fp32).
+
+    Raises
+    ------
+    ValueError
+        Both are given and disagree, or a precision is not one of :data:`PRECISIONS`.
+    """
+    if fp16 is not None:
+        legacy = "fp16" if fp16 else "fp32"
+        if precision is not None and precision != legacy:
+            raise ValueError(f"fp16={fp16} contradicts precision={precision!r}; pass precision")
+        precision = legacy
+    if precision is None:
+        return "fp16"
+    if isinstance(precision, str):
+        return _check_precision(precision, "precision")
+    for key, value in precision.items():
+        _check_precision(value, f"precision[{key!r}]")
+    return dict(precision)
+
+
+def component_precision(precision: Precision, comp: Component) -> str:
+    """The precision ``comp`` is requested at (before what the TensorRT module can do).
+
+    A single precision applies to the encoders; ``"int8"`` leaves the text encoder at fp16. A
+    mapping is looked up by component key, then modality, then ``"default"`` (fp16). The fusion
+    head is always fp32.
+    """
+    if comp.key == _FUSION:
+        return "fp32"
+    if isinstance(precision, str):
+        wanted = _check_precision(precision, "precision")
+        return "fp16" if comp.key == _TEXT and wanted == "int8" else wanted
+    for key in (comp.key, comp.modality, "default"):
+        if key is not None and key in precision:
+            return _check_precision(precision[key], f"precision[{key!r}]")
+    return "fp16"
+
+
+def _int8_method(trt: Any) -> str:
+    """Implicit quantisation (entropy calibrator) where the module has it, else a QDQ graph."""
+    if (_module_name(trt) == "tensorrt" and hasattr(trt, "IInt8EntropyCalibrator2")
+            and hasattr(trt.BuilderFlag, "INT8")):
+        return _CALIBRATOR
+    return _QDQ
+
+
+def _on_dla(comp: Component, dla_core: int | None) -> bool:
+    return dla_core is not None and comp.modality is not None
+
+
+def expected_entry(trt: Any, comp: Component, bundle: ModelBundle, *,
+                   precision: Precision = "fp16", max_batch: int,
+                   onnx_sha256: str | None = None, dla_core: int | None = None
+                   ) -> dict[str, Any]:
     """The manifest entry a build of ``comp`` now would record (less the engine checksum)."""
-    return {"engine": comp.engine_name, "onnx": comp.onnx_rel,
-            "onnx_sha256": onnx_sha256 if onnx_sha256 is not None else _sha256(comp.onnx),
-            "max_batch": int(max_batch), "fp16": _fp16_applied(trt, comp, fp16),
-            "profiles": {s.name: [list(x) for x in profile_shapes(s, bundle, max_batch)]
-                         for s in comp.inputs}}
+    wanted = component_precision(precision, comp)
+    if wanted == "fp16" and not (comp.fp16_allowed and hasattr(trt.BuilderFlag, "FP16")):
+        wanted = "fp32"  # recorded as built: tensorrt_rtx has no FP16 flag
+    on_dla = _on_dla(comp, dla_core)
+    limit = 1 if on_dla else int(max_batch)
+    entry: dict[str, Any] = {
+        "engine": comp.engine_name, "onnx": comp.onnx_rel,
+        "onnx_sha256": onnx_sha256 if onnx_sha256 is not None else _sha256(comp.onnx),
+        "max_batch": limit, "precision": wanted,
+        "dla_core": int(dla_core) if on_dla else None,
+        "profiles": {s.name: [list(x) for x in profile_shapes(s, bundle, limit)]
+                     for s in comp.inputs}}
+    if wanted == "int8":
+        entry["quantization"] = _int8_method(trt)
+    return entry
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -218,7 +363,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _fresh(manifest: dict[str, Any], header: dict[str, str], comp: Component,
+def _fresh(manifest: dict[str, Any], header: dict[str, Any], comp: Component,
            entry: dict[str, Any], directory: Path) -> bool:
     if any(manifest.get(k) != v for k, v in header.items()):
         return False
@@ -235,21 +380,34 @@ def recorded_max_batch(manifest: dict[str, Any], comp: Component) -> int:
 
 
 def stale_components(trt: Any, bundle: ModelBundle, comps: Sequence[Component], directory: Path,
-                     *, fp16: bool, max_batch: int | None, gpu: tuple[str, str]
-                     ) -> list[Component]:
+                     *, precision: Precision | None = None, fp16: bool | None = None,
+                     max_batch: int | None, gpu: tuple[str, str],
+                     dla_core: int | None = None) -> list[Component]:
     """Components whose cached engine is missing, corrupt or built from anything else.
 
-    ``max_batch=None`` accepts whatever batch limit an engine was built with.
+    ``max_batch=None`` accepts whatever batch limit an engine was built with; ``fp16=`` is the
+    older spelling of ``precision`` (see :func:`resolve_precision`).
     """
+    precision = resolve_precision(precision, fp16)
     manifest = read_manifest(directory)
-    header = manifest_header(trt, gpu)
+    header = manifest_header(trt, gpu, dla_core)
     stale = []
     for c in comps:
         limit = recorded_max_batch(manifest, c) if max_batch is None else max_batch
-        entry = expected_entry(trt, c, bundle, fp16=fp16, max_batch=limit)
+        entry = expected_entry(trt, c, bundle, precision=precision, max_batch=limit,
+                               dla_core=dla_core)
         if not _fresh(manifest, header, c, entry, directory):
             stale.append(c)
     return stale
+
+
+def calibration_reusable(manifest: dict[str, Any], comp: Component, directory: Path,
+                         onnx_sha256: str | None) -> bool:
+    """Whether ``comp``'s calibration cache was made from the ONNX file as it is now."""
+    record = (manifest.get("calibration") or {}).get(comp.key) or {}
+    table = record.get("table")
+    return (onnx_sha256 is not None and record.get("onnx_sha256") == onnx_sha256
+            and isinstance(table, str) and (directory / table).is_file())
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -258,8 +416,46 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)  # a reader never sees half a file
 
 
-def _build_one(trt: Any, comp: Component, bundle: ModelBundle, entry: dict[str, Any], *,
-               workspace_gib: float, timing_cache: Path | None) -> bytes:
+def _check_dla(trt: Any, comps: Sequence[Component], precision: Precision,
+               dla_core: int | None) -> None:
+    if dla_core is None:
+        return
+    if dla_core < 0:
+        raise ValueError(f"dla_core must be >= 0, got {dla_core}")
+    if _module_name(trt) != "tensorrt" or not hasattr(trt, "DeviceType"):
+        raise BackendUnavailableError(
+            "DLA cores are built for with NVIDIA tensorrt on a Jetson (Xavier/Orin); "
+            f"{_module_name(trt)} does not target them")
+    fp32 = [c.key for c in comps if _on_dla(c, dla_core)
+            and component_precision(precision, c) == "fp32"]
+    if fp32:
+        raise ValueError(f"DLA runs only fp16 and int8 layers; {fp32} are requested at fp32: "
+                         "build with precision fp16 or int8 (the fusion head and the text "
+                         "encoder run on the GPU)")
+
+
+def _configure_dla(trt: Any, builder: Any, network: Any, config: Any, comp: Component,
+                   dla_core: int) -> None:
+    available = getattr(builder, "num_DLA_cores", None)
+    if available is not None and dla_core >= int(available):
+        raise BackendUnavailableError(
+            f"DLA core {dla_core} requested, but this device has {available} DLA core(s) "
+            "(the Orin Nano and the Nano have none)")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = int(dla_core)
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    can_run = getattr(config, "can_run_on_DLA", None)
+    layers = int(getattr(network, "num_layers", 0) or 0)
+    if can_run is not None and layers:
+        gpu = sum(1 for i in range(layers) if not can_run(network.get_layer(i)))
+        _log.info("%s: %d of %d layers cannot run on DLA core %d and fall back to the GPU",
+                  comp.key, gpu, layers, dla_core)
+
+
+def _build_one(trt: Any, comp: Component, entry: dict[str, Any], *, workspace_gib: float,
+               timing_cache: Path | None, onnx: Path | None = None,
+               calibrator: Any | None = None, calib_shapes: Mapping[str, tuple] | None = None
+               ) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     major = int(str(trt.__version__).split(".")[0])
@@ -268,53 +464,161 @@ def _build_one(trt: Any, comp: Component, bundle: ModelBundle, entry: dict[str, 
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if explicit else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(comp.onnx)):
+    source = comp.onnx if onnx is None else onnx
+    if not parser.parse_from_file(str(source)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BackendUnavailableError(f"TensorRT cannot parse {comp.onnx}: {errors}")
+        raise BackendUnavailableError(f"TensorRT cannot parse {source}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if entry["fp16"]:
-        config.set_flag(trt.BuilderFlag.FP16)
+    precision = entry["precision"]
+    if precision in ("fp16", "int8") and hasattr(trt.BuilderFlag, "FP16"):
+        config.set_flag(trt.BuilderFlag.FP16)  # int8: layers without an INT8 kernel use fp16
+    if entry.get("dla_core") is not None:
+        _configure_dla(trt, builder, network, config, comp, entry["dla_core"])
     cache = None
     if timing_cache is not None:
         data = timing_cache.read_bytes() if timing_cache.is_file() else b""
         cache = config.create_timing_cache(data)
         config.set_timing_cache(cache, ignore_mismatch=False)
-    profile = builder.create_optimization_profile()
     names = {network.get_input(i).name for i in range(network.num_inputs)}
+    profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in entry["profiles"].items():
         if name in names:  # the parser drops inputs the graph never reads
             profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
     config.add_optimization_profile(profile)
+    if calibrator is not None:
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = calibrator
+        fixed = builder.create_optimization_profile()  # calibration runs at one shape
+        for name, shape in (calib_shapes or {}).items():
+            if name in names:
+                fixed.set_shape(name, tuple(shape), tuple(shape), tuple(shape))
+        config.set_calibration_profile(fixed)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise BackendUnavailableError(f"TensorRT failed to build an engine from {comp.onnx} "
+        raise BackendUnavailableError(f"TensorRT failed to build an engine from {source} "
                                       "(see the TensorRT log above)")
     if cache is not None:
         _atomic_write(timing_cache, bytes(cache.serialize()))
     return bytes(serialized)
 
 
-def build_engines(bundle: ModelBundle, *, fp16: bool = True,
-                  max_batch: int = DEFAULT_MAX_BATCH,
+def _calibration_items(calibration: Calibration | None, comp: Component
+                       ) -> Iterable[Any] | None:
+    if calibration is None:
+        return None
+    if callable(calibration) and not isinstance(calibration, Mapping):
+        return calibration(comp)
+    return calibration.get(comp.key)
+
+
+class _Int8Plan:
+    """What an INT8 build of one component needs: its calibrator or QDQ graph, and the record."""
+
+    def __init__(self, trt: Any, comp: Component, bundle: ModelBundle, entry: dict[str, Any],
+                 directory: Path, manifest: dict[str, Any], calibration: Calibration | None,
+                 calib_batch: int, recalibrate: bool, device: int) -> None:
+        self.comp, self.entry, self.directory = comp, entry, directory
+        self.names = [s.name for s in comp.inputs]
+        self.dtypes = {s.name: s.dtype for s in comp.inputs}
+        self.onnx: Path | None = None
+        self.calibrator: Any | None = None
+        self.calib_shapes: dict[str, tuple] = {}
+        sha = entry["onnx_sha256"]
+        self.reuse = not recalibrate and calibration_reusable(manifest, comp, directory, sha)
+        self.previous = (manifest.get("calibration") or {}).get(comp.key) or {}
+        self._items = _calibration_items(calibration, comp)
+        if not self.reuse and self._items is None:
+            raise ValueError(
+                f"INT8 needs calibration batches for {comp.key} (no calibration cache made "
+                f"from this ONNX file in {directory}); `omnibind-engines build BUNDLE "
+                "--precision int8` draws them from the simulator")
+        if entry["quantization"] == _CALIBRATOR:
+            self._prepare_calibrator(trt, bundle, calib_batch, device)
+        else:
+            self._prepare_qdq()
+
+    def _batches(self, size: int | None = None) -> Iterable[dict[str, Any]]:
+        items = self._items if self._items is not None else ()
+        if size is not None:
+            return int8.fixed_batches(items, self.names, size, self.dtypes)
+        return (int8.as_feeds(i, self.names, self.dtypes) for i in items)
+
+    def _prepare_calibrator(self, trt: Any, bundle: ModelBundle, calib_batch: int,
+                            device: int) -> None:
+        cache = self.directory / (self.comp.stem + CALIBRATION_CACHE)
+        self.calib_batch = int(calib_batch)
+        if not self.reuse:
+            cache.unlink(missing_ok=True)  # made from another ONNX file
+        for spec in self.comp.inputs:
+            opt = profile_shapes(spec, bundle, max(calib_batch, 1))[1]
+            self.calib_shapes[spec.name] = (calib_batch, *opt[1:])
+        self.calibrator = int8.entropy_calibrator(trt, self._batches(calib_batch), calib_batch,
+                                                  cache, reuse=self.reuse, device=device)
+        self.table = cache.name
+
+    def _prepare_qdq(self) -> None:
+        table = self.directory / (self.comp.stem + QDQ_TABLE)
+        graph = self.directory / (self.comp.stem + QDQ_GRAPH)
+        self.table, self.graph = table.name, graph.name
+        reuse_graph = (self.reuse and self.previous.get("qdq_sha256") is not None
+                       and _sha256(graph) == self.previous.get("qdq_sha256"))
+        self.samples = self.previous.get("samples") if self.reuse else None
+        if not reuse_graph:
+            made = int8.quantize_qdq(self.comp.onnx, graph, table, self._batches,
+                                     reuse_table=self.reuse)
+            if made is not None:
+                self.samples = made
+        self.onnx = graph
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's calibration record after the build."""
+        record = {"onnx_sha256": self.entry["onnx_sha256"], "method": self.entry["quantization"],
+                  "table": self.table}
+        if self.calibrator is not None:
+            if not self.calibrator.cache_written and not (self.directory / self.table).is_file():
+                return {}
+            served = self.calibrator.served * self.calib_batch
+            record["samples"] = served if served else self.previous.get("samples")
+        else:
+            record["samples"] = self.samples
+            record["qdq"] = self.graph
+            record["qdq_sha256"] = _sha256(self.directory / self.graph)
+        return record
+
+
+def build_engines(bundle: ModelBundle, *, precision: Precision | None = None,
+                  fp16: bool | None = None, max_batch: int = DEFAULT_MAX_BATCH,
                   workspace_gib: float = 2.0, device: int = 0, force: bool = False,
                   engines_dir: str | Path | None = None,
                   modalities: Sequence[str] | None = None, module: str = "auto",
-                  trt: Any | None = None) -> dict[str, Path]:
+                  trt: Any | None = None, calibration: Calibration | None = None,
+                  calib_batch: int = int8.DEFAULT_CALIB_BATCH, recalibrate: bool = False,
+                  dla_core: int | None = None,
+                  progress: Callable[[Component, bool], None] | None = None
+                  ) -> dict[str, Path]:
     """Build (or reuse) one TensorRT engine per ONNX graph of ``bundle``.
 
     Parameters
     ----------
     bundle : the loaded bundle.
-    fp16 : allow fp16 kernels (encoders and text; the fusion head stays fp32).
+    precision : ``"fp32"``, ``"fp16"`` (default) or ``"int8"``, or a mapping per component
+        (see :func:`component_precision`; the fusion head is always fp32).
+    fp16 : the older spelling: ``True`` is ``precision="fp16"``, ``False`` ``"fp32"``.
     max_batch : largest batch of the optimisation profile (bigger calls are chunked).
     workspace_gib : builder workspace limit.
     device : CUDA device whose name and compute capability key the cache.
-    force : rebuild even when a cached engine is fresh.
+    force : rebuild even when a cached engine is fresh (calibration caches are still reused).
     engines_dir : cache root instead of ``<bundle>/engines`` (e.g. for a read-only bundle).
     modalities : only these encoders (default all); fusion and text are always built.
     module : ``"tensorrt"``, ``"tensorrt_rtx"`` or ``"auto"`` (see :func:`import_tensorrt`).
     trt : an already imported TensorRT module (overrides ``module``).
+    calibration : INT8 calibration batches per component (see :data:`Calibration`); needed
+        for an INT8 component unless its calibration cache is reusable.
+    calib_batch : samples per batch fed to TensorRT's calibrator.
+    recalibrate : discard calibration caches and calibrate again.
+    dla_core : build the encoders for this DLA core (Jetson; fp16 or int8 only).
+    progress : called with each component and whether it was built (False: cache reused).
 
     Returns
     -------
@@ -323,28 +627,48 @@ def build_engines(bundle: ModelBundle, *, fp16: bool = True,
     Raises
     ------
     BackendUnavailableError
-        No TensorRT module is importable, or a graph cannot be parsed/built.
+        No TensorRT module is importable, a graph cannot be parsed/built, or a DLA core is
+        requested where there is none.
+    ValueError
+        A bad precision, fp32 on DLA, or INT8 without calibration batches or cache.
     """
+    precision = resolve_precision(precision, fp16)
     trt = import_tensorrt(module) if trt is None else trt
+    comps = components(bundle, modalities)
+    _check_dla(trt, comps, precision, dla_core)
     gpu = gpu_identity(device)
-    directory = engine_cache_dir(bundle, trt=trt, gpu=gpu, engines_dir=engines_dir)
+    directory = engine_cache_dir(bundle, trt=trt, gpu=gpu, engines_dir=engines_dir,
+                                 dla_core=dla_core)
     directory.mkdir(parents=True, exist_ok=True)
-    header = manifest_header(trt, gpu)
+    header = manifest_header(trt, gpu, dla_core)
     manifest = read_manifest(directory)
     if any(manifest.get(k) != v for k, v in header.items()):
         manifest = {}  # another GPU/version wrote it (slug collision): nothing there is ours
     entries = manifest.setdefault("components", {})
+    calibrations = manifest.setdefault("calibration", {})
     timing = directory / TIMING_CACHE if _module_name(trt) == "tensorrt" else None
     built = {}
-    for comp in components(bundle, modalities):
-        entry = expected_entry(trt, comp, bundle, fp16=fp16, max_batch=max_batch)
+    for comp in comps:
+        entry = expected_entry(trt, comp, bundle, precision=precision, max_batch=max_batch,
+                               dla_core=dla_core)
         path = directory / comp.engine_name
-        if force or not _fresh(manifest | header, header, comp, entry, directory):
-            data = _build_one(trt, comp, bundle, entry, workspace_gib=workspace_gib,
-                              timing_cache=timing)
+        rebuild = force or not _fresh(manifest | header, header, comp, entry, directory)
+        if rebuild:
+            plan = None
+            if entry["precision"] == "int8":
+                plan = _Int8Plan(trt, comp, bundle, entry, directory, manifest, calibration,
+                                 calib_batch, recalibrate, device)
+            data = _build_one(trt, comp, entry, workspace_gib=workspace_gib,
+                              timing_cache=timing, onnx=plan.onnx if plan else None,
+                              calibrator=plan.calibrator if plan else None,
+                              calib_shapes=plan.calib_shapes if plan else None)
             _atomic_write(path, data)
             entries[comp.key] = {**entry, "engine_sha256": hashlib.sha256(data).hexdigest()}
+            if plan is not None:
+                calibrations[comp.key] = plan.record()
         built[comp.key] = path
+        if progress is not None:
+            progress(comp, rebuild)
     manifest.update(header)
     _atomic_write(directory / ENGINE_MANIFEST,
                   json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))

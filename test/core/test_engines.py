@@ -6,10 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import types
 from pathlib import Path
 
+import numpy as np
 import pytest
+from trt_fakes import FakeTorch, fake_trt
 
 from omnibind_ros.core import engines
 from omnibind_ros.core.bundle import load_bundle
@@ -17,6 +18,7 @@ from omnibind_ros.core.engines import (
     ENGINE_MANIFEST,
     TIMING_CACHE,
     build_engines,
+    component_precision,
     components,
     engine_cache_dir,
     profile_shapes,
@@ -26,116 +28,6 @@ from omnibind_ros.core.errors import BackendUnavailableError
 from omnibind_ros.testing import TEST_MODALITIES, write_test_bundle
 
 GPU = ("NVIDIA GeForce RTX 4090", "8.9")
-
-
-class _Flag:
-    EXPLICIT_BATCH = 0
-
-
-class _Network:
-    def __init__(self) -> None:
-        self.inputs: list[types.SimpleNamespace] = []
-
-    @property
-    def num_inputs(self) -> int:
-        return len(self.inputs)
-
-    def get_input(self, i: int) -> types.SimpleNamespace:
-        return self.inputs[i]
-
-
-class _Parser:
-    def __init__(self, network: _Network, logger: object) -> None:
-        self.network = network
-        self.num_errors = 0
-
-    def parse_from_file(self, path: str) -> bool:
-        import onnx
-
-        graph = onnx.load(path, load_external_data=False).graph
-        inits = {i.name for i in graph.initializer}
-        self.network.inputs = [types.SimpleNamespace(name=i.name) for i in graph.input
-                               if i.name not in inits]
-        self.source = path
-        return True
-
-
-class _Profile:
-    def __init__(self) -> None:
-        self.shapes: dict[str, tuple] = {}
-
-    def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
-        self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
-
-
-class _TimingCache:
-    def __init__(self, data: bytes) -> None:
-        self.data = bytes(data)
-
-    def serialize(self) -> bytes:
-        return self.data + b"+"
-
-
-class _Config:
-    def __init__(self) -> None:
-        self.flags: set[str] = set()
-        self.profiles: list[_Profile] = []
-        self.timing_cache: _TimingCache | None = None
-        self.workspace = 0
-
-    def set_memory_pool_limit(self, pool: str, size: int) -> None:
-        self.workspace = size
-
-    def set_flag(self, flag: str) -> None:
-        self.flags.add(flag)
-
-    def create_timing_cache(self, data: bytes) -> _TimingCache:
-        return _TimingCache(data)
-
-    def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
-        self.timing_cache = cache
-        return True
-
-    def add_optimization_profile(self, profile: _Profile) -> int:
-        self.profiles.append(profile)
-        return len(self.profiles) - 1
-
-
-def fake_trt(name: str = "tensorrt", version: str = "10.3.0", fp16: bool = True
-             ) -> types.ModuleType:
-    """A module with the part of TensorRT's builder API that build_engines uses; records builds."""
-    trt = types.ModuleType(name)
-    trt.__version__ = version
-    trt.builds = []  # (onnx path, config, profile shapes)
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level: int) -> None:
-            pass
-
-    class Builder:
-        def __init__(self, logger: Logger) -> None:
-            pass
-
-        def create_network(self, flags: int) -> _Network:
-            return _Network()
-
-        def create_builder_config(self) -> _Config:
-            return _Config()
-
-        def create_optimization_profile(self) -> _Profile:
-            return _Profile()
-
-        def build_serialized_network(self, network: _Network, config: _Config) -> bytes:
-            trt.builds.append((network, config))
-            return f"engine:{len(trt.builds)}".encode()
-
-    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, _Parser
-    trt.NetworkDefinitionCreationFlag = _Flag
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-    trt.BuilderFlag = types.SimpleNamespace(**({"FP16": "fp16"} if fp16 else {}), TF32="tf32")
-    return trt
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +43,14 @@ def bundle(bundle_dir):
 @pytest.fixture
 def on_gpu(monkeypatch):
     monkeypatch.setattr(engines, "gpu_identity", lambda device=0: GPU)
+
+
+@pytest.fixture
+def fake_torch(monkeypatch) -> FakeTorch:
+    """A torch whose CUDA buffers are host memory (the calibrator's device buffers)."""
+    torch = FakeTorch()
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    return torch
 
 
 def test_cache_dir_keyed_by_gpu_capability_module_and_version(bundle, tmp_path):
@@ -179,8 +79,9 @@ def test_build_then_reuse_records_the_key(bundle, tmp_path, on_gpu):
     assert manifest["module"] == "tensorrt" and manifest["tensorrt"] == "10.3.0"
     entry = manifest["components"]["fusion"]
     assert entry["onnx_sha256"] == engines._sha256(bundle.fusion.file)
-    assert entry["fp16"] is False  # the fusion head stays fp32
-    assert manifest["components"][f"encoder:{TEST_MODALITIES[0]}"]["fp16"] is True
+    assert entry["precision"] == "fp32"  # the fusion head stays fp32
+    assert manifest["components"][f"encoder:{TEST_MODALITIES[0]}"]["precision"] == "fp16"
+    assert manifest["components"]["text"]["precision"] == "fp16"
     build_engines(bundle, trt=trt, engines_dir=tmp_path, max_batch=4)
     assert len(trt.builds) == n  # all fresh: nothing rebuilt
     assert stale_components(trt, bundle, components(bundle), directory, fp16=True,
@@ -217,14 +118,14 @@ def test_anything_else_is_stale(bundle, tmp_path, on_gpu, change, monkeypatch):
     build_engines(bundle, trt=trt, engines_dir=tmp_path, max_batch=4)
     directory = engine_cache_dir(bundle, trt=trt, gpu=GPU, engines_dir=tmp_path)
     comps = components(bundle)
-    kwargs = {"fp16": True, "max_batch": 4, "gpu": GPU}
+    kwargs = {"precision": "fp16", "max_batch": 4, "gpu": GPU}
     enc = directory / comps[0].engine_name
     if change == "engine_bytes":
         enc.write_bytes(b"truncated")
     elif change == "engine_missing":
         enc.unlink()
     elif change == "fp16":
-        kwargs["fp16"] = False
+        kwargs["precision"] = "fp32"
     elif change == "max_batch":
         kwargs["max_batch"] = 8
     elif change == "version":
@@ -298,11 +199,217 @@ def test_tensorrt_rtx_flavour_no_fp16_flag_no_timing_cache(bundle, tmp_path, on_
     directory = engine_cache_dir(bundle, trt=rtx, gpu=GPU, engines_dir=tmp_path)
     manifest = json.loads((directory / ENGINE_MANIFEST).read_text())
     assert manifest["module"] == "tensorrt_rtx"
-    assert not any(e["fp16"] for e in manifest["components"].values())  # recorded as built
+    assert {e["precision"] for e in manifest["components"].values()} == {"fp32"}  # as built
     assert not (directory / TIMING_CACHE).exists()
     assert all(config.timing_cache is None and not config.flags for _, config in rtx.builds)
     assert stale_components(rtx, bundle, components(bundle), directory, fp16=True,
                             max_batch=None, gpu=GPU) == []
+
+
+def test_precision_choices_and_the_fp16_spelling(bundle, tmp_path, on_gpu):
+    trt = fake_trt()
+    build_engines(bundle, trt=trt, engines_dir=tmp_path, precision="fp32")
+    assert all(not config.flags for _, config in trt.builds)
+    directory = engine_cache_dir(bundle, trt=trt, gpu=GPU, engines_dir=tmp_path)
+    manifest = json.loads((directory / ENGINE_MANIFEST).read_text())
+    assert {e["precision"] for e in manifest["components"].values()} == {"fp32"}
+    comps = components(bundle)
+    assert stale_components(trt, bundle, comps, directory, fp16=False, max_batch=None,
+                            gpu=GPU) == []  # fp16=False is precision="fp32"
+    assert {c.key for c in stale_components(trt, bundle, comps, directory, precision="fp16",
+                                            max_batch=None, gpu=GPU)} == {
+        c.key for c in comps if c.key != "fusion"}
+    with pytest.raises(ValueError, match="precision must be one of"):
+        build_engines(bundle, trt=trt, engines_dir=tmp_path, precision="bf16")
+    with pytest.raises(ValueError, match="contradicts"):
+        build_engines(bundle, trt=trt, engines_dir=tmp_path, precision="fp32", fp16=True)
+    with pytest.raises(ValueError, match=r"precision\['image'\]"):
+        build_engines(bundle, trt=trt, engines_dir=tmp_path, precision={"image": "int4"})
+
+
+def test_component_precision_rules(bundle):
+    by_key = {c.key: c for c in components(bundle)}
+    image, text, fusion = by_key["encoder:image"], by_key["text"], by_key["fusion"]
+    assert component_precision("int8", image) == "int8"
+    assert component_precision("int8", text) == "fp16"  # text stays fp16 under a global int8
+    assert component_precision("int8", fusion) == "fp32"  # and the fusion head fp32, always
+    mapping = {"image": "int8", "text": "int8", "default": "fp32"}
+    assert component_precision(mapping, image) == "int8"
+    assert component_precision(mapping, text) == "int8"  # asked for by name
+    assert component_precision(mapping, by_key["encoder:audio"]) == "fp32"
+    assert component_precision({"encoder:image": "fp32", "image": "int8"}, image) == "fp32"
+    assert component_precision({}, image) == "fp16"
+
+
+class CountingSource:
+    """Calibration batches of one encoder, counting how often they are iterated."""
+
+    def __init__(self, shape: tuple[int, ...], n_batches: int = 3, batch: int = 5,
+                 seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.batches = [rng.standard_normal((batch, *shape)).astype(np.float32)
+                        for _ in range(n_batches)]
+        self.iterations = 0
+
+    def __iter__(self):
+        self.iterations += 1
+        return iter(self.batches)
+
+
+def _int8_sources(bundle, modalities=("image", "audio")) -> dict[str, CountingSource]:
+    return {f"encoder:{m}": CountingSource(bundle.modalities[m].sample_shape, seed=i)
+            for i, m in enumerate(modalities)}
+
+
+def test_int8_entropy_calibrator_serves_batches_in_order(bundle, tmp_path, on_gpu,
+                                                         fake_torch):
+    trt = fake_trt()
+    sources = _int8_sources(bundle)
+    build_engines(bundle, trt=trt, engines_dir=tmp_path, modalities=["image", "audio"],
+                  precision="int8", calibration=sources, calib_batch=4)
+    by_source = {n.source: c for n, c in trt.builds}
+    image = by_source[str(bundle.modalities["image"].file)]
+    assert {"int8", "fp16"} <= image.flags  # fp16: layers without an INT8 kernel fall back
+    assert isinstance(image.int8_calibrator, trt.IInt8EntropyCalibrator2)
+    assert image.calibration_profile.shapes["input"][0] == (4, 3, 32, 32)  # fixed shape
+    fusion = by_source[str(bundle.fusion.file)]
+    assert fusion.int8_calibrator is None and "int8" not in fusion.flags
+    text = by_source[str(bundle.text.file)]
+    assert "int8" not in text.flags and "fp16" in text.flags
+    served = [c for c in trt.calibrations if c != "cache"]
+    assert len(served) == 2  # image and audio
+    # 3 batches of 5 re-chunked into batches of 4: 3 full ones, in order; the last 3 dropped
+    expected = np.concatenate(sources["encoder:image"].batches)[:12].reshape(3, 4, 3, 32, 32)
+    image_batches = next(b for b in served if b[0]["input"].shape[1:] == (3, 32, 32))
+    assert len(image_batches) == 3
+    for got, want in zip(image_batches, expected, strict=True):
+        np.testing.assert_array_equal(got["input"], want)
+    directory = engine_cache_dir(bundle, trt=trt, gpu=GPU, engines_dir=tmp_path)
+    cache = directory / "encoder_image.calib"
+    assert cache.read_bytes() == b"calibration-table:3"
+    manifest = json.loads((directory / ENGINE_MANIFEST).read_text())
+    entry = manifest["components"]["encoder:image"]
+    assert entry["precision"] == "int8" and entry["quantization"] == "entropy-calibrator"
+    record = manifest["calibration"]["encoder:image"]
+    assert record == {"onnx_sha256": entry["onnx_sha256"], "method": "entropy-calibrator",
+                      "table": "encoder_image.calib", "samples": 12}
+    assert manifest["components"]["text"]["precision"] == "fp16"
+    assert manifest["components"]["fusion"]["precision"] == "fp32"
+    # device buffers: one per input, allocated once and refilled for every batch
+    assert [a["shape"] for a in fake_torch.device_allocations()] == [(4 * 3 * 32 * 32,),
+                                                                     (4 * 1 * 16 * 8,)]
+
+
+def test_int8_calibration_cache_reused_then_discarded_for_a_new_onnx(tmp_path, on_gpu,
+                                                                     fake_torch):
+    bundle = load_bundle(write_test_bundle(tmp_path / "tiny"))
+    trt = fake_trt()
+    sources = _int8_sources(bundle, ("image",))
+    kwargs = {"trt": trt, "engines_dir": tmp_path / "e", "modalities": ["image"],
+              "precision": "int8", "calibration": sources, "calib_batch": 5}
+    build_engines(bundle, **kwargs)
+    assert sources["encoder:image"].iterations == 1 and len(trt.calibrations) == 1
+    directory = engine_cache_dir(bundle, trt=trt, gpu=GPU, engines_dir=tmp_path / "e")
+    build_engines(bundle, **kwargs)  # fresh: nothing built
+    assert len(trt.calibrations) == 1
+    build_engines(bundle, force=True, **kwargs)  # rebuilt from the calibration cache
+    assert trt.calibrations[-1] == "cache" and sources["encoder:image"].iterations == 1
+    build_engines(bundle, force=True, recalibrate=True, **kwargs)
+    assert trt.calibrations[-1] != "cache" and sources["encoder:image"].iterations == 2
+    import onnx
+
+    path = bundle.modalities["image"].file
+    model = onnx.load(str(path))
+    model.doc_string = "re-exported"
+    onnx.save(model, str(path))
+    (directory / "encoder_image.calib").write_bytes(b"calibration of the old graph")
+    assert [c.key for c in stale_components(trt, bundle, components(bundle, ["image"]),
+                                            directory, precision="int8", max_batch=None,
+                                            gpu=GPU)] == ["encoder:image"]
+    build_engines(bundle, **kwargs)
+    assert trt.calibrations[-1] != "cache"  # the old cache was not handed to TensorRT
+    assert sources["encoder:image"].iterations == 3
+    manifest = json.loads((directory / ENGINE_MANIFEST).read_text())
+    assert manifest["calibration"]["encoder:image"]["onnx_sha256"] == engines._sha256(path)
+    assert (directory / "encoder_image.calib").read_bytes() == b"calibration-table:3"
+
+
+def test_int8_needs_calibration_data(bundle, tmp_path, on_gpu):
+    with pytest.raises(ValueError, match="INT8 needs calibration batches for encoder:image"):
+        build_engines(bundle, trt=fake_trt(), engines_dir=tmp_path, precision="int8",
+                      modalities=["image"])
+    with pytest.raises(ValueError, match=r"\{name: array\} mappings"):
+        build_engines(bundle, trt=fake_trt(), engines_dir=tmp_path, modalities=[],
+                      precision={"text": "int8"},
+                      calibration={"text": [np.zeros((2, 8), np.int64)]})
+
+
+def test_precision_change_makes_an_engine_stale(bundle, tmp_path, on_gpu, fake_torch):
+    trt = fake_trt()
+    build_engines(bundle, trt=trt, engines_dir=tmp_path, modalities=["image"])
+    n = len(trt.builds)
+    build_engines(bundle, trt=trt, engines_dir=tmp_path, modalities=["image"],
+                  precision={"image": "int8"}, calibration=_int8_sources(bundle, ("image",)))
+    assert len(trt.builds) == n + 1  # only the image encoder: text and fusion are unchanged
+
+
+def test_dla_core_builds_encoders_for_dla_with_gpu_fallback(bundle, tmp_path, on_gpu, caplog):
+    trt = fake_trt()
+    with caplog.at_level("INFO", logger="omnibind_ros.core.engines"):
+        built = build_engines(bundle, trt=trt, engines_dir=tmp_path, dla_core=1, max_batch=8)
+    directory = engine_cache_dir(bundle, trt=trt, gpu=GPU, engines_dir=tmp_path, dla_core=1)
+    assert directory.name.endswith("_trt10.3.0_dla1")
+    assert {p.parent for p in built.values()} == {directory}
+    assert directory != engine_cache_dir(bundle, trt=trt, gpu=GPU, engines_dir=tmp_path)
+    encoders = {str(s.file) for s in bundle.modalities.values()}
+    for network, config in trt.builds:
+        (profile,) = config.profiles
+        if network.source in encoders:
+            assert config.default_device_type == "dla" and config.DLA_core == 1
+            assert {"gpu_fallback", "fp16"} <= config.flags
+            assert all(lo[0] == opt[0] == hi[0] == 1 for lo, opt, hi in profile.shapes.values())
+        else:  # fusion and text stay on the GPU
+            assert config.default_device_type == "gpu" and "gpu_fallback" not in config.flags
+            assert all(hi[0] == 8 for _, _, hi in profile.shapes.values())
+    manifest = json.loads((directory / ENGINE_MANIFEST).read_text())
+    assert manifest["dla_core"] == 1
+    assert manifest["components"]["encoder:image"]["dla_core"] == 1
+    assert manifest["components"]["encoder:image"]["max_batch"] == 1
+    assert manifest["components"]["fusion"]["dla_core"] is None
+    assert "cannot run on DLA core 1" in caplog.text  # the L2 norm's layers fall back
+    assert stale_components(trt, bundle, components(bundle), directory, max_batch=8, gpu=GPU,
+                            dla_core=1) == []
+    assert len(stale_components(trt, bundle, components(bundle), directory, max_batch=8,
+                                gpu=GPU, dla_core=0)) == len(components(bundle))
+
+
+def test_dla_refuses_fp32_missing_cores_and_tensorrt_rtx(bundle, tmp_path, on_gpu):
+    with pytest.raises(ValueError, match="DLA runs only fp16 and int8"):
+        build_engines(bundle, trt=fake_trt(), engines_dir=tmp_path, dla_core=0,
+                      precision="fp32")
+    # fp32 where nothing runs on DLA (the fusion head) is fine
+    build_engines(bundle, trt=fake_trt(), engines_dir=tmp_path, dla_core=0,
+                  precision={"default": "fp16"})
+    with pytest.raises(BackendUnavailableError, match="has 0 DLA core"):
+        build_engines(bundle, trt=fake_trt(dla_cores=0), engines_dir=tmp_path / "n",
+                      dla_core=0)
+    with pytest.raises(BackendUnavailableError, match="tensorrt_rtx does not target them"):
+        build_engines(bundle, trt=fake_trt("tensorrt_rtx", "1.7.1.116", fp16=False,
+                                           int8=False),
+                      engines_dir=tmp_path, dla_core=0)
+    with pytest.raises(ValueError, match="dla_core must be >= 0"):
+        build_engines(bundle, trt=fake_trt(), engines_dir=tmp_path, dla_core=-1)
+
+
+def test_progress_reports_built_and_reused(bundle, tmp_path, on_gpu):
+    trt = fake_trt()
+    seen: list[tuple[str, bool]] = []
+    build_engines(bundle, trt=trt, engines_dir=tmp_path,
+                  progress=lambda c, built: seen.append((c.key, built)))
+    build_engines(bundle, trt=trt, engines_dir=tmp_path,
+                  progress=lambda c, built: seen.append((c.key, built)))
+    n = len(components(bundle))
+    assert [b for _, b in seen] == [True] * n + [False] * n
 
 
 def test_import_tensorrt_auto_falls_back_to_rtx(monkeypatch):
