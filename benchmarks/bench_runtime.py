@@ -842,29 +842,32 @@ def run_naive(args: argparse.Namespace, env: dict[str, str], workdir: Path, bund
 
 
 def naive_run(args: argparse.Namespace, env: dict[str, str], workdir: Path, bundle: Path, *,
-              ours: bool = False, naive: bool = False) -> tuple[Session, int, int, Any]:
+              ours: bool = False, naive: bool = False
+              ) -> tuple[Session, int, int, Any, list[float]]:
     """A fresh simulator in front of the chosen nodes; measure ``--duration`` s after
-    ``--warmup`` s (ours' fusion timer restarted every ``--rephase`` s, as in latency)."""
+    ``--warmup`` s (ours' fusion timer restarted every ``--rephase`` s, as in latency).
+    Also returns the 1-minute load average at the start and the end of the measurement."""
     session = Session(args, env, workdir, bundle, ours_in_process=False, ours=ours,
                       naive=naive)
     try:
         sampler = session.rc.ProcessSampler(session.pids)
         time.sleep(args.warmup)
         sampler.start()
-        start = time.time_ns()
+        start, load = time.time_ns(), [round(os.getloadavg()[0], 2)]
         if ours:
             measure_with_rephase(session, args, start)
         else:
             time.sleep(args.duration)
         end = time.time_ns()
+        load.append(round(os.getloadavg()[0], 2))
         sampler.stop()
     finally:
         session.close()
-    return session, start, end, sampler
+    return session, start, end, sampler, load
 
 
-def analyse_system(label: str, session: Session, start: int, end: int,
-                   sampler: Any) -> dict[str, Any]:
+def analyse_system(label: str, session: Session, start: int, end: int, sampler: Any,
+                   load: list[float]) -> dict[str, Any]:
     """End-to-end latency, rates and CPU of one system under test (``label``)."""
     rc = session.rc
     recs = rc.records_between(session.records(label), start, end)
@@ -892,7 +895,8 @@ def analyse_system(label: str, session: Session, start: int, end: int,
             pub_to_recv.append((r.recv_ns - pub) / 1e6)
     process = f"{label} node"
     return {
-        "duration_s": seconds, "recognitions": len(recs), "answered": len(answered),
+        "duration_s": seconds, "loadavg_1min_start_end": load,
+        "recognitions": len(recs), "answered": len(answered),
         "recognitions_per_s": len(recs) / seconds, "answered_per_s": len(answered) / seconds,
         "mean_sensors_fused": sum(len(r.sensors) for r in answered) / max(1, len(answered)),
         "e2e_ms": rc.summary([(r.recv_ns - r.stamp_ns) / 1e6 for r in answered]),
@@ -939,7 +943,9 @@ def print_naive(res: dict[str, Any]) -> None:
         "sensor", "sim Hz", "ours enc/s", "naive enc/s", "ours prep", "naive prep",
         "ours encode", "naive encode", "ours s>emb", "naive s>emb"], rows)
     for label, s in systems.items():
-        print(f"  {label}: newest input {s['newest_sensor']}; driver (sim+receiver) CPU "
+        print(f"  {label}: 1-min load average {s['loadavg_1min_start_end'][0]} -> "
+              f"{s['loadavg_1min_start_end'][1]} over its measurement; newest input "
+              f"{s['newest_sensor']}; driver (sim+receiver) CPU "
               f"{fmt(s['cpu_driver_pct'], 0)}%; simulator messages dropped as late: "
               f"{s['sim_dropped'] or 'none'}")
     extra = systems["naive"]["extra"]
