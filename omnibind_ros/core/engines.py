@@ -77,11 +77,12 @@ from omnibind_ros.core.bundle import ENGINES_DIR, ModelBundle, TensorSpec
 from omnibind_ros.core.errors import BackendUnavailableError
 
 __all__ = ["CALIBRATION_CACHE", "DEFAULT_MAX_BATCH", "ENGINE_MANIFEST", "PRECISIONS",
-           "QDQ_GRAPH", "QDQ_TABLE", "TIMING_CACHE", "TRT_MODULES", "Calibration", "Component",
-           "Precision", "build_engines", "calibration_reusable", "component_precision",
-           "components", "engine_cache_dir", "expected_entry", "gpu_identity", "gpu_name",
-           "import_tensorrt", "manifest_header", "profile_shapes", "read_manifest",
-           "recorded_max_batch", "stale_components"]
+           "QDQ_GRAPH", "QDQ_TABLE", "TIMING_CACHE", "TRT_MODULES", "CachedEngine",
+           "Calibration", "Component", "Precision", "build_engines", "cache_dirs",
+           "calibration_reusable", "component_precision", "components", "engine_cache_dir",
+           "expected_entry", "gpu_identity", "gpu_name", "import_tensorrt", "inspect_cache",
+           "manifest_header", "profile_shapes", "read_manifest", "recorded_max_batch",
+           "resolve_precision", "stale_components"]
 
 _log = logging.getLogger(__name__)
 
@@ -408,6 +409,65 @@ def calibration_reusable(manifest: dict[str, Any], comp: Component, directory: P
     table = record.get("table")
     return (onnx_sha256 is not None and record.get("onnx_sha256") == onnx_sha256
             and isinstance(table, str) and (directory / table).is_file())
+
+
+@dataclass(frozen=True)
+class CachedEngine:
+    """One engine recorded in a cache folder's manifest, checked against the bundle now.
+
+    ``status`` is ``"fresh"`` or ``"stale: <why>"`` (the ONNX file changed, the engine file is
+    missing or altered, the profiles the bundle implies changed, the graph left the bundle).
+    Whether the folder's GPU and TensorRT version are this machine's is for the caller.
+    """
+
+    directory: Path
+    header: dict[str, Any]
+    key: str
+    entry: dict[str, Any]
+    status: str
+
+
+def cache_dirs(bundle: ModelBundle, engines_dir: str | Path | None = None) -> list[Path]:
+    """Engine cache folders (those holding an ``engines.json``) under the cache root."""
+    base = Path(engines_dir) if engines_dir is not None else bundle.root / ENGINES_DIR
+    if not base.is_dir():
+        return []
+    return sorted(p.parent for p in base.glob(f"*/{ENGINE_MANIFEST}"))
+
+
+def inspect_cache(bundle: ModelBundle, directory: Path) -> list[CachedEngine]:
+    """Every engine ``directory``'s manifest records, with its status for ``bundle`` now.
+
+    Needs no TensorRT: only the recorded entries, the files and the bundle are compared.
+    """
+    manifest = read_manifest(directory)
+    header = {k: v for k, v in manifest.items() if k not in ("components", "calibration")}
+    comps = {c.key: c for c in components(bundle)}
+    out = []
+    for key, entry in sorted((manifest.get("components") or {}).items()):
+        comp = comps.get(key)
+        status = "fresh"
+        if comp is None:
+            status = "stale: not in the bundle"
+        elif entry.get("onnx_sha256") != _sha256(comp.onnx):
+            status = "stale: ONNX file changed"
+        elif not (directory / comp.engine_name).is_file():
+            status = "stale: engine file missing"
+        elif _sha256(directory / comp.engine_name) != entry.get("engine_sha256"):
+            status = "stale: engine file altered"
+        else:
+            try:
+                profiles = {s.name: [list(x) for x in profile_shapes(
+                    s, bundle, int(entry.get("max_batch", DEFAULT_MAX_BATCH)))]
+                    for s in comp.inputs}
+            except BackendUnavailableError:
+                profiles = None
+            if profiles != entry.get("profiles"):
+                status = "stale: optimisation profiles changed"
+            elif "precision" not in entry:
+                status = "stale: built by an older omnibind_ros"
+        out.append(CachedEngine(directory, header, key, dict(entry), status))
+    return out
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

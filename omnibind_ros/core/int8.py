@@ -29,7 +29,7 @@ import numpy as np
 from omnibind_ros.core.backends.cuda_buffers import BufferPool
 
 __all__ = ["CalibrationItem", "DEFAULT_CALIB_BATCH", "as_feeds", "entropy_calibrator",
-           "fixed_batches", "quantize_qdq", "qdq_excluded_nodes"]
+           "fixed_batches", "name_nodes", "qdq_excluded_nodes", "quantize_qdq"]
 
 #: One calibration batch: an array ``[batch, ...]`` for a single-input graph, or input name ->
 #: array for graphs with several inputs.
@@ -158,19 +158,31 @@ def entropy_calibrator(trt: Any, batches: Iterable[dict[str, np.ndarray]], batch
     return EntropyCalibrator()
 
 
-def qdq_excluded_nodes(onnx_path: Path) -> list[str]:
-    """Nodes left in float: element-wise operators with a constant operand.
+def qdq_excluded_nodes(model: Any) -> list[str]:
+    """Nodes of an ONNX ``model`` left in float: element-wise operators with a constant operand.
 
     Quantising e.g. the ``1`` of GELU's ``1 + erf(x)`` yields a quantised scalar constant, which
     TensorRT's Q/DQ optimiser rejects ("Quantized constant ... is only allowed before DQ").
+    Every node needs a name (see :func:`name_nodes`): ONNX Runtime excludes nodes by name.
     """
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    graph = model.graph
     constants = {i.name for i in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     return [n.name for n in graph.node
             if n.op_type in _ELEMENTWISE and any(i in constants for i in n.input)]
+
+
+def name_nodes(model: Any) -> Any:
+    """Give every unnamed node of an ONNX ``model`` a unique name (in place; returned)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return model
 
 
 class _QuietAdvice(logging.Filter):
@@ -221,6 +233,9 @@ def quantize_qdq(onnx_path: Path, out_path: Path, table: Path,
                 self.samples += next(iter(feeds.values())).shape[0]
             return feeds
 
+    import onnx
+
+    model = name_nodes(onnx.load(str(onnx_path)))
     takes_cache = "calibration_cache_path" in inspect.signature(quantize_static).parameters
     if not reuse_table or not takes_cache:
         table.unlink(missing_ok=True)
@@ -232,10 +247,10 @@ def quantize_qdq(onnx_path: Path, out_path: Path, table: Path,
     logging.getLogger().addFilter(quiet)
     try:
         quantize_static(
-            str(onnx_path), str(tmp), None if reused else reader,
+            model, str(tmp), None if reused else reader,
             quant_format=QuantFormat.QDQ, calibrate_method=CalibrationMethod.Entropy,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-            nodes_to_exclude=qdq_excluded_nodes(onnx_path),
+            nodes_to_exclude=qdq_excluded_nodes(model),
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                            "QuantizeBias": False},
             **options)
