@@ -32,6 +32,7 @@ setup(
             "omnibind-sim-sensors = omnibind_ros.ros.sim_sensors_node:main",
             "omnibind-bringup = omnibind_ros.tools.bringup:main",
             "omnibind-bag = omnibind_ros.bag.cli:main",
+            "omnibind-engines = omnibind_ros.tools.engines_cli:main",
         ],
     },
 )

@@ -307,18 +307,18 @@ def component_precision(precision: Precision, comp: Component) -> str:
     """The precision ``comp`` is requested at (before what the TensorRT module can do).
 
     A single precision applies to the encoders; ``"int8"`` leaves the text encoder at fp16. A
-    mapping is looked up by component key, then modality, then ``"default"`` (fp16). The fusion
-    head is always fp32.
+    mapping is looked up by component key, then modality; otherwise its ``"default"`` (fp16)
+    applies as a single precision would. The fusion head is always fp32.
     """
     if comp.key == _FUSION:
         return "fp32"
     if isinstance(precision, str):
         wanted = _check_precision(precision, "precision")
         return "fp16" if comp.key == _TEXT and wanted == "int8" else wanted
-    for key in (comp.key, comp.modality, "default"):
+    for key in (comp.key, comp.modality):
         if key is not None and key in precision:
             return _check_precision(precision[key], f"precision[{key!r}]")
-    return "fp16"
+    return component_precision(precision.get("default", "fp16"), comp)  # the single-value rule
 
 
 def _int8_method(trt: Any) -> str:
@@ -484,8 +484,8 @@ def _check_dla(trt: Any, comps: Sequence[Component], precision: Precision,
         raise ValueError(f"dla_core must be >= 0, got {dla_core}")
     if _module_name(trt) != "tensorrt" or not hasattr(trt, "DeviceType"):
         raise BackendUnavailableError(
-            "DLA cores are built for with NVIDIA tensorrt on a Jetson (Xavier/Orin); "
-            f"{_module_name(trt)} does not target them")
+            "DLA engines are built with NVIDIA tensorrt on a Jetson (Xavier/Orin); "
+            f"{_module_name(trt)} does not target DLA cores")
     fp32 = [c.key for c in comps if _on_dla(c, dla_core)
             and component_precision(precision, c) == "fp32"]
     if fp32:
@@ -726,10 +726,15 @@ def build_engines(bundle: ModelBundle, *, precision: Precision | None = None,
             entries[comp.key] = {**entry, "engine_sha256": hashlib.sha256(data).hexdigest()}
             if plan is not None:
                 calibrations[comp.key] = plan.record()
+            _write_manifest(directory, manifest, header)  # a later failure keeps this one
         built[comp.key] = path
         if progress is not None:
             progress(comp, rebuild)
+    _write_manifest(directory, manifest, header)
+    return built
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any], header: dict[str, Any]) -> None:
     manifest.update(header)
     _atomic_write(directory / ENGINE_MANIFEST,
                   json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
-    return built

@@ -239,6 +239,8 @@ def test_component_precision_rules(bundle):
     assert component_precision(mapping, by_key["encoder:audio"]) == "fp32"
     assert component_precision({"encoder:image": "fp32", "image": "int8"}, image) == "fp32"
     assert component_precision({}, image) == "fp16"
+    assert component_precision({"default": "int8", "thermal": "fp16"}, text) == "fp16"
+    assert component_precision({"default": "int8"}, fusion) == "fp32"
 
 
 class CountingSource:
@@ -393,7 +395,7 @@ def test_dla_refuses_fp32_missing_cores_and_tensorrt_rtx(bundle, tmp_path, on_gp
     with pytest.raises(BackendUnavailableError, match="has 0 DLA core"):
         build_engines(bundle, trt=fake_trt(dla_cores=0), engines_dir=tmp_path / "n",
                       dla_core=0)
-    with pytest.raises(BackendUnavailableError, match="tensorrt_rtx does not target them"):
+    with pytest.raises(BackendUnavailableError, match="tensorrt_rtx does not target DLA"):
         build_engines(bundle, trt=fake_trt("tensorrt_rtx", "1.7.1.116", fp16=False,
                                            int8=False),
                       engines_dir=tmp_path, dla_core=0)

@@ -1,0 +1,285 @@
+"""``omnibind-engines``: build and list the TensorRT engines of a model bundle.
+
+Examples
+--------
+::
+
+    omnibind-engines build ~/.cache/omnibind_ros/bundles/default              # fp16
+    omnibind-engines build BUNDLE --precision int8 --calib-samples 128
+    omnibind-engines build BUNDLE --precision int8 --precision-for thermal=fp16
+    omnibind-engines build BUNDLE --module tensorrt_rtx        # no GPU needed to build
+    omnibind-engines build BUNDLE --dla-core 0                 # Jetson Xavier/Orin DLA
+    omnibind-engines list BUNDLE
+
+``build`` wraps :func:`omnibind_ros.core.engines.build_engines`: engines are cached per GPU,
+compute capability, TensorRT version (and DLA core), and a fresh engine is reused unless
+``--force``. INT8 calibration samples come from the simulated world through the bundle's own
+preprocessing (:class:`omnibind_ros.tools.calibration.SimCalibration`); calibration caches are
+reused while the ONNX file is unchanged (``--recalibrate`` discards them). ``list`` shows every
+cache folder of the bundle and whether each engine in it is fresh for the bundle as it is now.
+
+BUNDLE is a bundle directory, its ``bundle.yaml`` or a ``.tar``/``.tar.gz`` archive (extracted
+into the cache; its engines land there unless ``--engines-dir`` is given). Errors (missing
+bundle, no TensorRT module, bad arguments) are one line on stderr, no traceback: exit status 2
+for usage errors, 1 for a build that cannot run or fails.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and for documentation generators)."""
+    from omnibind_ros.core.engines import DEFAULT_MAX_BATCH, PRECISIONS, TRT_MODULES
+    from omnibind_ros.tools.calibration import DEFAULT_CALIB_SAMPLES
+
+    parser = argparse.ArgumentParser(
+        prog="omnibind-engines",
+        description="Build and list the TensorRT engines of an omnibind_ros model bundle.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help="build (or reuse) one engine per ONNX graph")
+    b.add_argument("bundle", type=Path, help="bundle directory, bundle.yaml or .tar(.gz)")
+    b.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                   help="encoder precision (default fp16; int8 calibrates on simulated "
+                        "samples; the fusion head is always fp32, text stays fp16 under int8)")
+    b.add_argument("--precision-for", action="append", default=[], metavar="NAME=PRECISION",
+                   type=_precision_override,
+                   help="precision of one modality or of 'text' (repeatable), e.g. "
+                        "thermal=fp16 next to --precision int8")
+    b.add_argument("--calib-samples", type=_positive_int, default=DEFAULT_CALIB_SAMPLES,
+                   help=f"simulated samples per INT8 encoder (default {DEFAULT_CALIB_SAMPLES})")
+    b.add_argument("--calib-seed", type=int, default=None,
+                   help="first seed of the calibration samples")
+    b.add_argument("--recalibrate", action="store_true",
+                   help="discard INT8 calibration caches and calibrate again")
+    b.add_argument("--no-check", action="store_true",
+                   help="skip comparing INT8 (QDQ) encoders with fp32 on held-out simulated "
+                        "samples (ONNX Runtime on the CPU)")
+    b.add_argument("--max-batch", type=_positive_int, default=DEFAULT_MAX_BATCH,
+                   help=f"largest batch of the optimisation profiles (default "
+                        f"{DEFAULT_MAX_BATCH})")
+    b.add_argument("--module", choices=("auto", *TRT_MODULES), default="auto",
+                   help="TensorRT module (default auto: tensorrt, else tensorrt_rtx)")
+    b.add_argument("--engines-dir", type=Path, default=None,
+                   help="engine cache root (default <bundle>/engines)")
+    b.add_argument("--dla-core", type=_non_negative_int, default=None,
+                   help="build the encoders for this DLA core (Jetson; fp16 or int8)")
+    b.add_argument("--device", type=_non_negative_int, default=0,
+                   help="CUDA device whose name keys the cache (default 0)")
+    b.add_argument("--workspace-gib", type=float, default=2.0,
+                   help="builder workspace limit in GiB (default 2)")
+    b.add_argument("--force", action="store_true", help="rebuild fresh engines too")
+    b.add_argument("--modalities", nargs="+", default=None, metavar="MODALITY",
+                   help="only these encoders (fusion and text are always built)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ls = sub.add_parser("list", help="show the cached engines and whether they are fresh")
+    ls.add_argument("bundle", type=Path, help="bundle directory, bundle.yaml or .tar(.gz)")
+    ls.add_argument("--engines-dir", type=Path, default=None,
+                    help="engine cache root (default <bundle>/engines)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _precision_override(text: str) -> tuple[str, str]:
+    from omnibind_ros.core.engines import PRECISIONS
+
+    name, sep, value = text.partition("=")
+    if not sep or not name or value not in PRECISIONS:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=PRECISION with PRECISION one of {', '.join(PRECISIONS)}, "
+            f"got {text!r}")
+    return name, value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status (0 ok, 1 build failed, 2 usage error)."""
+    from omnibind_ros.core.errors import (
+        BackendUnavailableError,
+        BundleError,
+        BundleNotFoundError,
+    )
+
+    args = build_parser().parse_args(argv)
+    handlers = {"build": _cmd_build, "list": _cmd_list}
+    try:
+        return handlers[args.command](args)
+    except (BundleNotFoundError, ValueError) as exc:
+        _error(args, exc)
+        return EXIT_USAGE
+    except (BundleError, BackendUnavailableError) as exc:
+        _error(args, exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted; engines built so far are cached", file=sys.stderr)
+        return 130
+
+
+def _error(args: argparse.Namespace, exc: BaseException) -> None:
+    message = " ".join(str(exc).split())  # one line
+    print(f"omnibind-engines {args.command}: error: {message}", file=sys.stderr)
+
+
+def _load(path: Path) -> Any:
+    from omnibind_ros.core.bundle import load_bundle
+
+    return load_bundle(path)
+
+
+def _precision(args: argparse.Namespace, bundle: Any) -> str | dict[str, str]:
+    if not args.precision_for:
+        return args.precision
+    known = {*bundle.modalities, "text"}
+    mapping = {"default": args.precision}
+    for name, value in args.precision_for:
+        if name not in known:
+            raise ValueError(f"--precision-for {name}={value}: the bundle has no {name!r} "
+                             f"graph (it has {', '.join(sorted(known))})")
+        mapping[name] = value
+    return mapping
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from omnibind_ros.core.engines import (
+        build_engines,
+        component_precision,
+        components,
+        import_tensorrt,
+    )
+    from omnibind_ros.tools.calibration import DEFAULT_CALIB_SEED, SimCalibration
+
+    bundle = _load(args.bundle)
+    if args.modalities is not None:
+        unknown = sorted(set(args.modalities) - set(bundle.modalities))
+        if unknown:
+            raise ValueError(f"--modalities {' '.join(unknown)}: not in the bundle (it has "
+                             f"{', '.join(bundle.modalities)})")
+    precision = _precision(args, bundle)
+    trt = import_tensorrt(args.module)
+    comps = components(bundle, args.modalities)
+    needs_int8 = [c for c in comps if component_precision(precision, c) == "int8"]
+    calibration = None
+    if needs_int8:
+        seed = DEFAULT_CALIB_SEED if args.calib_seed is None else args.calib_seed
+        calibration = SimCalibration(bundle, samples=args.calib_samples, seed=seed,
+                                     modalities=[c.modality for c in needs_int8
+                                                 if c.modality is not None])
+    bar = _progress(len(comps), disabled=args.no_progress)
+    outcome: dict[str, bool] = {}
+
+    def on_component(comp: Any, built: bool) -> None:
+        outcome[comp.key] = built
+        if bar is not None:
+            bar.set_postfix_str(f"{comp.key} {'built' if built else 'cached'}")
+            bar.update(1)
+
+    start = time.perf_counter()
+    try:
+        built = build_engines(bundle, precision=precision, max_batch=args.max_batch,
+                              workspace_gib=args.workspace_gib, device=args.device,
+                              force=args.force, engines_dir=args.engines_dir,
+                              modalities=args.modalities, trt=trt, calibration=calibration,
+                              recalibrate=args.recalibrate, dla_core=args.dla_core,
+                              progress=on_component)
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+    directory = next(iter(built.values())).parent if built else None
+    n_built = sum(outcome.values())
+    print(f"{directory}: {n_built} built, {len(built) - n_built} cached, {elapsed:.1f} s")
+    for key, path in built.items():
+        state = "built" if outcome.get(key) else "cached"
+        print(f"  {key:<22} {state:<7} {path.name}")
+    if needs_int8 and directory is not None and not args.no_check:
+        seed = DEFAULT_CALIB_SEED if args.calib_seed is None else args.calib_seed
+        _check_int8(bundle, directory, needs_int8, seed + args.calib_samples)
+    return 0
+
+
+#: Mean cosine to fp32 below which an INT8 encoder is reported as degraded.
+INT8_WARN_COSINE = 0.98
+_CHECK_SAMPLES = 32
+
+
+def _check_int8(bundle: Any, directory: Path, comps: Sequence[Any], first_seed: int) -> None:
+    """Print each QDQ encoder's cosine to fp32 on held-out simulated samples."""
+    from omnibind_ros.core.engines import read_manifest
+    from omnibind_ros.tools.calibration import qdq_fidelity
+
+    records = read_manifest(directory).get("calibration") or {}
+    seeds = range(first_seed, first_seed + _CHECK_SAMPLES)
+    for comp in comps:
+        graph = (records.get(comp.key) or {}).get("qdq")
+        if comp.modality is None or not graph or not (directory / graph).is_file():
+            continue  # TensorRT's own calibrator: the engine needs a GPU to be checked
+        mean, low = qdq_fidelity(bundle, comp.modality, directory / graph, seeds)
+        line = (f"  {comp.key:<22} int8 vs fp32 cosine mean {mean:.3f}, min {low:.3f} "
+                f"({_CHECK_SAMPLES} held-out simulated samples)")
+        if mean < INT8_WARN_COSINE:
+            line += (f"  WARNING: degraded; consider --precision-for {comp.modality}=fp16")
+        print(line)
+
+
+def _progress(total: int, *, disabled: bool) -> Any:
+    if disabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="graph", desc="engines", file=sys.stderr,
+                dynamic_ncols=True, leave=False)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from omnibind_ros.core.engines import cache_dirs, gpu_identity, inspect_cache
+
+    bundle = _load(args.bundle)
+    folders = cache_dirs(bundle, args.engines_dir)
+    root = args.engines_dir if args.engines_dir is not None else bundle.root / "engines"
+    if not folders:
+        print(f"no engines under {root}; build them with `omnibind-engines build "
+              f"{args.bundle}`")
+        return 0
+    here = gpu_identity()
+    for folder in folders:
+        records = inspect_cache(bundle, folder)
+        header = records[0].header if records else {}
+        gpu, cap = header.get("gpu", "?"), header.get("compute_capability", "?")
+        dla = header.get("dla_core")
+        mine = "" if (gpu, cap) == here else "  (not this machine's GPU)"
+        print(f"{folder}")
+        print(f"  GPU {gpu} (sm {cap}), {header.get('module', '?')} "
+              f"{header.get('tensorrt', '?')}" + ("" if dla is None else f", DLA core {dla}")
+              + mine)
+        for r in records:
+            print(f"  {r.key:<22} {str(r.entry.get('precision', '?')):<5} "
+                  f"max batch {r.entry.get('max_batch', '?'):<3} {r.status}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
