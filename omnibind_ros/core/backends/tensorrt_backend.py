@@ -9,8 +9,10 @@ TensorRT-RTX runtime and are cached apart from them.
 
 Needs ``tensorrt`` and, for device buffers and the CUDA stream, ``torch`` with CUDA (Jetson and
 desktop images ship both). Both are imported when a backend or a build starts, never at import.
-The fusion head is always built in fp32: it is tiny, and fp16 turns its masked-score constant
-into -inf.
+Engines of any precision the builder makes (fp32, fp16, int8) load the same way; inputs and
+outputs pass through pinned host buffers with asynchronous copies on the engine's stream, and
+device buffers are allocated once for the largest profile shape and reused. The fusion head is
+always built in fp32: it is tiny, and fp16 turns its masked-score constant into -inf.
 """
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from omnibind_ros.core.backends.base import BackendBase, import_runtime
+from omnibind_ros.core.backends.cuda_buffers import BufferPool
 from omnibind_ros.core.bundle import ModelBundle
 from omnibind_ros.core.engines import (
     DEFAULT_MAX_BATCH,
     ENGINE_MANIFEST,
+    Precision,
     build_engines,
     components,
     engine_cache_dir,
@@ -34,6 +38,7 @@ from omnibind_ros.core.engines import (
     import_tensorrt,
     read_manifest,
     recorded_max_batch,
+    resolve_precision,
     stale_components,
 )
 from omnibind_ros.core.errors import BackendUnavailableError
@@ -44,18 +49,23 @@ __all__ = ["ENGINE_MANIFEST", "TensorRTBackend", "build_engines", "engine_cache_
 _FUSION, _TEXT = "fusion", "text"
 
 
-_NP_TO_TORCH_NAMES = {"float32": "float32", "float16": "float16", "int64": "int64",
-                      "int32": "int32", "bool": "bool", "int8": "int8", "uint8": "uint8"}
-
-
 class _EngineRunner:
-    """One deserialised engine + execution context; calls are serialised by a lock."""
+    """One deserialised engine + execution context; calls are serialised by a lock.
 
-    def __init__(self, trt: Any, torch: Any, path: Path, device: Any, max_batch: int) -> None:
+    Inputs go host -> pinned host buffer -> device buffer and the first output back the same
+    way, all copies asynchronous on the runner's CUDA stream, which is synchronised once per
+    call. Buffers are allocated for the optimisation profile's largest shapes up front and
+    reused (:class:`~omnibind_ros.core.backends.cuda_buffers.BufferPool`).
+    """
+
+    def __init__(self, trt: Any, torch: Any, path: Path, device: Any, max_batch: int,
+                 dla_core: int | None = None) -> None:
         self._torch = torch
         self.device = device
         self.max_batch = max_batch
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        if dla_core is not None:
+            runtime.DLA_core = int(dla_core)
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise BackendUnavailableError(f"TensorRT cannot deserialise {path}; rebuild it")
@@ -67,7 +77,23 @@ class _EngineRunner:
         self.np_dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n)))
                           for n in names}
         self.stream = torch.cuda.Stream(device=device)
+        self.buffers = BufferPool(torch, device, pin_memory=True)
+        self._reserve_max_shapes()
         self._lock = threading.Lock()
+
+    def _reserve_max_shapes(self) -> None:
+        """Size every buffer for the profile's max input shapes (grown later if needed)."""
+        try:
+            for name in self.inputs:
+                largest = tuple(self.engine.get_tensor_profile_shape(name, 0)[2])
+                self.context.set_input_shape(name, largest)
+                self.buffers.reserve(name, largest)
+            for name in self.outputs:
+                shape = tuple(self.context.get_tensor_shape(name))
+                if all(d >= 0 for d in shape):
+                    self.buffers.reserve(name, shape)
+        except (AttributeError, TypeError, IndexError):
+            pass  # an engine without profiles: buffers grow on demand
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run in chunks of at most ``max_batch`` along axis 0; returns the first output."""
@@ -78,54 +104,67 @@ class _EngineRunner:
                  for i in range(0, total, self.max_batch)]
         return np.concatenate(parts, axis=0)
 
-    def _torch_dtype(self, name: str) -> Any:
-        return getattr(self._torch, _NP_TO_TORCH_NAMES[self.np_dtypes[name].name])
-
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
         with self._lock, torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            keep = []  # device inputs must outlive the asynchronous execution
             for name in self.inputs:
-                host = np.ascontiguousarray(feeds[name], dtype=self.np_dtypes[name])
-                dev = torch.from_numpy(host).to(self.device)
-                keep.append(dev)
-                self.context.set_input_shape(name, tuple(host.shape))
+                array = np.asarray(feeds[name])
+                host = self.buffers.host(name, array.shape, self.np_dtypes[name])
+                np.copyto(host.numpy(), array, casting="unsafe")
+                dev = self.buffers.device(name, array.shape, self.np_dtypes[name])
+                dev.copy_(host, non_blocking=True)  # pinned -> device, on self.stream
+                self.context.set_input_shape(name, tuple(array.shape))
                 self.context.set_tensor_address(name, dev.data_ptr())
             outputs = {}
             for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))
-                outputs[name] = torch.empty(shape, dtype=self._torch_dtype(name),
-                                            device=self.device)
+                outputs[name] = self.buffers.device(name, shape, self.np_dtypes[name])
                 self.context.set_tensor_address(name, outputs[name].data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed (see the TensorRT log)")
+            first = self.outputs[0]
+            out = self.buffers.host(first, tuple(outputs[first].shape), self.np_dtypes[first])
+            out.copy_(outputs[first], non_blocking=True)
             self.stream.synchronize()
-            return outputs[self.outputs[0]].float().cpu().numpy()
+            # a copy: the pinned buffer is overwritten by the next call
+            return np.array(out.numpy(), dtype=np.float32)
 
 
 class TensorRTBackend(BackendBase):
-    """Run a bundle's graphs as TensorRT engines on a CUDA GPU.
+    """Run a bundle's graphs as TensorRT engines on a CUDA GPU (or a Jetson's DLA).
 
     Parameters
     ----------
     bundle : the loaded bundle.
     device : CUDA device index.
-    fp16 : which cached engines to use / build (fp16 or fp32 encoders).
+    precision : which cached engines to use / build: ``"fp16"`` (default), ``"fp32"`` or
+        ``"int8"``, or a mapping per component (see
+        :func:`~omnibind_ros.core.engines.component_precision`). INT8 engines need calibration
+        data, so they are built beforehand (``omnibind-engines build BUNDLE --precision int8``),
+        never by ``build_missing``.
+    fp16 : the older spelling (``True``: ``"fp16"``, ``False``: ``"fp32"``).
     build_missing : build engines that are missing or stale (minutes per graph) instead of
         raising :class:`BackendUnavailableError`.
     max_batch : batch limit of engines built here (default: accept the cached engines' limit,
         else build with :data:`~omnibind_ros.core.engines.DEFAULT_MAX_BATCH`).
     engines_dir : engine cache root (default ``<bundle>/engines``).
+    dla_core : use the engines built for this DLA core (Jetson; the encoders run there).
     modalities, fusion, text : what to load.
     """
 
     name = "tensorrt"
 
-    def __init__(self, bundle: ModelBundle, *, device: int = 0, fp16: bool = True,
+    def __init__(self, bundle: ModelBundle, *, device: int = 0,
+                 precision: Precision | None = None, fp16: bool | None = None,
                  build_missing: bool = False, max_batch: int | None = None,
-                 engines_dir: str | Path | None = None, modalities: Sequence[str] | None = None,
-                 fusion: bool = True, text: bool = True) -> None:
+                 engines_dir: str | Path | None = None, dla_core: int | None = None,
+                 modalities: Sequence[str] | None = None, fusion: bool = True,
+                 text: bool = True) -> None:
         super().__init__(bundle, modalities)
+        if precision == "bf16":  # a torch_cuda precision a shared config may carry
+            raise BackendUnavailableError("TensorRT engines are built fp32, fp16 or int8, "
+                                          "not bf16")
+        precision = resolve_precision(precision, fp16)
         trt = import_tensorrt("tensorrt")
         torch = import_runtime("torch", backend=self.name,
                                hint="the tensorrt backend uses torch.cuda for device buffers")
@@ -135,22 +174,32 @@ class TensorRTBackend(BackendBase):
         self._device = torch.device("cuda", device)
         comps = components(bundle, self.modalities, fusion, text)
         gpu = gpu_identity(device)
-        directory = engine_cache_dir(bundle, trt=trt, gpu=gpu, engines_dir=engines_dir)
-        stale = stale_components(trt, bundle, comps, directory, fp16=fp16, max_batch=max_batch,
-                                 gpu=gpu)
+        directory = engine_cache_dir(bundle, trt=trt, gpu=gpu, engines_dir=engines_dir,
+                                     dla_core=dla_core)
+        stale = stale_components(trt, bundle, comps, directory, precision=precision,
+                                 max_batch=max_batch, gpu=gpu, dla_core=dla_core)
         if stale and not build_missing:
             raise BackendUnavailableError(
                 f"no up-to-date TensorRT engines for {[c.key for c in stale]} in {directory}; "
-                "build them once with omnibind_train.export.build_tensorrt_engines(bundle_dir) "
-                "or create the backend with build_missing=True")
+                "build them once with `omnibind-engines build BUNDLE` (or "
+                "omnibind_train.export.build_tensorrt_engines(bundle_dir)) or create the "
+                "backend with build_missing=True")
         if stale:
             limit = DEFAULT_MAX_BATCH if max_batch is None else max_batch
-            build_engines(bundle, fp16=fp16, max_batch=limit, device=device,
-                          engines_dir=engines_dir, modalities=self.modalities, trt=trt)
+            try:
+                build_engines(bundle, precision=precision, max_batch=limit, device=device,
+                              engines_dir=engines_dir, modalities=self.modalities, trt=trt,
+                              dla_core=dla_core)
+            except ValueError as exc:  # int8 without calibration, fp32 on DLA
+                raise BackendUnavailableError(f"cannot build the missing engines: {exc}"
+                                              ) from exc
         manifest = read_manifest(directory)
+        entries = manifest.get("components", {})
         self._runners = {c.key: _EngineRunner(trt, torch, directory / c.engine_name,
-                                              self._device, recorded_max_batch(manifest, c))
+                                              self._device, recorded_max_batch(manifest, c),
+                                              (entries.get(c.key) or {}).get("dla_core"))
                          for c in comps}
+        self.precision = precision
         self.engine_dir = directory
 
     @property
