@@ -153,6 +153,47 @@ def test_tensorrt_requests_trt_then_cuda_with_options(fake_ort, bundle, tmp_path
     assert len(folders) == len({s.path for s in ort.sessions})  # one folder per ONNX file
 
 
+def test_tensorrt_profiles_are_the_engine_builders(fake_ort, bundle, tmp_path):
+    ort = fake_ort([TRT, CUDA, CPU])
+    create_backend("onnxruntime_tensorrt", bundle, engines_dir=tmp_path, max_batch=8)
+    by_path = {s.path: s.provider_options[0] for s in ort.sessions}
+    image = by_path[str(bundle.modalities["image"].file)]
+    assert image["trt_profile_min_shapes"] == "input:1x3x32x32"
+    assert image["trt_profile_opt_shapes"] == "input:1x3x32x32"  # optimised for batch 1
+    assert image["trt_profile_max_shapes"] == "input:8x3x32x32"
+    live = len(bundle.modalities)
+    slots = max(live, len(bundle.fusion.config.get("slots", ())))
+    fusion = by_path[str(bundle.fusion.file)]
+    assert fusion["trt_profile_min_shapes"] == f"tokens:1x1x{bundle.dim},mask:1x1"
+    assert fusion["trt_profile_opt_shapes"] == f"tokens:1x{live}x{bundle.dim},mask:1x{live}"
+    assert fusion["trt_profile_max_shapes"] == f"tokens:8x{slots}x{bundle.dim},mask:8x{slots}"
+    text = by_path[str(bundle.text.file)]
+    longest = bundle.text.max_length
+    names = [n for n in ("input_ids", "attention_mask") if n in ort.inputs[str(bundle.text.file)]]
+    assert text["trt_profile_max_shapes"] == ",".join(f"{n}:8x{longest}" for n in names)
+    assert text["trt_profile_opt_shapes"] == ",".join(f"{n}:1x16" for n in names)
+    for session in ort.sessions:  # the same ranges as the TensorRT engine builder
+        specs = {str(s.file): (s.input,) for s in bundle.modalities.values()}
+        specs[str(bundle.fusion.file)] = bundle.fusion.inputs
+        specs[str(bundle.text.file)] = bundle.text.inputs
+        ranges = [(s.name, engines.profile_shapes(s, bundle, 8)) for s in specs[session.path]
+                  if s.name in ort.inputs[session.path]]
+        for k, kind in enumerate(("min", "opt", "max")):
+            assert session.provider_options[0][f"trt_profile_{kind}_shapes"] == ",".join(
+                f"{n}:{'x'.join(map(str, r[k]))}" for n, r in ranges)
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        create_backend("onnxruntime_tensorrt", bundle, engines_dir=tmp_path, max_batch=0)
+
+
+def test_tensorrt_default_profile_batch(fake_ort, bundle, tmp_path):
+    ort = fake_ort([TRT, CUDA, CPU])
+    create_backend("onnxruntime_tensorrt", bundle, engines_dir=tmp_path, modalities=["image"],
+                   fusion=False, text=False)
+    (session,) = ort.sessions
+    assert session.provider_options[0]["trt_profile_max_shapes"] == (
+        f"input:{engines.DEFAULT_MAX_BATCH}x3x32x32")
+
+
 def test_tensorrt_cache_defaults_to_the_bundle_engines_folder(fake_ort, bundle):
     fake_ort([TRT, CPU])  # a build with TensorRT but no CUDA EP: TensorRT, then the CPU
     backend = OnnxRuntimeTensorRTBackend(bundle, fp16=False, modalities=["image"],

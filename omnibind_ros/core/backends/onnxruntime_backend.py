@@ -269,6 +269,15 @@ def ort_trt_cache_dir(bundle: ModelBundle, ort_version: str, *, device: int = 0,
     return base / f"{slug(name)}_sm{slug(cap)}_orttrt{slug(ort_version)}"
 
 
+def _graph_inputs(path: Path) -> set[str]:
+    """Input names of an ONNX graph (initialisers excluded), read without the weights."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initialisers = {i.name for i in graph.initializer}
+    return {i.name for i in graph.input if i.name not in initialisers}
+
+
 def _file_key(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -289,8 +298,14 @@ class OnnxRuntimeTensorRTBackend(_GpuProviderBackend):
     bundle : a loaded :class:`~omnibind_ros.core.bundle.ModelBundle`.
     device : CUDA device index (``device_id``).
     fp16 : let TensorRT use FP16 kernels (``trt_fp16_enable``). The fusion head always stays
-        FP32: fp16 turns its masked-score constant into -inf.
+        FP32: fp16 turns its masked-score constant into -inf. (INT8 is the tensorrt backend's:
+        the execution provider would need a calibration table or a QDQ graph per ONNX file,
+        which ``omnibind-engines`` makes for TensorRT itself.)
     engines_dir : cache root instead of ``<bundle>/engines`` (a read-only bundle needs one).
+    max_batch : largest batch of the optimisation profiles
+        (``trt_profile_min/opt/max_shapes``, the same ranges as
+        :func:`~omnibind_ros.core.engines.profile_shapes`: batch 1..max_batch optimised for 1,
+        text up to its max length, fusion tokens up to every slot).
     threads, modalities, fusion, text : as :class:`OnnxRuntimeBackend`.
 
     Raises
@@ -304,10 +319,15 @@ class OnnxRuntimeTensorRTBackend(_GpuProviderBackend):
     _ep = _TRT
 
     def __init__(self, bundle: ModelBundle, *, device: int = 0, fp16: bool = True,
-                 engines_dir: str | Path | None = None, threads: int = 2,
-                 modalities: Sequence[str] | None = None, fusion: bool = True,
-                 text: bool = True) -> None:
+                 engines_dir: str | Path | None = None, max_batch: int | None = None,
+                 threads: int = 2, modalities: Sequence[str] | None = None,
+                 fusion: bool = True, text: bool = True) -> None:
+        from omnibind_ros.core.engines import DEFAULT_MAX_BATCH
+
         self.fp16 = bool(fp16)
+        self.max_batch = DEFAULT_MAX_BATCH if max_batch is None else int(max_batch)
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._engines_dir = engines_dir
         self.cache_dir: Path | None = None
         self._init_gpu(bundle, device, threads, modalities, fusion, text)
@@ -332,6 +352,24 @@ class OnnxRuntimeTensorRTBackend(_GpuProviderBackend):
                "trt_fp16_enable": self.fp16 and key != "<fusion>",
                "trt_engine_cache_enable": True,
                "trt_engine_cache_path": str(folder),
-               "trt_timing_cache_enable": True}
+               "trt_timing_cache_enable": True,
+               **self._profile_options(key, path)}
         by_name = {_TRT: trt, _CUDA: {"device_id": self.device}}
         return [by_name.get(p, {}) for p in self._provider_names]
+
+    def _profile_options(self, key: str, path: Path) -> dict[str, str]:
+        """``trt_profile_{min,opt,max}_shapes``: the ranges the TensorRT engine builder uses."""
+        from omnibind_ros.core.engines import profile_shapes
+
+        if key == "<fusion>":
+            specs = self.bundle.fusion.inputs
+        elif key == "<text>":
+            specs = self.bundle.text.inputs
+        else:
+            specs = (self.bundle.modalities[key].input,)
+        present = _graph_inputs(path)
+        ranges = [(s.name, profile_shapes(s, self.bundle, self.max_batch)) for s in specs
+                  if s.name in present]  # an input the exporter dropped gets no profile
+        return {f"trt_profile_{kind}_shapes": ",".join(
+                    f"{name}:{'x'.join(str(d) for d in shapes[k])}" for name, shapes in ranges)
+                for k, kind in enumerate(("min", "opt", "max"))}
