@@ -1,7 +1,7 @@
 """INT8 for the engine builder: calibration batches, TensorRT's entropy calibrator and QDQ graphs.
 
 Two ways to an INT8 engine, both from the same calibration samples (model inputs, i.e. sensor
-data after the shared preprocessing; :mod:`omnibind_ros.tools.calibration` draws them from the
+data after the shared preprocessing; :mod:`omnibind_ros.sim.calibration` draws them from the
 simulator):
 
 * implicit quantisation (``tensorrt`` with ``IInt8EntropyCalibrator2``):

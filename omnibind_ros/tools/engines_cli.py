@@ -14,7 +14,7 @@ Examples
 ``build`` wraps :func:`omnibind_ros.core.engines.build_engines`: engines are cached per GPU,
 compute capability, TensorRT version (and DLA core), and a fresh engine is reused unless
 ``--force``. INT8 calibration samples come from the simulated world through the bundle's own
-preprocessing (:class:`omnibind_ros.tools.calibration.SimCalibration`); calibration caches are
+preprocessing (:class:`omnibind_ros.sim.calibration.SimCalibration`); calibration caches are
 reused while the ONNX file is unchanged (``--recalibrate`` discards them). ``list`` shows every
 cache folder of the bundle and whether each engine in it is fresh for the bundle as it is now.
 
@@ -28,20 +28,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "build_parser", "main"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "build_parser", "main", "qdq_fidelity"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and for documentation generators)."""
     from omnibind_ros.core.engines import DEFAULT_MAX_BATCH, PRECISIONS, TRT_MODULES
-    from omnibind_ros.tools.calibration import DEFAULT_CALIB_SAMPLES
+    from omnibind_ros.sim.calibration import DEFAULT_CALIB_SAMPLES
 
     parser = argparse.ArgumentParser(
         prog="omnibind-engines",
@@ -170,7 +172,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         components,
         import_tensorrt,
     )
-    from omnibind_ros.tools.calibration import DEFAULT_CALIB_SEED, SimCalibration
+    from omnibind_ros.sim.calibration import DEFAULT_CALIB_SEED, SimCalibration
 
     bundle = _load(args.bundle)
     if args.modalities is not None:
@@ -229,8 +231,6 @@ _CHECK_SAMPLES = 32
 def _check_int8(bundle: Any, directory: Path, comps: Sequence[Any], first_seed: int) -> None:
     """Print each QDQ encoder's cosine to fp32 on held-out simulated samples."""
     from omnibind_ros.core.engines import read_manifest
-    from omnibind_ros.tools.calibration import qdq_fidelity
-
     records = read_manifest(directory).get("calibration") or {}
     seeds = range(first_seed, first_seed + _CHECK_SAMPLES)
     for comp in comps:
@@ -279,6 +279,28 @@ def _cmd_list(args: argparse.Namespace) -> int:
             print(f"  {r.key:<22} {str(r.entry.get('precision', '?')):<5} "
                   f"max batch {r.entry.get('max_batch', '?'):<3} {r.status}")
     return 0
+
+
+def qdq_fidelity(bundle: Any, modality: str, qdq_graph: str | Path,
+                 seeds: Iterable[int], world: Any | None = None) -> tuple[float, float]:
+    """``(mean, min)`` cosine between the fp32 encoder and its QDQ (INT8) graph.
+
+    Both run with ONNX Runtime on the CPU, on the simulated samples of ``seeds`` (use seeds
+    the calibration did not draw).
+    """
+    import onnxruntime as ort
+
+    from omnibind_ros.sim.calibration import sim_inputs
+
+    x = np.stack(list(sim_inputs(bundle, modality, seeds, world)))
+    name = bundle.modalities[modality].input.name
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    a, q = (ort.InferenceSession(str(path), sess_options=options,
+                                 providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
+            for path in (bundle.modalities[modality].file, qdq_graph))
+    cos = (a * q).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(q, axis=1) + 1e-12)
+    return float(cos.mean()), float(cos.min())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ calibration cache is reused), and again on every iteration (same seeds, same sam
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from omnibind_ros.core.errors import PreprocessError
 from omnibind_ros.core.preprocess import build_preprocessor
 
 __all__ = ["DEFAULT_CALIB_SAMPLES", "DEFAULT_CALIB_SEED", "PAYLOAD_FIELD", "SimCalibration",
-           "model_input", "qdq_fidelity", "sim_inputs"]
+           "model_input", "sim_inputs"]
 
 #: Calibration samples per encoder (TensorRT's guidance for entropy calibration is a few
 #: hundred images for ImageNet-scale classifiers; the simulator's classes need far fewer).
@@ -143,22 +142,3 @@ class SimCalibration(Mapping[str, Iterable[np.ndarray]]):
     def __len__(self) -> int:
         return len(self.modalities)
 
-
-def qdq_fidelity(bundle: ModelBundle, modality: str, qdq_graph: str | Path,
-                 seeds: Iterable[int], world: Any | None = None) -> tuple[float, float]:
-    """``(mean, min)`` cosine between the fp32 encoder and its QDQ (INT8) graph.
-
-    Both run with ONNX Runtime on the CPU, on the simulated samples of ``seeds`` (use seeds
-    the calibration did not draw).
-    """
-    import onnxruntime as ort
-
-    x = np.stack(list(sim_inputs(bundle, modality, seeds, world)))
-    name = bundle.modalities[modality].input.name
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    a, q = (ort.InferenceSession(str(path), sess_options=options,
-                                 providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
-            for path in (bundle.modalities[modality].file, qdq_graph))
-    cos = (a * q).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(q, axis=1) + 1e-12)
-    return float(cos.mean()), float(cos.min())
