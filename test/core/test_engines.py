@@ -414,6 +414,22 @@ def test_progress_reports_built_and_reused(bundle, tmp_path, on_gpu):
     assert [b for _, b in seen] == [True] * n + [False] * n
 
 
+def test_engines_built_before_a_failure_stay_recorded(bundle, tmp_path, on_gpu):
+    trt = fake_trt()
+    build = trt.Builder.build_serialized_network
+
+    def fail_on_fusion(self, network, config):
+        return None if network.source == str(bundle.fusion.file) else build(self, network,
+                                                                             config)
+
+    trt.Builder.build_serialized_network = fail_on_fusion
+    with pytest.raises(BackendUnavailableError, match="failed to build"):
+        build_engines(bundle, trt=trt, engines_dir=tmp_path)
+    directory = engine_cache_dir(bundle, trt=trt, gpu=GPU, engines_dir=tmp_path)
+    encoders = [c for c in components(bundle) if c.modality is not None]
+    assert stale_components(trt, bundle, encoders, directory, max_batch=None, gpu=GPU) == []
+
+
 def test_import_tensorrt_auto_falls_back_to_rtx(monkeypatch):
     rtx = fake_trt("tensorrt_rtx", "1.7.1.116")
     monkeypatch.setitem(sys.modules, "tensorrt", None)
