@@ -1,0 +1,328 @@
+"""A travel-size copy of a model bundle and of a test-split subset, for bench_gpu.py elsewhere.
+
+The default bundle (ONNX graphs + torch weights, ~350 MB) and the simulated data set (GBs) do
+not fit the 64 MiB a remote GPU machine's working-tree copy may carry, and that machine cannot
+render the simulator's samples (no pybullet) nor download weights. :func:`write_pack` writes a
+folder that does fit:
+
+* ``bundle.yaml``, the tokenizer files and the labels, as in the bundle;
+* ``weights.safetensors``: every distinct tensor of the bundle's ``torch/*.safetensors`` once
+  (the frozen EfficientNet trunk is shared by five encoders), float32 matrices of 4096+
+  elements stored as float16; ``gpu_pack.json`` maps each file and key to its tensor;
+* of the text encoder's word-embedding table, only the rows of the tokens the benchmark's
+  prompts use (labels x templates and the latency prompt); other rows unpack as zeros, so the
+  unpacked text encoder is faithful for those prompts only;
+* ``test_inputs.npz``: ``per_class`` samples per class of the student test split, preprocessed
+  as the runtime does (the bundle's configs), each stored as uint8 with a per-sample offset and
+  scale (8-bit quantisation; every precision is then fed the same inputs).
+
+:func:`unpack` turns a pack into an ordinary bundle directory: float32 safetensors, and ONNX
+graphs exported from the rebuilt modules with torch's TorchScript exporter (seconds; the bundle's
+own graphs came from the dynamo exporter), then checksummed. Its FP32 model is the float16-
+rounded weights in float32, which every compared system shares.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import yaml
+
+from omnibind_ros.core.bundle import BUNDLE_FILE, ModelBundle, checksum_tree, dump_manifest
+
+PACK_FILE = "gpu_pack.json"
+WEIGHTS_FILE = "weights.safetensors"
+INPUTS_FILE = "test_inputs.npz"
+PACK_FORMAT = 1
+_HALF_MIN_ELEMENTS = 4096
+_WORD_EMBEDDINGS = "word_embeddings.weight"
+
+
+@dataclass
+class TestSet:
+    """Preprocessed test samples: ``inputs[m]`` float32 ``[n, *shape]`` with ``valid[m]`` bool
+    ``[n]`` (False where preprocessing rejected the payload), ``labels`` indices into
+    ``class_names``."""
+
+    inputs: dict[str, np.ndarray]
+    valid: dict[str, np.ndarray]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return int(len(self.labels))
+
+
+def is_pack(path: Path) -> bool:
+    return (Path(path) / PACK_FILE).is_file()
+
+
+# -- test split --------------------------------------------------------------------------------
+
+def load_test_split(bundle: ModelBundle, per_class: int, root: Path | None = None
+                    ) -> TestSet:
+    """``per_class`` samples per class (0 = all) of the student test split, preprocessed.
+
+    Needs the rendered data set (``config/sim_dataset.yaml``'s, or ``root``) and the training
+    package (its ``SamplePreprocessor`` is what training evaluated with).
+    """
+    from omnibind_train.data.preprocess import SamplePreprocessor
+
+    from omnibind_ros.sim.dataset import DatasetConfig, dataset_dir
+    from omnibind_ros.sim.dataset.reader import SimDataset
+
+    if root is None:
+        repo = Path(__file__).resolve().parents[1]
+        root = dataset_dir(DatasetConfig.from_yaml(repo / "config" / "sim_dataset.yaml"))
+    ds = SimDataset(root, "test", "student")
+    chosen = [int(i) for c in range(len(ds.class_names))
+              for i in np.flatnonzero(ds.labels == c)[:per_class or None]]
+    preps = {m: SamplePreprocessor(m, bundle.preprocess_configs[m].to_dict())
+             for m in bundle.modalities}
+    inputs = {m: np.zeros((len(chosen), *s.sample_shape), np.float32)
+              for m, s in bundle.modalities.items()}
+    valid = {m: np.zeros(len(chosen), bool) for m in bundle.modalities}
+    for row, index in enumerate(chosen):
+        sample = ds[index]
+        for m, prep in preps.items():
+            x = prep(sample)
+            if x is not None:
+                inputs[m][row], valid[m][row] = x, True
+    return TestSet(inputs, valid, ds.labels[chosen], tuple(ds.class_names),
+                   f"{root} student/test, {per_class or 'all'} per class ({len(chosen)})")
+
+
+def _quantise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    flat = x.reshape(len(x), -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+    q = np.rint((flat - lo[:, None]) / scale[:, None]).clip(0, 255).astype(np.uint8)
+    return q.reshape(x.shape), lo.astype(np.float32), scale
+
+
+def _dequantise(q: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    shape = (len(q),) + (1,) * (q.ndim - 1)
+    return (q.astype(np.float32) * scale.reshape(shape) + lo.reshape(shape)).astype(np.float32)
+
+
+# -- pack ---------------------------------------------------------------------------------------
+
+def _prompt_token_ids(bundle: ModelBundle, prompts: Sequence[str]) -> np.ndarray:
+    from omnibind_ros.core.backends.tokenizer import BundleTokenizer
+    from omnibind_ros.core.preprocess.text import label_prompt
+
+    templates = list(bundle.prompt_templates) or ["{}"]
+    texts = [label_prompt(t, n) for n in bundle.label_names for t in templates] + list(prompts)
+    ids, _ = BundleTokenizer(bundle.text)(texts)
+    return np.unique(ids)
+
+
+def write_pack(bundle: ModelBundle, out: Path, *, test: TestSet | None,
+               prompts: Sequence[str]) -> dict[str, Any]:
+    """Write the pack of ``bundle`` (and ``test``) to ``out``; returns its description."""
+    from safetensors.numpy import load_file, save_file
+
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    root = bundle.root
+    manifest = yaml.safe_load((root / BUNDLE_FILE).read_text())
+    shutil.copy2(root / BUNDLE_FILE, out / BUNDLE_FILE)
+    for rel in (manifest["text"]["tokenizer"]["dir"], manifest["labels"]["file"],
+                manifest["labels"]["embeddings"]):
+        src, dst = root / rel, out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+    unique: dict[str, np.ndarray] = {}
+    index: dict[str, dict[str, list[Any]]] = {}
+    text_rows = _prompt_token_ids(bundle, prompts) if bundle.text is not None else None
+    for rel in _weight_files(manifest):
+        index[rel] = {}
+        for key, value in load_file(str(root / rel)).items():
+            original = str(value.dtype)
+            if rel == manifest["text"].get("torch_weights") and key.endswith(_WORD_EMBEDDINGS):
+                index[rel][key] = ["rows", original, list(value.shape)]
+                unique[f"{key}.rows"] = value[text_rows].astype(np.float16)
+                unique[f"{key}.ids"] = text_rows.astype(np.int64)
+                continue
+            if (value.dtype == np.float32 and value.ndim >= 2
+                    and value.size >= _HALF_MIN_ELEMENTS and np.abs(value).max() < 6e4):
+                value = value.astype(np.float16)
+            tid = "t" + hashlib.sha1(value.tobytes() + str(value.shape).encode()).hexdigest()[:16]
+            unique.setdefault(tid, np.ascontiguousarray(value))
+            index[rel][key] = [tid, original]
+    save_file(unique, str(out / WEIGHTS_FILE))
+    desc: dict[str, Any] = {"format": PACK_FORMAT, "source": str(root),
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "weights": index,
+                            "prompts": list(prompts)}
+    if test is not None:
+        arrays: dict[str, np.ndarray] = {"labels": test.labels,
+                                         "class_names": np.asarray(test.class_names)}
+        for m, x in test.inputs.items():
+            arrays[f"x_{m}"], arrays[f"lo_{m}"], arrays[f"scale_{m}"] = _quantise(x)
+            arrays[f"valid_{m}"] = test.valid[m]
+        np.savez_compressed(out / INPUTS_FILE, **arrays)
+        desc["test"] = {"source": test.source, "samples": len(test),
+                        "quantisation": "uint8 per sample (offset + scale)"}
+    (out / PACK_FILE).write_text(json.dumps(desc, indent=1))
+    desc["bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return desc
+
+
+def _weight_files(manifest: Mapping[str, Any]) -> list[str]:
+    files = [e["torch_weights"] for e in manifest["modalities"].values() if e.get("torch_weights")]
+    for section in ("fusion", "text"):
+        if (manifest.get(section) or {}).get("torch_weights"):
+            files.append(manifest[section]["torch_weights"])
+    return files
+
+
+# -- unpack -------------------------------------------------------------------------------------
+
+def load_pack_test_set(pack: Path) -> TestSet | None:
+    path = Path(pack) / INPUTS_FILE
+    if not path.is_file():
+        return None
+    data = np.load(path)
+    modalities = [k[2:] for k in data.files if k.startswith("x_")]
+    desc = json.loads((Path(pack) / PACK_FILE).read_text()).get("test", {})
+    return TestSet({m: _dequantise(data[f"x_{m}"], data[f"lo_{m}"], data[f"scale_{m}"])
+                    for m in modalities},
+                   {m: data[f"valid_{m}"].astype(bool) for m in modalities},
+                   data["labels"].astype(np.int64), tuple(str(c) for c in data["class_names"]),
+                   f"{pack} ({desc.get('source', '?')}; {desc.get('quantisation', '')})")
+
+
+def unpack(pack: Path, out: Path, builder: Any) -> Path:
+    """Write an ordinary bundle directory at ``out`` from ``pack`` (see the module docstring).
+
+    ``builder`` is the torch module builder (``omnibind_ros.torch_builders``) that rebuilds the
+    components whose ONNX graphs are exported here.
+    """
+    import torch
+    from safetensors.numpy import load_file, save_file
+
+    pack, out = Path(pack), Path(out)
+    desc = json.loads((pack / PACK_FILE).read_text())
+    if desc.get("format") != PACK_FORMAT:
+        raise ValueError(f"{pack}: pack format {desc.get('format')} (expected {PACK_FORMAT})")
+    shutil.copytree(pack, out, ignore=shutil.ignore_patterns(PACK_FILE, WEIGHTS_FILE,
+                                                             INPUTS_FILE))
+    unique = load_file(str(pack / WEIGHTS_FILE))
+    for rel, keys in desc["weights"].items():
+        state = {}
+        for key, (tid, dtype, *shape) in keys.items():
+            if tid == "rows":
+                table = np.zeros(shape[0], np.float32)
+                table[unique[f"{key}.ids"]] = unique[f"{key}.rows"]
+                state[key] = table
+            else:
+                state[key] = unique[tid].astype(dtype)
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(out / rel))
+    manifest = yaml.safe_load((out / BUNDLE_FILE).read_text())
+    with torch.no_grad(), _quiet_export():
+        _export_graphs(manifest, out, builder)
+    if manifest.get("text") is None:
+        manifest.pop("text", None)
+    manifest.pop("files", None)
+    manifest["files"] = checksum_tree(out)
+    dump_manifest(manifest, out / BUNDLE_FILE)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    import logging
+
+    import torch
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA op has no ONNX export
+    level = logging.getLogger("torch.onnx").level
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        logging.getLogger("torch.onnx").setLevel(level)
+
+
+def _module(builder: Any, component: str, config: Mapping[str, Any], weights: Path,
+            bundle: Any) -> Any:
+    from safetensors.torch import load_model
+
+    module = builder(component, config, bundle)
+    load_model(module, str(weights), strict=True)
+    return module.eval()
+
+
+def _axes(spec: Mapping[str, Any]) -> dict[int, str]:
+    return {i: d for i, d in enumerate(spec["shape"]) if isinstance(d, str)}
+
+
+def _example(spec: Mapping[str, Any], sizes: Mapping[str, int]) -> Any:
+    import torch
+
+    shape = [sizes.get(d, 2) if isinstance(d, str) else d for d in spec["shape"]]
+    if spec["dtype"] == "bool":
+        return torch.ones(shape, dtype=torch.bool)
+    if spec["dtype"] == "int64":
+        return torch.ones(shape, dtype=torch.int64)
+    return torch.randn(shape)
+
+
+def _export_graphs(manifest: dict[str, Any], root: Path, builder: Any) -> None:
+    """Export every component of the bundle at ``root`` with the TorchScript exporter."""
+    import torch
+
+    # what the builder reads of a bundle: the text tokenizer directory (its model config)
+    tokenizer = (manifest.get("text") or {}).get("tokenizer", {}).get("dir")
+    ref = SimpleNamespace(root=root, text=SimpleNamespace(tokenizer_dir=root / tokenizer)
+                          if tokenizer else None)
+    sizes = {"batch": 2, "tokens": 3, "sequence": 8}
+    jobs = []
+    for entry in manifest["modalities"].values():
+        enc = entry["encoder"]
+        jobs.append(("encoder", entry["encoder_config"], entry["torch_weights"], enc["file"],
+                     [enc["input"]], enc["output"]))
+    if manifest.get("fusion"):
+        f = manifest["fusion"]
+        jobs.append(("fusion", f["config"], f["torch_weights"], f["file"], f["inputs"],
+                     f["output"]))
+    if manifest.get("text"):
+        t = manifest["text"]
+        jobs.append(("text", t["encoder_config"], t["torch_weights"], t["encoder"]["file"],
+                     t["encoder"]["inputs"], t["encoder"]["output"]))
+    for component, config, weights, rel, inputs, output in jobs:
+        try:
+            module = _module(builder, component, config, root / weights, ref)
+        except ImportError as exc:
+            if component != "text":
+                raise
+            # the text encoder needs transformers; the rest of the benchmark does not
+            print(f"[note] the text encoder cannot be rebuilt here ({exc}); the unpacked "
+                  "bundle has none", flush=True)
+            manifest["text"] = None
+            continue
+        args = tuple(_example(s, sizes) for s in inputs)
+        axes = {s["name"]: _axes(s) for s in [*inputs, output]}
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        torch.onnx.export(module, args, str(root / rel), input_names=[s["name"] for s in inputs],
+                          output_names=[output["name"]], dynamic_axes=axes, dynamo=False,
+                          opset_version=int(manifest.get("export", {}).get("opset", 18)),
+                          do_constant_folding=True)
