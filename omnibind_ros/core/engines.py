@@ -585,8 +585,9 @@ class _Int8Plan:
         self.calibrator: Any | None = None
         self.calib_shapes: dict[str, tuple] = {}
         sha = entry["onnx_sha256"]
-        self.reuse = not recalibrate and calibration_reusable(manifest, comp, directory, sha)
         self.previous = (manifest.get("calibration") or {}).get(comp.key) or {}
+        self.reuse = (not recalibrate and self.previous.get("method") == entry["quantization"]
+                      and calibration_reusable(manifest, comp, directory, sha))
         self._items = _calibration_items(calibration, comp)
         if not self.reuse and self._items is None:
             raise ValueError(

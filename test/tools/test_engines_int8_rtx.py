@@ -15,8 +15,8 @@ import pytest
 
 from omnibind_ros.core.bundle import load_bundle
 from omnibind_ros.core.engines import ENGINE_MANIFEST, build_engines
-from omnibind_ros.testing import write_test_bundle
 from omnibind_ros.sim.calibration import SimCalibration, sim_inputs
+from omnibind_ros.testing import write_test_bundle
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="tensorrt_rtx is not installed (pip install "
