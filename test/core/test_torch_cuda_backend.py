@@ -236,6 +236,16 @@ def test_bf16_casts_modules_and_inputs_and_returns_float32(bundle, fp32, bf16):
     assert _cosine(bf16.embed_text(texts), fp32.embed_text(texts)).min() >= 0.99
 
 
+def test_autocast_keeps_float32_weights(bundle, fp32):
+    amp = _cpu(bundle, "bf16", autocast=True)
+    assert amp.autocast and amp.module_dtype("image") == torch.float32
+    x = _inputs(bundle, "image", 3, seed=2)
+    out = amp.encode("image", x)
+    assert out.dtype == np.float32 and _cosine(out, fp32.encode("image", x)).min() >= 0.99
+    assert np.abs(out - fp32.encode("image", x)).max() > 0  # the matmul ran in bf16
+    assert not _cpu(bundle, "fp32", autocast=True).autocast  # nothing to mix in fp32
+
+
 def test_image_encoders_run_channels_last(bundle):
     backend = _cpu(bundle, "fp32", modalities=["image", "audio", "point_cloud"], fusion=False,
                    text=False)

@@ -8,9 +8,17 @@ per model family:
     ``"fp16"`` (default), ``"bf16"`` or ``"fp32"``: encoders and the text encoder are cast to it,
     and so are their floating-point inputs on the GPU; outputs come back as float32 numpy. The
     fusion head always runs in float32: its attention masks padded slots with the score
-    ``finfo(dtype).min``, which overflows in float16's softmax, so a sample without a live
-    token comes out NaN instead of zeros (and the head is small: CUDA graphs, not precision,
-    take its cost down).
+    ``finfo(dtype).min``, and in float16 the AF head turns a sample without a live token into
+    NaN instead of zeros (the head is small anyway: CUDA graphs, not precision, take its cost
+    down). bf16's 8-bit mantissa is too coarse for some encoders: on real
+    thermal and audio inputs the frozen EfficientNet trunk's features lose enough that the
+    trained head's embeddings drift (minimum cosine to float32 over 8 test samples 0.69 and
+    0.86, measured on the CPU), where fp16 stays near 0.999.
+``autocast``
+    (default False) mixed precision instead of a cast: weights stay float32 and
+    ``torch.autocast`` runs convolutions and matrix products in ``precision`` and norms,
+    softmax and reductions in float32. Closer to float32 than a cast, at the cost of casting
+    the weights on every call.
 ``cuda_graphs``
     (default True) batch-1 latency is mostly kernel-launch overhead, so every component keeps
     one ``torch.cuda.CUDAGraph`` per input shape (:class:`GraphCache`). A shape is captured the
@@ -204,6 +212,7 @@ class TorchCudaBackend(TorchBackend):
     bundle : a bundle exported with torch weights.
     device : ``"cuda"`` or ``"cuda:N"``; ``"cpu"`` only for tests (fp32/bf16, no graphs).
     precision : ``"fp16"``, ``"bf16"`` or ``"fp32"`` for encoders and text (fusion: float32).
+    autocast : mixed precision (``torch.autocast``) instead of casting modules and inputs.
     cuda_graphs : replay per-shape CUDA graphs (see :class:`GraphCache`).
     max_graphs : graphs kept per component; other shapes run eagerly.
     channels_last : NHWC memory format for encoders with ``[B, C, H, W]`` inputs.
@@ -225,8 +234,9 @@ class TorchCudaBackend(TorchBackend):
     name = "torch_cuda"
 
     def __init__(self, bundle: ModelBundle, *, device: str = "cuda", precision: str = "fp16",
-                 cuda_graphs: bool = True, max_graphs: int = 8, channels_last: bool = True,
-                 cudnn_benchmark: bool = True, pin_memory: bool = True,
+                 autocast: bool = False, cuda_graphs: bool = True, max_graphs: int = 8,
+                 channels_last: bool = True, cudnn_benchmark: bool = True,
+                 pin_memory: bool = True,
                  threads: int | None = 2, builder: ModuleBuilder | None = None,
                  modalities: Sequence[str] | None = None, fusion: bool = True,
                  text: bool = True, graph_capture: GraphCapture | None = None) -> None:
@@ -247,6 +257,7 @@ class TorchCudaBackend(TorchBackend):
                 f"{precision!r}, cuda_graphs={cuda_graphs})")
         self.precision = precision
         self.dtype = getattr(torch, PRECISIONS[precision])
+        self.autocast = autocast and precision != "fp32"
         self.channels_last = channels_last
         self.pin_memory = pin_memory and on_cuda
         if on_cuda and cudnn_benchmark:
@@ -258,7 +269,7 @@ class TorchCudaBackend(TorchBackend):
         self._nhwc = {m for m in self.modalities
                       if channels_last and len(bundle.modalities[m].sample_shape) == 3}
         for key, module in self._modules.items():
-            if key != FUSION_KEY:
+            if key != FUSION_KEY and not self.autocast:
                 module.to(dtype=self.dtype)
             if key in self._nhwc:
                 module.to(memory_format=torch.channels_last)
@@ -270,6 +281,7 @@ class TorchCudaBackend(TorchBackend):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(bundle={str(self.bundle.root)!r}, "
                 f"device={str(self.device)!r}, precision={self.precision!r}, "
+                f"autocast={self.autocast}, "
                 f"cuda_graphs={self.graphs is not None}, modalities={list(self.modalities)})")
 
     def close(self) -> None:
@@ -289,8 +301,10 @@ class TorchCudaBackend(TorchBackend):
         """The component as the GPU runs it: cast inputs, run, return float32."""
         torch = self._torch
         module = self._modules[key]
-        dtype = torch.float32 if key == FUSION_KEY else self.dtype
+        fp32 = key == FUSION_KEY
+        dtype = torch.float32 if fp32 or self.autocast else self.dtype
         nhwc = key in self._nhwc
+        mixed = self.autocast and not fp32
 
         def forward(*tensors: Any) -> Any:
             args = []
@@ -300,7 +314,9 @@ class TorchCudaBackend(TorchBackend):
                 if nhwc and t.dim() == 4:
                     t = t.contiguous(memory_format=torch.channels_last)
                 args.append(t)
-            return module(*args).float()
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=mixed):
+                out = module(*args)
+            return out.float()
 
         return forward
 
