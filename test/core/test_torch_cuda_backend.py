@@ -383,3 +383,14 @@ def test_backend_routes_every_component_through_the_graph_cache(bundle, fp32):
     first = backend.encode("image", x)
     backend.encode("image", x * 3)
     np.testing.assert_allclose(first, fp32.encode("image", x), atol=1e-6)
+
+
+def test_a_tensorrt_precision_is_unavailable_not_an_error(bundle) -> None:
+    """``auto`` forwards ``precision`` to every backend: int8 must make torch_cuda step aside."""
+    from omnibind_ros.core.backends import create_backend
+    from omnibind_ros.core.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="int8"):
+        create_backend("torch_cuda", bundle, precision="int8")
+    backend = create_backend("auto", bundle, precision="int8")
+    assert backend.name == "onnxruntime"

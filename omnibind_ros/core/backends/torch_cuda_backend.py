@@ -240,6 +240,12 @@ class TorchCudaBackend(TorchBackend):
                  threads: int | None = 2, builder: ModuleBuilder | None = None,
                  modalities: Sequence[str] | None = None, fusion: bool = True,
                  text: bool = True, graph_capture: GraphCapture | None = None) -> None:
+        if precision == "int8" or not isinstance(precision, str):
+            # a TensorRT precision (or per-component mapping) a shared config may carry: this
+            # backend cannot honour it, so auto / fallback move on instead of stopping here
+            raise BackendUnavailableError(
+                f"the torch_cuda backend runs fp16, bf16 or fp32, not {precision!r} (INT8 "
+                "engines: backend tensorrt, built with omnibind-engines build --precision int8)")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         torch = import_runtime("torch", backend=self.name,
