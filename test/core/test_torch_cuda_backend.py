@@ -196,7 +196,7 @@ def test_cpu_is_a_test_mode_only(bundle):
     with pytest.raises(BackendUnavailableError, match="test mode"):
         TorchCudaBackend(bundle, device="cpu", precision="bf16", builder=_builder)
     with pytest.raises(ValueError, match="precision must be one of"):
-        TorchCudaBackend(bundle, device="cpu", precision="int8", builder=_builder)
+        TorchCudaBackend(bundle, device="cpu", precision="fp8", builder=_builder)
 
 
 # -- precision -------------------------------------------------------------------------------
