@@ -35,9 +35,12 @@ def _stages(spec: dict[str, Any]) -> dict[str, Any]:
     mine = [cfg for cfg in config.sensors if cfg.name in set(spec["sensors"])]
     modalities = {cfg.modality for cfg in mine}
     if "point_cloud" in modalities:
-        from omnibind_ros.core.threads import limit_open3d_threads
+        try:  # DBSCAN on one thread: less CPU per cloud in a process per core (same clusters)
+            import open3d
 
-        limit_open3d_threads(1)  # DBSCAN on one thread: less CPU per cloud (same clusters)
+            open3d.utility.set_max_threads(1)
+        except (ImportError, AttributeError):
+            pass
     backend = backend_for(spec["backend"], bundle, modalities, fusion=False,
                           text="text" in modalities)
     if spec.get("backend_wrapper") is not None:

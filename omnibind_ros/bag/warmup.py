@@ -1,7 +1,8 @@
 """Pay a process's one-time costs of each sensor's path before a live evaluation's clock starts.
 
-Why (measured): the first point cloud a Python process preprocesses imports open3d (0.85 s on
-the development machine, holding the GIL and the import lock); the first audio window compiles
+Why (measured): the first point cloud a Python process preprocesses imports its clustering
+libraries (open3d once: 0.85 s on the development machine, holding the GIL and the import lock;
+SciPy's k-d tree and graph modules now: about 0.4 s); the first audio window compiles
 its feature code (about 1 s); a tokenizer or a codec may load on first use the same way. In a
 live evaluation the perception node runs in this process, so that cost landed on the first
 messages of the bag: the lidar's worker sat in the import while its next messages waited, the

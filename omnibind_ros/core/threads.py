@@ -12,18 +12,12 @@ executor, sensor workers and ONNX Runtime threads each keep freed memory in thei
 creeps up for minutes with a flat Python heap. :func:`limit_malloc_arenas` caps the arenas (the
 ``MALLOC_ARENA_MAX`` setting, applied at run time with ``mallopt``);
 ``benchmarks/bench_runtime.py soak`` measures the RSS slope with and without it.
-
-open3d runs DBSCAN (the point-cloud clustering) on an OpenMP team of one thread per core. A
-cloud of ~1,000 points is clustered in a few milliseconds; a team of threads on a 2-core robot
-computer that is also encoding other sensors mostly waits at the barrier (the node's point-cloud
-preprocessing took 3-4x its single-thread time), so :func:`limit_open3d_threads` caps it. The
-clusters do not depend on the thread count.
 """
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["limit_blas_threads", "limit_malloc_arenas", "limit_open3d_threads"]
+__all__ = ["limit_blas_threads", "limit_malloc_arenas"]
 
 _limiter: Any = None
 
@@ -58,17 +52,3 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return bool(libc.mallopt(_M_ARENA_MAX, int(arenas)))
     except (OSError, AttributeError):
         return False
-
-
-def limit_open3d_threads(threads: int = 1) -> bool:
-    """Cap open3d's OpenMP threads (DBSCAN); imports open3d, so call it where point clouds are
-    processed. False when open3d is missing or too old to have the setting."""
-    try:
-        import open3d
-    except ImportError:
-        return False
-    setter = getattr(getattr(open3d, "utility", None), "set_max_threads", None)
-    if setter is None:
-        return False
-    setter(int(threads))
-    return True

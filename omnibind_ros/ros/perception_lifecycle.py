@@ -35,11 +35,7 @@ from omnibind_ros.core.names import PERCEPTION_NODE
 from omnibind_ros.core.pipeline import Pipeline, SensorStage, StageHook, make_pipeline
 from omnibind_ros.core.recognizer import MONITOR_RATE_HZ, Recognizer, build_fusion_tick
 from omnibind_ros.core.sensor_worker import SampleReporter, SensorWorker
-from omnibind_ros.core.threads import (
-    limit_blas_threads,
-    limit_malloc_arenas,
-    limit_open3d_threads,
-)
+from omnibind_ros.core.threads import limit_blas_threads, limit_malloc_arenas
 from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import Recognition
 from omnibind_ros.ros import diagnostics, params, qos
@@ -214,8 +210,9 @@ class PerceptionNode(LifecycleNode):
         """Pay each sensor path's one-time costs at configure, not on its first live messages.
 
         The first audio features call JIT-compiles (about a second); the first point cloud
-        imports open3d (about 0.85 s, holding the GIL, so every other sensor's messages wait
-        too). On a live stream either makes sensors look stalled for a moment.
+        imports SciPy's k-d tree and graph modules (about 0.4 s, holding the GIL and the import
+        lock, so every other sensor's messages wait too). On a live stream either makes sensors
+        look stalled for a moment.
         """
         configs = self._bundle.preprocess_configs
         rng = np.random.default_rng(0)
@@ -230,7 +227,6 @@ class PerceptionNode(LifecycleNode):
             cfg = pipeline.preprocessor.config
             centre = (np.asarray(cfg.roi_min) + np.asarray(cfg.roi_max)) / 2
             cube = (centre + rng.uniform(-0.15, 0.15, (400, 3))).astype(np.float32)
-            limit_open3d_threads(1)  # DBSCAN's OpenMP team waits more than it works (core.threads)
             self._warm("point_cloud", lambda: pipeline.encode(pipeline.preprocess(cube)))
 
     def _warm(self, modality: str, run: Callable[[], object]) -> None:

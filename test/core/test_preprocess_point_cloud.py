@@ -17,6 +17,7 @@ from omnibind_ros.core.errors import (
 from omnibind_ros.core.preprocess.point_cloud import (
     PointCloudPreprocessConfig,
     PointCloudPreprocessor,
+    dbscan_labels,
     farthest_point_sampling,
     normalise_unit_sphere,
     preprocess_point_cloud,
@@ -179,3 +180,43 @@ def test_output_shape_dtype_and_normalisation(n, num_points, spread, seed, dtype
     assert np.all(np.isfinite(out))
     assert np.max(np.linalg.norm(out, axis=1)) == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
+
+
+def _open3d_labels(xyz: np.ndarray, eps: float, min_points: int) -> np.ndarray:
+    o3d = pytest.importorskip("open3d", reason="open3d is the reference DBSCAN")
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz.astype(np.float64)))
+    return np.asarray(cloud.cluster_dbscan(eps=eps, min_points=min_points), dtype=np.int64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), blobs=st.integers(1, 5), n=st.integers(1, 400),
+       spread=st.floats(0.005, 0.2), eps=st.floats(0.01, 0.1), min_points=st.integers(1, 15),
+       duplicates=st.booleans())
+def test_dbscan_labels_equal_open3ds(seed, blobs, n, spread, eps, min_points, duplicates):
+    """Same labels as open3d's cluster_dbscan: cluster numbering, border points, noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-0.3, 0.3, (blobs, 3))
+    xyz = centres[rng.integers(0, blobs, n)] + rng.normal(0, spread, (n, 3))
+    if duplicates:  # repeated returns (distance 0) count as neighbours in both
+        xyz = np.concatenate([xyz, xyz[: n // 3]])[rng.permutation(n + n // 3)]
+    np.testing.assert_array_equal(dbscan_labels(xyz, eps, min_points),
+                                  _open3d_labels(xyz, eps, min_points))
+
+
+def test_dbscan_labels_on_a_lidar_like_scene():
+    """Clusters touching through border points, a sparse fringe and noise, as LiDAR gives."""
+    rng = np.random.default_rng(3)
+    box = rng.uniform(-0.1, 0.1, (600, 3))
+    near = rng.uniform(-0.05, 0.05, (150, 3)) + [0.2, 0.0, 0.0]  # almost touching the box
+    fringe = rng.uniform(-0.5, 0.5, (60, 3))
+    xyz = np.concatenate([fringe, box, near])
+    labels = dbscan_labels(xyz, 0.05, 10)
+    assert labels.max() >= 0 and (labels == -1).any()
+    np.testing.assert_array_equal(labels, _open3d_labels(xyz, 0.05, 10))
+
+
+def test_dbscan_labels_of_nothing_and_of_sparse_points():
+    assert dbscan_labels(np.zeros((0, 3)), 0.05, 10).shape == (0,)
+    far_apart = np.arange(30, dtype=np.float64).reshape(10, 3)
+    assert (dbscan_labels(far_apart, 0.05, 2) == -1).all()
+    assert (dbscan_labels(far_apart, 0.05, 1) == np.arange(10)).all()  # each its own core
