@@ -34,13 +34,6 @@ def _stages(spec: dict[str, Any]) -> dict[str, Any]:
     config, bundle = spec["config"], spec["bundle"]
     mine = [cfg for cfg in config.sensors if cfg.name in set(spec["sensors"])]
     modalities = {cfg.modality for cfg in mine}
-    if "point_cloud" in modalities:
-        try:  # DBSCAN on one thread: less CPU per cloud in a process per core (same clusters)
-            import open3d
-
-            open3d.utility.set_max_threads(1)
-        except (ImportError, AttributeError):
-            pass
     backend = backend_for(spec["backend"], bundle, modalities, fusion=False,
                           text="text" in modalities)
     if spec.get("backend_wrapper") is not None:
