@@ -212,8 +212,8 @@ def evaluate_live(bag: Path | str, *, rate: float = 1.0, bundle: Path | str | No
 
     Before the node starts, the first messages of every played sensor run through their
     conversion and preprocessing in this process (:mod:`omnibind_ros.bag.warmup`): a cold
-    process's one-time costs (open3d's import on the first point cloud...) otherwise stall the
-    node in the bag's first second and show as sub-second "unplugged" phases.
+    process's one-time costs (the clustering imports on the first point cloud...) otherwise
+    stall the node in the bag's first second and show as sub-second "unplugged" phases.
 
     The report's per-sensor table (``extra["sensors"]``) has offline mode's columns
     (:mod:`omnibind_ros.bag.live_sensors`); undecodable messages and a damaged bag are named by

@@ -3,7 +3,7 @@
 Every error derives from :class:`PreprocessError`, itself a ``ValueError``, so a node can catch
 one type per message, log it and drop the message, while tests and training code can catch the
 specific subclass. Messages name what was expected and what was received. Library errors
-(``cv2.error``, open3d ``RuntimeError``, ``IndexError`` from numpy) never escape preprocessing:
+(``cv2.error``, SciPy's ``ValueError``, ``IndexError`` from numpy) never escape preprocessing:
 inputs are validated first and library calls are wrapped.
 """
 from __future__ import annotations

@@ -182,25 +182,79 @@ def test_output_shape_dtype_and_normalisation(n, num_points, spread, seed, dtype
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
 
 
+def _scan_labels(xyz: np.ndarray, eps: float, min_points: int) -> np.ndarray:
+    """open3d's cluster_dbscan algorithm, transcribed: all-pairs neighbours (squared distance
+    strictly below eps**2, the point itself included), a scan over the points in index order
+    that founds a cluster at each unlabelled core point and expands it; noise reached later
+    becomes a border point of the cluster that reaches it first."""
+    d2 = ((xyz[:, None, :] - xyz[None, :, :]) ** 2).sum(axis=-1)
+    neighbours = [np.flatnonzero(row < eps * eps) for row in d2]
+    labels = np.full(len(xyz), -2, dtype=np.int64)
+    cluster = 0
+    for seed in range(len(xyz)):
+        if labels[seed] != -2:
+            continue
+        if len(neighbours[seed]) < min_points:
+            labels[seed] = -1
+            continue
+        labels[seed] = cluster
+        frontier = list(neighbours[seed])
+        while frontier:
+            point = frontier.pop()
+            if labels[point] == -1:
+                labels[point] = cluster
+            if labels[point] != -2:
+                continue
+            labels[point] = cluster
+            if len(neighbours[point]) >= min_points:
+                frontier.extend(neighbours[point])
+        cluster += 1
+    return labels
+
+
 def _open3d_labels(xyz: np.ndarray, eps: float, min_points: int) -> np.ndarray:
-    o3d = pytest.importorskip("open3d", reason="open3d is the reference DBSCAN")
+    o3d = pytest.importorskip("open3d", reason="open3d is the second reference DBSCAN")
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz.astype(np.float64)))
     return np.asarray(cloud.cluster_dbscan(eps=eps, min_points=min_points), dtype=np.int64)
 
 
-@settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), blobs=st.integers(1, 5), n=st.integers(1, 400),
-       spread=st.floats(0.005, 0.2), eps=st.floats(0.01, 0.1), min_points=st.integers(1, 15),
-       duplicates=st.booleans())
-def test_dbscan_labels_equal_open3ds(seed, blobs, n, spread, eps, min_points, duplicates):
-    """Same labels as open3d's cluster_dbscan: cluster numbering, border points, noise."""
+def _blobs(seed: int, blobs: int, n: int, spread: float, duplicates: bool) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.uniform(-0.3, 0.3, (blobs, 3))
     xyz = centres[rng.integers(0, blobs, n)] + rng.normal(0, spread, (n, 3))
-    if duplicates:  # repeated returns (distance 0) count as neighbours in both
+    if duplicates:  # repeated returns (distance 0) count as neighbours
         xyz = np.concatenate([xyz, xyz[: n // 3]])[rng.permutation(n + n // 3)]
+    return xyz
+
+
+_CLOUDS = dict(seed=st.integers(0, 2**31 - 1), blobs=st.integers(1, 5), n=st.integers(1, 300),
+               spread=st.floats(0.005, 0.2), eps=st.floats(0.01, 0.1),
+               min_points=st.integers(1, 15), duplicates=st.booleans())
+
+
+@settings(max_examples=60, deadline=None)
+@given(**_CLOUDS)
+def test_dbscan_labels_follow_the_scan_order_algorithm(seed, blobs, n, spread, eps, min_points,
+                                                       duplicates):
+    """Cluster numbering, border points and noise as open3d's algorithm defines them."""
+    xyz = _blobs(seed, blobs, n, spread, duplicates)
+    np.testing.assert_array_equal(dbscan_labels(xyz, eps, min_points),
+                                  _scan_labels(xyz, eps, min_points))
+
+
+@settings(max_examples=30, deadline=None)
+@given(**_CLOUDS)
+def test_dbscan_labels_equal_open3ds(seed, blobs, n, spread, eps, min_points, duplicates):
+    xyz = _blobs(seed, blobs, n, spread, duplicates)
     np.testing.assert_array_equal(dbscan_labels(xyz, eps, min_points),
                                   _open3d_labels(xyz, eps, min_points))
+
+
+def test_dbscan_neighbours_are_strictly_closer_than_eps():
+    line = np.array([[0.0, 0, 0], [0.5, 0, 0], [1.0, 0, 0], [1.5, 0, 0]])  # exactly eps apart
+    assert (dbscan_labels(line, 0.5, 2) == -1).all()
+    np.testing.assert_array_equal(dbscan_labels(line, 0.5000001, 2), [0, 0, 0, 0])
+    np.testing.assert_array_equal(dbscan_labels(line, 0.5, 2), _scan_labels(line, 0.5, 2))
 
 
 def test_dbscan_labels_on_a_lidar_like_scene():
@@ -212,7 +266,7 @@ def test_dbscan_labels_on_a_lidar_like_scene():
     xyz = np.concatenate([fringe, box, near])
     labels = dbscan_labels(xyz, 0.05, 10)
     assert labels.max() >= 0 and (labels == -1).any()
-    np.testing.assert_array_equal(labels, _open3d_labels(xyz, 0.05, 10))
+    np.testing.assert_array_equal(labels, _scan_labels(xyz, 0.05, 10))
 
 
 def test_dbscan_labels_of_nothing_and_of_sparse_points():

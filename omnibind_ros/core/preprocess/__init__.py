@@ -19,7 +19,7 @@ text          str                         normalised str (the model tokenizes)
 
 Bad input raises a subclass of :class:`omnibind_ros.core.errors.PreprocessError`.
 
-Only numpy and the standard library are imported here; OpenCV, open3d, librosa and soxr are
+Only numpy and the standard library are imported here; OpenCV, SciPy, librosa and soxr are
 imported inside the functions that use them, so importing this package is cheap.
 """
 from __future__ import annotations

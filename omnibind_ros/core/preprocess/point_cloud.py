@@ -50,6 +50,7 @@ from omnibind_ros.core.errors import (
     InvalidShapeError,
     NonFiniteInputError,
     NoObjectError,
+    PreprocessError,
 )
 from omnibind_ros.core.preprocess import _config as cfg
 
@@ -167,9 +168,9 @@ def crop_roi(xyz: np.ndarray, config: PointCloudPreprocessConfig) -> np.ndarray:
 def dbscan_labels(xyz: np.ndarray, eps: float, min_points: int) -> np.ndarray:
     """DBSCAN cluster labels, numbered as open3d's ``PointCloud.cluster_dbscan`` numbers them.
 
-    A point is a *core* point when at least ``min_points`` points (itself included) lie within
-    ``eps`` of it. Clusters are the connected components of core points (two core points within
-    ``eps`` of each other are connected), numbered 0, 1, ... in the order of their lowest point
+    A point is a *core* point when at least ``min_points`` points (itself included) lie closer
+    than ``eps`` to it. Clusters are the connected components of core points (two core points
+    closer than ``eps`` are connected), numbered 0, 1, ... in the order of their lowest point
     index, which is the order open3d's scan over the points founds them. A non-core point
     within ``eps`` of core points joins the lowest-numbered of their clusters (the first
     cluster whose expansion reaches it keeps it, in open3d); the rest are noise, -1.
@@ -177,7 +178,7 @@ def dbscan_labels(xyz: np.ndarray, eps: float, min_points: int) -> np.ndarray:
     Parameters
     ----------
     xyz : float [N, 3] points.
-    eps : neighbourhood radius (distances <= eps count).
+    eps : neighbourhood radius (distances < eps count, as in open3d).
     min_points : core-point density.
 
     Returns
@@ -192,8 +193,11 @@ def dbscan_labels(xyz: np.ndarray, eps: float, min_points: int) -> np.ndarray:
     labels = np.full(n, -1, dtype=np.int64)
     if n == 0:
         return labels
-    pairs = cKDTree(np.asarray(xyz, dtype=np.float64)).query_pairs(
-        float(eps), output_type="ndarray")
+    points = np.asarray(xyz, dtype=np.float64)
+    pairs = cKDTree(points).query_pairs(float(eps), output_type="ndarray")
+    # open3d's radius search keeps squared distances strictly below eps**2; the tree's is <=
+    diff = points[pairs[:, 0]] - points[pairs[:, 1]]
+    pairs = pairs[np.einsum("ij,ij->i", diff, diff) < eps * eps]
     first, second = pairs[:, 0], pairs[:, 1]
     core = np.bincount(pairs.ravel(), minlength=n) + 1 >= min_points
     core_idx = np.flatnonzero(core)
@@ -358,7 +362,10 @@ def segment_object(points: np.ndarray, config: PointCloudPreprocessConfig) -> np
     if xyz.shape[0] < config.cluster_min_points:
         raise NoObjectError(f"only {xyz.shape[0]} points left after ground removal, fewer "
                             f"than cluster_min_points={config.cluster_min_points}")
-    labels = dbscan_labels(xyz, config.cluster_eps, config.cluster_min_points)
+    try:
+        labels = dbscan_labels(xyz, config.cluster_eps, config.cluster_min_points)
+    except (ValueError, RuntimeError, MemoryError) as exc:  # keep SciPy's errors in the family
+        raise PreprocessError(f"DBSCAN failed on {xyz.shape[0]} points: {exc}") from exc
     return _select_cluster(xyz, labels, config)
 
 
