@@ -11,10 +11,12 @@ is the command line for it.
 Cache layout: ``<engines_dir or bundle/engines>/<gpu>_sm<cc>_<trt|trtrtx><version>[_dla<n>]/``
 holds ``<component>.engine`` files, ``engines.json`` (header: GPU name, compute capability,
 module, version; per component: ONNX SHA-256 of the file as it is now, precision, DLA core, batch
-limit, optimisation profiles, engine SHA-256; per INT8 component: its calibration files and the
-SHA-256 of the ONNX file they were made from) and, for ``tensorrt``, ``timing.cache``. An engine
-is loaded only when the header and its entry equal what a build now would record and the engine
-file's checksum matches; anything else is stale and rebuilt.
+limit, optimisation profiles, engine SHA-256, and for INT8 the calibration identity: SHA-256 of
+the modality's preprocessing config plus the calibration source, e.g. samples and seed; per INT8
+component: its calibration files, the SHA-256 of the ONNX file and the calibration identity they
+were made from) and, for ``tensorrt``, ``timing.cache``. An engine is loaded only when the
+header and its entry equal what a build now would record and the engine file's checksum matches;
+anything else is stale and rebuilt.
 
 Precision (``precision="fp32" | "fp16" | "int8"``, or a mapping per modality/component):
 
@@ -25,9 +27,12 @@ Precision (``precision="fp32" | "fp16" | "int8"``, or a mapping per modality/com
   shared preprocessing): with ``tensorrt`` by ``IInt8EntropyCalibrator2`` (``BuilderFlag.INT8``
   plus FP16 so layers without an INT8 kernel fall back to fp16; cache ``<component>.calib``),
   with ``tensorrt_rtx`` by a QDQ graph from ONNX Runtime's entropy calibration (see
-  :mod:`omnibind_ros.core.int8`). A calibration cache is reused while the ONNX file's SHA-256 is
-  the one it was made from. The text encoder stays fp16 unless a precision mapping asks for int8
-  for ``"text"`` (and calibration batches for it are given).
+  :mod:`omnibind_ros.core.int8`). A calibration cache is reused while the ONNX file's SHA-256
+  and the calibration identity are the ones it was made from; a changed identity (other
+  samples or seed, a changed preprocessing config in ``bundle.yaml``) makes the INT8 engine
+  stale, and ``recalibrate=True`` rebuilds it even when fresh. The text encoder stays fp16
+  unless a precision mapping asks for int8 for ``"text"`` (and calibration batches for it are
+  given).
 * The fusion head always stays fp32: it is tiny (nothing to gain), and fp16 turns its
   masked-score constant into -inf (int8 would clip it the same way).
 
@@ -81,8 +86,9 @@ __all__ = ["CALIBRATION_CACHE", "DEFAULT_MAX_BATCH", "ENGINE_MANIFEST", "PRECISI
            "Calibration", "Component", "Precision", "build_engines", "cache_dirs",
            "calibration_reusable", "component_precision", "components", "engine_cache_dir",
            "expected_entry", "gpu_identity", "gpu_name", "import_tensorrt", "inspect_cache",
-           "manifest_header", "profile_shapes", "read_manifest", "recorded_max_batch",
-           "resolve_precision", "stale_components"]
+           "manifest_header", "preprocess_sha256", "profile_shapes", "read_manifest",
+           "recorded_calibration_id", "recorded_max_batch", "resolve_precision",
+           "stale_components"]
 
 _log = logging.getLogger(__name__)
 
@@ -333,11 +339,41 @@ def _on_dla(comp: Component, dla_core: int | None) -> bool:
     return dla_core is not None and comp.modality is not None
 
 
+def preprocess_sha256(bundle: ModelBundle, comp: Component) -> str | None:
+    """SHA-256 of the preprocessing config that makes ``comp``'s inputs (None for fusion).
+
+    Encoders: the modality's config; the text encoder: the text config (tokenizer settings).
+    """
+    if comp.modality is not None and comp.modality in bundle.modalities:
+        config = bundle.modalities[comp.modality].preprocess
+    elif comp.key == _TEXT and bundle.text is not None:
+        config = bundle.text.preprocess
+    else:
+        return None
+    data = config.to_dict() if hasattr(config, "to_dict") else config
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def recorded_calibration_id(manifest: dict[str, Any], comp: Component) -> dict[str, Any]:
+    """The calibration source (e.g. samples, seed) ``comp``'s cached INT8 engine records."""
+    entry = (manifest.get("components") or {}).get(comp.key) or {}
+    recorded = entry.get("calibration")
+    if not isinstance(recorded, dict):
+        return {}
+    return {k: v for k, v in recorded.items() if k != "preprocess_sha256"}
+
+
 def expected_entry(trt: Any, comp: Component, bundle: ModelBundle, *,
                    precision: Precision = "fp16", max_batch: int,
-                   onnx_sha256: str | None = None, dla_core: int | None = None
-                   ) -> dict[str, Any]:
-    """The manifest entry a build of ``comp`` now would record (less the engine checksum)."""
+                   onnx_sha256: str | None = None, dla_core: int | None = None,
+                   calibration_id: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest entry a build of ``comp`` now would record (less the engine checksum).
+
+    An INT8 entry also records ``"calibration"``: the SHA-256 of the preprocessing config
+    (:func:`preprocess_sha256`) and ``calibration_id`` (what the calibration samples are, e.g.
+    ``{"samples": 64, "seed": 1000000}``; JSON-plain values).
+    """
     wanted = component_precision(precision, comp)
     if wanted == "fp16" and not (comp.fp16_allowed and hasattr(trt.BuilderFlag, "FP16")):
         wanted = "fp32"  # recorded as built: tensorrt_rtx has no FP16 flag
@@ -352,6 +388,8 @@ def expected_entry(trt: Any, comp: Component, bundle: ModelBundle, *,
                      for s in comp.inputs}}
     if wanted == "int8":
         entry["quantization"] = _int8_method(trt)
+        entry["calibration"] = {**dict(calibration_id or {}),
+                                "preprocess_sha256": preprocess_sha256(bundle, comp)}
     return entry
 
 
@@ -387,7 +425,9 @@ def stale_components(trt: Any, bundle: ModelBundle, comps: Sequence[Component], 
     """Components whose cached engine is missing, corrupt or built from anything else.
 
     ``max_batch=None`` accepts whatever batch limit an engine was built with; ``fp16=`` is the
-    older spelling of ``precision`` (see :func:`resolve_precision`).
+    older spelling of ``precision`` (see :func:`resolve_precision`). An INT8 engine is accepted
+    with whatever calibration samples it records, but only while the preprocessing config it
+    was calibrated through is the bundle's now.
     """
     precision = resolve_precision(precision, fp16)
     manifest = read_manifest(directory)
@@ -396,17 +436,25 @@ def stale_components(trt: Any, bundle: ModelBundle, comps: Sequence[Component], 
     for c in comps:
         limit = recorded_max_batch(manifest, c) if max_batch is None else max_batch
         entry = expected_entry(trt, c, bundle, precision=precision, max_batch=limit,
-                               dla_core=dla_core)
+                               dla_core=dla_core,
+                               calibration_id=recorded_calibration_id(manifest, c))
         if not _fresh(manifest, header, c, entry, directory):
             stale.append(c)
     return stale
 
 
 def calibration_reusable(manifest: dict[str, Any], comp: Component, directory: Path,
-                         onnx_sha256: str | None) -> bool:
-    """Whether ``comp``'s calibration cache was made from the ONNX file as it is now."""
+                         onnx_sha256: str | None,
+                         identity: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``comp``'s calibration cache was made from the ONNX file as it is now.
+
+    With ``identity`` (an INT8 entry's ``"calibration"``: preprocessing config hash and
+    calibration source), the cache must also have been made from that identity.
+    """
     record = (manifest.get("calibration") or {}).get(comp.key) or {}
     table = record.get("table")
+    if identity is not None and record.get("source") != dict(identity):
+        return False
     return (onnx_sha256 is not None and record.get("onnx_sha256") == onnx_sha256
             and isinstance(table, str) and (directory / table).is_file())
 
@@ -462,10 +510,15 @@ def inspect_cache(bundle: ModelBundle, directory: Path) -> list[CachedEngine]:
                     for s in comp.inputs}
             except BackendUnavailableError:
                 profiles = None
+            calib = entry.get("calibration")
             if profiles != entry.get("profiles"):
                 status = "stale: optimisation profiles changed"
-            elif "precision" not in entry:
+            elif "precision" not in entry or (entry.get("precision") == "int8"
+                                              and not isinstance(calib, dict)):
                 status = "stale: built by an older omnibind_ros"
+            elif isinstance(calib, dict) and (calib.get("preprocess_sha256")
+                                              != preprocess_sha256(bundle, comp)):
+                status = "stale: preprocessing config changed"
         out.append(CachedEngine(directory, header, key, dict(entry), status))
     return out
 
@@ -587,13 +640,15 @@ class _Int8Plan:
         sha = entry["onnx_sha256"]
         self.previous = (manifest.get("calibration") or {}).get(comp.key) or {}
         self.reuse = (not recalibrate and self.previous.get("method") == entry["quantization"]
-                      and calibration_reusable(manifest, comp, directory, sha))
+                      and calibration_reusable(manifest, comp, directory, sha,
+                                               entry["calibration"]))
         self._items = _calibration_items(calibration, comp)
         if not self.reuse and self._items is None:
             raise ValueError(
                 f"INT8 needs calibration batches for {comp.key} (no calibration cache made "
-                f"from this ONNX file in {directory}); `omnibind-engines build BUNDLE "
-                "--precision int8` draws them from the simulator")
+                f"from this ONNX file and preprocessing config in {directory}); "
+                "`omnibind-engines build BUNDLE --precision int8` draws them from the "
+                "simulator")
         if entry["quantization"] == _CALIBRATOR:
             self._prepare_calibrator(trt, bundle, calib_batch, device)
         else:
@@ -610,7 +665,7 @@ class _Int8Plan:
         cache = self.directory / (self.comp.stem + CALIBRATION_CACHE)
         self.calib_batch = int(calib_batch)
         if not self.reuse:
-            cache.unlink(missing_ok=True)  # made from another ONNX file
+            cache.unlink(missing_ok=True)  # made from another ONNX file or calibration
         for spec in self.comp.inputs:
             opt = profile_shapes(spec, bundle, max(calib_batch, 1))[1]
             self.calib_shapes[spec.name] = (calib_batch, *opt[1:])
@@ -635,7 +690,7 @@ class _Int8Plan:
     def record(self) -> dict[str, Any]:
         """The manifest's calibration record after the build."""
         record = {"onnx_sha256": self.entry["onnx_sha256"], "method": self.entry["quantization"],
-                  "table": self.table}
+                  "table": self.table, "source": dict(self.entry["calibration"])}
         if self.calibrator is not None:
             if not self.calibrator.cache_written and not (self.directory / self.table).is_file():
                 return {}
@@ -655,6 +710,7 @@ def build_engines(bundle: ModelBundle, *, precision: Precision | None = None,
                   modalities: Sequence[str] | None = None, module: str = "auto",
                   trt: Any | None = None, calibration: Calibration | None = None,
                   calib_batch: int = int8.DEFAULT_CALIB_BATCH, recalibrate: bool = False,
+                  calibration_id: Mapping[str, Any] | None = None,
                   dla_core: int | None = None,
                   progress: Callable[[Component, bool], None] | None = None
                   ) -> dict[str, Path]:
@@ -677,7 +733,14 @@ def build_engines(bundle: ModelBundle, *, precision: Precision | None = None,
     calibration : INT8 calibration batches per component (see :data:`Calibration`); needed
         for an INT8 component unless its calibration cache is reusable.
     calib_batch : samples per batch fed to TensorRT's calibrator.
-    recalibrate : discard calibration caches and calibrate again.
+    recalibrate : discard calibration caches, calibrate again and rebuild the INT8 engines
+        (fresh ones too).
+    calibration_id : what the calibration batches are (JSON-plain, e.g. ``{"samples": 64,
+        "seed": 1000000}``), recorded in each INT8 entry: an engine or calibration cache made
+        from another identity is stale. Default: ``samples`` and ``seed`` of ``calibration``
+        when it has both as ints (:class:`~omnibind_ros.sim.calibration.SimCalibration`),
+        ``{}`` for other calibration data, and without calibration the identity the cached
+        engine records (its calibration cache is all a build could reuse).
     dla_core : build the encoders for this DLA core (Jetson; fp16 or int8 only).
     progress : called with each component and whether it was built (False: cache reused).
 
@@ -708,12 +771,15 @@ def build_engines(bundle: ModelBundle, *, precision: Precision | None = None,
     entries = manifest.setdefault("components", {})
     calibrations = manifest.setdefault("calibration", {})
     timing = directory / TIMING_CACHE if _module_name(trt) == "tensorrt" else None
+    given_id = _calibration_id(calibration, calibration_id)
     built = {}
     for comp in comps:
+        ident = recorded_calibration_id(manifest, comp) if given_id is None else given_id
         entry = expected_entry(trt, comp, bundle, precision=precision, max_batch=max_batch,
-                               dla_core=dla_core)
+                               dla_core=dla_core, calibration_id=ident)
         path = directory / comp.engine_name
-        rebuild = force or not _fresh(manifest | header, header, comp, entry, directory)
+        rebuild = (force or (recalibrate and entry["precision"] == "int8")
+                   or not _fresh(manifest | header, header, comp, entry, directory))
         if rebuild:
             plan = None
             if entry["precision"] == "int8":
@@ -733,6 +799,19 @@ def build_engines(bundle: ModelBundle, *, precision: Precision | None = None,
             progress(comp, rebuild)
     _write_manifest(directory, manifest, header)
     return built
+
+
+def _calibration_id(calibration: Calibration | None, explicit: Mapping[str, Any] | None
+                    ) -> dict[str, Any] | None:
+    """The calibration identity of a build (None: take the one the cache records)."""
+    if explicit is not None:
+        return dict(explicit)
+    if calibration is None:
+        return None
+    samples, seed = getattr(calibration, "samples", None), getattr(calibration, "seed", None)
+    if isinstance(samples, int) and isinstance(seed, int):
+        return {"samples": samples, "seed": seed}
+    return {}
 
 
 def _write_manifest(directory: Path, manifest: dict[str, Any], header: dict[str, Any]) -> None:

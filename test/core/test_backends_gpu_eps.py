@@ -210,6 +210,26 @@ def test_tensorrt_fp16_off(fake_ort, bundle, tmp_path):
     assert all(s.provider_options[0]["trt_fp16_enable"] is False for s in ort.sessions)
 
 
+def test_tensorrt_cache_folder_keyed_by_precision_and_profile(fake_ort, bundle, tmp_path):
+    ort = fake_ort([TRT, CUDA, CPU])
+    image = str(bundle.modalities["image"].file)
+
+    def folder(**kw: Any) -> Path:
+        create_backend("onnxruntime_tensorrt", bundle, engines_dir=tmp_path,
+                       modalities=["image"], fusion=False, text=False, **kw)
+        session = ort.sessions[-1]
+        assert session.path == image
+        return Path(session.provider_options[0]["trt_engine_cache_path"])
+
+    base = folder(fp16=True, max_batch=8)
+    assert folder(fp16=True, max_batch=8) == base  # same settings: the same engine cache
+    others = [folder(fp16=False, max_batch=8), folder(fp16=True, max_batch=4),
+              folder(fp16=False, max_batch=4)]
+    assert len({base, *others}) == 4  # a change of precision or profile: another folder
+    assert all(f.parent == base.parent and f.name.startswith("image-") for f in others)
+    assert "-fp16-" in base.name and "-fp32-" in others[0].name
+
+
 @pytest.mark.parametrize(("name", "missing"), [("onnxruntime_cuda", CUDA),
                                                 ("onnxruntime_tensorrt", TRT)])
 def test_missing_provider_fails_naming_it(fake_ort, bundle, name, missing):

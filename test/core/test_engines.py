@@ -294,7 +294,10 @@ def test_int8_entropy_calibrator_serves_batches_in_order(bundle, tmp_path, on_gp
     assert entry["precision"] == "int8" and entry["quantization"] == "entropy-calibrator"
     record = manifest["calibration"]["encoder:image"]
     assert record == {"onnx_sha256": entry["onnx_sha256"], "method": "entropy-calibrator",
-                      "table": "encoder_image.calib", "samples": 12}
+                      "table": "encoder_image.calib", "samples": 12,
+                      "source": entry["calibration"]}
+    assert entry["calibration"] == {
+        "preprocess_sha256": engines.preprocess_sha256(bundle, components(bundle)[0])}
     assert manifest["components"]["text"]["precision"] == "fp16"
     assert manifest["components"]["fusion"]["precision"] == "fp32"
     # device buffers: one per input, allocated once and refilled for every batch
@@ -334,6 +337,104 @@ def test_int8_calibration_cache_reused_then_discarded_for_a_new_onnx(tmp_path, o
     manifest = json.loads((directory / ENGINE_MANIFEST).read_text())
     assert manifest["calibration"]["encoder:image"]["onnx_sha256"] == engines._sha256(path)
     assert (directory / "encoder_image.calib").read_bytes() == b"calibration-table:3"
+
+
+def _int8_kwargs(tmp_path, sources, **kw):
+    return {"trt": kw.pop("trt"), "engines_dir": tmp_path / "e", "modalities": ["image"],
+            "precision": "int8", "calibration": sources, "calib_batch": 5, **kw}
+
+
+def test_recalibrate_rebuilds_a_fresh_int8_engine(bundle, tmp_path, on_gpu, fake_torch):
+    trt = fake_trt()
+    sources = _int8_sources(bundle, ("image",))
+    kwargs = _int8_kwargs(tmp_path, sources, trt=trt)
+    build_engines(bundle, **kwargs)
+    n = len(trt.builds)
+    seen: list[tuple[str, bool]] = []
+    build_engines(bundle, recalibrate=True, progress=lambda c, b: seen.append((c.key, b)),
+                  **kwargs)  # no force
+    assert len(trt.builds) == n + 1  # only the INT8 encoder: fusion and text stay cached
+    assert dict(seen) == {"encoder:image": True, "fusion": False, "text": False}
+    assert trt.calibrations[-1] != "cache" and sources["encoder:image"].iterations == 2
+
+
+def test_calibration_identity_change_rebuilds_and_recalibrates(bundle, tmp_path, on_gpu,
+                                                               fake_torch):
+    trt = fake_trt()
+    sources = _int8_sources(bundle, ("image",))
+    kwargs = _int8_kwargs(tmp_path, sources, trt=trt)
+    build_engines(bundle, calibration_id={"samples": 15, "seed": 1}, **kwargs)
+    directory = engine_cache_dir(bundle, trt=trt, gpu=GPU, engines_dir=tmp_path / "e")
+    entry = json.loads((directory / ENGINE_MANIFEST).read_text())["components"]["encoder:image"]
+    assert entry["calibration"]["samples"] == 15 and entry["calibration"]["seed"] == 1
+    n = len(trt.builds)
+    build_engines(bundle, calibration_id={"samples": 15, "seed": 1}, **kwargs)
+    assert len(trt.builds) == n  # same identity: fresh
+    for ident in ({"samples": 15, "seed": 2}, {"samples": 30, "seed": 2}):
+        build_engines(bundle, calibration_id=ident, **kwargs)  # no force, no recalibrate
+        n += 1
+        assert len(trt.builds) == n
+        assert trt.calibrations[-1] != "cache"  # the old calibration cache is not reused
+    assert sources["encoder:image"].iterations == 3
+    # without calibration data, the engine's recorded calibration is accepted as it is
+    assert stale_components(trt, bundle, components(bundle, ["image"]), directory,
+                            precision="int8", max_batch=None, gpu=GPU) == []
+
+
+class _SimLike(dict):
+    """A calibration mapping with ``samples`` and ``seed`` attributes, as SimCalibration has."""
+
+    def __init__(self, source: CountingSource, seed: int) -> None:
+        super().__init__({"encoder:image": source})
+        self.samples, self.seed = 15, seed
+
+
+def test_calibration_identity_taken_from_samples_and_seed(bundle, tmp_path, on_gpu,
+                                                          fake_torch):
+    trt = fake_trt()
+    source = CountingSource(bundle.modalities["image"].sample_shape)
+    build_engines(bundle, **_int8_kwargs(tmp_path, {"encoder:image": source}, trt=trt))
+    n = len(trt.builds)
+    build_engines(bundle, **_int8_kwargs(tmp_path, {"encoder:image": source}, trt=trt))
+    assert len(trt.builds) == n  # plain batches: identity {} both times
+    build_engines(bundle, **_int8_kwargs(tmp_path, _SimLike(source, 4), trt=trt))
+    assert len(trt.builds) == n + 1 and source.iterations == 2
+    build_engines(bundle, **_int8_kwargs(tmp_path, _SimLike(source, 4), trt=trt))
+    assert len(trt.builds) == n + 1
+    build_engines(bundle, **_int8_kwargs(tmp_path, _SimLike(source, 5), trt=trt))
+    assert len(trt.builds) == n + 2 and source.iterations == 3
+
+
+def test_changed_preprocessing_makes_int8_stale_and_recalibrates(tmp_path, on_gpu,
+                                                                  fake_torch):
+    import yaml
+
+    root = write_test_bundle(tmp_path / "tiny")
+    bundle = load_bundle(root)
+    trt = fake_trt()
+    sources = _int8_sources(bundle, ("image",))
+    kwargs = _int8_kwargs(tmp_path, sources, trt=trt)
+    build_engines(bundle, **kwargs)
+    directory = engine_cache_dir(bundle, trt=trt, gpu=GPU, engines_dir=tmp_path / "e")
+    assert {r.key: r.status for r in engines.inspect_cache(bundle, directory)}[
+        "encoder:image"] == "fresh"
+    manifest = yaml.safe_load((root / "bundle.yaml").read_text())
+    manifest["modalities"]["image"]["preprocess"]["mean"] = [0.4, 0.4, 0.4]
+    (root / "bundle.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    changed = load_bundle(root)
+    comps = components(changed, ["image"])
+    assert [c.key for c in stale_components(trt, changed, comps, directory, precision="int8",
+                                            max_batch=None, gpu=GPU)] == ["encoder:image"]
+    status = {r.key: r.status for r in engines.inspect_cache(changed, directory)}
+    assert status["encoder:image"] == "stale: preprocessing config changed"
+    assert status["fusion"] == "fresh"
+    with pytest.raises(ValueError, match="INT8 needs calibration batches"):
+        build_engines(changed, trt=trt, engines_dir=tmp_path / "e", modalities=["image"],
+                      precision="int8")  # the old calibration cache is of no use
+    n = len(trt.builds)
+    build_engines(changed, **kwargs)
+    assert len(trt.builds) == n + 1 and trt.calibrations[-1] != "cache"
+    assert sources["encoder:image"].iterations == 2
 
 
 def test_int8_needs_calibration_data(bundle, tmp_path, on_gpu):

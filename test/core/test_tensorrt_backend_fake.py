@@ -111,6 +111,22 @@ def test_int8_engines_load_without_building(bundle, fakes, tmp_path):
                         build_missing=True, modalities=["image"])
 
 
+def test_build_missing_rebuilds_int8_only_from_a_calibration_cache(bundle, fakes, tmp_path):
+    trt, _ = fakes
+    calibration = {"encoder:image": [_inputs(bundle, "image", 8, seed=s) for s in range(2)]}
+    built = engines.build_engines(bundle, trt=trt, engines_dir=tmp_path, precision="int8",
+                                  modalities=["image"], calibration=calibration, calib_batch=4)
+    built["encoder:image"].unlink()  # the engine is lost, its calibration cache is not
+    backend = TensorRTBackend(bundle, precision="int8", engines_dir=tmp_path,
+                              build_missing=True, modalities=["image"])
+    assert trt.calibrations[-1] == "cache" and backend.precision == "int8"
+    built["encoder:image"].unlink()
+    (built["encoder:image"].parent / "encoder_image.calib").unlink()
+    with pytest.raises(BackendUnavailableError, match="INT8 needs calibration batches"):
+        TensorRTBackend(bundle, precision="int8", engines_dir=tmp_path, build_missing=True,
+                        modalities=["image"])
+
+
 def test_precision_options(bundle, fakes, tmp_path):
     with pytest.raises(BackendUnavailableError, match="not bf16"):
         TensorRTBackend(bundle, precision="bf16", engines_dir=tmp_path)
@@ -151,3 +167,27 @@ def test_buffer_pool_reuse_and_growth():
     assert BufferPool(torch, "cuda:0", pin_memory=False).host("y", (1,), "float32").pinned is False
     with pytest.raises(ValueError, match="no torch dtype"):
         pool.device("z", (1,), np.complex64)
+
+
+def test_fake_stream_defers_async_copies_until_synchronize():
+    """The fake torch is as asynchronous as CUDA, so the backend's synchronisation is tested."""
+    torch = FakeTorch()
+    stream = torch.cuda.Stream()
+    host = torch.empty((4,), pin_memory=True)
+    host.numpy()[:] = 1.0
+    dev = torch.empty((4,), device="cuda:0")
+    back = torch.empty((4,), pin_memory=True)
+    back.numpy()[:] = 0.0
+    with torch.cuda.stream(stream):
+        dev.copy_(host, non_blocking=True)
+        back.copy_(dev, non_blocking=True)
+    with pytest.raises(AssertionError, match="still queued"):
+        back.numpy()  # read before the stream is synchronised
+    with pytest.raises(AssertionError, match="still queued"):
+        host.numpy()  # its copy to the device has not run yet either
+    stream.synchronize()
+    np.testing.assert_array_equal(back.numpy(), np.ones(4, np.float32))
+    with torch.cuda.stream(stream):
+        dev.copy_(torch.from_numpy(np.full(4, 2.0, np.float32)))  # blocking: done on return
+        back.copy_(dev)
+    np.testing.assert_array_equal(back.numpy(), np.full(4, 2.0, np.float32))

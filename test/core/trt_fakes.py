@@ -8,16 +8,23 @@ Neither ``tensorrt`` nor a CUDA torch can run here, so the tests check what is a
   ``write_calibration_cache``). Its ``Runtime`` deserialises them into engines that execute the
   ONNX file with ONNX Runtime on whatever memory the tensor addresses point at.
 * :class:`FakeTorch` is a torch namespace whose "CUDA" tensors are numpy arrays in host memory
-  (so a device pointer is a real address), recording allocations and copies.
+  (so a device pointer is a real address), recording allocations and copies. Its streams are
+  asynchronous the way CUDA's are: a ``non_blocking`` copy to or from a CUDA tensor and an
+  engine's ``execute_async_v3`` are queued on the stream and happen only at its
+  ``synchronize()`` (a blocking copy waits for the stream), and reading a host tensor
+  (``numpy()``) while queued work still copies into or out of it fails - so a missing or
+  misplaced synchronisation shows up as an assertion, not as a pass.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import math
 import types
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -299,14 +306,53 @@ class FakeContext:
         return True
 
     def execute_async_v3(self, stream: int) -> bool:
-        feeds = {n: _read(self.addresses[n], s, self.engine.dtypes[n])
-                 for n, s in self.input_shapes.items()}
-        outputs = self.engine.session.run(None, feeds)
-        for out, value in zip(self.engine.session.get_outputs(), outputs, strict=True):
-            target = _read(self.addresses[out.name], value.shape, self.engine.dtypes[out.name])
-            target[...] = value  # frombuffer of a ctypes array is writable
-        self.executions += 1
+        """Queue the run on the stream of handle ``stream`` (it happens at synchronize)."""
+        queue = _STREAMS.get(int(stream))
+        assert queue is not None, f"execute_async_v3 on unknown CUDA stream {stream}"
+        shapes, addresses = dict(self.input_shapes), dict(self.addresses)
+
+        def run() -> None:
+            feeds = {n: _read(addresses[n], s, self.engine.dtypes[n]) for n, s in shapes.items()}
+            outputs = self.engine.session.run(None, feeds)
+            for out, value in zip(self.engine.session.get_outputs(), outputs, strict=True):
+                target = _read(addresses[out.name], value.shape, self.engine.dtypes[out.name])
+                target[...] = value  # frombuffer of a ctypes array is writable
+            self.executions += 1
+
+        queue.enqueue(run, ())
         return True
+
+
+# -- streams -------------------------------------------------------------------------------
+
+#: Live fake streams by handle (``cuda_stream``), so an engine finds the stream it is given.
+_STREAMS: weakref.WeakValueDictionary[int, FakeStream] = weakref.WeakValueDictionary()
+_HANDLES = itertools.count(1)
+
+
+class FakeStream:
+    """A CUDA stream: queued work runs in order at :meth:`synchronize` (or a blocking copy)."""
+
+    def __init__(self, torch: FakeTorch, device: Any = None) -> None:
+        self._t = torch
+        self.cuda_stream = next(_HANDLES)
+        self.pending: list[tuple[Callable[[], None], tuple[np.ndarray, ...]]] = []
+        _STREAMS[self.cuda_stream] = self
+        torch.streams.append(weakref.ref(self))
+
+    def enqueue(self, work: Callable[[], None], touches: tuple[np.ndarray, ...]) -> None:
+        """Queue ``work``; ``touches`` are the host arrays it reads or writes."""
+        self.pending.append((work, touches))
+
+    def flush(self) -> None:
+        """Run the queued work (what the host waiting for the stream observes)."""
+        while self.pending:
+            work, _ = self.pending.pop(0)
+            work()
+
+    def synchronize(self) -> None:
+        self._t.synchronized += 1
+        self.flush()
 
 
 # -- torch ---------------------------------------------------------------------------------
@@ -339,17 +385,36 @@ class FakeTensor:
         return FakeTensor(self._t, view, self.device, self.pinned)
 
     def copy_(self, src: FakeTensor, non_blocking: bool = False) -> FakeTensor:
+        """A copy on the current stream: queued when ``non_blocking`` and a CUDA tensor is
+        involved, else done once the stream's earlier work is (as CUDA orders them)."""
         self._t.copies.append({"src": src.device, "dst": self.device,
                                "non_blocking": non_blocking,
                                "pinned": src.pinned or self.pinned})
-        np.copyto(self.array, src.array.reshape(self.array.shape))
+        dst, source = self.array, src.array
+
+        def copy() -> None:
+            np.copyto(dst, source.reshape(dst.shape))
+
+        if self.device == "cpu" and src.device == "cpu":
+            copy()
+            return self
+        stream = self._t.current_stream
+        host = tuple(t.array for t in (self, src) if t.device == "cpu")
+        stream.enqueue(copy, host)
+        if not non_blocking:
+            stream.flush()
         return self
 
     def data_ptr(self) -> int:
         return int(self.array.ctypes.data)
 
     def numpy(self) -> np.ndarray:
+        """The host array; fails while queued stream work still copies into or out of it."""
         assert self.device == "cpu", "numpy() of a CUDA tensor"
+        busy = [a for stream in self._t.live_streams() for _, touched in stream.pending
+                for a in touched if np.may_share_memory(a, self.array)]
+        assert not busy, ("host tensor read while an asynchronous copy into or out of it is "
+                          "still queued (stream not synchronised)")
         return self.array
 
 
@@ -365,21 +430,31 @@ class FakeTorch(types.ModuleType):
         self.allocations: list[dict[str, Any]] = []
         self.copies: list[dict[str, Any]] = []
         self.synchronized = 0
+        self.streams: list[weakref.ref[FakeStream]] = []
+        self.default_stream = FakeStream(self)
+        self.current_stream = self.default_stream
         fake = self
 
-        class Stream:
-            cuda_stream = 7
+        @contextlib.contextmanager
+        def stream(s: FakeStream) -> Iterator[FakeStream]:
+            previous, fake.current_stream = fake.current_stream, s
+            try:
+                yield s
+            finally:
+                fake.current_stream = previous
 
-            def __init__(self, device: Any = None) -> None:
-                pass
-
-            def synchronize(self) -> None:
-                fake.synchronized += 1
+        def synchronize(device: Any = None) -> None:
+            for s in fake.live_streams():
+                s.flush()
 
         self.cuda = types.SimpleNamespace(
-            is_available=lambda: True, Stream=Stream,
-            device=lambda device: contextlib.nullcontext(),
-            stream=lambda stream: contextlib.nullcontext())
+            is_available=lambda: True, Stream=lambda device=None: FakeStream(fake, device),
+            device=lambda device: contextlib.nullcontext(), stream=stream,
+            current_stream=lambda device=None: fake.current_stream, synchronize=synchronize)
+
+    def live_streams(self) -> list[FakeStream]:
+        """The streams made so far that still exist."""
+        return [s for ref in self.streams if (s := ref()) is not None]
 
     def device(self, kind: str, index: int = 0) -> str:
         return f"{kind}:{index}"

@@ -286,12 +286,24 @@ def _file_key(path: Path) -> str:
     return f"{path.stem}-{digest.hexdigest()[:16]}"
 
 
+def _engine_folder(path: Path, fp16: bool, profiles: dict[str, str]) -> str:
+    """``<stem>-<ONNX sha>-<fp16|fp32>-p<profile hash>``: one folder per engine build setting.
+
+    The profile hash covers the ``trt_profile_*_shapes`` strings (batch limit, text length,
+    fusion slots), so neither a change of precision nor of profile reuses an older engine.
+    """
+    text = "\n".join(f"{k}={v}" for k, v in sorted(profiles.items()))
+    profile = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return f"{_file_key(path)}-{'fp16' if fp16 else 'fp32'}-p{profile}"
+
+
 class OnnxRuntimeTensorRTBackend(_GpuProviderBackend):
     """ONNX Runtime on the TensorRT execution provider (then CUDA, then CPU).
 
     The first session of a graph compiles a TensorRT engine (minutes on a Jetson); later ones
-    load it from the cache folder (:func:`ort_trt_cache_dir`, one sub-folder per ONNX file and
-    SHA-256, so a re-exported bundle never loads a stale engine).
+    load it from the cache folder (:func:`ort_trt_cache_dir`, one sub-folder per ONNX file,
+    SHA-256, precision and optimisation profiles, so neither a re-exported bundle nor a change
+    of ``fp16`` or ``max_batch`` loads a stale engine).
 
     Parameters
     ----------
@@ -341,7 +353,9 @@ class OnnxRuntimeTensorRTBackend(_GpuProviderBackend):
             self.cache_dir = ort_trt_cache_dir(self.bundle, str(self._ort.__version__),
                                                device=self.device,
                                                engines_dir=self._engines_dir)
-        folder = self.cache_dir / _file_key(path)
+        fp16 = self.fp16 and key != "<fusion>"
+        profiles = self._profile_options(key, path)
+        folder = self.cache_dir / _engine_folder(path, fp16, profiles)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -349,11 +363,11 @@ class OnnxRuntimeTensorRTBackend(_GpuProviderBackend):
                 f"the {self.name} backend cannot create its engine cache {folder}: {exc}; "
                 "pass engines_dir= a writable folder") from exc
         trt = {"device_id": self.device,
-               "trt_fp16_enable": self.fp16 and key != "<fusion>",
+               "trt_fp16_enable": fp16,
                "trt_engine_cache_enable": True,
                "trt_engine_cache_path": str(folder),
                "trt_timing_cache_enable": True,
-               **self._profile_options(key, path)}
+               **profiles}
         by_name = {_TRT: trt, _CUDA: {"device_id": self.device}}
         return [by_name.get(p, {}) for p in self._provider_names]
 

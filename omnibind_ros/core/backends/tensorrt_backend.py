@@ -140,8 +140,10 @@ class TensorRTBackend(BackendBase):
     precision : which cached engines to use / build: ``"fp16"`` (default), ``"fp32"`` or
         ``"int8"``, or a mapping per component (see
         :func:`~omnibind_ros.core.engines.component_precision`). INT8 engines need calibration
-        data, so they are built beforehand (``omnibind-engines build BUNDLE --precision int8``),
-        never by ``build_missing``.
+        data, so they are built beforehand (``omnibind-engines build BUNDLE --precision int8``);
+        ``build_missing`` rebuilds a missing or stale INT8 engine only from a calibration cache
+        in the cache folder made from the same ONNX file and preprocessing config (e.g. when
+        the engine file was lost), and raises :class:`BackendUnavailableError` without one.
     fp16 : the older spelling (``True``: ``"fp16"``, ``False``: ``"fp32"``).
     build_missing : build engines that are missing or stale (minutes per graph) instead of
         raising :class:`BackendUnavailableError`.
