@@ -14,22 +14,31 @@ folder that does fit:
   unpacked text encoder is faithful for those prompts only;
 * ``test_inputs.npz``: ``per_class`` samples per class of the student test split, preprocessed
   as the runtime does (the bundle's configs), each stored as uint8 with a per-sample offset and
-  scale (8-bit quantisation; every precision is then fed the same inputs).
+  scale (8-bit quantisation; every precision is then fed the same inputs);
+* ``graphs/``: every component's ONNX graph, exported here from the rebuilt module with torch's
+  TorchScript exporter (no constant folding; the bundle's own graphs came from the dynamo
+  exporter) with its weights left out: each initializer that is a tensor of the component's
+  torch weights is an external-data reference into ``<graph>.data``, a file the unpacking
+  writes. Exporting needs the ``onnx`` package, which the GPU machine need not have.
 
-:func:`unpack` turns a pack into an ordinary bundle directory: float32 safetensors, and ONNX
-graphs exported from the rebuilt modules with torch's TorchScript exporter (seconds; the bundle's
-own graphs came from the dynamo exporter), then checksummed. Its FP32 model is the float16-
-rounded weights in float32, which every compared system shares.
+:func:`write_pack` refuses to write into a path that is neither absent, an empty directory,
+nor a pack (it replaces a pack).
+
+:func:`unpack` turns a pack into an ordinary bundle directory: float32 safetensors, the ONNX
+graphs with their external data written from those tensors, checksummed. Its FP32 model is the
+float16-rounded weights in float32, which every compared system shares. It needs torch,
+safetensors and the module builder (to see whether the text encoder can be rebuilt), not onnx.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,7 +52,9 @@ from omnibind_ros.core.bundle import BUNDLE_FILE, ModelBundle, checksum_tree, du
 PACK_FILE = "gpu_pack.json"
 WEIGHTS_FILE = "weights.safetensors"
 INPUTS_FILE = "test_inputs.npz"
-PACK_FORMAT = 1
+GRAPHS_DIR = "graphs"
+PACK_FORMAT = 2
+_DATA_ALIGN = 64  # byte alignment of each tensor in a graph's external-data file
 _HALF_MIN_ELEMENTS = 4096
 _WORD_EMBEDDINGS = "word_embeddings.weight"
 
@@ -128,12 +139,29 @@ def _prompt_token_ids(bundle: ModelBundle, prompts: Sequence[str]) -> np.ndarray
     return np.unique(ids)
 
 
+def check_pack_target(out: Path) -> None:
+    """Raise :class:`FileExistsError` unless ``out`` is absent, an empty directory or a pack:
+    :func:`write_pack` replaces what is there."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_dir() and not out.is_symlink() and (is_pack(out) or not any(out.iterdir())):
+        return
+    raise FileExistsError(f"{out} exists and is neither empty nor a pack ({PACK_FILE}): "
+                          "refusing to replace it; name a new or empty directory")
+
+
 def write_pack(bundle: ModelBundle, out: Path, *, test: TestSet | None,
-               prompts: Sequence[str]) -> dict[str, Any]:
-    """Write the pack of ``bundle`` (and ``test``) to ``out``; returns its description."""
+               prompts: Sequence[str], builder: Any) -> dict[str, Any]:
+    """Write the pack of ``bundle`` (and ``test``) to ``out``; returns its description.
+
+    ``out`` must be absent, empty or an earlier pack (:func:`check_pack_target`); ``builder``
+    is the torch module builder that rebuilds the components whose graphs are exported.
+    """
     from safetensors.numpy import load_file, save_file
 
     out = Path(out)
+    check_pack_target(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -164,9 +192,11 @@ def write_pack(bundle: ModelBundle, out: Path, *, test: TestSet | None,
             unique.setdefault(tid, np.ascontiguousarray(value))
             index[rel][key] = [tid, original]
     save_file(unique, str(out / WEIGHTS_FILE))
+    with _quiet_export():
+        graphs = _pack_graphs(manifest, root, out / GRAPHS_DIR, builder)
     desc: dict[str, Any] = {"format": PACK_FORMAT, "source": str(root),
                             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "weights": index,
-                            "prompts": list(prompts)}
+                            "graphs": graphs, "prompts": list(prompts)}
     if test is not None:
         arrays: dict[str, np.ndarray] = {"labels": test.labels,
                                          "class_names": np.asarray(test.class_names)}
@@ -205,22 +235,29 @@ def load_pack_test_set(pack: Path) -> TestSet | None:
                    f"{pack} ({desc.get('source', '?')}; {desc.get('quantisation', '')})")
 
 
-def unpack(pack: Path, out: Path, builder: Any) -> Path:
+def _print_note(text: str) -> None:
+    print(f"[note] {text}", flush=True)
+
+
+def unpack(pack: Path, out: Path, builder: Any,
+           note: Callable[[str], None] = _print_note) -> Path:
     """Write an ordinary bundle directory at ``out`` from ``pack`` (see the module docstring).
 
-    ``builder`` is the torch module builder (``omnibind_ros.torch_builders``) that rebuilds the
-    components whose ONNX graphs are exported here.
+    ``builder`` is the torch module builder (``omnibind_ros.torch_builders``); a text encoder
+    it cannot rebuild here (an ImportError) is left out of the unpacked bundle, and ``note``
+    is called with the reason.
     """
-    import torch
     from safetensors.numpy import load_file, save_file
 
     pack, out = Path(pack), Path(out)
     desc = json.loads((pack / PACK_FILE).read_text())
     if desc.get("format") != PACK_FORMAT:
-        raise ValueError(f"{pack}: pack format {desc.get('format')} (expected {PACK_FORMAT})")
+        raise ValueError(f"{pack}: pack format {desc.get('format')} (expected {PACK_FORMAT}); "
+                         "write it again with bench_gpu.py --pack")
     shutil.copytree(pack, out, ignore=shutil.ignore_patterns(PACK_FILE, WEIGHTS_FILE,
-                                                             INPUTS_FILE))
+                                                             INPUTS_FILE, GRAPHS_DIR))
     unique = load_file(str(pack / WEIGHTS_FILE))
+    states: dict[str, dict[str, np.ndarray]] = {}
     for rel, keys in desc["weights"].items():
         state = {}
         for key, (tid, dtype, *shape) in keys.items():
@@ -232,9 +269,16 @@ def unpack(pack: Path, out: Path, builder: Any) -> Path:
                 state[key] = unique[tid].astype(dtype)
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(out / rel))
+        states[rel] = state
+    for rel, graph in desc["graphs"].items():
+        _unpack_graph(pack / GRAPHS_DIR / rel, out / rel, graph, states[graph["weights"]])
     manifest = yaml.safe_load((out / BUNDLE_FILE).read_text())
-    with torch.no_grad(), _quiet_export():
-        _export_graphs(manifest, out, builder)
+    if manifest.get("text"):
+        reason = _text_unbuildable(manifest, out, builder)
+        if reason:
+            note(f"text skipped: the text encoder cannot be rebuilt here ({reason}); the "
+                 "unpacked bundle has none")
+            manifest["text"] = None
     if manifest.get("text") is None:
         manifest.pop("text", None)
     manifest.pop("files", None)
@@ -286,15 +330,16 @@ def _example(spec: Mapping[str, Any], sizes: Mapping[str, int]) -> Any:
     return torch.randn(shape)
 
 
-def _export_graphs(manifest: dict[str, Any], root: Path, builder: Any) -> None:
-    """Export every component of the bundle at ``root`` with the TorchScript exporter."""
-    import torch
-
-    # what the builder reads of a bundle: the text tokenizer directory (its model config)
+def _reference(manifest: Mapping[str, Any], root: Path) -> SimpleNamespace:
+    """What the builder reads of a bundle: its root and the text tokenizer directory (the
+    text model's config)."""
     tokenizer = (manifest.get("text") or {}).get("tokenizer", {}).get("dir")
-    ref = SimpleNamespace(root=root, text=SimpleNamespace(tokenizer_dir=root / tokenizer)
-                          if tokenizer else None)
-    sizes = {"batch": 2, "tokens": 3, "sequence": 8}
+    return SimpleNamespace(root=root, text=SimpleNamespace(tokenizer_dir=root / tokenizer)
+                           if tokenizer else None)
+
+
+def _jobs(manifest: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """(component, config, torch weights, ONNX file, input specs, output spec) per component."""
     jobs = []
     for entry in manifest["modalities"].values():
         enc = entry["encoder"]
@@ -308,21 +353,76 @@ def _export_graphs(manifest: dict[str, Any], root: Path, builder: Any) -> None:
         t = manifest["text"]
         jobs.append(("text", t["encoder_config"], t["torch_weights"], t["encoder"]["file"],
                      t["encoder"]["inputs"], t["encoder"]["output"]))
-    for component, config, weights, rel, inputs, output in jobs:
-        try:
-            module = _module(builder, component, config, root / weights, ref)
-        except ImportError as exc:
-            if component != "text":
-                raise
-            # the text encoder needs transformers; the rest of the benchmark does not
-            print(f"[note] the text encoder cannot be rebuilt here ({exc}); the unpacked "
-                  "bundle has none", flush=True)
-            manifest["text"] = None
-            continue
+    return jobs
+
+
+def _pack_graphs(manifest: Mapping[str, Any], root: Path, out: Path, builder: Any
+                 ) -> dict[str, Any]:
+    """Export every component of the bundle at ``root`` with the TorchScript exporter into
+    ``out`` (same relative paths), each initializer that equals a tensor of the component's
+    torch weights turned into an external-data reference; returns, per graph, the weights file
+    and the (key, offset, length) of every externalised tensor."""
+    import onnx
+    import torch
+    from onnx.external_data_helper import set_external_data
+    from safetensors.numpy import load_file
+
+    ref = _reference(manifest, root)
+    sizes = {"batch": 2, "tokens": 3, "sequence": 8}
+    graphs: dict[str, Any] = {}
+    for component, config, weights, rel, inputs, output in _jobs(manifest):
+        module = _module(builder, component, config, root / weights, ref)
         args = tuple(_example(s, sizes) for s in inputs)
         axes = {s["name"]: _axes(s) for s in [*inputs, output]}
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        torch.onnx.export(module, args, str(root / rel), input_names=[s["name"] for s in inputs],
-                          output_names=[output["name"]], dynamic_axes=axes, dynamo=False,
-                          opset_version=int(manifest.get("export", {}).get("opset", 18)),
-                          do_constant_folding=True)
+        buffer = io.BytesIO()
+        with torch.no_grad():
+            torch.onnx.export(module, args, buffer, input_names=[s["name"] for s in inputs],
+                              output_names=[output["name"]], dynamic_axes=axes, dynamo=False,
+                              opset_version=int(manifest.get("export", {}).get("opset", 18)),
+                              do_constant_folding=False)
+        model = onnx.load_model_from_string(buffer.getvalue())
+        state = load_file(str(root / weights))
+        data = Path(rel).name + ".data"
+        tensors, offset, inline = [], 0, 0
+        for init in model.graph.initializer:
+            value = state.get(init.name)
+            if (value is None or not init.HasField("raw_data")
+                    or init.raw_data != np.ascontiguousarray(value).tobytes()):
+                inline += len(init.raw_data)
+                continue
+            offset = -(-offset // _DATA_ALIGN) * _DATA_ALIGN
+            set_external_data(init, data, offset, len(init.raw_data))
+            init.data_location = onnx.TensorProto.EXTERNAL
+            init.ClearField("raw_data")
+            tensors.append([init.name, offset, int(value.nbytes)])
+            offset += int(value.nbytes)
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(model.SerializeToString())
+        graphs[rel] = {"weights": weights, "data": data, "tensors": tensors,
+                       "inline_bytes": inline}
+    return graphs
+
+
+def _unpack_graph(src: Path, dst: Path, graph: Mapping[str, Any],
+                  state: Mapping[str, np.ndarray]) -> None:
+    """Copy the graph ``src`` to ``dst`` and write its external-data file from ``state``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+    with open(dst.parent / graph["data"], "wb") as f:
+        for key, offset, length in graph["tensors"]:
+            raw = np.ascontiguousarray(state[key]).tobytes()
+            if len(raw) != length:
+                raise ValueError(f"{dst}: tensor {key} has {len(raw)} bytes, the graph expects "
+                                 f"{length}")
+            f.seek(offset)
+            f.write(raw)
+
+
+def _text_unbuildable(manifest: Mapping[str, Any], root: Path, builder: Any) -> str | None:
+    """Why ``builder`` cannot rebuild the text encoder here (it may need packages the GPU
+    machine lacks), or None when it can."""
+    try:
+        builder("text", manifest["text"]["encoder_config"], _reference(manifest, root))
+    except ImportError as exc:
+        return str(exc)
+    return None

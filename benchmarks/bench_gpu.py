@@ -24,9 +24,10 @@ systems are ``opt_bf16_cpu`` and ``opt_bf16_amp_cpu`` (the torch_cuda backend's 
 BF16, no CUDA graphs), speed lines read DRY. ``--quick`` cuts repetitions and the test subset.
 
 Bundle: ``--bundle`` takes a bundle directory (default ``<cache>/bundles/default``) or a pack
-written by ``--pack DIR`` (``benchmarks/_gpu_pack.py``: deduplicated float16 weights and a
-preprocessed test subset, small enough to travel to a GPU machine that has neither the bundle
-nor the data set); a pack is unpacked into a temporary bundle first (ONNX re-exported there).
+written by ``--pack DIR`` (``benchmarks/_gpu_pack.py``: deduplicated float16 weights, the ONNX
+graphs without their weights and a preprocessed test subset, small enough to travel to a GPU
+machine that has neither the bundle, nor the data set, nor onnx); a pack is unpacked into a
+temporary bundle first. ``--pack`` refuses a directory that is neither empty nor a pack.
 The test split comes from the pack, else from the rendered data set
 (``config/sim_dataset.yaml``, ``--per-class`` samples per class); without either, accuracy is
 skipped with a note.
@@ -35,10 +36,13 @@ skipped with a note.
     python benchmarks/bench_gpu.py --pack .gpu_pack --per-class 3        # here, for the GPU box
     python benchmarks/bench_gpu.py --bundle .gpu_pack --json gpu.json    # on the GPU box
 
-Needs torch, numpy, onnxruntime, safetensors, pyyaml, tokenizers (text) and this repository with
-``training/`` on ``sys.path`` (the module builder; reading the data set); benchmarks/
-run_gpu_check.sh runs it on the GPU machine. A part that needs something missing prints a
-note and is skipped.
+Needs numpy, pyyaml, torch, safetensors and this repository with ``training/`` on ``sys.path``
+(the module builder; reading the data set); onnxruntime (the ``ort_cpu`` system), tokenizers
+(text), rclpy (``--node-latency``) where there; ``--pack`` also needs onnx (its ONNX export).
+It starts with a preflight line naming every one of those modules that is missing; a part that
+needs one prints a note and is skipped, and a bundle or pack that cannot be used ends the run
+with a one-line note (also in ``--json``). benchmarks/run_gpu_check.sh runs it on the GPU
+machine.
 """
 from __future__ import annotations
 
@@ -67,6 +71,7 @@ from bench_encoders import PROMPT, workloads  # noqa: E402
 
 from omnibind_ros.core.bundle import ModelBundle, default_bundle_dir, load_bundle  # noqa: E402
 from omnibind_ros.core.errors import BackendUnavailableError  # noqa: E402
+from omnibind_ros.core.preprocess.text import label_prompt  # noqa: E402
 
 TARGET_SPEEDUP = 3.0  # opt_fp16 vs eager_fp32, batch-1 p50, per encoder
 PARITY_ORT_ATOL = 1e-3
@@ -161,6 +166,48 @@ def settings(device: str, quick: bool) -> dict[str, int]:
 
 # -- environment ----------------------------------------------------------------------------------
 
+#: Modules imported on demand: name -> (what needs it, whether a run cannot go on without it).
+MODULES: dict[str, tuple[str, bool]] = {
+    "torch": ("the torch systems", True),
+    "safetensors": ("the torch weights", True),
+    "omnibind_train": ("the module builder (training/ on sys.path)", True),
+    "onnxruntime": ("the ort_cpu system", False),
+    "tokenizers": ("text", False),
+    "rclpy": ("--node-latency", False),
+    "onnx": ("--pack", False),
+}
+
+
+def missing_modules(pack: bool = False) -> dict[str, tuple[str, bool]]:
+    """The modules of :data:`MODULES` that cannot be imported here (``onnx`` is required only
+    for ``--pack``)."""
+    missing = {}
+    for name, (use, required) in MODULES.items():
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing[name] = (use, required or (pack and name == "onnx"))
+    return missing
+
+
+def preflight(pack: bool = False) -> str | None:
+    """Print one line naming the missing modules and what each costs; exit with it when one is
+    required. Returns that line, None when nothing is missing."""
+    missing = missing_modules(pack)
+    if not missing:
+        print("preflight: every module is importable", flush=True)
+        return None
+    line = "preflight: missing " + ", ".join(
+        f"{name} ({'required' if required else 'skips'}: {use})"
+        for name, (use, required) in missing.items())
+    print(line, flush=True)
+    if any(required for _, required in missing.values()):
+        sys.exit(line)
+    return line
+
+
 def environment(device: str) -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
                            "cpu_count": os.cpu_count(), "numpy": np.__version__}
@@ -218,17 +265,39 @@ def module_builder() -> Any:
         return build_torch_module
 
 
+class BundleUnusable(Exception):
+    """The bundle or pack cannot be used; the message is one line."""
+
+
 def resolve_bundle(args: argparse.Namespace, workdir: Path, notes: list[str]
                    ) -> tuple[ModelBundle, _gpu_pack.TestSet | None]:
+    """The bundle to measure (a pack is unpacked into ``workdir`` first) and its test split.
+
+    Raises :class:`BundleUnusable` with a one-line reason when there is no usable bundle.
+    """
     path = Path(args.bundle or default_bundle_dir()).expanduser()
     if not path.exists():
-        sys.exit(f"no bundle at {path}: pass --bundle (a bundle or a pack from --pack)")
+        raise BundleUnusable(f"no bundle at {path}: pass --bundle (a bundle or a pack from "
+                             "--pack)")
+    try:
+        return _resolve_bundle(path, args, workdir, notes)
+    except Exception as exc:  # unpacking, the builder, the manifest: one line, no traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise BundleUnusable(f"cannot use {path}: {type(exc).__name__}: {first}") from exc
+
+
+def _resolve_bundle(path: Path, args: argparse.Namespace, workdir: Path, notes: list[str]
+                    ) -> tuple[ModelBundle, _gpu_pack.TestSet | None]:
     if _gpu_pack.is_pack(path):
         start = time.perf_counter()
-        root = _gpu_pack.unpack(path, workdir / "bundle", module_builder())
-        print(f"unpacked {path} into {root} (ONNX re-exported) in "
+        root = _gpu_pack.unpack(path, workdir / "bundle", module_builder(),
+                                lambda text: note(notes, text))
+        print(f"unpacked {path} into {root} (weights and ONNX graphs) in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
-        return load_bundle(root), _gpu_pack.load_pack_test_set(path)
+        test = _gpu_pack.load_pack_test_set(path)
+        if test is None:
+            note(notes, f"{path} holds no test split; accuracy skipped")
+        return load_bundle(root), test
     bundle = load_bundle(path)
     try:
         test = _gpu_pack.load_test_split(bundle, args.per_class, args.dataset_root)
@@ -244,7 +313,10 @@ def make_systems(bundle: ModelBundle, args: argparse.Namespace, notes: list[str]
     from omnibind_ros.core.backends.torch_backend import TorchBackend
     from omnibind_ros.core.backends.torch_cuda_backend import TorchCudaBackend
 
-    builder = module_builder()
+    try:
+        builder = module_builder()
+    except ImportError as exc:
+        sys.exit(f"no torch module builder: {type(exc).__name__}: {exc}")
     cpu = args.device == "cpu"
     threads = os.cpu_count() if cpu else None
     makers: dict[str, Callable[[], Any]] = {
@@ -260,8 +332,9 @@ def make_systems(bundle: ModelBundle, args: argparse.Namespace, notes: list[str]
         start = time.perf_counter()
         try:
             systems[name] = make()
-        except (BackendUnavailableError, ImportError) as exc:
-            note(notes, f"{name} unavailable: {exc}")
+        except Exception as exc:  # unavailable, or a graph it cannot load: the rest still run
+            kind = "" if isinstance(exc, BackendUnavailableError) else f"{type(exc).__name__}: "
+            note(notes, f"{name} unavailable: {kind}{exc}")
             continue
         print(f"  {name}: {systems[name]!r} ({time.perf_counter() - start:.1f} s)", flush=True)
     if EAGER not in systems or opt_name(args.device) not in systems:
@@ -349,7 +422,8 @@ def parity_inputs(bundle: ModelBundle, test: _gpu_pack.TestSet | None, skip: set
             inputs[m] = rng.standard_normal((n, *spec.sample_shape)).astype(np.float32)
     if bundle.text is not None and "text" not in skip:
         templates = list(bundle.prompt_templates) or ["{}"]
-        inputs["text"] = [t.format(name) for name in bundle.label_names[:n]
+        # label_prompt, as the pack's word-embedding rows were chosen by (other rows are zero)
+        inputs["text"] = [label_prompt(t, name) for name in bundle.label_names[:n]
                           for t in templates[:2]] + [PROMPT]
     return inputs
 
@@ -559,13 +633,19 @@ def graph_stats(systems: dict[str, Any]) -> dict[str, Any]:
 # -- main -----------------------------------------------------------------------------------------
 
 def write_pack(args: argparse.Namespace) -> int:
+    try:
+        _gpu_pack.check_pack_target(args.pack)
+    except FileExistsError as exc:
+        sys.exit(f"--pack: {exc}")
+    preflight(pack=True)
     bundle = load_bundle(Path(args.bundle or default_bundle_dir()).expanduser())
     try:
         test = _gpu_pack.load_test_split(bundle, args.per_class, args.dataset_root)
     except Exception as exc:
         print(f"[note] no test split ({type(exc).__name__}: {exc}); the pack has none")
         test = None
-    desc = _gpu_pack.write_pack(bundle, args.pack, test=test, prompts=[PROMPT])
+    desc = _gpu_pack.write_pack(bundle, args.pack, test=test, prompts=[PROMPT],
+                                builder=module_builder())
     mib = desc["bytes"] / 2**20
     print(f"wrote {args.pack}: {mib:.1f} MiB ({desc.get('test', {}).get('samples', 0)} test "
           f"samples)")
@@ -580,14 +660,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.pack is not None:
         return write_pack(args)
     notes: list[str] = []
+    missing = preflight()
     env = environment(args.device)
+    if missing:
+        notes.append(missing)
     if args.device == "cuda":
         require_cuda()
     budget = Budget(args.budget_s, notes)
     reps = settings(args.device, args.quick)
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         workdir = Path(tmp)
-        bundle, test = resolve_bundle(args, workdir, notes)
+        try:
+            bundle, test = resolve_bundle(args, workdir, notes)
+        except BundleUnusable as exc:
+            note(notes, str(exc))
+            if args.json:
+                args.json.write_text(json.dumps({"env": env, "device": args.device,
+                                                 "notes": notes}, indent=1, default=str))
+            return 2
         print(f"bundle {bundle.root} (D={bundle.dim}, {list(bundle.modalities)}); test split: "
               f"{test.source if test is not None else 'none'}", flush=True)
         systems = make_systems(bundle, args, notes)

@@ -5,8 +5,11 @@
 # budget, writing bench_gpu.json and bench_gpu.log to $OUT (else a new /tmp/bench_gpu_* folder).
 #
 # Bundle: $BUNDLE, else the pack .gpu_pack/ in the repository (written here beforehand with
-# `python benchmarks/bench_gpu.py --pack .gpu_pack`; it holds the weights and a test subset
-# small enough to travel), else <cache>/bundles/default.
+# `python benchmarks/bench_gpu.py --pack .gpu_pack`; it holds the weights, the ONNX graphs and a
+# test subset small enough to travel), else <cache>/bundles/default.
+# Needs torch (CUDA), numpy, safetensors, pyyaml; onnxruntime, tokenizers, rclpy where there.
+# bench_gpu.py's first line names the modules missing here; what needs one is skipped with a
+# note, and a pack or bundle that cannot be used ends the run with a one-line note.
 # Environment: BUDGET_S (default 420: bench_gpu.py starts no new part after it; the hard
 # limit is BUDGET_S + 60 s), QUICK=1 (fewer repetitions), PYTHON (default python3).
 set -uo pipefail

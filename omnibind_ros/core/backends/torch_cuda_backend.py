@@ -37,16 +37,22 @@ per model family:
     convolution algorithms once per shape and keeps the fastest.
 ``pin_memory``
     (default True) inputs are staged in page-locked host buffers (one per shape, kept) and
-    copied to the GPU with ``non_blocking=True``; outputs come back through pinned buffers too.
+    copied to the GPU with ``non_blocking=True``; outputs come back through pinned buffers too,
+    and are copied out of them before the call returns. A call that raises synchronises the
+    stream before it returns, so no copy from a staging buffer is still in flight when the
+    next call refills it.
 
 Calls are serialised by a lock: the GPU runs one stream here anyway, and the static buffers of
-a graph must not be shared by two threads at once. ``device="cpu"`` is accepted for tests of the
+a graph must not be shared by two threads at once. Each call runs with its device
+(``torch.cuda.device``) current, so on ``cuda:N`` the streams, graph captures and memory pools
+are that device's. ``device="cpu"`` is accepted for tests of the
 precision logic only (``precision`` ``"fp32"``/``"bf16"``, ``cuda_graphs=False``). Without a
 usable CUDA device the constructor raises :class:`BackendUnavailableError` saying why, so
 ``create_backend(..., fallback=True)`` and ``"auto"`` move on.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -261,6 +267,7 @@ class TorchCudaBackend(TorchBackend):
                 f"the torch_cuda backend runs on CUDA; device={device!r} is a test mode that "
                 f"takes precision 'fp32' or 'bf16' and cuda_graphs=False (got precision "
                 f"{precision!r}, cuda_graphs={cuda_graphs})")
+        self._on_cuda = on_cuda
         self.precision = precision
         self.dtype = getattr(torch, PRECISIONS[precision])
         self.autocast = autocast and precision != "fp32"
@@ -329,13 +336,34 @@ class TorchCudaBackend(TorchBackend):
     def _call(self, key: str, *arrays: np.ndarray) -> np.ndarray:
         torch = self._torch
         forward = self._forwards[key]
-        with self._lock, torch.inference_mode():
-            inputs = [self._to_device(i, a) for i, a in enumerate(arrays)]
-            if self.graphs is not None:
-                out = self.graphs.run(key, forward, inputs)
-            else:
-                out = forward(*inputs)
-            return self._to_host(out)
+        with self._lock, torch.inference_mode(), self._device_context():
+            try:
+                inputs = [self._to_device(i, a) for i, a in enumerate(arrays)]
+                if self.graphs is not None:
+                    out = self.graphs.run(key, forward, inputs)
+                else:
+                    out = forward(*inputs)
+                return self._to_host(out)  # synchronises the stream
+            except BaseException:
+                # copies from the staging buffers may still be in flight: wait for them
+                # before the next call refills those buffers
+                self._synchronize_after_error()
+                raise
+
+    def _device_context(self) -> Any:
+        """``torch.cuda.device(self.device)`` on CUDA (streams, graph captures and memory pools
+        of this device, not the current one), else nothing."""
+        if not self._on_cuda:
+            return contextlib.nullcontext()
+        return self._torch.cuda.device(self.device)
+
+    def _synchronize_after_error(self) -> None:
+        if not self._on_cuda:
+            return
+        try:
+            self._torch.cuda.current_stream(self.device).synchronize()
+        except Exception as exc:  # a sticky CUDA error raises here too; the caller's stands
+            _log.debug("stream synchronisation after a failed call failed: %s", exc)
 
     def _to_device(self, position: int, array: np.ndarray) -> Any:
         host = self._torch.from_numpy(array)

@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from omnibind_ros.core.modalities import ALL_MODALITIES
@@ -86,12 +85,13 @@ class AdaptiveFusion(nn.Module):
 
     def attend(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``SA``: ``[B, N, D]`` -> ``[B, N, D]``; padded positions are not attended to."""
-        q, k, v = rearrange(self.qkv(self.norm(tokens)), "b n (three h d) -> three b h n d",
-                            three=3, h=self.num_heads)
+        # [B, N, 3*D] -> three [B, heads, N, D/heads]
+        q, k, v = self.qkv(self.norm(tokens)).unflatten(-1, (3, self.num_heads, -1)).permute(
+            2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
         # finfo.min instead of -inf: a sample with no live token must not produce NaN.
         scores = torch.where(mask[:, None, None, :], scores, torch.finfo(scores.dtype).min)
-        out = rearrange(scores.softmax(dim=-1) @ v, "b h n d -> b n (h d)")
+        out = (scores.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)  # [B, N, D]
         return tokens + self.proj(out)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -152,7 +152,7 @@ class ConcatFusion(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         assert tokens.shape[1] == self.num_slots, (
             f"concat fusion needs {self.num_slots} slots, got {tokens.shape[1]}")
-        flat = rearrange(_clean(tokens, mask.bool()), "b s d -> b (s d)")
+        flat = _clean(tokens, mask.bool()).flatten(1)  # [B, S*D]
         return F.normalize(self.linear(flat), dim=-1)
 
 
@@ -194,13 +194,13 @@ class ClsTokenFusion(nn.Module):
         mask = mask.bool()
         tokens = _clean(tokens, mask)
         h = self.num_heads
-        k = rearrange(self.key(self.norm(tokens)), "b n (h d) -> b h n d", h=h)
-        v = rearrange(self.value(tokens), "b n (h d) -> b h n d", h=h)
-        q = rearrange(self.query, "(h d) -> h d", h=h)
+        k = self.key(self.norm(tokens)).unflatten(-1, (h, -1)).transpose(1, 2)  # [B, h, N, d]
+        v = self.value(tokens).unflatten(-1, (h, -1)).transpose(1, 2)
+        q = self.query.unflatten(0, (h, -1))  # [h, d]
         scores = torch.einsum("hd,bhnd->bhn", q, k) * k.shape[-1] ** -0.5
         scores = torch.where(mask[:, None, :], scores, torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=-1) * mask[:, None, :].to(scores.dtype)
-        out = rearrange(torch.einsum("bhn,bhnd->bhd", weights, v), "b h d -> b (h d)")
+        out = torch.einsum("bhn,bhnd->bhd", weights, v).flatten(1)  # [B, D]
         out = self.proj(out) * mask.any(dim=1, keepdim=True).to(out.dtype)
         return F.normalize(out, dim=-1)
 
@@ -241,7 +241,7 @@ class OuterProductFusion(nn.Module):
         z = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1) * live
         count = live.sum(dim=1, keepdim=True)
         others = (z.sum(dim=1, keepdim=True) - z) / (count - 1).clamp_min(1.0)
-        pair = rearrange(z.unsqueeze(-1) * others.unsqueeze(-2), "b n r s -> b n (r s)")
+        pair = (z.unsqueeze(-1) * others.unsqueeze(-2)).flatten(2)  # [B, N, (r+1)^2]
         has_partner = (count >= 2).to(tokens.dtype)
         return tokens + self.proj(pair) * has_partner
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from einops import rearrange, repeat
 from torch import nn
 
 
@@ -94,8 +93,8 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.shape[-2:] == (self.image_size, self.image_size), (
             f"expected {self.image_size}x{self.image_size} input, got {tuple(x.shape[-2:])}")
-        x = rearrange(self.conv1(x), "b c h w -> b (h w) c")
-        cls = repeat(self.class_embedding, "c -> b 1 c", b=x.shape[0]).to(x.dtype)
+        x = self.conv1(x).permute(0, 2, 3, 1).flatten(1, 2)  # [B, C, H, W] -> [B, H*W, C]
+        cls = self.class_embedding.expand(x.shape[0], 1, -1).to(x.dtype)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         x = self.transformer(self.ln_pre(x))
         return self.ln_post(x[:, 0]) @ self.proj
