@@ -54,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def time_calls(call: Callable[[], Any], *, runs: int, warmup: int) -> dict[str, float]:
-    """p50 / p90 / mean latency of ``call`` in milliseconds."""
+def time_calls(call: Callable[[], Any], *, runs: int, warmup: int,
+               percentiles: tuple[int, ...] = (50, 90)) -> dict[str, float]:
+    """Latency of ``call`` in milliseconds: ``p<q>`` for each of ``percentiles``, and the mean."""
     for _ in range(warmup):
         call()
     times = np.empty(runs)
@@ -64,8 +65,8 @@ def time_calls(call: Callable[[], Any], *, runs: int, warmup: int) -> dict[str, 
         call()
         times[i] = time.perf_counter() - start
     times *= 1e3
-    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90)),
-            "mean": float(times.mean())}
+    stats = {f"p{q}": float(np.percentile(times, q)) for q in percentiles}
+    return {**stats, "mean": float(times.mean())}
 
 
 def workloads(bundle: ModelBundle, batch: int) -> dict[str, Callable[[Any], Any]]:

@@ -67,7 +67,7 @@ for _path in (REPO, REPO / "training", REPO / "benchmarks"):
         sys.path.insert(0, str(_path))
 
 import _gpu_pack  # noqa: E402
-from bench_encoders import PROMPT, workloads  # noqa: E402
+from bench_encoders import PROMPT, time_calls, workloads  # noqa: E402
 
 from omnibind_ros.core.bundle import ModelBundle, default_bundle_dir, load_bundle  # noqa: E402
 from omnibind_ros.core.errors import BackendUnavailableError  # noqa: E402
@@ -355,16 +355,7 @@ def _cudnn_benchmark(system: Any) -> None:
 # -- timing ---------------------------------------------------------------------------------------
 
 def latency_ms(call: Callable[[], Any], *, warmup: int, runs: int) -> dict[str, float]:
-    for _ in range(warmup):
-        call()
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        call()
-        times[i] = time.perf_counter() - start
-    times *= 1e3
-    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
-            "mean": float(times.mean())}
+    return time_calls(call, runs=runs, warmup=warmup, percentiles=(50, 99))
 
 
 def samples_per_s(call: Callable[[], Any], batch: int, *, warmup: int, runs: int) -> float:
