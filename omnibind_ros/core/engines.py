@@ -5,8 +5,8 @@ Works with NVIDIA ``tensorrt`` (the runtime the :mod:`tensorrt backend
 (TensorRT for RTX: same Builder/OnnxParser API; pip-installable from PyPI and able to build
 engines on a machine without a GPU, which is how CI exercises this code for real). The module
 is imported when a build starts, never at import; ``module="auto"`` takes ``tensorrt`` when it
-is importable, else ``tensorrt_rtx``. ``omnibind-engines`` (:mod:`omnibind_ros.tools.engines_cli`)
-is the command line for it.
+is importable, else ``tensorrt_rtx``. The ``omnibind-engines`` command
+(``omnibind_ros/tools/engines_cli.py``) is the command line for it.
 
 Cache layout: ``<engines_dir or bundle/engines>/<gpu>_sm<cc>_<trt|trtrtx><version>[_dla<n>]/``
 holds ``<component>.engine`` files, ``engines.json`` (header: GPU name, compute capability,

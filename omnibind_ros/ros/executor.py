@@ -29,7 +29,7 @@ from rclpy.executors import (
 )
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
-__all__ = ["PoolSafeExecutor", "retrieve_late_errors"]
+__all__ = ["PoolSafeExecutor", "retrieve_late_errors", "spin_until_shutdown"]
 
 _RCLError = _rclpy.RCLError
 
@@ -89,6 +89,21 @@ class PoolSafeExecutor(MultiThreadedExecutor):
             self._queued.discard(key)
             self._queue_changed.notify_all()
         handler()
+
+
+def spin_until_shutdown(executor: Any) -> None:
+    """``executor.spin()``, ending quietly when a SIGINT shut the context down under it.
+
+    rclpy's signal handler shuts the context down from another thread; a spin loop that is
+    just building its wait set then raises ``RCLError`` ("the given context is not valid")
+    instead of returning, and a node's main printed that traceback at Ctrl-C. Any other
+    ``RCLError``, or one while the context is still valid, is raised.
+    """
+    try:
+        executor.spin()
+    except _RCLError:
+        if executor.context.ok():
+            raise
 
 
 def retrieve_late_errors(executor: Any, label: str = "omnibind") -> None:

@@ -39,7 +39,7 @@ def main(args: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    from omnibind_ros.ros.executor import PoolSafeExecutor
+    from omnibind_ros.ros.executor import PoolSafeExecutor, spin_until_shutdown
     from omnibind_ros.ros.perception_lifecycle import PerceptionNode
 
     try:
@@ -54,7 +54,7 @@ def main(args: list[str] | None = None) -> int:
             try:
                 if node.get_parameter("autostart").value and not node.autostart():
                     node.get_logger().error("autostart failed; waiting for a lifecycle manager")
-                executor.spin()
+                spin_until_shutdown(executor)
             finally:
                 executor.shutdown()  # before destroy_node: never spin a destroyed node
                 node.destroy_node()

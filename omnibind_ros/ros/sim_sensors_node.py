@@ -56,6 +56,7 @@ from std_msgs.msg import Header, String  # noqa: E402
 from omnibind_ros.core.names import GROUND_TRUTH_TOPIC, SIM_SENSORS_NODE  # noqa: E402
 from omnibind_ros.msg import GroundTruth  # noqa: E402
 from omnibind_ros.ros import conversions as conv  # noqa: E402
+from omnibind_ros.ros.executor import spin_until_shutdown  # noqa: E402
 from omnibind_ros.ros.qos import qos_from_name  # noqa: E402
 from omnibind_ros.sim.scenario import ALL, Scenario, corrupt, load_scenario  # noqa: E402
 from omnibind_ros.sim.stream import DEFAULT_SENSORS, WINDOWED, StreamItem, WorldStream  # noqa: E402
@@ -510,7 +511,7 @@ def main(args: list[str] | None = None) -> int:
             node = SimSensorsNode()
             executor.add_node(node)
             try:
-                executor.spin()
+                spin_until_shutdown(executor)
             finally:
                 node.get_logger().info(f"stream stats: {dict(node.stats)}")
                 node.destroy_node()
