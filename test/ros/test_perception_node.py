@@ -255,16 +255,31 @@ def test_configure_fails_cleanly_on_missing_and_corrupt_bundles(make_harness, bu
     assert h.node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
 
 
-def test_unavailable_backend_fails_configure_unless_fallback(make_harness) -> None:
+def _gpu_backend_runs_here(backend: str) -> bool:
+    import importlib.util
+
+    if backend == "tensorrt":
+        return importlib.util.find_spec("tensorrt") is not None
+    if backend.startswith("onnxruntime_"):
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime_tensorrt", "onnxruntime_cuda",
+                                     "torch_cuda"])
+def test_unavailable_backend_fails_configure_unless_fallback(make_harness, backend) -> None:
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
-    h = make_harness(sensor_overrides(SENSORS, backend="tensorrt"))
-    try:
-        import tensorrt  # noqa: F401
-        pytest.skip("TensorRT is installed here")
-    except Exception:  # noqa: BLE001
-        pass
+    if _gpu_backend_runs_here(backend):
+        pytest.skip(f"{backend} can run on this machine")
+    h = make_harness(sensor_overrides(SENSORS, backend=backend))
     assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
     h.node.set_parameters([Parameter("backend_fallback", value=True)])
     assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
