@@ -279,7 +279,7 @@ def _check_int8(bundle: Any, directory: Path, comps: Sequence[Any], first_seed: 
     A check that cannot run (a missing package, a simulator or ONNX Runtime error) prints a
     note on stderr instead; the engines are built either way.
     """
-    from omnibind_ros.core.engines import read_manifest
+    from omnibind_ros.core.engine_cache import read_manifest
     records = read_manifest(directory).get("calibration") or {}
     seeds = range(first_seed, first_seed + _CHECK_SAMPLES)
     for comp in comps:
@@ -310,7 +310,7 @@ def _progress(total: int, *, disabled: bool) -> Any:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from omnibind_ros.core.engines import cache_dirs, gpu_identity, inspect_cache
+    from omnibind_ros.core.engine_cache import cache_dirs, gpu_identity, inspect_cache
 
     bundle = _load(args.bundle)
     folders = cache_dirs(bundle, args.engines_dir)

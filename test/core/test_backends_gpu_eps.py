@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from omnibind_ros.core import engines
+from omnibind_ros.core import engine_cache, engines
 from omnibind_ros.core.backends import AUTO_ORDER, BACKENDS, create_backend
 from omnibind_ros.core.backends.onnxruntime_backend import (
     OnnxRuntimeCudaBackend,
@@ -97,7 +97,7 @@ def fake_ort(monkeypatch, bundle):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.setattr(engines, "gpu_identity", lambda device=0: GPU)
+    monkeypatch.setattr(engine_cache, "gpu_identity", lambda device=0: GPU)
     return install
 
 

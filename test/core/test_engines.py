@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from trt_fakes import FakeTorch, fake_trt
 
-from omnibind_ros.core import engines
+from omnibind_ros.core import engine_cache, engine_spec, engines
 from omnibind_ros.core.bundle import load_bundle
 from omnibind_ros.core.engines import (
     ENGINE_MANIFEST,
@@ -42,7 +42,7 @@ def bundle(bundle_dir):
 
 @pytest.fixture
 def on_gpu(monkeypatch):
-    monkeypatch.setattr(engines, "gpu_identity", lambda device=0: GPU)
+    monkeypatch.setattr(engine_cache, "gpu_identity", lambda device=0: GPU)
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_anything_else_is_stale(bundle, tmp_path, on_gpu, change, monkeypatch):
         manifest["gpu"] = "NVIDIA GeForce RTX-4090"
         (directory / ENGINE_MANIFEST).write_text(json.dumps(manifest))
     elif change == "profile":
-        monkeypatch.setattr(engines, "_dim_range", lambda axis, dim, b, mb: (1, 2, 3)
+        monkeypatch.setattr(engine_spec, "_dim_range", lambda axis, dim, b, mb: (1, 2, 3)
                             if not isinstance(dim, int) else (dim, dim, dim))
     stale = stale_components(trt, bundle, comps, directory, **kwargs)
     if change in ("engine_bytes", "engine_missing"):
@@ -550,7 +550,8 @@ def test_import_tensorrt_auto_falls_back_to_rtx(monkeypatch):
 
 
 def test_engines_module_imports_no_runtime():
-    code = ("import sys, omnibind_ros.core.engines, omnibind_ros.core.backends.tensorrt_backend;"
+    code = ("import sys, omnibind_ros.core.engines, omnibind_ros.core.engine_cache,"
+            " omnibind_ros.core.backends.tensorrt_backend;"
             "print(sorted(m for m in ('tensorrt', 'tensorrt_rtx', 'torch') if m in sys.modules))")
     import subprocess
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from trt_fakes import FakeTorch, fake_trt
 
-from omnibind_ros.core import engines
+from omnibind_ros.core import engine_cache, engines
 from omnibind_ros.core.backends import tensorrt_backend
 from omnibind_ros.core.backends.cuda_buffers import BufferPool
 from omnibind_ros.core.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -37,7 +37,7 @@ def fakes(monkeypatch):
     trt, torch = fake_trt(), FakeTorch()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "torch", torch)
-    monkeypatch.setattr(engines, "gpu_identity", lambda device=0: GPU)
+    monkeypatch.setattr(engine_cache, "gpu_identity", lambda device=0: GPU)
     monkeypatch.setattr(tensorrt_backend, "gpu_identity", lambda device=0: GPU)
     return trt, torch
 

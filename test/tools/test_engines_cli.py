@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from omnibind_ros.core import engines
+from omnibind_ros.core import engine_cache, engines
 from omnibind_ros.core import int8 as int8_module
 from omnibind_ros.core.bundle import archive_bundle
 from omnibind_ros.testing import write_test_bundle
@@ -177,7 +177,7 @@ def fake_modules(monkeypatch):
     """``install(name, version, **kw)``: a fake TensorRT module (the other one absent); a fake
     torch and a fixed GPU."""
     monkeypatch.setitem(sys.modules, "torch", FakeTorch())
-    monkeypatch.setattr(engines, "gpu_identity", lambda device=0: GPU)
+    monkeypatch.setattr(engine_cache, "gpu_identity", lambda device=0: GPU)
 
     def install(name: str = "tensorrt", version: str = "10.3.0", **kw):
         trt = fake_trt(name, version, **kw)

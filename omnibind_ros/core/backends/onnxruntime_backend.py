@@ -258,14 +258,14 @@ def ort_trt_cache_dir(bundle: ModelBundle, ort_version: str, *, device: int = 0,
                       engines_dir: str | Path | None = None) -> Path:
     """``<engines_dir or bundle/engines>/<gpu>_sm<cc>_orttrt<onnxruntime version>`` (not created).
 
-    Keyed like :func:`~omnibind_ros.core.engines.engine_cache_dir`: TensorRT engines are only
+    Keyed like :func:`~omnibind_ros.core.engine_cache.engine_cache_dir`: TensorRT engines are only
     valid for the GPU and TensorRT build (here: the onnxruntime-gpu release) that made them.
     """
-    from omnibind_ros.core import engines
+    from omnibind_ros.core import engine_cache
 
-    name, cap = engines.gpu_identity(device) if gpu is None else gpu
+    name, cap = engine_cache.gpu_identity(device) if gpu is None else gpu
     base = Path(engines_dir) if engines_dir is not None else bundle.root / ENGINES_DIR
-    slug = engines._slug  # noqa: SLF001 - the same folder naming as the TensorRT backend
+    slug = engine_cache._slug  # noqa: SLF001 - the same folder naming as the TensorRT backend
     return base / f"{slug(name)}_sm{slug(cap)}_orttrt{slug(ort_version)}"
 
 
