@@ -1,1 +1,4 @@
-"""Bring your own model: bundles built from checkpoints a user already has (``omnibind-train import``)."""
+"""Bring your own model: bundles built from checkpoints a user already has.
+
+The command line is ``omnibind-train import``.
+"""
