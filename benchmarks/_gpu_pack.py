@@ -31,14 +31,12 @@ safetensors and the module builder (to see whether the text encoder can be rebui
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import shutil
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -192,7 +190,9 @@ def write_pack(bundle: ModelBundle, out: Path, *, test: TestSet | None,
             unique.setdefault(tid, np.ascontiguousarray(value))
             index[rel][key] = [tid, original]
     save_file(unique, str(out / WEIGHTS_FILE))
-    with _quiet_export():
+    from omnibind_train.export.onnx_io import quiet_export
+
+    with quiet_export():
         graphs = _pack_graphs(manifest, root, out / GRAPHS_DIR, builder)
     desc: dict[str, Any] = {"format": PACK_FORMAT, "source": str(root),
                             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "weights": index,
@@ -285,25 +285,6 @@ def unpack(pack: Path, out: Path, builder: Any,
     manifest["files"] = checksum_tree(out)
     dump_manifest(manifest, out / BUNDLE_FILE)
     return out
-
-
-@contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
-    import logging
-
-    import torch
-
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA op has no ONNX export
-    level = logging.getLogger("torch.onnx").level
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-        logging.getLogger("torch.onnx").setLevel(level)
 
 
 def _module(builder: Any, component: str, config: Mapping[str, Any], weights: Path,

@@ -31,11 +31,11 @@ from .onnx_io import (
     _export_torchscript,
     _exporter_for,
     _inline_external_data,
-    _quiet_export,
     _remove_partial,
     _tensor,
     _TextGraph,
     _verify_io,
+    quiet_export,
 )
 from .plan import _Plan
 
@@ -100,7 +100,7 @@ def _export_fusion(plan: _Plan, tmp: Path, *, exporter: str | Mapping[str, str],
     used = None
     if exporter != "torchscript":
         try:
-            with _quiet_export():
+            with quiet_export():
                 export_fusion_onnx(plan.fusion, tmp / rel, dim=plan.dim, example_tokens=n,
                                    dynamic_tokens=dynamic, opset=opset)
             used = "dynamo"

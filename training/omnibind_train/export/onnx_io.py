@@ -69,7 +69,7 @@ def _param_bytes(module: nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
     """Exporter-friendly context: no warnings, no fused multi-head-attention kernel.
 
     The exporters warn about tracing, deprecations and shared axis names on every graph; the
@@ -98,7 +98,7 @@ def _export_dynamo(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path
     dims: dict[str, Any] = {}  # one Dim per axis name: inputs sharing "batch" share the size
     shapes = tuple({axis: dims.setdefault(name, torch.export.Dim(name))
                     for axis, name in dynamic_axes.get(n, {}).items()} for n in input_names)
-    with _quiet_export():
+    with quiet_export():
         torch.onnx.export(module, args, str(path), input_names=list(input_names),
                           output_names=list(output_names), dynamic_shapes=shapes, dynamo=True,
                           opset_version=opset, verbose=False,
@@ -110,7 +110,7 @@ def _export_torchscript(module: nn.Module, args: tuple[torch.Tensor, ...], path:
                         dynamic_axes: Mapping[str, Mapping[int, str]], opset: int) -> None:
     axes = {n: dict(a) for n, a in dynamic_axes.items()}
     axes.update({n: {0: "batch"} for n in output_names})
-    with _quiet_export():
+    with quiet_export():
         torch.onnx.export(module, args, str(path), input_names=list(input_names),
                           output_names=list(output_names), dynamic_axes=axes, dynamo=False,
                           opset_version=opset, do_constant_folding=True)
