@@ -43,6 +43,8 @@ It starts with a preflight line naming every one of those modules that is missin
 needs one prints a note and is skipped, and a bundle or pack that cannot be used ends the run
 with a one-line note (also in ``--json``). benchmarks/run_gpu_check.sh runs it on the GPU
 machine.
+
+The systems are built in ``_gpu_systems.py``, the measurements are in ``_gpu_checks.py``.
 """
 from __future__ import annotations
 
@@ -51,11 +53,8 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +66,28 @@ for _path in (REPO, REPO / "training", REPO / "benchmarks"):
         sys.path.insert(0, str(_path))
 
 import _gpu_pack  # noqa: E402
-from bench_encoders import PROMPT, time_calls, workloads  # noqa: E402
+from _gpu_checks import (  # noqa: E402
+    Budget,
+    measure_accuracy,
+    measure_parity,
+    measure_speed,
+    node_latency,
+    parity_inputs,
+)
+from _gpu_systems import (  # noqa: E402
+    EAGER,
+    ORT,
+    BundleUnusable,
+    make_systems,
+    module_builder,
+    note,
+    opt_name,
+    resolve_bundle,
+    variants,
+)
+from bench_encoders import PROMPT  # noqa: E402
 
-from omnibind_ros.core.bundle import ModelBundle, default_bundle_dir, load_bundle  # noqa: E402
-from omnibind_ros.core.errors import BackendUnavailableError  # noqa: E402
-from omnibind_ros.core.preprocess.text import label_prompt  # noqa: E402
+from omnibind_ros.core.bundle import default_bundle_dir, load_bundle  # noqa: E402
 
 TARGET_SPEEDUP = 3.0  # opt_fp16 vs eager_fp32, batch-1 p50, per encoder
 PARITY_ORT_ATOL = 1e-3
@@ -79,22 +95,6 @@ FP16_MIN_COSINE = 0.999
 BF16_MIN_COSINE = 0.99
 ACCURACY_MAX_DROP_PTS = 1.0
 THROUGHPUT_BATCH = 32
-EAGER, ORT = "eager_fp32", "ort_cpu"
-#: torch_cuda systems: name -> (precision, autocast); all with CUDA graphs, channels-last,
-#: cuDNN benchmark and pinned copies. The first is the one the targets are about.
-CUDA_VARIANTS = {"opt_fp16": ("fp16", False), "opt_fp16_amp": ("fp16", True),
-                 "opt_bf16": ("bf16", False)}
-#: The dry run's: the torch_cuda backend's CPU test mode (bf16, no CUDA graphs).
-CPU_VARIANTS = {"opt_bf16_cpu": ("bf16", False), "opt_bf16_amp_cpu": ("bf16", True)}
-
-
-def variants(device: str) -> dict[str, tuple[str, bool]]:
-    return CPU_VARIANTS if device == "cpu" else CUDA_VARIANTS
-
-
-def opt_name(device: str) -> str:
-    """The system the targets are about: ``opt_fp16`` on CUDA, ``opt_bf16_cpu`` in a dry run."""
-    return next(iter(variants(device)))
 
 
 def min_cosine(system: str) -> float:
@@ -132,27 +132,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.node_duration is None:
         args.node_duration = 5.0 if args.quick else 20.0
     return args
-
-
-class Budget:
-    """Seconds left of ``--budget-s``; ``allows(part)`` notes a part it has to skip."""
-
-    def __init__(self, seconds: float | None, notes: list[str]) -> None:
-        self.start, self.seconds, self.notes = time.monotonic(), seconds, notes
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def allows(self, part: str) -> bool:
-        if self.seconds is None or self.elapsed() < self.seconds:
-            return True
-        note(self.notes, f"{part} skipped: the {self.seconds:.0f} s budget is spent")
-        return False
-
-
-def note(notes: list[str], text: str) -> None:
-    notes.append(text)
-    print(f"[note] {text}", flush=True)
 
 
 def settings(device: str, quick: bool) -> dict[str, int]:
@@ -248,276 +227,6 @@ def require_cuda() -> None:
     if reason:
         sys.exit(f"CUDA is not available: {reason}. Run on the GPU machine "
                  "(benchmarks/run_gpu_check.sh) or use --device cpu for a dry run.")
-
-
-# -- bundle, builder, systems ---------------------------------------------------------------------
-
-def module_builder() -> Any:
-    """The registered torch module builder, else the training package's on ``sys.path``
-    (a checkout that is not pip-installed has no entry point)."""
-    from omnibind_ros.core.backends.torch_backend import default_builder
-
-    try:
-        return default_builder()
-    except BackendUnavailableError:
-        from omnibind_train.models.build import build_torch_module
-
-        return build_torch_module
-
-
-class BundleUnusable(Exception):
-    """The bundle or pack cannot be used; the message is one line."""
-
-
-def resolve_bundle(args: argparse.Namespace, workdir: Path, notes: list[str]
-                   ) -> tuple[ModelBundle, _gpu_pack.TestSet | None]:
-    """The bundle to measure (a pack is unpacked into ``workdir`` first) and its test split.
-
-    Raises :class:`BundleUnusable` with a one-line reason when there is no usable bundle.
-    """
-    path = Path(args.bundle or default_bundle_dir()).expanduser()
-    if not path.exists():
-        raise BundleUnusable(f"no bundle at {path}: pass --bundle (a bundle or a pack from "
-                             "--pack)")
-    try:
-        return _resolve_bundle(path, args, workdir, notes)
-    except Exception as exc:  # unpacking, the builder, the manifest: one line, no traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise BundleUnusable(f"cannot use {path}: {type(exc).__name__}: {first}") from exc
-
-
-def _resolve_bundle(path: Path, args: argparse.Namespace, workdir: Path, notes: list[str]
-                    ) -> tuple[ModelBundle, _gpu_pack.TestSet | None]:
-    if _gpu_pack.is_pack(path):
-        start = time.perf_counter()
-        root = _gpu_pack.unpack(path, workdir / "bundle", module_builder(),
-                                lambda text: note(notes, text))
-        print(f"unpacked {path} into {root} (weights and ONNX graphs) in "
-              f"{time.perf_counter() - start:.1f} s", flush=True)
-        test = _gpu_pack.load_pack_test_set(path)
-        if test is None:
-            note(notes, f"{path} holds no test split; accuracy skipped")
-        return load_bundle(root), test
-    bundle = load_bundle(path)
-    try:
-        test = _gpu_pack.load_test_split(bundle, args.per_class, args.dataset_root)
-    except Exception as exc:  # no data set, no training package, unreadable shards
-        note(notes, f"no test split ({type(exc).__name__}: {exc}); accuracy skipped")
-        test = None
-    return bundle, test
-
-
-def make_systems(bundle: ModelBundle, args: argparse.Namespace, notes: list[str]
-                 ) -> dict[str, Any]:
-    from omnibind_ros.core.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from omnibind_ros.core.backends.torch_backend import TorchBackend
-    from omnibind_ros.core.backends.torch_cuda_backend import TorchCudaBackend
-
-    try:
-        builder = module_builder()
-    except ImportError as exc:
-        sys.exit(f"no torch module builder: {type(exc).__name__}: {exc}")
-    cpu = args.device == "cpu"
-    threads = os.cpu_count() if cpu else None
-    makers: dict[str, Callable[[], Any]] = {
-        EAGER: lambda: TorchBackend(bundle, device=args.device, threads=threads,
-                                    builder=builder)}
-    for name, (precision, amp) in variants(args.device).items():
-        makers[name] = (lambda p=precision, a=amp: TorchCudaBackend(
-            bundle, device=args.device, threads=threads, precision=p, autocast=a,
-            cuda_graphs=not cpu, builder=builder))
-    makers[ORT] = lambda: OnnxRuntimeBackend(bundle, threads=args.ort_threads, providers="cpu")
-    systems = {}
-    for name, make in makers.items():
-        start = time.perf_counter()
-        try:
-            systems[name] = make()
-        except Exception as exc:  # unavailable, or a graph it cannot load: the rest still run
-            kind = "" if isinstance(exc, BackendUnavailableError) else f"{type(exc).__name__}: "
-            note(notes, f"{name} unavailable: {kind}{exc}")
-            continue
-        print(f"  {name}: {systems[name]!r} ({time.perf_counter() - start:.1f} s)", flush=True)
-    if EAGER not in systems or opt_name(args.device) not in systems:
-        sys.exit("the torch systems could not be created (see the notes above)")
-    return systems
-
-
-def _cudnn_benchmark(system: Any) -> None:
-    """Torch defaults for the eager baseline, cuDNN's benchmark for the torch_cuda systems
-    (the flag is process-wide and read per convolution)."""
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.backends.cudnn.benchmark = getattr(system, "name", "") == "torch_cuda"
-
-
-# -- timing ---------------------------------------------------------------------------------------
-
-def latency_ms(call: Callable[[], Any], *, warmup: int, runs: int) -> dict[str, float]:
-    return time_calls(call, runs=runs, warmup=warmup, percentiles=(50, 99))
-
-
-def samples_per_s(call: Callable[[], Any], batch: int, *, warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        call()
-    start = time.perf_counter()
-    for _ in range(runs):
-        call()
-    return batch * runs / (time.perf_counter() - start)
-
-
-def measure_speed(bundle: ModelBundle, systems: dict[str, Any], reps: dict[str, int],
-                  budget: Budget, skip: set[str], notes: list[str]
-                  ) -> tuple[dict[str, Any], dict[str, Any]]:
-    latency: dict[str, dict[str, Any]] = {}
-    throughput: dict[str, dict[str, Any]] = {}
-    one, many = workloads(bundle, 1), workloads(bundle, reps["batch"])
-    for component in [c for c in one if c not in skip]:
-        if not budget.allows(f"timing of {component}"):
-            break
-        latency[component], throughput[component] = {}, {}
-        for name, system in systems.items():
-            _cudnn_benchmark(system)
-            try:
-                latency[component][name] = latency_ms(
-                    lambda s=system, j=one[component]: j(s), warmup=reps["warmup"],
-                    runs=reps["runs"])
-                throughput[component][name] = samples_per_s(
-                    lambda s=system, j=many[component]: j(s), reps["batch"],
-                    warmup=reps["tp_warmup"], runs=reps["tp_runs"])
-            except Exception as exc:  # one failing system must not cost the others' numbers
-                note(notes, f"{name} failed on {component}: {type(exc).__name__}: {exc}")
-        row = "  ".join(f"{n} {v['p50']:.2f}" for n, v in latency[component].items())
-        print(f"  {component:<12} batch-1 p50 ms: {row}", flush=True)
-    return latency, throughput
-
-
-# -- parity and accuracy --------------------------------------------------------------------------
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1),
-                                        1e-12)
-
-
-def parity_inputs(bundle: ModelBundle, test: _gpu_pack.TestSet | None, skip: set[str],
-                  n: int = 8) -> dict[str, Any]:
-    """Per component, the inputs parity is measured on: real test samples where there are
-    some, else seeded random arrays; fusion tokens are filled in from FP32 embeddings later."""
-    rng = np.random.default_rng(0)
-    inputs: dict[str, Any] = {}
-    for m, spec in bundle.modalities.items():
-        if test is not None and m in test.inputs and test.valid[m].any():
-            inputs[m] = test.inputs[m][test.valid[m]][:n]
-        else:
-            inputs[m] = rng.standard_normal((n, *spec.sample_shape)).astype(np.float32)
-    if bundle.text is not None and "text" not in skip:
-        templates = list(bundle.prompt_templates) or ["{}"]
-        # label_prompt, as the pack's word-embedding rows were chosen by (other rows are zero)
-        inputs["text"] = [label_prompt(t, name) for name in bundle.label_names[:n]
-                          for t in templates[:2]] + [PROMPT]
-    return inputs
-
-
-def _run(system: Any, component: str, x: Any) -> np.ndarray:
-    if component == "text":
-        return system.embed_text(x)
-    if component == "fusion":
-        return system.fuse(*x)
-    return system.encode(component, x)
-
-
-def measure_parity(bundle: ModelBundle, systems: dict[str, Any], inputs: dict[str, Any]
-                   ) -> dict[str, Any]:
-    outputs: dict[str, dict[str, np.ndarray]] = {}
-    for component, x in inputs.items():
-        outputs[component] = {name: _run(s, component, x) for name, s in systems.items()}
-    if bundle.fusion is not None:
-        modalities = list(bundle.modalities)
-        tokens = np.stack([outputs[m][EAGER][:4] for m in modalities], axis=1)
-        mask = np.ones(tokens.shape[:2], bool)
-        mask[1, 1:] = False  # one live token
-        mask[2, ::2] = False  # padded slots in between
-        tokens[~mask] = np.nan  # padding may hold anything
-        outputs["fusion"] = {name: s.fuse(tokens, mask) for name, s in systems.items()}
-    result: dict[str, Any] = {}
-    for component, out in outputs.items():
-        ref = out[EAGER]
-        row: dict[str, Any] = {"n": int(len(ref))}
-        if ORT in out:
-            row["eager_vs_ort_max_abs"] = float(np.abs(ref - out[ORT]).max())
-        for name in out:
-            if name not in (EAGER, ORT):
-                row[f"{name}_min_cosine"] = float(_cosine(out[name], ref).min())
-                row[f"{name}_max_abs"] = float(np.abs(out[name] - ref).max())
-        result[component] = row
-    return result
-
-
-def measure_accuracy(bundle: ModelBundle, systems: dict[str, Any],
-                     test: _gpu_pack.TestSet) -> dict[str, Any]:
-    """Zero-shot top-1 (%) per encoder and fused over every valid encoder, per system."""
-    labels = bundle.labels
-    names = [n.lower() for n in labels.names]
-    missing = sorted({c for c in test.class_names if c.lower() not in names})
-    if missing:
-        raise ValueError(f"test classes {missing} are not among the bundle's labels")
-    target = np.asarray([names.index(test.class_names[c].lower()) for c in test.labels])
-    label_emb = np.asarray(labels.embeddings, dtype=np.float32)
-    result: dict[str, Any] = {"samples": len(test), "source": test.source, "per_system": {}}
-    modalities = [m for m in bundle.modalities if m in test.inputs]
-    for name, system in systems.items():
-        emb = {m: system.encode(m, test.inputs[m]) for m in modalities}
-        acc = {}
-        for m in modalities:
-            ok = test.valid[m]
-            pred = (emb[m][ok] @ label_emb.T).argmax(1)
-            acc[m] = float(100 * (pred == target[ok]).mean()) if ok.any() else None
-        if bundle.fusion is not None:
-            tokens = np.stack([emb[m] for m in modalities], axis=1)
-            mask = np.stack([test.valid[m] for m in modalities], axis=1)
-            live = mask.any(1)
-            fused = system.fuse(tokens[live], mask[live])
-            acc["fused"] = float(100 * ((fused @ label_emb.T).argmax(1) == target[live]).mean())
-            result.setdefault("predictions", {})[name] = (fused @ label_emb.T).argmax(1)
-        result["per_system"][name] = acc
-    preds = result.pop("predictions", {})
-    if EAGER in preds:
-        result["fused_top1_agreement_with_fp32"] = {
-            n: float(100 * (p == preds[EAGER]).mean()) for n, p in preds.items() if n != EAGER}
-    return result
-
-
-# -- node latency ---------------------------------------------------------------------------------
-
-def node_latency(bundle: ModelBundle, args: argparse.Namespace, workdir: Path,
-                 notes: list[str]) -> dict[str, Any] | None:
-    if importlib.util.find_spec("rclpy") is None:
-        note(notes, "node latency skipped: ROS 2 (rclpy) is not installed here")
-        return None
-    out = workdir / "node_latency.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_runtime.py"), "latency",
-           "--bundle", str(bundle.root), "--set", "backend=torch_cuda",
-           "--duration", f"{args.node_duration:g}",
-           "--warmup", "3" if args.quick else "5", "--json", str(out)]
-    if args.device == "cpu":  # the dry run: torch_cuda cannot run, the node falls back
-        cmd += ["--set", "backend_fallback=true"]
-    print("$ " + " ".join(cmd), flush=True)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=args.node_duration + 180)
-    except subprocess.TimeoutExpired:
-        note(notes, "node latency: bench_runtime.py timed out")
-        return None
-    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
-    if proc.returncode != 0 or not out.is_file():
-        note(notes, f"node latency: bench_runtime.py exited {proc.returncode}:\n{tail}")
-        return None
-    result = json.loads(out.read_text())
-    e2e = result.get("e2e_ms") or {}
-    print("\n".join(line for line in proc.stdout.splitlines() if "RESULT" in line))
-    return {"command": cmd, "p50_ms": e2e.get("p50"), "p99_ms": e2e.get("p99"),
-            "n": e2e.get("n"), "answered_per_s": result.get("answered_per_s")}
 
 
 # -- report ---------------------------------------------------------------------------------------
