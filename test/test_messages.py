@@ -220,7 +220,7 @@ EXPECTED_FIELDS = {
         "sensors": "sequence<string>", "modalities": "sequence<string>",
         "per_modality": "sequence<omnibind_ros/ModalityPrediction>",
         "bundle": "string", "model_family": "string",
-        "embedding": "sequence<float>",
+        "embedding": "sequence<float>", "confidence": "float", "unsure": "boolean",
     },
     "SensorStatus": {
         "name": "string", "modality": "string", "topic": "string", "state": "uint8",

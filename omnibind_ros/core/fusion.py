@@ -361,6 +361,11 @@ class FusionResult:
     per_modality : each fused sensor classified alone, in the order of ``sensors``.
     embedding : the fused unit embedding float32 ``[D]``; None without an answer.
     no_answer_reason : why nothing was recognised; empty when there is an answer.
+    confidence : calibrated probability that ``best_label`` is right: the best label's
+        probability after the bundle's temperature (:mod:`omnibind_ros.core.calibration`);
+        equals ``best_score`` for a bundle without one; 0 without an answer.
+    unsure : the answer's confidence is below the tick's ``unsure_below`` threshold (the label
+        is still given: a consumer decides whether a guess is better than nothing).
     """
 
     tick_ns: int
@@ -374,6 +379,8 @@ class FusionResult:
     per_modality: tuple[ModalityPredictionResult, ...] = ()
     embedding: np.ndarray | None = field(default=None, repr=False)
     no_answer_reason: str = ""
+    confidence: float = 0.0
+    unsure: bool = False
 
     @property
     def answered(self) -> bool:
@@ -394,13 +401,19 @@ class FusionTick:
     top_k : labels in ``top_labels`` (fewer if C is smaller).
     min_modalities : distinct modalities needed for an answer.
     max_tokens, pad_to, min_quality, future_tolerance_ns : passed to :func:`select_tokens`.
+    temperature : the bundle's calibration temperature (> 0; 1 = uncalibrated): ``confidence``
+        is the best label's probability under ``softmax(logit_scale * cos / temperature)``.
+        The scores themselves stay the model's (``top_scores``), so existing consumers and
+        reports do not change meaning with a calibrated bundle.
+    unsure_below : answers with ``confidence`` below it are marked ``unsure`` (0 = never).
     """
 
     def __init__(self, fuse: FuseFn, label_names: Sequence[str], label_embeddings: np.ndarray,
                  logit_scale: float, *, max_age_s: float, top_k: int = 5,
                  min_modalities: int = 1, max_tokens: int | None = None,
                  pad_to: int | None = None, min_quality: float = 0.0,
-                 future_tolerance_ns: int = DEFAULT_FUTURE_TOLERANCE_NS) -> None:
+                 future_tolerance_ns: int = DEFAULT_FUTURE_TOLERANCE_NS,
+                 temperature: float = 1.0, unsure_below: float = 0.0) -> None:
         labels = _as_matrix(label_embeddings, "label_embeddings")
         if len(label_names) != labels.shape[0]:
             raise ValueError(f"{len(label_names)} label names for {labels.shape[0]} embeddings")
@@ -411,6 +424,10 @@ class FusionTick:
                              f"{min_modalities}")
         if not max_age_s >= 0:
             raise ValueError(f"max_age_s must be >= 0, got {max_age_s!r}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+        if not 0.0 <= unsure_below <= 1.0:
+            raise ValueError(f"unsure_below must be in [0, 1], got {unsure_below!r}")
         self.fuse = fuse
         self.label_names = tuple(label_names)
         self._labels = _normalize(labels, "label_embeddings")
@@ -423,6 +440,8 @@ class FusionTick:
         self.pad_to = pad_to
         self.min_quality = float(min_quality)
         self.future_tolerance_ns = int(future_tolerance_ns)
+        self.temperature = float(temperature)
+        self.unsure_below = float(unsure_below)
 
     @property
     def dim(self) -> int:
@@ -444,12 +463,20 @@ class FusionTick:
         fused = self._run_fuse(tokens, mask)
         idx, probs = _classify_normalized(fused, self._labels, self.logit_scale, self.top_k)
         top_labels = tuple(self.label_names[i] for i in idx)
+        # uncalibrated bundles: the confidence is best_score, bit for bit, at no extra cost
+        confidence = float(probs[0]) if self.temperature == 1.0 else self.confidence_of(fused)
         return FusionResult(
             tick_ns=int(now_ns), stamp_ns=max(s.stamp_ns for s in used),
             best_label=top_labels[0], best_score=float(probs[0]), top_labels=top_labels,
             top_scores=tuple(float(p) for p in probs),
             sensors=tuple(s.sensor for s in used), modalities=tuple(s.modality for s in used),
-            per_modality=self._per_modality(used, now_ns), embedding=fused)
+            per_modality=self._per_modality(used, now_ns), embedding=fused,
+            confidence=confidence, unsure=confidence < self.unsure_below)
+
+    def confidence_of(self, fused: np.ndarray) -> float:
+        """Calibrated probability of the best label for a unit fused embedding ``[D]``."""
+        scale = self.logit_scale / self.temperature
+        return float(_classify_normalized(fused, self._labels, scale, 1)[1][0])
 
     def _no_answer_reason(self, fusable: list[str], used: list[EmbeddingSlot]) -> str:
         if not fusable:

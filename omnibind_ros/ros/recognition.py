@@ -30,7 +30,8 @@ def recognition_message(result: FusionResult, frame_id: str = "",
     msg = Recognition(best_label=result.best_label, best_score=result.best_score,
                       top_labels=list(result.top_labels), top_scores=list(result.top_scores),
                       sensors=list(result.sensors), modalities=list(result.modalities),
-                      bundle=bundle, model_family=model_family)
+                      bundle=bundle, model_family=model_family,
+                      confidence=result.confidence, unsure=result.unsure)
     msg.header.stamp = to_time(result.stamp_ns if result.stamp_ns is not None
                                else result.tick_ns)
     msg.header.frame_id = frame_id

@@ -296,6 +296,8 @@ def test_recognition_uses_the_publishing_sensors_and_survives_an_unplug(make_har
     assert sorted(rec.modalities) == ["image", "point_cloud", "thermal"]
     assert rec.best_label and rec.best_label == rec.top_labels[0]
     assert len(rec.per_modality) == 3 and 0 <= rec.best_score <= 1
+    # the test bundle carries no calibration: the confidence is the best score, never unsure
+    assert rec.confidence == pytest.approx(rec.best_score) and not rec.unsure
     assert rec.header.stamp.sec > 0
     # which model answered: the test bundle's directory name; it declares no family
     assert rec.bundle == h.node._bundle.name and rec.bundle and rec.model_family == ""
