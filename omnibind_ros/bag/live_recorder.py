@@ -50,6 +50,8 @@ class Received:
     top_labels: tuple[str, ...]
     sensors: tuple[str, ...]
     modalities: tuple[str, ...]
+    confidence: float = 0.0
+    unsure: bool = False
 
 
 def _ns(stamp: Any) -> int:
@@ -90,7 +92,8 @@ class Recorder:
             clock_ns=self._node.get_clock().now().nanoseconds, wall=time.monotonic(),
             stamp_ns=_ns(msg.header.stamp), best_label=msg.best_label,
             best_score=float(msg.best_score), top_labels=tuple(msg.top_labels),
-            sensors=tuple(msg.sensors), modalities=tuple(msg.modalities))
+            sensors=tuple(msg.sensors), modalities=tuple(msg.modalities),
+            confidence=float(msg.confidence), unsure=bool(msg.unsure))
         with self._lock:
             self.recognitions.append(rec)
             self.last_wall = rec.wall
@@ -197,7 +200,9 @@ def tick_records(received: Iterable[Received], *, last_ns: int,
             sensors=rec.sensors, modalities=rec.modalities, best_label=rec.best_label,
             top_labels=rec.top_labels,
             no_answer_reason="" if answered else reason_at(rec.stamp_ns, diags, statuses),
-            latency_s=latency, best_score=rec.best_score if answered else 0.0))
+            latency_s=latency, best_score=rec.best_score if answered else 0.0,
+            confidence=rec.confidence if answered else 0.0,
+            unsure=rec.unsure if answered else False))
     return ticks, dropped
 
 

@@ -125,7 +125,8 @@ class BagReplay:
         cost_s = self._costs[newest.sensor][newest.stamp_ns]
         self.ticks.append(TickRecord(
             self.now_ns, result.stamp_ns, result.sensors, result.modalities, result.best_label,
-            result.top_labels, "", self._tick_s + cost_s, round(result.best_score, 6)))
+            result.top_labels, "", self._tick_s + cost_s, round(result.best_score, 6),
+            round(result.confidence, 6), result.unsure))
 
     def _on_error(self, exc: Exception) -> None:
         self.tick_errors.append(f"t={self.now_ns / NS:.3f}: {exc}")

@@ -3,18 +3,19 @@
 ``write_report(result, scores, out_dir)`` writes
 
 * ``report.md``: the tables (overall, per modality combination, per sensor combination, per
-  dropout phase, over time, unanswered ticks by reason, sensor states, skipped topics) and links
-  to the plots;
+  dropout phase, over time, unanswered ticks by reason, sensor states, confidence calibration,
+  skipped topics) and links to the plots;
 * ``report.json``: the same numbers plus metadata. Everything measured with a wall clock
   (compute latency, evaluation time, stage times) is under the top-level ``"timing"`` key and
   nowhere else, so two runs of a deterministic evaluation give identical JSON apart from it;
   keys are sorted;
 * ``ticks.csv``: one row per fusion tick (time, stamp, verdict, answer, truth, fused
-  modalities, reason) for the user's own analysis;
+  modalities, reason, confidence, unsure) for the user's own analysis;
 * ``timeline.png``: sensor states as coloured bands over bag time, the dropout phases, ground
   truth changes, each tick as a mark (correct / wrong / transition / unscored / no answer) and
   the accuracy per time bin;
-* ``accuracy_by_combination.png``: accuracy per active-modality combination, with tick counts.
+* ``accuracy_by_combination.png``: accuracy per active-modality combination, with tick counts;
+* ``reliability.png``: the reliability diagram of the scored answers' confidence (ECE).
 
 Plots use matplotlib's Agg backend (no display needed).
 """
@@ -147,6 +148,8 @@ def render_markdown(result: EvalResult, scores: dict[str, Any],
                      for name, v in scores["sensor_state_s"].items()])
     lines += _sensor_messages(result.mode, extra.get("sensors") or {})
 
+    lines += _confidence_section(scores.get("confidence"), files.get("reliability"))
+
     age = scores["input_age_s"]
     lines += ["", "## Input age and latency", "",
               f"Input age (tick time − stamp of the newest fused sample, bag clock): "
@@ -167,6 +170,49 @@ def render_markdown(result: EvalResult, scores: dict[str, Any],
               f"{timing['wall_s']:.1f} s, {_num(timing['ticks_per_s'], 1)} fusion ticks/s, "
               f"{_num(span / timing['wall_s'] if timing['wall_s'] else None, 2)} bag s per s."]
     return "\n".join(lines) + "\n"
+
+
+def _confidence_section(conf: dict[str, Any] | None, plot: str | None) -> list[str]:
+    """Calibration of the answers' confidence: ECE, unsure vs sure accuracy, the diagram."""
+    if not conf or not conf.get("reliability"):
+        return []
+    rel = conf["reliability"]
+    lines = ["", "## Confidence", "",
+             f"Expected calibration error over {rel['n']} scored answers: "
+             f"**{100 * rel['ece']:.1f} %** ({rel['bins']} bins; mean confidence "
+             f"{_pct(rel['mean_confidence'])} vs accuracy {_pct(rel['accuracy'])}; largest "
+             f"bin gap {100 * rel['mce']:.1f} %).", ""]
+    lines += _table(["answers", "ticks", "accuracy"],
+                    [[name, conf[key]["ticks"], _pct(conf[key]["accuracy"])]
+                     for name, key in (("sure", "sure"), ("marked unsure", "unsure"))])
+    if plot:
+        lines += ["", f"![reliability diagram]({plot})"]
+    return lines
+
+
+def _plot_reliability(path: Path, scores: dict[str, Any]) -> bool:
+    """The reliability diagram of the scored answers; False (nothing written) without any."""
+    rel = (scores.get("confidence") or {}).get("reliability")
+    if not rel:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from omnibind_ros.core.calibration import Reliability, draw_reliability
+
+    def arr(key: str) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in rel[key]], dtype=float)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    draw_reliability(ax, Reliability(arr("edges"), np.array(rel["counts"]), arr("bin_confidence"),
+                                     arr("bin_accuracy"), rel["ece"], rel["mce"],
+                                     rel["mean_confidence"], rel["accuracy"]), "fused answers")
+    ax.set_title("Reliability of the answers' confidence")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _sensor_messages(mode: str, sensors: dict[str, Any]) -> list[str]:
@@ -220,14 +266,15 @@ def _write_ticks_csv(path: Path, result: EvalResult, verdicts: Sequence[str]) ->
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["t_s", "stamp_s", "verdict", "best_label", "best_score", "truth",
-                         "modalities", "sensors", "no_answer_reason"])
+                         "modalities", "sensors", "no_answer_reason", "confidence", "unsure"])
         for tick, verdict in zip(result.ticks, verdicts, strict=True):
             label = truth.label_at(tick.when_ns) if truth is not None else None
             writer.writerow([
                 f"{result.t_s(tick.t_ns):.6f}",
                 "" if tick.stamp_ns is None else f"{result.t_s(tick.stamp_ns):.6f}",
                 verdict, tick.best_label, f"{tick.best_score:.6f}", label or "",
-                "+".join(tick.modalities), "+".join(tick.sensors), tick.no_answer_reason])
+                "+".join(tick.modalities), "+".join(tick.sensors), tick.no_answer_reason,
+                f"{tick.confidence:.6f}", int(tick.unsure)])
 
 
 def _plot_timeline(path: Path, result: EvalResult, scores: dict[str, Any]) -> None:
@@ -346,8 +393,8 @@ def write_report(result: EvalResult, scores: dict[str, Any], out_dir: str | Path
                  plots: bool = True) -> dict[str, Path]:
     """Write the report files into ``out_dir`` (created); return name -> path.
 
-    Names: ``markdown``, ``json``, ``ticks``, and with ``plots`` ``timeline`` and
-    ``accuracy_by_combination``.
+    Names: ``markdown``, ``json``, ``ticks``, and with ``plots`` ``timeline``,
+    ``accuracy_by_combination`` and (when any answer was scored) ``reliability``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -358,6 +405,8 @@ def write_report(result: EvalResult, scores: dict[str, Any], out_dir: str | Path
         paths["accuracy_by_combination"] = out / "accuracy_by_combination.png"
         _plot_timeline(paths["timeline"], result, scores)
         _plot_combinations(paths["accuracy_by_combination"], scores)
+        if _plot_reliability(out / "reliability.png", scores):
+            paths["reliability"] = out / "reliability.png"
     verdicts = scores.get("verdicts") or []
     _write_ticks_csv(paths["ticks"], result, verdicts)
     doc = report_json(result, scores)

@@ -42,6 +42,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from omnibind_ros.core.calibration import reliability
 from omnibind_ros.scoring import (
     NS,
     VERDICTS,
@@ -89,6 +90,9 @@ class TickRecord:
     latency_s : wall-clock seconds (live: input to recognition; offline: compute time); None
         when not measured.
     best_score : probability of ``best_label`` (0 without an answer).
+    confidence : the answer's calibrated confidence (``Recognition.confidence``; 0 without an
+        answer).
+    unsure : the node marked the answer unsure (confidence below its threshold).
     """
 
     t_ns: int
@@ -100,6 +104,8 @@ class TickRecord:
     no_answer_reason: str
     latency_s: float | None
     best_score: float = 0.0
+    confidence: float = 0.0
+    unsure: bool = False
 
     @property
     def answered(self) -> bool:
@@ -350,6 +356,7 @@ def score(result: EvalResult, *, transition_s: float = 0.5,
     verdicts: list[str] = []
     ages: list[float] = []
     latencies: list[float] = []
+    judged: list[tuple[TickRecord, bool]] = []  # scored answers: (tick, right?)
     top_k = 0
     for tick in result.ticks:
         span = truth.interval_at(tick.when_ns) if truth is not None else None
@@ -358,6 +365,8 @@ def score(result: EvalResult, *, transition_s: float = 0.5,
         verdicts.append(kind)
         top_k = max(top_k, len(tick.top_labels))
         overall.add(kind, top)
+        if kind in ("correct", "wrong"):
+            judged.append((tick, kind == "correct"))
         if tick.answered:
             by_modalities["+".join(sorted(set(tick.modalities))) or "(none)"].add(kind, top)
             by_sensors["+".join(sorted(tick.sensors)) or "(none)"].add(kind, top)
@@ -393,11 +402,29 @@ def score(result: EvalResult, *, transition_s: float = 0.5,
             {"reason": kind, "ticks": count, "example": examples[kind]}
             for kind, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]},
         "sensor_state_s": sensor_state_seconds(result),
+        "confidence": confidence_scores(judged),
         "verdicts": verdicts,
         "timing": {"latency_s": percentiles(latencies, DIGITS), "wall_s": round(result.wall_s, 3),
                    "ticks_per_s": round(len(result.ticks) / result.wall_s, 2)
                    if result.wall_s > 0 else None},
     }
+
+
+def confidence_scores(judged: Sequence[tuple[TickRecord, bool]]) -> dict[str, Any]:
+    """How far the answers' confidence can be trusted: the reliability bins and ECE of the
+    scored answers (:func:`omnibind_ros.core.calibration.reliability`), and the accuracy of
+    the answers the node marked unsure against the others. Empty bins/None without answers."""
+    if not judged:
+        return {"reliability": None, "unsure": {"ticks": 0, "accuracy": None},
+                "sure": {"ticks": 0, "accuracy": None}}
+    rel = reliability([min(1.0, max(0.0, t.confidence)) for t, _ in judged],
+                      [right for _, right in judged])
+
+    def part(unsure: bool) -> dict[str, Any]:
+        hits = [right for t, right in judged if t.unsure == unsure]
+        return {"ticks": len(hits),
+                "accuracy": round(sum(hits) / len(hits), DIGITS) if hits else None}
+    return {"reliability": rel.to_dict(), "unsure": part(True), "sure": part(False)}
 
 
 def _keyed(tallies: dict[str, Tally]) -> list[dict[str, Any]]:

@@ -26,8 +26,10 @@ def _result(latency: float = 0.01, wall_s: float = 3.0) -> EvalResult:
             ticks.append(TickRecord(t, None, (), (), "", (), "no sensor is live", None))
             continue
         label = "mug" if t - T0 < 3 * S else ("can" if k % 4 else "mug")
+        # the node was sure of "mug" (confidence 0.8) and unsure of "can" (0.3)
         ticks.append(TickRecord(t, t - 20 * MS, sensors, mods, label, (label, "cup"), "",
-                                latency * k, 0.9))
+                                latency * k, 0.9, 0.8 if label == "mug" else 0.3,
+                                label != "mug"))
     states = [StateChange(T0 + 10 * MS, "cam", "LIVE"), StateChange(T0 + 10 * MS, "lidar", "LIVE"),
               StateChange(T0 + 2170 * MS, "cam", "STALE", "no sample for 0.17 s"),
               StateChange(T0 + 2700 * MS, "cam", "LOST", "no sample for 0.7 s"),
@@ -50,15 +52,17 @@ def test_write_report_files(tmp_path: Path) -> None:
     result = _result()
     scores = score(result)
     paths = write_report(result, scores, tmp_path / "out")
-    assert set(paths) == {"markdown", "json", "ticks", "timeline", "accuracy_by_combination"}
-    for key in ("timeline", "accuracy_by_combination"):
+    assert set(paths) == {"markdown", "json", "ticks", "timeline", "accuracy_by_combination",
+                          "reliability"}
+    for key in ("timeline", "accuracy_by_combination", "reliability"):
         data = paths[key].read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000
     md = paths["markdown"].read_text()
     for heading in ("## Overall", "## Accuracy per active-modality combination",
                     "## Accuracy per dropout phase", "## Ticks without an answer: 4",
                     "## Sensor states", "## Skipped topics", "![timeline](timeline.png)",
-                    "![accuracy per combination](accuracy_by_combination.png)"):
+                    "![accuracy per combination](accuracy_by_combination.png)",
+                    "## Confidence", "![reliability diagram](reliability.png)"):
         assert heading in md, heading
     assert "| image+point_cloud |" in md and "| cam unplugged | 2.0 | 4.0 |" in md
     assert "| no sensor is live | no sensor is live | 4 |" in md
@@ -71,6 +75,19 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert rows[0]["t_s"] == "0.100000" and rows[0]["verdict"] == "transition"
     assert rows[12]["verdict"] == "no_answer" and rows[12]["no_answer_reason"]
     assert {r["truth"] for r in rows} == {"mug", "can"}
+    # confidence: per scored answer, right or wrong, binned; unsure answers counted apart
+    scored = [r for r in rows if r["verdict"] in ("correct", "wrong")]
+    unsure = [r for r in scored if r["unsure"] == "1"]
+    conf = doc["scores"]["confidence"]
+    assert conf["unsure"]["ticks"] == len(unsure) > 0
+    assert conf["unsure"]["accuracy"] == round(
+        sum(r["verdict"] == "correct" for r in unsure) / len(unsure), 6)
+    assert conf["reliability"]["n"] == len(scored)
+    by_conf = {c: [r["verdict"] == "correct" for r in scored if float(r["confidence"]) == c]
+               for c in (0.8, 0.3)}
+    expected_ece = sum(len(v) * abs(sum(v) / len(v) - c) for c, v in by_conf.items()) / len(
+        scored)
+    assert conf["reliability"]["ece"] == round(expected_ece, 6)
 
 
 def test_json_differs_only_in_timing(tmp_path: Path) -> None:
