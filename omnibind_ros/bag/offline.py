@@ -121,11 +121,11 @@ def _progress_bar(enabled: bool, start_ns: int, end_ns: int
     return update, bar.close
 
 
-def _mapped_topics(info: Any, config: Any, truth_topic: str, bag: Path, check: Any
+def _mapped_topics(info: Any, config: Any, truth_topic: str, bag: Path, check: Any | None
                    ) -> tuple[dict[str, str], dict[str, str]]:
     """(topic -> sensor name, skipped topic -> why); BagEvalError when nothing maps, naming
     every sensor with what would work (``check``: :class:`~omnibind_ros.bag.sensor_check.
-    SensorCheck`)."""
+    SensorCheck`; None when the bundle could not be read, then without that listing)."""
     from omnibind_ros.bag.config import map_topics
 
     mapped, skipped = map_topics(info.topics, config.sensors, (truth_topic, SCENARIO_EVENT_TOPIC))
@@ -136,8 +136,8 @@ def _mapped_topics(info: Any, config: Any, truth_topic: str, bag: Path, check: A
             + ". Configured sensors ("
             + (str(config.path) if config.path else "defaults") + "): "
             + ", ".join(f"{s.name} on {s.topic} ({s.message_type})" for s in config.sensors)
-            + ". Pass the node configuration the bag was recorded for (--config). "
-            "Per sensor:\n" + check.listing())
+            + ". Pass the node configuration the bag was recorded for (--config)."
+            + (" Per sensor:\n" + check.listing() if check is not None else ""))
     return {topic: cfg.name for topic, cfg in mapped.items()}, skipped
 
 
@@ -205,7 +205,7 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
     from omnibind_ros.bag.reader import BagReadError, iter_messages, open_info
     from omnibind_ros.bag.sensor_check import preflight
     from omnibind_ros.core.backends import create_backend
-    from omnibind_ros.core.bundle import default_bundle_dir, load_bundle
+    from omnibind_ros.core.bundle import BundleNotFoundError, default_bundle_dir, load_bundle
     from omnibind_ros.core.labels import resolve_labels
     from omnibind_ros.core.recognizer import build_fusion_tick
 
@@ -217,8 +217,13 @@ def evaluate_offline(bag: str | Path, *, bundle: str | Path | None = None,
     except BagReadError as exc:
         raise BagEvalError(f"nothing of bag {bag} is readable: {exc}") from exc
     bundle_path = bundle or cfg.params.get("bundle_path") or default_bundle_dir()
-    check = preflight(cfg, info.topics, bundle_path, used=(truth_topic, SCENARIO_EVENT_TOPIC),
-                      bag=bag)
+    try:
+        check = preflight(cfg, info.topics, bundle_path,
+                          used=(truth_topic, SCENARIO_EVENT_TOPIC), bag=bag)
+    except BundleNotFoundError:
+        # mapping topics needs no model: a bag recorded for another config says so first
+        _mapped_topics(info, cfg, truth_topic, bag, None)
+        raise
     topics, skipped = _mapped_topics(info, cfg, truth_topic, bag, check)
     info_topics = config_info_topics(info.topics, cfg.sensors)
     for topic in info_topics:
