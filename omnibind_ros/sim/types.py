@@ -26,6 +26,8 @@ class Sample:
     points : float32 [N, 3] LiDAR points in the sensor frame (x forward, y left, z up), metres.
     nuisance : the drawn nuisance parameters (pose, scale, lighting, distance, noise levels),
         recorded for analysis; never an input to a model.
+    degradations : modality -> ``{"kind": str, "severity": float}`` of each payload the world
+        degraded (:mod:`omnibind_ros.sim.degrade`); modalities not in it are clean.
     """
 
     seed: int
@@ -39,3 +41,4 @@ class Sample:
     audio: AudioBlock | None = None
     points: np.ndarray | None = None
     nuisance: dict[str, Any] = field(default_factory=dict)
+    degradations: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -33,6 +33,7 @@ import numpy as np
 from omnibind_ros.core.modalities import Modality, parse_modality
 from omnibind_ros.core.types import AudioBlock, EventPacket, TactileFrame, ThermalFrame
 from omnibind_ros.sim.catalog import CLASSES, ObjectClass
+from omnibind_ros.sim.degrade import DegradationSpec
 from omnibind_ros.sim.events import EventSimulator, event_backdrop, render_intensity, to_packet
 from omnibind_ros.sim.lidar import LidarSetup, draw_boxes, lidar_scan
 from omnibind_ros.sim.meshes import load_mesh
@@ -54,6 +55,7 @@ from omnibind_ros.sim.types import Sample
 #: Random stream ids (second entry of the seed sequence). Never renumber: it changes every sample.
 STREAM_SCENE, STREAM_IMAGE, STREAM_THERMAL, STREAM_EVENT = 0, 1, 2, 3
 STREAM_TACTILE, STREAM_AUDIO, STREAM_LIDAR, STREAM_TEXT, STREAM_CLASS = 4, 5, 6, 7, 8
+STREAM_DEGRADE = 9
 
 
 def rng_for(seed: int, stream: int) -> np.random.Generator:
@@ -224,10 +226,15 @@ class World:
     Parameters
     ----------
     config : sensor sizes and nuisance ranges (defaults: :class:`WorldConfig`).
+    degradations : sensor degradations drawn per sample (:mod:`omnibind_ros.sim.degrade`);
+        None = clean sensors. Kept apart from ``config`` so that a world config, and the hash
+        of every data set built from it, is the same with and without this feature.
     """
 
-    def __init__(self, config: WorldConfig | None = None) -> None:
+    def __init__(self, config: WorldConfig | None = None,
+                 degradations: DegradationSpec | None = None) -> None:
         self.config = config or WorldConfig()
+        self.degradations = degradations
 
     # ------------------------------------------------------------------ scene
     def scene(self, seed: int, class_index: int | None = None) -> Scene:
@@ -433,7 +440,8 @@ class World:
         Returns
         -------
         Sample : requested fields filled, the others None; ``nuisance`` holds every drawn
-            parameter.
+            parameter; ``degradations`` what the world's degradation spec applied (drawn from
+            its own random stream, after rendering, so clean payloads never change).
         """
         mods = set(Modality) if modalities is None else {parse_modality(m) for m in modalities}
         scene = self.scene(seed, class_index)
@@ -456,7 +464,16 @@ class World:
         if Modality.TEXT in mods:
             out.caption = self.caption(scene, rng_for(seed, STREAM_TEXT))
         out.nuisance = scene.nuisance
+        if self.degradations is not None and self.degradations.active:
+            self.degrade(out)
         return out
+
+    def degrade(self, sample: Sample) -> Sample:
+        """Apply this world's degradation spec to ``sample`` (its seed draws them)."""
+        if self.degradations is None:
+            return sample
+        return self.degradations.apply(sample, sample.seed, STREAM_DEGRADE,
+                                       window_s=self.config.event_window_s)
 
 
 def default_world() -> World:
@@ -464,4 +481,5 @@ def default_world() -> World:
     return World()
 
 
-__all__ = ["World", "WorldConfig", "Scene", "Motion", "rng_for", "default_world"]
+__all__ = ["STREAM_DEGRADE", "World", "WorldConfig", "Scene", "Motion", "rng_for",
+           "default_world"]

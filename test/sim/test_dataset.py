@@ -423,13 +423,15 @@ def test_reader_warns_when_simulator_code_changed(generated) -> None:
 
 
 def test_code_fingerprint_covers_the_modules_that_shape_a_sample() -> None:
-    """Simulator modules are hashed; the data set package, the CLI, the preview and the stream
-    are not (changing them leaves every rendered sample as it was)."""
+    """Simulator modules are hashed; the data set package, the CLI, the preview, the stream,
+    the scenarios and the degradation package are not (changing them leaves every rendered
+    clean sample as it was)."""
     sim = REPO / "omnibind_ros" / "sim"
     hashed = sorted(p for p in sim.glob("*.py")
-                    if p.name not in ("cli.py", "preview.py", "stream.py"))
+                    if p.name not in ("cli.py", "preview.py", "stream.py", "scenario.py"))
     assert {"world.py", "render.py", "thermal.py", "catalog.py"} <= {p.name for p in hashed}
     assert (sim / "dataset").is_dir() and not (sim / "dataset.py").exists()
+    assert (sim / "degrade").is_dir() and not (sim / "degrade.py").exists()
     digest = hashlib.sha256()
     for path in hashed:
         digest.update(path.name.encode() + b"\0" + code_of(path).encode())

@@ -52,6 +52,12 @@ class DatasetConfig:
     workers : processes rendering in parallel (1 = in this process).
     combos_per_sample : modality-free records drawn per student sample.
     combo_size_weights : ``{subset size: weight}`` for the modality-free index.
+    degradations : sensor degradations of the student samples, a
+        :class:`~omnibind_ros.sim.degrade.DegradationSpec` mapping (per modality:
+        ``probability``, ``kinds``, ``severity``); None = clean sensors. Teacher pairs stay
+        clean: the teacher space is learnt from clean image-caption pairs, and degraded
+        sensors are what fusion must cope with. Absent from :meth:`to_dict` (and so from the
+        content hash) when None, so clean data sets keep their hash.
     """
 
     name: str = "sim_default"
@@ -67,6 +73,7 @@ class DatasetConfig:
     combos_per_sample: int = 2
     combo_size_weights: dict[int, float] = field(
         default_factory=lambda: dict(DEFAULT_COMBO_WEIGHTS))
+    degradations: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._validate()
@@ -86,6 +93,7 @@ class DatasetConfig:
         _check_int("workers", self.workers, 1)
         _check_int("combos_per_sample", self.combos_per_sample, 1)
         self.combo_size_weights = _check_weights(self.combo_size_weights)
+        self.degradations = _check_degradations(self.degradations)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DatasetConfig:
@@ -115,7 +123,15 @@ class DatasetConfig:
         """Plain-JSON/YAML mapping that :meth:`from_dict` reads back to an equal config."""
         out = dataclasses.asdict(self)
         out["combo_size_weights"] = {int(k): float(v) for k, v in self.combo_size_weights.items()}
+        if self.degradations is None:
+            del out["degradations"]
         return out
+
+    @property
+    def degraded(self) -> bool:
+        """Some student samples may be degraded (a modality with a probability above 0)."""
+        return bool(self.degradations) and any(
+            entry["probability"] > 0 for entry in self.degradations.values())
 
     def split_sizes(self) -> dict[tuple[str, str], int]:
         """``{(kind, split): number of samples}`` in a stable order."""
@@ -153,6 +169,18 @@ def _check_weights(weights: Any) -> dict[int, float]:
     if sum(out.values()) <= 0:
         raise ValueError("combo_size_weights: weights sum to zero")
     return dict(sorted(out.items()))
+
+
+def _check_degradations(spec: Any) -> dict[str, Any] | None:
+    """The spec, validated and completed (every key explicit), or None for none/empty."""
+    if spec is None or (isinstance(spec, Mapping) and not spec):
+        return None
+    from omnibind_ros.sim.degrade import DegradationSpec
+
+    try:
+        return DegradationSpec.from_dict(spec).to_dict()
+    except ValueError as exc:
+        raise ValueError(f"degradations: {exc}") from None
 
 
 def _hash_json(obj: Any) -> str:

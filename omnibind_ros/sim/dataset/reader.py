@@ -14,7 +14,7 @@ import numpy as np
 
 from omnibind_ros.core.modalities import ALL_MODALITIES, Modality, parse_modality
 from omnibind_ros.sim.dataset.config import KINDS
-from omnibind_ros.sim.dataset.rendering import code_fingerprint
+from omnibind_ros.sim.dataset.rendering import fingerprint_matches
 from omnibind_ros.sim.dataset.shards import _OFFSETS, read_npz_member, unpack_sample
 from omnibind_ros.sim.types import Sample
 
@@ -100,7 +100,10 @@ class SimDataset:
         if not self.manifest.get("complete"):
             raise RuntimeError(f"{self.root} is incomplete; run generate again to resume it")
         rendered_by = self.manifest.get("code_fingerprint")
-        if rendered_by not in (None, "custom-world") and rendered_by != code_fingerprint():
+        spec = (self.manifest.get("config") or {}).get("degradations") or {}
+        degraded = any(entry.get("probability", 0) > 0 for entry in spec.values())
+        if rendered_by not in (None, "custom-world") \
+                and not fingerprint_matches(rendered_by, degraded):
             warnings.warn(f"{self.root} was rendered by other simulator code than this "
                           "checkout's; `omnibind-sim generate --overwrite` regenerates it",
                           stacklevel=2)
@@ -162,6 +165,19 @@ class SimDataset:
             self._fields[key] = ShardedArray(
                 [self._shard_arrays(s)[key] for s in range(len(self._shards))])
         return self._fields[key]
+
+    def degradations(self) -> list[dict[str, dict[str, Any]]]:
+        """Per sample, modality -> ``{"kind", "severity"}`` of what was degraded (``{}``: a
+        clean sample); read from the shards' ``degradations`` field (absent: all clean)."""
+        out: list[dict[str, dict[str, Any]]] = []
+        for s, shard in enumerate(self._shards):
+            n = shard["stop"] - shard["start"]
+            arrays = self._shard_arrays(s)
+            if "degradations" not in arrays:
+                out.extend({} for _ in range(n))
+            else:
+                out.extend(json.loads(str(text)) for text in np.asarray(arrays["degradations"]))
+        return out
 
     @property
     def images(self) -> ShardedArray:

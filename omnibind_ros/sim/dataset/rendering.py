@@ -15,11 +15,21 @@ from omnibind_ros.sim.dataset.config import KIND_MODALITIES
 from omnibind_ros.sim.dataset.shards import pack_samples, write_shard
 from omnibind_ros.sim.types import Sample
 
-__all__ = ["ShardTask", "WorldFactory", "WorldLike", "code_fingerprint", "default_world_factory",
-           "init_worker", "render_shard", "render_shard_star", "resolved_world_config"]
+__all__ = ["COMPATIBLE_FINGERPRINTS", "ShardTask", "WorldFactory", "WorldLike",
+           "code_fingerprint", "default_world_factory", "fingerprint_matches", "init_worker",
+           "render_shard", "render_shard_star", "resolved_world_config"]
 
 #: The simulator's modules (this package, a directory, is not among the ``*.py`` hashed).
 _SIM_DIR = Path(__file__).resolve().parents[1]
+#: Modules that do not change what a clean sample looks like: not hashed.
+_NOT_RENDERING = ("cli.py", "preview.py", "stream.py", "scenario.py")
+#: Fingerprints of earlier simulator code whose clean samples are bit-identical to this
+#: code's, so data sets (and training runs keyed on them) it rendered stay valid. An entry
+#: needs proof: ``test_default_samples_unchanged`` holds golden digests of samples rendered by
+#: that code. Empty this set whenever a change alters what a clean sample looks like.
+#: 16659ef9996836cf: before sensor degradations (world.py gained the degradation hook and
+#: scenario.py its degrade actions, then left the hash; no clean sample changed).
+COMPATIBLE_FINGERPRINTS = frozenset({"16659ef9996836cf"})
 
 
 class WorldLike(Protocol):
@@ -50,18 +60,30 @@ def resolved_world_config(overrides: Mapping[str, Any]) -> dict[str, Any] | None
     return to_dict() if callable(to_dict) else dataclasses.asdict(cfg)
 
 
-def code_fingerprint() -> str:
+def code_fingerprint(degraded: bool = False) -> str:
     """Hash of the simulator's code: data from different simulator code must not mix.
 
     Each module counts by its syntax tree without docstrings (:func:`code_of`), so editing
-    documentation or comments keeps every rendered data set valid.
+    documentation or comments keeps every rendered data set valid. The degradation package
+    (``sim/degrade/``) counts only for a data set with degradations (``degraded``): a clean
+    data set does not depend on it.
     """
     h = hashlib.sha256()
     for path in sorted(_SIM_DIR.glob("*.py")):
-        if path.name in ("cli.py", "preview.py", "stream.py"):
-            continue  # these do not change what a sample looks like
+        if path.name in _NOT_RENDERING:
+            continue
         h.update(path.name.encode() + b"\0" + code_of(path).encode())
+    if degraded:
+        for path in sorted((_SIM_DIR / "degrade").glob("*.py")):
+            h.update(b"degrade/" + path.name.encode() + b"\0" + code_of(path).encode())
     return h.hexdigest()[:16]
+
+
+def fingerprint_matches(stored: str | None, degraded: bool = False) -> bool:
+    """A data set rendered by code ``stored`` holds what this code renders (same fingerprint,
+    or, for a clean data set, one of :data:`COMPATIBLE_FINGERPRINTS`)."""
+    current = code_fingerprint(degraded)
+    return stored == current or (not degraded and stored in COMPATIBLE_FINGERPRINTS)
 
 
 def code_of(path: Path) -> str:
@@ -89,14 +111,23 @@ class ShardTask:
     classes: tuple[int, ...]
 
 
-#: The world of this process, built by :func:`init_worker`.
+#: The world of this process, built by :func:`init_worker`, and the degradations of its
+#: student samples.
 _WORLD: WorldLike | None = None
+_DEGRADE: Any = None
 
 
-def init_worker(factory: WorldFactory, overrides: Mapping[str, Any]) -> None:
-    """Build this process's world (in each worker, or once in the generating process)."""
-    global _WORLD
+def init_worker(factory: WorldFactory, overrides: Mapping[str, Any],
+                degradations: Mapping[str, Any] | None = None) -> None:
+    """Build this process's world (in each worker, or once in the generating process);
+    ``degradations`` is a :class:`~omnibind_ros.sim.degrade.DegradationSpec` as a mapping."""
+    global _WORLD, _DEGRADE
     _WORLD = factory(dict(overrides))
+    _DEGRADE = None
+    if degradations:
+        from omnibind_ros.sim.degrade import DegradationSpec
+
+        _DEGRADE = DegradationSpec.from_dict(degradations)
 
 
 def render_shard_star(args: tuple[Path, ShardTask]) -> int:
@@ -114,7 +145,19 @@ def render_shard(root: Path, task: ShardTask) -> int:
         if sample.class_index != cls or sample.seed != seed:
             raise RuntimeError(f"world returned class {sample.class_index} seed {sample.seed} "
                                f"for requested class {cls} seed {seed}")
-        samples.append(sample)
+        samples.append(_degraded(sample) if task.kind == "student" else sample)
     write_shard(root / task.file, pack_samples(samples))
     return len(samples)
+
+
+def _degraded(sample: Sample) -> Sample:
+    """``sample`` with this process's degradations applied (drawn from its seed), as
+    ``World.sample`` of a world with that spec would give it."""
+    if _DEGRADE is None:
+        return sample
+    from omnibind_ros.sim.world import STREAM_DEGRADE
+
+    window = getattr(getattr(_WORLD, "config", None), "event_window_s", None)
+    context = {} if window is None else {"window_s": window}
+    return _DEGRADE.apply(sample, sample.seed, STREAM_DEGRADE, **context)
 

@@ -50,6 +50,8 @@ def flatten_sample(sample: Sample) -> dict[str, Any]:
         out["audio.sample_rate"] = int(sample.audio.sample_rate)
     if sample.points is not None:
         out["points"] = np.asarray(sample.points)
+    if sample.degradations:
+        out["degradations"] = json.dumps(sample.degradations, sort_keys=True)
     return out
 
 
@@ -68,6 +70,9 @@ def pack_samples(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
     if not samples:
         raise ValueError("cannot pack an empty list of samples")
     flat = [flatten_sample(s) for s in samples]
+    if any("degradations" in f for f in flat):  # a shard of a degraded set: clean ones too
+        for f in flat:
+            f.setdefault("degradations", "{}")
     keys = list(flat[0])
     for i, f in enumerate(flat[1:], 1):
         if set(f) != set(keys):
@@ -123,6 +128,8 @@ def unpack_sample(arrays: Mapping[str, np.ndarray], i: int) -> Sample:
         sample.audio = AudioBlock(get("audio.samples"), int(get("audio.sample_rate")))
     if has("points"):
         sample.points = get("points")
+    if has("degradations"):
+        sample.degradations = json.loads(str(get("degradations")))
     return sample
 
 

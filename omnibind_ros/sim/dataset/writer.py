@@ -26,6 +26,7 @@ from omnibind_ros.sim.dataset.rendering import (
     WorldFactory,
     code_fingerprint,
     default_world_factory,
+    fingerprint_matches,
     init_worker,
     render_shard,
     render_shard_star,
@@ -75,7 +76,8 @@ def generate(config: DatasetConfig, cache_dir: str | os.PathLike[str] | None = N
     world_cfg = resolved_world_config(config.world) if world_factory is None else None
     config_hash = _hash_json({"config": config.content_hash(), "world": world_cfg,
                               "format": FORMAT_VERSION})
-    fingerprint = code_fingerprint() if world_factory is None else "custom-world"
+    fingerprint = (code_fingerprint(config.degraded) if world_factory is None
+                   else "custom-world")
     if overwrite and root.exists():
         shutil.rmtree(root)
     manifest, stale_code = _open_manifest(root, config, config_hash, fingerprint, world_cfg)
@@ -97,7 +99,7 @@ def generate(config: DatasetConfig, cache_dir: str | os.PathLike[str] | None = N
     todo = sum(len(t.seeds) for t in tasks)
     t0 = time.perf_counter()
     rendered = _run_tasks(root, tasks, factory, config.world, workers, progress,
-                          total - todo, total)
+                          total - todo, total, config.degradations)
     elapsed = time.perf_counter() - t0
     manifest.update(complete=True,
                     last_run={"samples": rendered, "elapsed_s": round(elapsed, 3),
@@ -118,7 +120,10 @@ def _open_manifest(root: Path, config: DatasetConfig, config_hash: str, fingerpr
                 f"{root} holds a data set of another config (hash {old.get('config_hash')}, "
                 f"this config {config_hash}; differs in: {', '.join(changed) or 'format'}); "
                 "use another output directory or overwrite")
-        return old, old.get("code_fingerprint") != fingerprint
+        stored = old.get("code_fingerprint")
+        same = stored == fingerprint or (fingerprint != "custom-world" and fingerprint_matches(
+            stored, config.degraded))
+        return old, not same
     manifest = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
                 "config_hash": config_hash, "world_config": world_cfg,
                 "code_fingerprint": fingerprint, "complete": False,
@@ -178,14 +183,14 @@ def _shard_matches(path: Path, seeds: Sequence[int]) -> bool:
 
 def _run_tasks(root: Path, tasks: list[ShardTask], factory: WorldFactory,
                overrides: Mapping[str, Any], workers: int, progress: bool, done: int,
-               total: int) -> int:
+               total: int, degradations: Mapping[str, Any] | None = None) -> int:
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=done, unit="sample", disable=not progress, smoothing=0.1,
                desc=root.name, dynamic_ncols=True)
     rendered = 0
     try:
-        for n in _execute(root, tasks, factory, overrides, workers):
+        for n in _execute(root, tasks, factory, overrides, workers, degradations):
             rendered += n
             bar.update(n)
     finally:
@@ -194,12 +199,13 @@ def _run_tasks(root: Path, tasks: list[ShardTask], factory: WorldFactory,
 
 
 def _execute(root: Path, tasks: list[ShardTask], factory: WorldFactory,
-             overrides: Mapping[str, Any], workers: int) -> Iterator[int]:
+             overrides: Mapping[str, Any], workers: int,
+             degradations: Mapping[str, Any] | None = None) -> Iterator[int]:
     """Yield the sample count of each finished shard, rendering in ``workers`` processes."""
     if not tasks:
         return
     if workers == 1 or len(tasks) == 1:
-        init_worker(factory, overrides)
+        init_worker(factory, overrides, degradations)
         for task in tasks:
             yield render_shard(root, task)
         return
@@ -212,7 +218,7 @@ def _execute(root: Path, tasks: list[ShardTask], factory: WorldFactory,
     os.environ.update({k: "1" for k in _THREAD_VARS})
     try:
         pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=init_worker,
-                                            initargs=(factory, dict(overrides)))
+                                            initargs=(factory, dict(overrides), degradations))
     finally:
         for k, v in saved.items():
             if v is None:
