@@ -12,9 +12,12 @@ Events
     conversion/preprocessing/encoding), ``on_publisher_count`` (from the ROS graph),
     ``set_enabled`` (parameter or operator), ``add_sensor``/``remove_sensor`` (runtime reconfig).
 
-State (first matching row wins; ``T_stale = stale_after / expected_rate_hz``,
-``T_lost = lost_after / expected_rate_hz``; "newest sample" counts bad samples too, at their
-arrival time, "newest valid sample" only accepted ones, at their stamp)::
+State (first matching row wins; ``T_stale = stale_after / expected_rate_hz + slack``,
+``T_lost = lost_after / expected_rate_hz + slack``, where the arrival *slack* is
+``window_s + min(max_delay_s, learned extra delay + lateness credit)``, 0 for a prompt frame
+sensor, module :mod:`~omnibind_ros.core.availability_timing`; "newest sample" counts bad
+samples too, at their arrival time, "newest valid sample" only accepted ones, at their
+stamp)::
 
     condition                                                  state      fusable
     disabled (config or operator)                              DISABLED   no
@@ -35,10 +38,24 @@ arrival time, "newest valid sample" only accepted ones, at their stamp)::
 
 Why these choices:
 
-* STALE/LIVE has no hysteresis on purpose: a replugged sensor is LIVE (and fusable) at its first
-  valid sample. Flapping is prevented where it can happen: ``stale_after = 2.5`` periods outlasts
-  one dropped message (a 2-period gap) plus jitter yet excludes an unplugged sensor within 3
-  periods; rate and quality verdicts latch with separate enter/exit thresholds.
+* Timeouts count from when a sample could arrive, not from its stamp. Earlier versions counted
+  from the stamp and had no STALE/LIVE hysteresis, reasoning that ``stale_after = 2.5`` periods
+  outlasts one dropped message plus jitter. That held on an idle machine only: a window sensor
+  (event packets, audio chunks, stamped at the start of their window) is one window old on
+  arrival, a loaded CPU adds tens of ms more, and the 20 Hz event camera (125 ms timeout,
+  packets 60-120 ms old on arrival) flapped every few hundred ms while every packet arrived.
+  Now the slack adds the window and a robust estimate of the arrival delay, so an unplugged
+  sensor is still excluded about ``stale_after`` periods after its *last arrival*.
+* STALE/LIVE hysteresis sits on the way *into* STALE, not out of it: a STALE sensor whose next
+  valid sample arrives in the same session (it was late, not unplugged) earns a lateness credit
+  that lengthens its next stale timeout (at least doubling, bounded by ``max_delay_s``, halving
+  every 30 s without a late comeback). The way out stays immediate: a replugged sensor (new
+  session: the graph saw its publisher come back, or it was silent beyond ``T_lost``) is LIVE
+  and fusable at its first valid sample with no credit, and a merely late one rejoins at its
+  next sample. The cost: a sensor that was late recently is excluded up to ``max_delay_s``
+  later when it really goes silent without its publisher leaving the graph (a publisher that
+  leaves is LOST at the next graph poll regardless). Rate and quality verdicts latch with
+  separate enter/exit thresholds.
 * A sensor DEGRADED by rate still fuses while its newest sample is fresh: its data is good, only
   slower than configured (a 30 Hz camera running at 10 Hz still sees the object). A sensor
   DEGRADED by quality does not: N bad samples in a row mean its last good one no longer
@@ -71,15 +88,21 @@ Why these choices:
 """
 from __future__ import annotations
 
-import enum
 import math
-import numbers
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
-from omnibind_ros.core.modalities import parse_modality
+from omnibind_ros.core.availability_timing import ArrivalTiming
+from omnibind_ros.core.availability_types import (
+    NS,
+    SensorConfig,
+    SensorHealth,
+    SensorState,
+    Transition,
+    is_int,
+)
+from omnibind_ros.core.availability_types import fmt_duration as _fmt
 
 __all__ = [
     "AvailabilityMonitor",
@@ -88,174 +111,6 @@ __all__ = [
     "SensorState",
     "Transition",
 ]
-
-
-class SensorState(enum.IntEnum):
-    """Sensor state; values equal the constants of ``msg/SensorStatus.msg``."""
-
-    UNKNOWN = 0
-    LIVE = 1
-    STALE = 2
-    LOST = 3
-    DISABLED = 4
-    DEGRADED = 5
-
-
-@dataclass(frozen=True)
-class SensorConfig:
-    """Configuration of one sensor (one entry of the node's ``sensors`` parameter list).
-
-    Attributes
-    ----------
-    name : unique sensor name, e.g. ``"front_camera"``.
-    modality : modality registry key (``"image"``, ``"thermal"``...); normalised to its value.
-    topic : resolved topic, reported in the health snapshot.
-    expected_rate_hz : nominal message rate in Hz; 0 = not configured (no timeouts, no rate
-        verdict, see the module docstring).
-    stale_after : STALE after this many expected periods without a sample (default 2.5: one
-        dropped message does not trip it, an unplug is excluded within 3 periods).
-    lost_after : LOST after this many periods (also the startup grace); > ``stale_after``.
-    enabled : initial enabled flag (``set_enabled`` changes it at runtime).
-    degraded_after_bad : DEGRADED after this many bad samples in a row.
-    recover_after_good : valid samples in a row that end a quality DEGRADED (hysteresis).
-    rate_tolerance : DEGRADED when the measured rate is below ``(1 - rate_tolerance)`` times
-        the expected rate, in (0, 1).
-    rate_hysteresis : a rate DEGRADED ends only at ``(1 - rate_tolerance + rate_hysteresis)``
-        times the expected rate, so a rate hovering at the threshold does not flap.
-    min_rate_intervals : stamp intervals needed before any rate verdict.
-    rate_ewma_alpha : weight of the newest interval in the moving averages, in (0, 1].
-    """
-
-    name: str
-    modality: str
-    topic: str = ""
-    expected_rate_hz: float = 0.0
-    stale_after: float = 2.5
-    lost_after: float = 10.0
-    enabled: bool = True
-    degraded_after_bad: int = 3
-    recover_after_good: int = 3
-    rate_tolerance: float = 0.5
-    rate_hysteresis: float = 0.15
-    min_rate_intervals: int = 4
-    rate_ewma_alpha: float = 0.25
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"sensor name must be a non-empty string, got {self.name!r}")
-        object.__setattr__(self, "modality", parse_modality(self.modality).value)
-        if not isinstance(self.topic, str):
-            raise TypeError(f"sensor {self.name}: topic must be a string, got {self.topic!r}")
-        if not isinstance(self.enabled, bool):
-            raise TypeError(f"sensor {self.name}: enabled must be a bool, got {self.enabled!r}")
-        self._check_float("expected_rate_hz", low=0.0, low_open=False)
-        self._check_float("stale_after", low=0.0)
-        self._check_float("lost_after", low=self.stale_after)
-        self._check_float("rate_tolerance", low=0.0, high=1.0)
-        self._check_float("rate_hysteresis", low=0.0, low_open=False,
-                          high=self.rate_tolerance, high_open=False)
-        self._check_float("rate_ewma_alpha", low=0.0, high=1.0, high_open=False)
-        for key in ("degraded_after_bad", "recover_after_good", "min_rate_intervals"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"sensor {self.name}: {key} must be an int >= 1, got {value!r}")
-
-    def _check_float(self, key: str, *, low: float, high: float = math.inf,
-                     low_open: bool = True, high_open: bool = True) -> None:
-        value = getattr(self, key)
-        if not _is_number(value):
-            raise TypeError(f"sensor {self.name}: {key} must be a number, got {value!r}")
-        ok = math.isfinite(value) and (value > low if low_open else value >= low) and (
-            value < high if high_open else value <= high)
-        if not ok:
-            bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-            raise ValueError(f"sensor {self.name}: {key} must be in {bounds}, got {value!r}")
-        object.__setattr__(self, key, float(value))
-
-    @property
-    def period_s(self) -> float | None:
-        """Expected interval between messages in s, None when no rate is configured."""
-        return 1.0 / self.expected_rate_hz if self.expected_rate_hz > 0 else None
-
-    @property
-    def stale_timeout_ns(self) -> int | None:
-        """:attr:`stale_timeout_s` in integer nanoseconds (None: never by time)."""
-        return _to_ns(self.stale_timeout_s)
-
-    @property
-    def lost_timeout_ns(self) -> int | None:
-        """:attr:`lost_timeout_s` in integer nanoseconds (None: never)."""
-        return _to_ns(self.lost_timeout_s)
-
-    @property
-    def stale_timeout_s(self) -> float | None:
-        """Age in s beyond which the sensor is STALE (None: never by time)."""
-        period = self.period_s
-        return None if period is None else self.stale_after * period
-
-    @property
-    def lost_timeout_s(self) -> float | None:
-        """Age in s beyond which the sensor is LOST, also the startup grace (None: never)."""
-        period = self.period_s
-        return None if period is None else self.lost_after * period
-
-    @property
-    def degraded_below_hz(self) -> float:
-        """Measured rate in Hz below which the sensor enters DEGRADED."""
-        return (1.0 - self.rate_tolerance) * self.expected_rate_hz
-
-    @property
-    def recovered_at_hz(self) -> float:
-        """Measured rate in Hz at or above which a rate DEGRADED ends."""
-        return (1.0 - self.rate_tolerance + self.rate_hysteresis) * self.expected_rate_hz
-
-
-@dataclass(frozen=True)
-class SensorHealth:
-    """Snapshot of one sensor; the fields of ``msg/SensorStatus.msg``.
-
-    Attributes
-    ----------
-    name, modality, topic, expected_rate_hz : from the config.
-    state : the monitor's verdict at the snapshot time.
-    rate_hz : measured rate in Hz, ``1 / max(EWMA interval, age of newest valid sample)`` so it
-        decays while nothing arrives; 0 before two valid samples and while LOST.
-    age_s : now minus the newest valid sample's stamp in s (>= 0); NaN if there is none.
-    publisher_count : publishers on the topic as last reported; None if never reported (the
-        ROS glue writes 0 into the uint32 field).
-    in_fusion : whether the sensor was used in the last fusion tick (``set_in_fusion``).
-    reason : human-readable cause of the state; empty when LIVE.
-    """
-
-    name: str
-    modality: str
-    topic: str
-    state: SensorState
-    rate_hz: float
-    expected_rate_hz: float
-    age_s: float
-    publisher_count: int | None
-    in_fusion: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class Transition:
-    """A state change, as returned by :meth:`AvailabilityMonitor.update`.
-
-    Attributes
-    ----------
-    name : sensor name.
-    old, new : states before and after.
-    time_ns : node-clock time (int ns) at which the change was observed.
-    reason : the new state's reason (empty for LIVE).
-    """
-
-    name: str
-    old: SensorState
-    new: SensorState
-    time_ns: int
-    reason: str
 
 
 class _Verdict(NamedTuple):
@@ -295,18 +150,25 @@ class _Sensor:
         self.rate_latched = False
         self.last_bad_reason = ""
         self.last_reject = ""
+        self.timing = ArrivalTiming(self.cfg)
         self.note = ""
 
+    def stale_timeout_ns(self) -> int | None:
+        """T_stale plus the arrival slack (None: no rate configured, never by time)."""
+        base = self.cfg.stale_timeout_ns
+        return None if base is None else base + self.timing.slack_ns
 
-NS = 1_000_000_000
+    def lost_timeout_ns(self) -> int | None:
+        """T_lost plus the arrival slack (None: never)."""
+        base = self.cfg.lost_timeout_ns
+        return None if base is None else base + self.timing.slack_ns
 
-
-def _fmt(duration_ns: float) -> str:
-    return f"{duration_ns / NS:.2f} s"
-
-
-def _to_ns(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * NS)
+    def timeout_text(self, kind: str, timeout_ns: int) -> str:
+        """E.g. "stale timeout 0.30 s = 0.25 s + 0.05 s window" for reasons."""
+        slack = self.timing.describe()
+        base = _fmt(timeout_ns - self.timing.slack_ns)
+        text = f"{kind} timeout {_fmt(timeout_ns)}"
+        return f"{text} = {base} + {slack}" if slack else text
 
 
 class AvailabilityMonitor:
@@ -338,7 +200,7 @@ class AvailabilityMonitor:
                  clock: Callable[[], int] | None = None) -> None:
         for key, value in (("clock_jump_tolerance_ns", clock_jump_tolerance_ns),
                            ("max_future_ns", max_future_ns)):
-            if not (_is_int(value) and value >= 0):
+            if not (is_int(value) and value >= 0):
                 raise ValueError(f"{key} must be an int >= 0 (ns), got {value!r}")
         self.clock_jump_tolerance_ns = int(clock_jump_tolerance_ns)
         self.max_future_ns = int(max_future_ns)
@@ -517,7 +379,7 @@ class AvailabilityMonitor:
         LOST, UNKNOWN or DEGRADED by quality) and its newest valid sample is at most
         ``max_age_ns`` old. In the order the sensors were added.
         """
-        if not (_is_int(max_age_ns) and max_age_ns >= 0):
+        if not (is_int(max_age_ns) and max_age_ns >= 0):
             raise ValueError(f"max_age_ns must be an int >= 0, got {max_age_ns!r}")
         with self._lock:
             now_ns = self._read_clock(now_ns)
@@ -571,7 +433,7 @@ class AvailabilityMonitor:
             self._commit(sensor, now_ns)
 
     def _maybe_new_session(self, sensor: _Sensor, now_ns: int) -> None:
-        lost = sensor.cfg.lost_timeout_ns
+        lost = sensor.lost_timeout_ns()
         if lost is not None and sensor.last_seen is not None and now_ns - sensor.last_seen > lost:
             sensor.reset_session(now_ns, "it came back after an outage")
 
@@ -598,6 +460,11 @@ class AvailabilityMonitor:
 
     def _valid(self, sensor: _Sensor, stamp_ns: int, now_ns: int) -> None:
         cfg = sensor.cfg
+        stale = sensor.stale_timeout_ns()
+        overshoot = 0
+        if sensor.last_valid is not None and stale is not None:
+            overshoot = now_ns - sensor.last_valid - stale  # > 0: it had gone STALE meanwhile
+        sensor.timing.on_valid(stamp_ns, now_ns, overshoot)
         if sensor.last_valid is not None:
             interval = stamp_ns - sensor.last_valid
             capped = min(interval, cfg.stale_timeout_ns or interval)
@@ -656,17 +523,19 @@ class AvailabilityMonitor:
             return _Verdict(SensorState.DISABLED, sensor.disabled_reason, False)
         if sensor.publisher_count == 0:
             return _Verdict(SensorState.LOST, f"no publisher on {cfg.topic or cfg.name}", False)
-        stale, lost = cfg.stale_timeout_ns, cfg.lost_timeout_ns
+        stale, lost = sensor.stale_timeout_ns(), sensor.lost_timeout_ns()
         if sensor.last_seen is None:
             return self._waiting(sensor, now_ns)
         seen_age = max(0, now_ns - sensor.last_seen)
         if lost is not None and seen_age > lost:
             return _Verdict(SensorState.LOST, self._silence(
-                f"no sample for {_fmt(seen_age)} (lost timeout {_fmt(lost)})", sensor, now_ns),
+                f"no sample for {_fmt(seen_age)} ({sensor.timeout_text('lost', lost)})",
+                sensor, now_ns),
                 False)
         if stale is not None and seen_age > stale:
             return _Verdict(SensorState.STALE, self._silence(
-                f"no sample for {_fmt(seen_age)} (stale timeout {_fmt(stale)})", sensor, now_ns),
+                f"no sample for {_fmt(seen_age)} ({sensor.timeout_text('stale', stale)})",
+                sensor, now_ns),
                 False)
         if sensor.quality_latched:
             return _Verdict(SensorState.DEGRADED, self._quality_reason(sensor), False)
@@ -676,7 +545,8 @@ class AvailabilityMonitor:
         valid_age = max(0, now_ns - sensor.last_valid)
         if stale is not None and valid_age > stale:
             return _Verdict(SensorState.STALE, (
-                f"newest valid sample is {_fmt(valid_age)} old (stale timeout {_fmt(stale)}); "
+                f"newest valid sample is {_fmt(valid_age)} old "
+                f"({sensor.timeout_text('stale', stale)}); "
                 f"{sensor.bad_since_valid} bad since: {sensor.last_bad_reason}"), False)
         if sensor.rate_latched:
             rate = NS / sensor.verdict_ewma if sensor.verdict_ewma else 0.0
@@ -687,12 +557,12 @@ class AvailabilityMonitor:
         return _Verdict(SensorState.LIVE, "", True)
 
     def _waiting(self, sensor: _Sensor, now_ns: int) -> _Verdict:
-        lost = sensor.cfg.lost_timeout_ns
+        lost = sensor.lost_timeout_ns()
         since = sensor.watch_since if sensor.watch_since is not None else now_ns
         waited = max(0, now_ns - since)
         if lost is not None and waited > lost:
             text = (f"no sample in {_fmt(waited)} since {sensor.watch_cause} "
-                    f"(lost timeout {_fmt(lost)})")
+                    f"({sensor.timeout_text('lost', lost)})")
             return _Verdict(SensorState.LOST, self._silence(text, sensor, now_ns), False)
         text = f"waiting for the first sample since {sensor.watch_cause}"
         if lost is not None:
@@ -704,7 +574,7 @@ class AvailabilityMonitor:
         """``text`` plus what may explain the silence (clock reset, rejected or late samples)."""
         rejected = sensor.last_reject and f"last sample rejected: {sensor.last_reject}"
         extras = [sensor.note, rejected]
-        stale = sensor.cfg.stale_timeout_ns
+        stale = sensor.stale_timeout_ns()
         arrival, stamp = sensor.last_arrival, sensor.last_valid
         if stale is not None and arrival is not None and stamp is not None \
                 and now_ns - arrival <= stale:
@@ -739,21 +609,11 @@ class AvailabilityMonitor:
             reason=verdict.reason)
 
 
-def _is_int(value: object) -> bool:
-    """An integer (numpy integers included), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _checked_time(value: object, what: str) -> int:
     """``value`` as an int of nanoseconds; TypeError for floats (seconds passed by mistake)."""
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f"{what} must be an int of nanoseconds, got {value!r}")
     return int(value)
-
-
-def _is_number(value: object) -> bool:
-    """A real number (numpy scalars included), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _ewma(previous: float | None, value: float, alpha: float) -> float:
