@@ -279,6 +279,10 @@ def test_tiny_pipeline_end_to_end_is_above_chance(tmp_path_factory) -> None:
     labels = ws.labels("student", "test")
     assert pl.zero_shot(emb["image"], labels, ws.label_embeddings) > 4 * chance
     assert fused_accuracy(ws.load_fusion_heads()["af"], data, ws.label_embeddings) > 4 * chance
+    # the confidence temperature the export writes: fitted on val, judged on test
+    cal = pl.eval_stage.af_calibration(ws)
+    assert 0.02 < cal["temperature"] < 50 and cal["test_pairs"] == cal["after"]["n"] > 0
+    assert cal["after"]["ece"] <= cal["before"]["ece"] + 0.05
     # what the export writes as labels.logit_scale: the AF loss's 1 / tau (fixed here)
     assert ws.fusion_logit_scale() == float(AFLoss(temperature=ws.cfg.af.temperature)
                                             .logit_scale())

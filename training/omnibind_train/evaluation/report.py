@@ -24,7 +24,13 @@ from .formatting import (
     _sorted_subsets,
 )
 from .metrics import HEAD_LABELS, _mean, in_slot_order, subset_name
-from .plots import plot_accuracy_vs_size, plot_cad_ablation, plot_per_subset, plot_robustness
+from .plots import (
+    plot_accuracy_vs_size,
+    plot_cad_ablation,
+    plot_calibration,
+    plot_per_subset,
+    plot_robustness,
+)
 
 #: The combinations the paper reports one by one (Tables 2, 3 and 11).
 PAPER_COMBINATIONS: dict[str, tuple[str, ...]] = {
@@ -285,6 +291,26 @@ def _section_robustness(rob: Mapping[str, Any] | None) -> str:
     return "\n\n".join(parts)
 
 
+def _section_calibration(cal: Mapping[str, Any] | None) -> str:
+    head = "## Confidence calibration (AF)\n\n"
+    if not cal:
+        return head + _NOT_RUN
+    before, after = cal["before"], cal["after"]
+    text = (head + f"Temperature **T = {cal['temperature']:.4g}** fitted on the validation "
+            f"split ({cal['fit_pairs']} fused sample-subset pairs, NLL), judged on the test "
+            f"split ({cal['test_pairs']} pairs, {before['bins']} bins). The bundle ships T; "
+            "the runtime's `Recognition.confidence` is the best label's probability after it.")
+    rows = [[name, _pct(d["accuracy"]), _pct(d["mean_confidence"]), _pct(d["ece"]),
+             _pct(d["mce"])] for name, d in (("model softmax", before), ("after T", after))]
+    sizes = [[str(k), str(v["pairs"]), _pct(v["accuracy"]), _pct(v["ece_before"]),
+              _pct(v["ece_after"])] for k, v in sorted(cal["by_size"].items(),
+                                                       key=lambda kv: int(kv[0]))]
+    return "\n\n".join([
+        text, _md_table(["confidence", "accuracy", "mean confidence", "ECE", "MCE"], rows),
+        "ECE per number of fused modalities:",
+        _md_table(["modalities", "pairs", "accuracy", "ECE before", "ECE after"], sizes)])
+
+
 def render_report(results: Mapping[str, Any], plots: Mapping[str, Path] | None = None) -> str:
     """The markdown of ``report.md`` (sections in the paper's order; missing ones "not run")."""
     parts = ["# OmniBind evaluation report (simulated world)",
@@ -301,6 +327,8 @@ def render_report(results: Mapping[str, Any], plots: Mapping[str, Path] | None =
     if results.get("crossfit_decision"):
         parts.append(_section_crossfit(results["crossfit_decision"]))
     parts += [_section_robustness(results.get("robustness"))]
+    if results.get("calibration"):
+        parts.append(_section_calibration(results["calibration"]))
     if plots:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{k}]({p.name})" for k, p in plots.items()))
     return "\n\n".join(parts) + "\n"
@@ -353,8 +381,10 @@ def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
     (``{"splits": {split: evaluate_combinations result}}``, Tables 8/9),
     ``"crossfit_decision"`` (``run_crossfit_decision``'s result),
     ``"robustness"`` (``{"with_negatives": {modality: {std: acc}}, "without_negatives": ...}``),
+    ``"calibration"`` (:func:`~omnibind_train.evaluation.calibration.calibration_report`),
     ``"meta"`` (provenance). Returns name -> path: ``"report"``, ``"json"`` and one per plot
-    (``"acc_vs_size"``, ``"per_subset"``, ``"cad_ablation"``, ``"robustness"``).
+    (``"acc_vs_size"``, ``"per_subset"``, ``"cad_ablation"``, ``"robustness"``,
+    ``"calibration"``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -367,6 +397,9 @@ def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
         plots["cad_ablation"] = plot_cad_ablation(cad, out_dir / "cad_ablation.png")
     if rob and (rob.get("with_negatives") or rob.get("without_negatives")):
         plots["robustness"] = plot_robustness(rob, out_dir / "robustness.png")
+    if results.get("calibration"):
+        plots["calibration"] = plot_calibration(results["calibration"],
+                                                out_dir / "calibration.png")
     report = out_dir / "report.md"
     report.write_text(render_report(results, plots), encoding="utf-8")
     json_path = out_dir / "results.json"

@@ -208,8 +208,11 @@ def _write_labels(plan: _Plan, tmp: Path) -> dict[str, Any]:
     (tmp / "labels" / "labels.yaml").write_text(
         yaml.safe_dump(content, sort_keys=False, allow_unicode=True), encoding="utf-8")
     np.save(tmp / "labels" / "label_embeddings.npy", plan.label_embeddings, allow_pickle=False)
-    return {"file": "labels/labels.yaml", "embeddings": "labels/label_embeddings.npy",
-            "count": len(plan.label_names), "logit_scale": plan.logit_scale}
+    entry = {"file": "labels/labels.yaml", "embeddings": "labels/label_embeddings.npy",
+             "count": len(plan.label_names), "logit_scale": plan.logit_scale}
+    if plan.temperature is not None:
+        entry["temperature"] = plan.temperature
+    return entry
 
 
 def _versions(opset: int) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class _Plan:
     label_embeddings: np.ndarray
     logit_scale: float
     provenance: dict[str, Any]
+    temperature: float | None = None
 
 
 def _config_dict(obj: Any, what: str) -> dict[str, Any]:
@@ -131,6 +132,16 @@ def _check_logit_scale(scale: Any) -> float:
     return float(scale)
 
 
+def _check_temperature(temperature: Any) -> float | None:
+    if temperature is None:
+        return None
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
+            or not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be None or a finite number > 0 (the confidence "
+                         f"calibration), got {temperature!r}")
+    return float(temperature)
+
+
 def _modality_encoders(encoders: Mapping[str, ModalityEncoder], text_encoder: nn.Module
                        ) -> dict[str, ModalityEncoder]:
     if not encoders:
@@ -151,7 +162,7 @@ def _plan(*, encoders: Mapping[str, ModalityEncoder], fusion: nn.Module, fusion_
           text_encoder: ModalityEncoder, label_names: Sequence[str],
           prompt_templates: Sequence[str], label_embeddings: Any, logit_scale: Any,
           preprocess_configs: Mapping[str, Any], provenance: Mapping[str, Any],
-          sample_inputs: Mapping[str, torch.Tensor]) -> _Plan:
+          sample_inputs: Mapping[str, torch.Tensor], temperature: Any = None) -> _Plan:
     mods = _modality_encoders(encoders, text_encoder)
     dims = {m: int(e.embed_dim) for m, e in mods.items()}
     dims["text"] = int(getattr(text_encoder, "embed_dim", 0))
@@ -190,4 +201,5 @@ def _plan(*, encoders: Mapping[str, ModalityEncoder], fusion: nn.Module, fusion_
         text_preprocess=build_config(Modality.TEXT.value, text_pre).to_dict(),
         label_names=list(label_names), prompt_templates=list(prompt_templates),
         label_embeddings=_check_labels(label_names, prompt_templates, label_embeddings, dim),
-        logit_scale=_check_logit_scale(logit_scale), provenance=dict(provenance))
+        logit_scale=_check_logit_scale(logit_scale), provenance=dict(provenance),
+        temperature=_check_temperature(temperature))

@@ -60,7 +60,8 @@ def export_bundle(out_dir: str | Path, *, encoders: Mapping[str, ModalityEncoder
                   sample_inputs: Mapping[str, torch.Tensor],
                   exporter: str | Mapping[str, str] = "auto",
                   opset: int = OPSET, atol: float = PARITY_ATOL,
-                  include_torch_weights: bool = True, threads: int = 1) -> Path:
+                  include_torch_weights: bool = True, threads: int = 1,
+                  temperature: float | None = None) -> Path:
     """Write a validated model bundle to ``out_dir`` (atomically; see the module docstring).
 
     Parameters
@@ -92,6 +93,10 @@ def export_bundle(out_dir: str | Path, *, encoders: Mapping[str, ModalityEncoder
     include_torch_weights : also write ``torch/*.safetensors`` for the torch fallback backend
         (doubles the bundle's size; checked by rebuilding every module from the bundle).
     threads : ONNX Runtime / torch threads for the checks.
+    temperature : the confidence calibration fitted on held-out data
+        (:func:`omnibind_ros.core.calibration.fit_temperature`), written to
+        ``labels.temperature``; None writes none (the runtime's confidence is then the best
+        label's probability as the model gives it).
 
     Returns
     -------
@@ -116,7 +121,8 @@ def export_bundle(out_dir: str | Path, *, encoders: Mapping[str, ModalityEncoder
                      text_encoder=text_encoder, label_names=label_names,
                      prompt_templates=prompt_templates, label_embeddings=label_embeddings,
                      logit_scale=logit_scale, preprocess_configs=preprocess_configs,
-                     provenance=provenance, sample_inputs=sample_inputs)
+                     provenance=provenance, sample_inputs=sample_inputs,
+                     temperature=temperature)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()

@@ -330,6 +330,27 @@ def run_robustness(ws: Workspace) -> dict[str, dict[str, dict[float, float]]]:
     return out
 
 
+#: The student split the bundle's confidence temperature is fitted on (never the tested one).
+CALIBRATION_SPLIT = "val"
+
+
+def af_calibration(ws: Workspace) -> dict[str, Any]:
+    """The AF head's confidence temperature, fitted on :data:`CALIBRATION_SPLIT` and judged on
+    the evaluated split (:func:`omnibind_train.evaluation.calibration.calibration_report`).
+    Deterministic: the eval report and the exported bundle get the same temperature."""
+    from ..evaluation.calibration import calibration_report, fused_logits
+
+    head = ws.load_fusion_heads()["af"]
+    scale = ws.fusion_logit_scale("af")
+    modalities = [m for m in MODALITY_SLOTS if m in ws.cfg.af.modalities]
+
+    def logits(split: str) -> Any:
+        data, emb = ws.fusion_data(split)
+        return fused_logits(head, emb, data.labels, ws.label_embeddings, scale, modalities,
+                            present=present_by_modality(data))
+    return calibration_report(logits(CALIBRATION_SPLIT), logits(ws.cfg.evaluation.split))
+
+
 def run_eval(ws: Workspace) -> dict[str, Path]:
     """Combinations, zero-shot, CAD ablation and robustness -> ``<run>/eval`` report."""
     from .. import evaluation
@@ -351,6 +372,9 @@ def run_eval(ws: Workspace) -> dict[str, Path]:
             results["cad_ablation"] = by_centre["text"][split]
     if ws.cfg.evaluation.robustness.enabled:
         results["robustness"] = _timed(ws, "eval.robustness", lambda: run_robustness(ws))
+    results["calibration"] = cal = _timed(ws, "eval.calibration", lambda: af_calibration(ws))
+    _say(ws, f"[eval] confidence temperature {cal['temperature']:.4g}: test ECE "
+         f"{100 * cal['before']['ece']:.1f} % -> {100 * cal['after']['ece']:.1f} %")
     results["meta"] = _meta(ws, data)
     if not ws.dist.is_main:
         return {}

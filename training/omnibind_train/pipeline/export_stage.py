@@ -11,6 +11,7 @@ import torch
 
 from ..data import SamplePreprocessor
 from ..models.fusion import MODALITY_SLOTS
+from .eval_stage import af_calibration
 from .workspace import Workspace, _say
 
 
@@ -60,6 +61,7 @@ def run_export(ws: Workspace) -> Path | None:
         label_embeddings=ws.label_embeddings, logit_scale=ws.fusion_logit_scale("af"),
         preprocess_configs=dict(ws.preprocess_configs), provenance=provenance,
         sample_inputs=sample_inputs(ws, modalities, max(2, ws.cfg.export.sample_batch)),
-        exporter=ws.cfg.export.exporter, threads=torch.get_num_threads())
+        exporter=ws.cfg.export.exporter, threads=torch.get_num_threads(),
+        temperature=af_calibration(ws)["temperature"])
     _say(ws, f"[export] bundle: {path}")
     return Path(path)
