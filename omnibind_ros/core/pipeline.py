@@ -30,8 +30,9 @@ import numpy as np
 from omnibind_ros.core.errors import PreprocessError
 from omnibind_ros.core.preprocess import build_preprocessor
 
-__all__ = ["Admission", "Pipeline", "SampleOutcome", "SensorStage", "StageHook", "bad_reason",
-           "checked_embedding", "error_reason", "make_pipeline"]
+__all__ = ["Admission", "Pipeline", "SampleOutcome", "SensorStage", "StageHook",
+           "UnusableEmbeddingError", "bad_reason", "checked_embedding", "error_reason",
+           "make_pipeline"]
 
 #: ``hook(key, seconds)``: receives stage timings (``"<modality>/preprocess"``,
 #: ``"<modality>/encode"``, ...) when a caller (a benchmark) installs one; None costs nothing.
@@ -105,9 +106,18 @@ def make_pipeline(modality: str, bundle: Any, backend: Any,
     return Pipeline(modality, build_preprocessor(modality, configs[modality]), backend, hook)
 
 
+class UnusableEmbeddingError(ValueError):
+    """An encoder output that cannot be fused: non-finite, mis-shaped or all zero.
+
+    Not a :class:`~omnibind_ros.core.errors.PreprocessError` (the input was well formed), but
+    an expected verdict on a sample all the same (a tactile frame identical to its reference
+    encodes to zero through a linear encoder), so it is reported like one, not as a bug.
+    """
+
+
 def error_reason(exc: BaseException) -> str:
-    """How an exception is named in a bad-sample reason."""
-    if isinstance(exc, PreprocessError):
+    """How an exception is named in a bad-sample reason ("unexpected" marks a bug)."""
+    if isinstance(exc, PreprocessError | UnusableEmbeddingError):
         return f"{type(exc).__name__}: {exc}"
     return f"unexpected {type(exc).__name__}: {exc}"
 
@@ -118,17 +128,18 @@ def bad_reason(exc: BaseException) -> str:
 
 
 def checked_embedding(embedding: Any) -> np.ndarray:
-    """An encoder output as float32 ``[D]``; ValueError if non-finite, mis-shaped or zero.
+    """An encoder output as float32 ``[D]``; UnusableEmbeddingError (a ValueError) if
+    non-finite, mis-shaped or zero.
 
     A zero vector (e.g. a linear encoder given an all-zero input) has no direction: it cannot
     be classified or fused, so it is a bad sample of its sensor, not a failure of every tick.
     """
     embedding = np.asarray(embedding, dtype=np.float32)
     if embedding.ndim != 1 or not np.isfinite(embedding).all():
-        raise ValueError(f"encoder returned a non-finite or mis-shaped embedding "
+        raise UnusableEmbeddingError(f"encoder returned a non-finite or mis-shaped embedding "
                          f"{list(embedding.shape)}")
     if not np.any(embedding):
-        raise ValueError("encoder returned an all-zero embedding")
+        raise UnusableEmbeddingError("encoder returned an all-zero embedding")
     return embedding
 
 

@@ -54,8 +54,9 @@ from omnibind_ros.core.preprocess import _config as cfg
 from omnibind_ros.core.preprocess.kaldi_fbank import kaldi_fbank
 from omnibind_ros.core.types import AudioBlock
 
-__all__ = ["AUDIO_FRONTENDS", "AudioPreprocessConfig", "AudioPreprocessor", "AudioQuality",
-           "log_mel", "log_mel_window", "mel_filterbank", "to_mono"]
+__all__ = ["AUDIO_FRONTENDS", "INPUT_RATE_RANGE_HZ", "AudioPreprocessConfig",
+           "AudioPreprocessor", "AudioQuality", "log_mel", "log_mel_window", "mel_filterbank",
+           "to_mono"]
 
 _QUALITIES = ("VHQ", "HQ", "MQ", "LQ", "QQ")
 #: Feature definitions: the module's own log-mel, or Kaldi's fbank.
@@ -230,10 +231,20 @@ def to_mono(samples: np.ndarray, clip_level: float = 1.0) -> tuple[np.ndarray, n
     return scaled.mean(axis=1), np.any(np.abs(scaled) >= clip_level, axis=1)
 
 
+#: Input rates accepted, Hz: what audio hardware runs at (8 kHz telephony to 768 kHz). Outside
+#: it a header is corrupt, and believing it is costly: a chunk at 1 Hz resamples into 16,000
+#: times as many samples, and at 2^32 Hz the window's clip flags alone would take gigabytes.
+INPUT_RATE_RANGE_HZ = (1_000.0, 768_000.0)
+
+
 def _check_rate(rate: object) -> float:
     if isinstance(rate, bool) or not isinstance(rate, int | float | np.number) or not (
             math.isfinite(rate) and rate > 0):
         raise InvalidValueError(f"sample rate must be a finite number > 0 Hz, got {rate!r}")
+    low, high = INPUT_RATE_RANGE_HZ
+    if not low <= rate <= high:
+        raise InvalidValueError(f"sample rate {rate!r} Hz is outside the {low:.0f}..{high:.0f} "
+                                "Hz audio hardware runs at (a corrupt header?)")
     return float(rate)
 
 

@@ -26,8 +26,14 @@ from omnibind_ros.core.preprocess import _config as cfg
 from omnibind_ros.core.preprocess._image_ops import fit_square, normalise_chw
 from omnibind_ros.core.types import EventPacket
 
-__all__ = ["EventPreprocessConfig", "EventPreprocessor", "event_histogram",
-           "hot_pixel_mask", "preprocess_events", "select_window"]
+__all__ = ["MAX_SENSOR_PIXELS", "EventPreprocessConfig", "EventPreprocessor",
+           "event_histogram", "hot_pixel_mask", "preprocess_events", "select_window"]
+
+#: Largest sensor (width * height) a packet may claim: 2048 x 2048, the evt3 address space and
+#: over three times the largest event sensor sold (1280 x 960). The histogram is built at sensor
+#: resolution, so a corrupt header claiming 2^32 x 2^32 pixels must be refused before it is
+#: believed.
+MAX_SENSOR_PIXELS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,10 @@ def _check_packet(packet: EventPacket) -> tuple[np.ndarray, ...]:
         value = getattr(packet, name)
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
             raise InvalidValueError(f"EventPacket.{name} must be a positive int, got {value!r}")
+    if int(packet.width) * int(packet.height) > MAX_SENSOR_PIXELS:
+        raise InvalidValueError(
+            f"EventPacket sensor {packet.width}x{packet.height} exceeds "
+            f"{MAX_SENSOR_PIXELS} pixels (a corrupt header?)")
     arrays = [_check_int_array(getattr(packet, n), n) for n in ("x", "y", "t_ns", "polarity")]
     lengths = {a.shape[0] for a in arrays}
     if len(lengths) != 1:
