@@ -15,15 +15,18 @@ Rules:
   ``correct`` or ``wrong``; :func:`in_top_k`: the truth is among its ``top_labels``;
 * a :class:`Tally` counts verdicts; accuracy = correct / scored answers (``transition`` and
   ``unscored`` answers are not scored);
-* a :class:`Phase` is an interval between sensor events (unplug, replug, noise on/off) with one
-  set of sensors out, labelled by :func:`phase_label` ("all sensors", "camera unplugged",
-  "camera+lidar unplugged, tactile noisy"); :class:`PhaseTimeline` builds them from events.
+* a :class:`Phase` is an interval between sensor events (unplug, replug, noise on/off,
+  degrade on/off) with one set of sensors out, labelled by :func:`phase_label` ("all
+  sensors", "camera unplugged", "camera+lidar unplugged, tactile noisy", "camera dark",
+  "microphone in wind"); :class:`PhaseTimeline` builds them from events. A degraded sensor
+  is one more kind of phase, like a noisy one: it is still publishing, so only its label
+  tells the phases apart; scenarios without degradations get the phases they always had.
 """
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,8 +36,8 @@ if TYPE_CHECKING:
     from omnibind_ros.sim.scenario import Scenario
 
 __all__ = [
-    "ALL_SENSORS", "NS", "VERDICTS", "Phase", "PhaseTimeline", "SensorEvent", "Tally",
-    "TruthSpan", "in_top_k", "percentiles", "phase_label", "ratio", "s_to_ns",
+    "ALL_SENSORS", "DEGRADED_WORDS", "NS", "VERDICTS", "Phase", "PhaseTimeline", "SensorEvent",
+    "Tally", "TruthSpan", "in_top_k", "percentiles", "phase_label", "ratio", "s_to_ns",
     "scenario_timeline", "verdict",
 ]
 
@@ -44,8 +47,22 @@ VERDICTS = ("correct", "wrong", "transition", "unscored", "no_answer")
 #: Label of a phase with every sensor in.
 ALL_SENSORS = "all sensors"
 
-#: ``(t_ns, action, sensor names)``: action is unplug, replug, noise_on or noise_off.
-SensorEvent = tuple[int, str, Sequence[str]]
+#: ``(t_ns, action, sensor names)`` or ``(t_ns, action, sensor names, kind)``: action is
+#: unplug, replug, noise_on, noise_off, degrade_on or degrade_off; ``kind`` is the degradation
+#: of a degrade_on (None or absent: unknown, labelled "degraded").
+SensorEvent = tuple[int, str, Sequence[str]] | tuple[int, str, Sequence[str], str | None]
+
+#: How a phase label names a sensor degraded by a kind (:mod:`omnibind_ros.sim.degrade`):
+#: "camera dark", "microphone in wind", "lidar in rain". Unknown kinds read "<sensor> <kind>".
+DEGRADED_WORDS = {
+    "dark": "dark", "glare": "in glare", "motion_blur": "motion-blurred",
+    "occlusion": "occluded", "lens_dirt": "with a dirty lens",
+    "hot_saturation": "saturated by a hot source", "reflection": "with reflections",
+    "nuc_drift": "with NUC drift", "flicker": "under flicker", "hot_pixels": "with hot pixels",
+    "no_motion": "without motion", "partial_contact": "in partial contact",
+    "no_contact": "without contact", "slip": "slipping", "wind": "in wind",
+    "clipping": "clipping", "dropout": "dropping out", "rain": "in rain", "sparse": "sparse",
+}
 
 
 def s_to_ns(seconds: float) -> int:
@@ -164,13 +181,17 @@ class Phase:
     end_ns: int | None = None
 
 
-def phase_label(unplugged: Sequence[str], noisy: Sequence[str]) -> str:
-    """"camera+lidar unplugged, tactile noisy"; "all sensors" when both are empty."""
+def phase_label(unplugged: Sequence[str], noisy: Sequence[str],
+                degraded: Mapping[str, str | None] | None = None) -> str:
+    """"camera+lidar unplugged, tactile noisy, microphone in wind"; "all sensors" when all
+    are empty. ``degraded`` maps a sensor to its degradation kind (None: "degraded")."""
     parts = []
     if unplugged:
         parts.append("+".join(unplugged) + " unplugged")
     if noisy:
         parts.append("+".join(noisy) + " noisy")
+    for name, kind in (degraded or {}).items():
+        parts.append(f"{name} {DEGRADED_WORDS.get(kind, kind) if kind else 'degraded'}")
     return ", ".join(parts) or ALL_SENSORS
 
 
@@ -199,6 +220,7 @@ class PhaseTimeline:
         self._source = source
         self._unplugged: set[str] = set()
         self._noisy: set[str] = set()
+        self._degraded: dict[str, str | None] = {}
         self._phases = [Phase(ALL_SENSORS, start_ns)]
         self._starts = [start_ns]
         self._horizon: int | None = None
@@ -220,12 +242,19 @@ class PhaseTimeline:
             return
         self._horizon = t_ns
         for when, group in itertools.groupby(self._due(t_ns), key=lambda e: e[0]):
-            for _, action, names in group:
-                self._apply(action, names)
+            for event in group:
+                self._apply(event[1], event[2], event[3] if len(event) > 3 else None)
             self._boundary(when)
 
-    def _apply(self, action: str, names: Iterable[str]) -> None:
+    def _apply(self, action: str, names: Iterable[str], kind: str | None = None) -> None:
         names = self._sensors if ALL in names else list(names)
+        if action in ("degrade_on", "degrade_off"):
+            for name in names:
+                if action == "degrade_on":
+                    self._degraded[name] = kind
+                else:
+                    self._degraded.pop(name, None)
+            return
         target = self._unplugged if action in ("unplug", "replug") else self._noisy
         if action in ("unplug", "noise_on"):
             target.update(names)
@@ -235,7 +264,9 @@ class PhaseTimeline:
     def _boundary(self, when: int) -> None:
         unplugged = [n for n in self._sensors if n in self._unplugged]
         noisy = [n for n in self._sensors if n in self._noisy and n not in self._unplugged]
-        label, last = phase_label(unplugged, noisy), self._phases[-1]
+        degraded = {n: self._degraded[n] for n in self._sensors if n in self._degraded
+                    and n not in self._unplugged and n not in self._noisy}
+        label, last = phase_label(unplugged, noisy, degraded), self._phases[-1]
         if label == last.label:
             return
         if when <= last.start_ns:  # events at the very start relabel the first phase
@@ -272,7 +303,7 @@ def scenario_timeline(scenario: Scenario | None, sensors: Sequence[str],
         return PhaseTimeline(sensors, start_ns=origin_ns)
 
     def due(t_ns: int) -> list[SensorEvent]:
-        return [(origin_ns + s_to_ns(when), event.action, event.sensors)
+        return [(origin_ns + s_to_ns(when), event.action, event.sensors, event.kind)
                 for when, event in scenario.events_until((t_ns - origin_ns) / NS)]
 
     return PhaseTimeline(sensors, start_ns=origin_ns, source=due)

@@ -224,3 +224,31 @@ def test_nothing_in_the_package_imports_the_tools() -> None:
             if "omnibind_ros.tools" in line and "import" in line:
                 offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_degraded_demo_phases_name_the_degradation() -> None:
+    timeline = scenario_timeline(load_scenario(SCENARIOS / "degraded_demo.yaml"), SENSORS)
+    assert spans(timeline.phases(40 * S)) == [
+        ("all sensors", 0.0, 8.0),
+        ("camera dark", 8.0, 16.0),
+        ("microphone in wind", 16.0, 24.0),
+        ("lidar in rain", 24.0, 32.0),
+        ("all sensors", 32.0, 40.0),
+    ]
+
+
+def test_degraded_phases_beside_unplugged_and_noisy_sensors() -> None:
+    assert phase_label(["camera"], ["tactile"], {"lidar": "rain", "thermal": None}) == \
+        "camera unplugged, tactile noisy, lidar in rain, thermal degraded"
+    assert phase_label((), (), {"camera": "glare"}) == "camera in glare"
+    assert phase_label((), (), {}) == "all sensors"
+    events = [(1 * S, "degrade_on", ("camera",), "dark"), (2 * S, "unplug", ("camera",)),
+              (3 * S, "replug", ("camera",)), (4 * S, "noise_on", ("camera",)),
+              (5 * S, "noise_off", ("camera",)), (6 * S, "degrade_off", ("all",)),
+              (7 * S, "degrade_on", ("lidar",))]  # from a bag: kind unknown
+    timeline = PhaseTimeline(SENSORS, events)
+    # An unplugged or noisy sensor is labelled as such, not by its degradation.
+    assert spans(timeline.phases(8 * S)) == [
+        ("all sensors", 0.0, 1.0), ("camera dark", 1.0, 2.0), ("camera unplugged", 2.0, 3.0),
+        ("camera dark", 3.0, 4.0), ("camera noisy", 4.0, 5.0), ("camera dark", 5.0, 6.0),
+        ("all sensors", 6.0, 7.0), ("lidar degraded", 7.0, 8.0)]

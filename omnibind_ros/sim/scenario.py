@@ -16,8 +16,15 @@ sensor name, a list of names, or ``all``) and ``action``:
 ``unplug`` / ``replug``
     the sensor's publisher disappears from / comes back to the ROS graph;
 ``noise_on`` / ``noise_off``
-    the sensor stays plugged in but publishes garbage of the right type and shape (a dirty lens,
-    a broken cable): exercises a consumer's degraded-input handling, not its hot-plug handling.
+    the sensor stays plugged in but publishes garbage of the right type and shape (a broken
+    cable): exercises a consumer's bad-input handling, not its hot-plug handling;
+``degrade_on`` / ``degrade_off``
+    the sensor keeps publishing the world, degraded the way its physics goes (a camera in the
+    dark, a microphone in the wind, a LiDAR in the rain): ``degrade_on`` takes two more keys,
+    ``kind`` (a degradation of the sensor's modality, :mod:`omnibind_ros.sim.degrade`) and
+    ``severity`` (0-1), e.g. ``{t: 12, sensor: camera, action: degrade_on, kind: dark,
+    severity: 0.9}``; with ``sensor: all`` it applies to every sensor whose modality has that
+    kind. ``degrade_off`` ends it.
 
 Events at the same ``t`` apply in file order. :func:`corrupt` is what ``noise_on`` does to a
 payload.
@@ -38,10 +45,12 @@ from omnibind_ros.core.types import AudioBlock, EventPacket, TactileFrame
 __all__ = ["ACTIONS", "ALL", "Scenario", "ScenarioError", "ScenarioEvent", "corrupt",
            "load_scenario", "parse_scenario"]
 
-ACTIONS = ("unplug", "replug", "noise_on", "noise_off")
+ACTIONS = ("unplug", "replug", "noise_on", "noise_off", "degrade_on", "degrade_off")
 #: Sensor name that stands for every configured sensor.
 ALL = "all"
 _EVENT_KEYS = {"t", "sensor", "action"}
+#: The extra keys of a ``degrade_on`` event.
+_DEGRADE_KEYS = {"kind", "severity"}
 _TOP_KEYS = {"events", "loop", "duration_s"}
 
 
@@ -51,11 +60,29 @@ class ScenarioError(ValueError):
 
 @dataclass(frozen=True)
 class ScenarioEvent:
-    """One timeline entry: at ``t`` seconds, apply ``action`` to ``sensors`` (names)."""
+    """One timeline entry: at ``t`` seconds, apply ``action`` to ``sensors`` (names); a
+    ``degrade_on`` event also has the degradation ``kind`` and its ``severity``."""
 
     t: float
     sensors: tuple[str, ...]
     action: str
+    kind: str | None = None
+    severity: float | None = None
+
+    def targets(self, modalities: Mapping[str, str]) -> list[str]:
+        """The sensors this event applies to, given sensor name -> modality (``all``
+        expanded: for ``degrade_on``, to the sensors whose modality has ``kind``)."""
+        if ALL not in self.sensors:
+            return list(self.sensors)
+        if self.action != "degrade_on":
+            return list(modalities)
+        return [n for n, m in modalities.items() if self.kind in _kinds_of(m)]
+
+
+def _kinds_of(modality: str) -> tuple[str, ...]:
+    from omnibind_ros.sim.degrade import DEGRADATIONS  # numpy/cv2/scipy: only when needed
+
+    return tuple(DEGRADATIONS.get(modality, {}))
 
 
 @dataclass
@@ -117,6 +144,24 @@ class Scenario:
                     f"scenario event {i} (t={event.t}, action={event.action}): unknown sensor(s) "
                     f"{unknown}; configured sensors: {sorted(known)}")
 
+    def check_degradations(self, modalities: Mapping[str, str]) -> None:
+        """Raise ScenarioError if a ``degrade_on`` event names a sensor whose modality
+        (``modalities``: sensor name -> modality) has no such kind, or if ``all`` matches no
+        sensor."""
+        self.check_sensors(modalities)
+        for i, event in enumerate(self.events):
+            if event.action != "degrade_on":
+                continue
+            where = f"scenario event {i} (t={event.t}, action=degrade_on, kind={event.kind})"
+            if not event.targets(modalities):
+                raise ScenarioError(f"{where}: no configured sensor has this kind")
+            for name in event.targets(modalities):
+                kinds = _kinds_of(modalities[name])
+                if event.kind not in kinds:
+                    raise ScenarioError(
+                        f"{where}: sensor {name!r} ({modalities[name]}) has no degradation "
+                        f"{event.kind!r}; its kinds: {', '.join(kinds) or 'none'}")
+
 
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -137,11 +182,14 @@ def _event(index: int, entry: Any) -> ScenarioEvent:
     where = f"scenario event {index} ({entry!r})"
     if not isinstance(entry, Mapping):
         raise ScenarioError(f"{where}: must be a mapping with keys t, sensor, action")
-    missing = sorted(_EVENT_KEYS - set(entry))
-    extra = sorted(map(str, set(entry) - _EVENT_KEYS))
+    degrade = entry.get("action") == "degrade_on"
+    expected = _EVENT_KEYS | (_DEGRADE_KEYS if degrade else set())
+    missing = sorted(expected - set(entry))
+    extra = sorted(map(str, set(entry) - expected))
     if missing or extra:
         raise ScenarioError(f"{where}: missing keys {missing}, unknown keys {extra}; "
-                            "expected exactly t, sensor, action")
+                            f"expected exactly {', '.join(sorted(expected, key=_key_order))}"
+                            + ("" if degrade else " (kind and severity go with degrade_on)"))
     t = _number(entry["t"], f"{where}: 't'")
     if t < 0:
         raise ScenarioError(f"{where}: 't' must be >= 0 seconds, got {t}")
@@ -149,16 +197,43 @@ def _event(index: int, entry: Any) -> ScenarioEvent:
     if action not in ACTIONS:
         raise ScenarioError(f"{where}: unknown action {action!r}; expected one of "
                             f"{', '.join(ACTIONS)}")
-    return ScenarioEvent(t, _sensors(entry["sensor"], where), action)
+    sensors = _sensors(entry["sensor"], where)
+    if not degrade:
+        return ScenarioEvent(t, sensors, action)
+    return ScenarioEvent(t, sensors, action, _kind(entry["kind"], where),
+                         _severity(entry["severity"], where))
 
 
-def parse_scenario(data: Any, known_sensors: Iterable[str] | None = None) -> Scenario:
+def _key_order(key: str) -> int:
+    return ["t", "sensor", "action", "kind", "severity"].index(key)
+
+
+def _kind(value: Any, where: str) -> str:
+    from omnibind_ros.sim.degrade import DEGRADATIONS
+
+    known = sorted({k for table in DEGRADATIONS.values() for k in table})
+    if not isinstance(value, str) or value not in known:
+        raise ScenarioError(f"{where}: unknown degradation kind {value!r}; expected one of "
+                            f"{', '.join(known)}")
+    return value
+
+
+def _severity(value: Any, where: str) -> float:
+    severity = _number(value, f"{where}: 'severity'")
+    if not 0.0 <= severity <= 1.0:
+        raise ScenarioError(f"{where}: 'severity' must be in [0, 1], got {severity}")
+    return severity
+
+
+def parse_scenario(data: Any,
+                   known_sensors: Iterable[str] | Mapping[str, str] | None = None) -> Scenario:
     """Validate a loaded YAML document (list of events, or mapping with ``events``).
 
     Parameters
     ----------
     data : the document; None or an empty list is an empty scenario.
-    known_sensors : if given, every named sensor must be one of them.
+    known_sensors : if given, every named sensor must be one of them; a mapping sensor name
+        -> modality also checks that each ``degrade_on`` kind exists for its sensors.
 
     Raises
     ------
@@ -183,12 +258,15 @@ def parse_scenario(data: Any, known_sensors: Iterable[str] | None = None) -> Sce
     if not isinstance(data, list):
         raise ScenarioError(f"scenario: events must be a list, got {type(data).__name__}")
     scenario = Scenario(tuple(_event(i, e) for i, e in enumerate(data)), loop, duration)
-    if known_sensors is not None:
+    if isinstance(known_sensors, Mapping):
+        scenario.check_degradations({str(k): str(v) for k, v in known_sensors.items()})
+    elif known_sensors is not None:
         scenario.check_sensors(known_sensors)
     return scenario
 
 
-def load_scenario(path: str | Path, known_sensors: Iterable[str] | None = None) -> Scenario:
+def load_scenario(path: str | Path,
+                  known_sensors: Iterable[str] | Mapping[str, str] | None = None) -> Scenario:
     """Read and validate a scenario YAML file (errors name the file)."""
     import yaml
 

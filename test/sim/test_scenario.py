@@ -1,4 +1,5 @@
-"""Scenario timelines: parsing, validation errors that name the entry, events_until, noise."""
+"""Scenario timelines: parsing, validation errors that name the entry, events_until, noise,
+degradation events."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -78,11 +79,14 @@ def test_load_names_the_file(tmp_path: Path) -> None:
         load_scenario(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("name", ["hotplug_demo.yaml", "quick_unplug.yaml"])
+@pytest.mark.parametrize("name", ["hotplug_demo.yaml", "quick_unplug.yaml",
+                                  "degraded_demo.yaml"])
 def test_shipped_scenarios_are_valid_for_the_default_sensors(name: str) -> None:
-    sc = load_scenario(REPO / "config" / "scenarios" / name, known_sensors=DEFAULT_SENSORS)
+    modalities = {n: m for n, (m, _) in DEFAULT_SENSORS.items()}
+    sc = load_scenario(REPO / "config" / "scenarios" / name, known_sensors=modalities)
     assert sc.events and {e.action for e in sc.events} <= {"unplug", "replug", "noise_on",
-                                                           "noise_off"}
+                                                           "noise_off", "degrade_on",
+                                                           "degrade_off"}
 
 
 def test_hotplug_demo_timeline() -> None:
@@ -112,3 +116,65 @@ def test_corrupt_keeps_type_shape_and_encoding() -> None:
             assert not np.array_equal(noisy, item.payload)
         seen.add(item.modality)
     assert {"image", "thermal", "event", "tactile", "audio", "point_cloud", "text"} == seen
+
+
+MODALITIES = {name: modality for name, (modality, _) in DEFAULT_SENSORS.items()}
+
+
+def test_degrade_events_parse_with_kind_and_severity() -> None:
+    sc = parse_scenario([
+        {"t": 1, "sensor": "camera", "action": "degrade_on", "kind": "dark", "severity": 0.9},
+        {"t": 2, "sensor": "camera", "action": "degrade_off"},
+        {"t": 3, "sensor": "all", "action": "degrade_on", "kind": "occlusion", "severity": 1}],
+        known_sensors=MODALITIES)
+    on, off, everywhere = sc.events
+    assert (on.action, on.kind, on.severity) == ("degrade_on", "dark", 0.9)
+    assert (off.kind, off.severity) == (None, None)
+    # `all` means every sensor whose modality has the kind (camera and LiDAR occlusion).
+    assert everywhere.targets(MODALITIES) == ["camera", "lidar"]
+    assert off.targets(MODALITIES) == ["camera"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"t": 1, "sensor": "camera", "action": "degrade_on", "kind": "dark"},
+     r"event 0 .*missing keys \['severity'\]"),
+    ({"t": 1, "sensor": "camera", "action": "degrade_on", "severity": 0.5},
+     r"event 0 .*missing keys \['kind'\]"),
+    ({"t": 1, "sensor": "camera", "action": "degrade_on", "kind": "fog", "severity": 0.5},
+     r"event 0 .*unknown degradation kind 'fog'; expected one of clipping, dark"),
+    ({"t": 1, "sensor": "camera", "action": "degrade_on", "kind": "dark", "severity": 1.5},
+     r"event 0 .*'severity' must be in \[0, 1\], got 1.5"),
+    ({"t": 1, "sensor": "camera", "action": "degrade_on", "kind": "dark", "severity": "x"},
+     r"'severity' must be a finite number"),
+    ({"t": 1, "sensor": "camera", "action": "degrade_off", "kind": "dark"},
+     r"unknown keys \['kind'\].*kind and severity go with degrade_on"),
+    ({"t": 1, "sensor": "camera", "action": "unplug", "severity": 1},
+     r"unknown keys \['severity'\]"),
+])
+def test_bad_degrade_events_name_the_entry(entry, message) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        parse_scenario([entry])
+
+
+def test_degrade_kind_must_fit_the_sensor_modality() -> None:
+    with pytest.raises(ScenarioError, match=r"event 0 \(t=1.0, action=degrade_on, kind=rain\): "
+                                            r"sensor 'camera' \(image\) has no degradation "
+                                            r"'rain'; its kinds: dark, glare"):
+        parse_scenario([{"t": 1, "sensor": "camera", "action": "degrade_on", "kind": "rain",
+                         "severity": 0.5}], known_sensors=MODALITIES)
+    with pytest.raises(ScenarioError, match="no configured sensor has this kind"):
+        parse_scenario([{"t": 1, "sensor": "all", "action": "degrade_on", "kind": "rain",
+                         "severity": 0.5}], known_sensors={"camera": "image"})
+    with pytest.raises(ScenarioError, match=r"unknown sensor\(s\) \['sonar'\]"):
+        parse_scenario([{"t": 1, "sensor": "sonar", "action": "degrade_off"}],
+                       known_sensors=MODALITIES)
+
+
+def test_degraded_demo_timeline() -> None:
+    sc = load_scenario(REPO / "config" / "scenarios" / "degraded_demo.yaml",
+                       known_sensors=MODALITIES)
+    assert sc.loop and sc.duration_s == 40.0
+    on = [(t, e.sensors, e.kind) for t, e in sc.events_until(39.9) if e.action == "degrade_on"]
+    assert on == [(8.0, ("camera",), "dark"), (16.0, ("microphone",), "wind"),
+                  (24.0, ("lidar",), "rain")]
+    assert {e.action for e in sc.events} == {"degrade_on", "degrade_off"}
