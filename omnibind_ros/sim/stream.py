@@ -16,6 +16,13 @@ a yaw rotation), so the event camera sees motion. Every sensor fires at its own 
 The tactile finger presses the object from 0.5 s after the episode starts to 0.5 s before it ends
 (smooth 0.3 s ramps), so a tactile stream also shows no-contact frames.
 
+Degraded sensors: with a :class:`~omnibind_ros.sim.degrade.DegradationSpec`, each episode draws
+per modality whether its sensors are degraded, by which kind and how badly (a condition of the
+episode: it gets dark, the wind rises), and every message of such a sensor in that episode is
+degraded (:meth:`WorldStream.degradation_at` tells which). The draws use their own random
+streams, so the clean messages are those of a stream without a spec. Scripted degradations
+(scenario ``degrade_on``) are applied by the publisher with :func:`degrade_item`.
+
 Per-episode state (scene, backdrop, gel patch, audio signal) is cached, so a stream is cheap:
 one TinyRenderer pass per image/thermal/LiDAR message and a few small ones per event packet. The
 stream is deterministic for a given seed and sensor set, ROS-free, and must be consumed in order
@@ -35,10 +42,11 @@ from scipy.signal import lfilter
 from omnibind_ros.core.modalities import Modality, parse_modality
 from omnibind_ros.core.types import AudioBlock, EventPacket, TactileFrame
 from omnibind_ros.sim.catalog import CLASSES, ObjectClass
+from omnibind_ros.sim.degrade import DegradationSpec, apply
 from omnibind_ros.sim.events import EventSimulator, to_packet
 from omnibind_ros.sim.render import get_renderer
 from omnibind_ros.sim.tactile import GelPatch
-from omnibind_ros.sim.world import Motion, Scene, World
+from omnibind_ros.sim.world import STREAM_DEGRADE, Motion, Scene, World
 
 #: Default simulated sensors: name -> (modality, rate in Hz). Rates of common hardware: a 10 Hz
 #: camera stream, a FLIR Lepton at 8.7 Hz, 50 ms event packets, a GelSight Mini at ~25 Hz (15
@@ -76,6 +84,16 @@ class StreamItem(NamedTuple):
     payload: Any
 
 
+def degrade_item(item: StreamItem, kind: str, severity: float, rng: np.random.Generator,
+                 rate_hz: float | None = None) -> Any:
+    """``item``'s payload degraded by ``kind`` at ``severity`` (text passes unchanged: it has
+    no degradations); ``rate_hz`` gives a window sensor's window (1 / rate)."""
+    if item.modality == Modality.TEXT.value:
+        return item.payload
+    context = {"window_s": 1.0 / rate_hz} if rate_hz else {}
+    return apply(item.modality, kind, item.payload, severity, rng, **context)
+
+
 @dataclass
 class _Episode:
     index: int
@@ -95,12 +113,16 @@ class WorldStream:
     seed : makes the whole stream reproducible.
     sensor_rates : sensor name -> (modality value, rate in Hz); default :data:`DEFAULT_SENSORS`.
     object_period_s : how long each object stays (the class changes every period).
+    degradations : degradations drawn per episode and modality (see the module docstring);
+        None = clean sensors.
     """
 
     def __init__(self, world: World | None = None, seed: int = 0,
                  sensor_rates: Mapping[str, tuple[str, float]] | None = None,
-                 object_period_s: float = 4.0) -> None:
+                 object_period_s: float = 4.0,
+                 degradations: DegradationSpec | None = None) -> None:
         self.world = world or World()
+        self.degradations = degradations if degradations and degradations.active else None
         self.seed = int(seed)
         self.period = float(object_period_s)
         if self.period <= 0:
@@ -118,6 +140,8 @@ class WorldStream:
         heapq.heapify(self._heap)
         self._rng = {name: np.random.default_rng([self.seed, 7919, i])
                      for i, name in enumerate(self.sensors)}
+        self._degrade_rng = {name: np.random.default_rng([self.seed, STREAM_DEGRADE, 7919, i])
+                             for i, name in enumerate(self.sensors)}
         self._event: dict[str, tuple[EventSimulator, float]] = {}
         self.time_s = 0.0
 
@@ -158,7 +182,20 @@ class WorldStream:
         self._count[name] = k + 1
         heapq.heappush(self._heap, ((k + 1) / rate, order, name))
         self.time_s = stamp
-        return StreamItem(stamp, name, mod.value, self._payload(name, mod, rate, stamp))
+        item = StreamItem(stamp, name, mod.value, self._payload(name, mod, rate, stamp))
+        drawn = self.degradation_at(name, stamp)
+        if drawn is None:
+            return item
+        return item._replace(payload=degrade_item(item, *drawn, self._degrade_rng[name], rate))
+
+    def degradation_at(self, sensor: str, t: float) -> tuple[str, float] | None:
+        """(kind, severity) the spec degrades ``sensor`` by at time ``t``; None: clean."""
+        if self.degradations is None:
+            return None
+        mod = self.sensors[sensor][0]
+        e = self.episode_at(t)
+        seed = int(np.random.SeedSequence([self.seed, 15485863, e]).generate_state(1)[0])
+        return self.degradations.draw(seed, STREAM_DEGRADE).get(mod.value)
 
     def peek(self) -> tuple[float, str]:
         """Stamp and sensor name of the next message, without rendering it."""

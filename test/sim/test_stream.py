@@ -143,3 +143,27 @@ def test_peek_and_skip_keep_the_schedule_without_rendering(monkeypatch) -> None:
     assert order == full  # skipping changes nothing in the schedule
     assert all(name == "mic" for _, name in rendered)  # skipped camera frames never rendered
     assert len(rendered) == sum(1 for _, n in full if n == "mic")
+
+
+def test_degraded_stream_degrades_whole_episodes_and_keeps_clean_ones() -> None:
+    """A spec draws per episode and modality; other messages are those of a clean stream."""
+    from omnibind_ros.sim.degrade import DegradationSpec
+
+    sensors = {"camera": ("image", 10.0), "lidar": ("point_cloud", 10.0)}
+    spec = DegradationSpec.from_dict({"image": {"probability": 0.5, "kinds": ["dark"],
+                                                "severity": [0.9, 1.0]}})
+    clean = list(WorldStream(seed=5, sensor_rates=sensors, object_period_s=0.5).until(3.0))
+    stream = WorldStream(seed=5, sensor_rates=sensors, object_period_s=0.5, degradations=spec)
+    degraded = list(stream.until(3.0))
+    episodes = {stream.episode_at(it.stamp_s) for it in degraded}
+    dark = {e for e in episodes if stream.degradation_at("camera", e * 0.5) is not None}
+    assert dark and dark != episodes  # p = 0.5 over 6 episodes: some of each
+    assert all(stream.degradation_at("lidar", e * 0.5) is None for e in episodes)
+    for a, b in zip(clean, degraded, strict=True):
+        assert (a.stamp_s, a.sensor) == (b.stamp_s, b.sensor)
+        if a.sensor == "camera" and stream.episode_at(a.stamp_s) in dark:
+            kind, severity = stream.degradation_at("camera", a.stamp_s)
+            assert kind == "dark" and 0.9 <= severity <= 1.0
+            assert b.payload.mean() < 0.5 * a.payload.mean()
+        else:
+            np.testing.assert_array_equal(a.payload, b.payload)
