@@ -65,14 +65,35 @@ class AdaptiveFusion(nn.Module):
     and a residual connection, with the output projection zero-initialised (``zero_init``) so an
     untrained head equals the mean baseline over already-aligned embeddings.
 
+    Two options make the head weigh its evidence when a live sensor is degraded (a dark camera,
+    a microphone in wind still publish, and their embeddings land far from the object's); both
+    keep Eq. 8 as the core and both are off by default (the paper's head):
+
+    * ``evidence_gate``: Eq. 8's uniform mean becomes a weighted mean, ``E_m = normalise(
+      sum_i w_i SA(E)_i)`` with ``w = softmax_i(g_i)`` over the live tokens and
+      ``g_i = MLP([LN(SA(E)_i), a_i])``: each token's gate sees the token after self-attention
+      (which mixed in the other modalities) and its *agreement* ``a_i = cos(E_i, mean_j E_j)``
+      with the live tokens' mean. A degraded token both looks like one (its embedding carries
+      the darkness, the wind) and disagrees with the others; the MLP's last layer starts at zero,
+      so an untrained gate is the uniform mean, i.e. exactly Eq. 8. Chosen over per-token quality
+      cues computed from the raw input because it needs nothing but the tokens: the ONNX contract
+      ``(tokens, mask) -> fused`` and the runtime stay as they are, for every model family.
+    * ``single_passthrough``: with one live token there is nothing to fuse; the head returns that
+      token unchanged instead of its self-attended version. Self-attention of a token with
+      itself is a learned per-token map that can only move an already-aligned student
+      embedding off its label (the measured single-modality loss of the paper's head).
+
     Parameters
     ----------
     dim : D.
     num_heads : attention heads (``dim % num_heads == 0``).
     zero_init : zero the output projection (start as the mean baseline).
+    evidence_gate : weighted instead of uniform mean over the tokens (see above).
+    single_passthrough : one live token is returned as it is (see above).
     """
 
-    def __init__(self, *, dim: int = 384, num_heads: int = 8, zero_init: bool = True) -> None:
+    def __init__(self, *, dim: int = 384, num_heads: int = 8, zero_init: bool = True,
+                 evidence_gate: bool = False, single_passthrough: bool = False) -> None:
         super().__init__()
         assert dim % num_heads == 0, f"dim {dim} is not divisible by num_heads {num_heads}"
         self.num_heads = num_heads
@@ -82,6 +103,15 @@ class AdaptiveFusion(nn.Module):
         if zero_init:
             nn.init.zeros_(self.proj.weight)
             nn.init.zeros_(self.proj.bias)
+        self.single_passthrough = single_passthrough
+        self.gate: nn.Module | None = None
+        if evidence_gate:
+            hidden = max(8, dim // 4)
+            self.gate_norm = nn.LayerNorm(dim)
+            self.gate = nn.Sequential(nn.Linear(dim + 1, hidden), nn.GELU(),
+                                      nn.Linear(hidden, 1))
+            nn.init.zeros_(self.gate[-1].weight)  # uniform weights: Eq. 8 at initialisation
+            nn.init.zeros_(self.gate[-1].bias)
 
     def attend(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``SA``: ``[B, N, D]`` -> ``[B, N, D]``; padded positions are not attended to."""
@@ -98,7 +128,24 @@ class AdaptiveFusion(nn.Module):
         """``tokens`` ``[B, N, D]``, ``mask`` ``[B, N]`` bool -> fused ``[B, D]`` (unit norm)."""
         mask = mask.bool()
         tokens = _clean(tokens, mask)
-        return F.normalize(masked_mean(self.attend(tokens, mask), mask), dim=-1)
+        attended = self.attend(tokens, mask)
+        if self.single_passthrough:
+            several = (mask.sum(dim=1) > 1)[:, None, None]
+            attended = torch.where(several, attended, tokens)
+        if self.gate is None:
+            return F.normalize(masked_mean(attended, mask), dim=-1)
+        return F.normalize((self.evidence_weights(tokens, attended, mask).unsqueeze(-1)
+                            * attended).sum(dim=1), dim=-1)
+
+    def evidence_weights(self, tokens: torch.Tensor, attended: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+        """``w [B, N]``: softmax of the gate over the live tokens (0 on padding)."""
+        centre = F.normalize(masked_mean(tokens, mask), dim=-1)
+        agreement = F.cosine_similarity(tokens, centre.unsqueeze(1), dim=-1, eps=1e-6)
+        logits = self.gate(torch.cat([self.gate_norm(attended), agreement.unsqueeze(-1)],
+                                     dim=-1)).squeeze(-1)
+        logits = torch.where(mask, logits, torch.finfo(logits.dtype).min)
+        return logits.softmax(dim=-1) * mask
 
 
 class MeanFusion(nn.Module):
@@ -270,6 +317,8 @@ class FusionConfig:
     dim : D.
     num_heads : AF / CLS-token attention heads.
     zero_init : AF output projection starts at zero.
+    evidence_gate, single_passthrough : AF options that weigh degraded tokens down and pass a
+        lone token through (:class:`AdaptiveFusion`); off = the paper's head.
     slots : modality slot order (slot-based baselines; also recorded for the bundle).
     rank : factor size of the outer-product head.
     """
@@ -278,6 +327,8 @@ class FusionConfig:
     dim: int = 384
     num_heads: int = 8
     zero_init: bool = True
+    evidence_gate: bool = False
+    single_passthrough: bool = False
     slots: tuple[str, ...] = MODALITY_SLOTS
     rank: int = 32
 
@@ -296,7 +347,8 @@ class FusionConfig:
     def build(self) -> nn.Module:
         if self.kind == "af":
             return AdaptiveFusion(dim=self.dim, num_heads=self.num_heads,
-                                  zero_init=self.zero_init)
+                                  zero_init=self.zero_init, evidence_gate=self.evidence_gate,
+                                  single_passthrough=self.single_passthrough)
         if self.kind == "mean":
             return MeanFusion()
         if self.kind == "cls_token":

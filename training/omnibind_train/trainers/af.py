@@ -11,7 +11,10 @@ replaces it (any combination may show up at runtime). Per batch:
    (:func:`~omnibind_train.models.fusion.select_negative_labels`); with ``negatives=False``
    (the robustness ablation) every other label is a negative instead, i.e. plain InfoNCE over
    the label set;
-3. optional noise on one live modality's embedding (``noise_prob``), as
+3. optional degraded inputs (``degrade_prob``): each live token is replaced, with that
+   probability, by the embedding of the same sample seen by a degraded sensor (the data's
+   ``degraded`` twin: dark camera, microphone in wind... rendered by the simulated world);
+   then optional noise on one live modality's embedding (``noise_prob``), as
    :func:`omnibind_train.evaluation.add_embedding_noise` defines it;
 4. the head fuses the padded tokens with the mask; Eq. 9 against the label embeddings.
 
@@ -23,6 +26,7 @@ ranks' batches are equally large and DDP's average of their batch means is the g
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +77,8 @@ class AFConfig(ConfigBase):
     noise_prob : probability that one live modality of an example gets Gaussian noise.
     noise_std : relative noise norm (``add_embedding_noise``'s ``std``).
     noise_modality : always noise this modality when live (None: a random live one).
+    degrade_prob : probability that a live token is replaced by its degraded twin (needs data
+        with ``degraded`` tokens; 0: clean training, the paper's).
     """
 
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=20, batch_size=128))
@@ -86,6 +92,7 @@ class AFConfig(ConfigBase):
     noise_prob: float = 0.0
     noise_std: float = 1.0
     noise_modality: str | None = None
+    degrade_prob: float = 0.0
 
 
 @dataclass
@@ -99,6 +106,8 @@ class FusionData:
     labels : ``[N]`` int64.
     records : ``[R]`` sample index of each modality-free record.
     record_masks : ``[R, S]`` bool, the record's modalities.
+    degraded : ``[N, S, D]`` the same samples seen by degraded sensors (None: none rendered).
+    degraded_present : ``[N, S]`` bool, degraded input usable (None with ``degraded``).
     """
 
     tokens: torch.Tensor
@@ -106,6 +115,24 @@ class FusionData:
     labels: torch.Tensor
     records: torch.Tensor
     record_masks: torch.Tensor
+    degraded: torch.Tensor | None = None
+    degraded_present: torch.Tensor | None = None
+
+    def with_degraded(self, embeddings: Mapping[str, torch.Tensor],
+                      present: Mapping[str, torch.Tensor],
+                      slots: Sequence[str] = MODALITY_SLOTS) -> FusionData:
+        """This data with a degraded twin (modality -> ``[N, D]`` / ``[N]``, same samples in the
+        same order; a modality without one stays clean)."""
+        tokens = self.tokens.clone()
+        usable = torch.zeros_like(self.present)
+        for i, m in enumerate(slots):
+            if m in embeddings:
+                if embeddings[m].shape != self.tokens[:, i].shape:
+                    raise ValueError(f"degraded {m}: {tuple(embeddings[m].shape)}, expected "
+                                     f"{tuple(self.tokens[:, i].shape)}")
+                tokens[:, i] = embeddings[m].float()
+                usable[:, i] = present[m].bool() if m in present else True
+        return dataclasses.replace(self, degraded=tokens, degraded_present=usable)
 
     @classmethod
     def build(cls, embeddings: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor],
@@ -143,6 +170,16 @@ def random_subsets(n: int, allowed: torch.Tensor, gen: torch.Generator) -> torch
     ranks = torch.rand(n, allowed.numel(), generator=gen).masked_fill(~allowed, 2.0)
     order = ranks.argsort(dim=1).argsort(dim=1)
     return order < sizes.unsqueeze(1)
+
+
+def degrade_tokens(data: FusionData, sample: torch.Tensor, tokens: torch.Tensor,
+                   mask: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Replace each live token, with probability ``prob``, by its degraded twin (where the twin
+    is usable; a failed degraded input leaves the clean token). ``[B, S, D]`` -> new tensor."""
+    if prob <= 0 or data.degraded is None:
+        return tokens
+    swap = (torch.rand(mask.shape, generator=gen) < prob) & mask & data.degraded_present[sample]
+    return torch.where(swap.unsqueeze(-1), data.degraded[sample], tokens)
 
 
 def noise_one_modality(tokens: torch.Tensor, mask: torch.Tensor, prob: float, std: float,
@@ -203,6 +240,7 @@ def make_batch(data: FusionData, records: torch.Tensor, label_embeddings: torch.
     mask = torch.where(mask.any(dim=1, keepdim=True), mask, present)
     # masked with where, not a product: an invalid input's token may be NaN (NaN * 0 is NaN)
     tokens = torch.where(mask.unsqueeze(-1), data.tokens[sample], 0.0)
+    tokens = degrade_tokens(data, sample, tokens, mask, cfg.degrade_prob, gen)
     slot = list(slots).index(cfg.noise_modality) if cfg.noise_modality else None
     tokens = noise_one_modality(tokens, mask, cfg.noise_prob, cfg.noise_std, gen, slot)
     targets = data.labels[sample]
