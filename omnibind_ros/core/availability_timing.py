@@ -108,11 +108,10 @@ class ArrivalTiming:
 
     def describe(self) -> str:
         """What the slack is made of, for reasons ("" when there is none)."""
-        if not self.slack_ns:
-            return ""
-        parts = [f"{self._window_ns / NS:.2f} s window"] if self._window_ns else []
+        shown = NS // 200  # parts that print as 0.00 s are left out
+        parts = [f"{self._window_ns / NS:.2f} s window"] if self._window_ns >= shown else []
         learned = self.slack_ns - self._window_ns
-        if learned:
+        if learned >= shown:
             parts.append(f"{learned / NS:.2f} s arrival delay"
                          + (" and lateness credit" if self.credit_ns else ""))
         return " + ".join(parts)

@@ -41,6 +41,10 @@ SENSOR_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 #: window is encoded at most this often (an encode per chunk would cost 50 encoder runs/s for
 #: windows that overlap by 98%). Other modalities encode every message by default.
 DEFAULT_ENCODE_RATE_HZ = {"audio": 10.0}
+#: Modalities whose message covers a window ``[stamp, stamp + 1 / rate)`` (stamped at its start,
+#: as event cameras and audio drivers do): they arrive at least one period after their stamp,
+#: so ``window_s = -1`` means one expected period for them and 0 for frame sensors.
+WINDOWED_MODALITIES = ("event", "audio")
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,11 @@ GLOBAL_PARAMS: dict[str, ParamSpec] = {
     "status.rate_hz": ParamSpec(_D, 1.0, "periodic ~/sensor_status and /diagnostics rate "
                                 "(also published on every state change)", 0.1, 100.0),
     "graph_poll_hz": ParamSpec(_D, 2.0, "publisher-count polling of sensor topics", 0.1, 100.0),
+    "state_log.burst": ParamSpec(_I, 3, "sensor state changes each sensor logs at once; "
+                                 "further ones are counted and summarised", 1, 1000),
+    "state_log.interval_s": ParamSpec(_D, 10.0, "each sensor earns state_log.burst log lines "
+                                      "per this many seconds; a summary with the final state "
+                                      "comes out when one is earned", 0.1, 3600.0),
     "bad_samples_to_degrade": ParamSpec(_I, 3, "bad messages in a row that make a sensor "
                                         "DEGRADED (configure)", 1, 1000),
     "annotated_image.rate_hz": ParamSpec(_D, 5.0, "most frames per second of "
@@ -188,6 +197,13 @@ SENSOR_KEYS: dict[str, ParamSpec] = {
     "encode_rate_hz": ParamSpec(_D, -1.0, "encode at most this often in Hz; 0 = every "
                                 "message; -1 = modality default (10 for audio, else 0)",
                                 -1.0, 10000.0),
+    "window_s": ParamSpec(_D, -1.0, "publication delay by construction, s (a message stamped "
+                          "at the start of the window it covers); added to the stale and lost "
+                          "timeouts; -1 = one period for event and audio, 0 for the others",
+                          -1.0, 60.0),
+    "max_delay_s": ParamSpec(_D, 0.25, "most learned arrival delay (beyond window_s) plus "
+                             "lateness credit added to the stale and lost timeouts, s; 0 = "
+                             "timeouts count from the stamp", 0.0, 60.0),
     "info_topic": ParamSpec(_S, "", "paired info topic of a message type that needs one "
                             "(AudioInfo for AudioData, CameraInfo for a depth image); '' = the "
                             "driver's sibling topic (audio_info, camera_info), 'none' = none"),
@@ -258,12 +274,15 @@ class SensorParams:
     enabled: bool
     encode_rate_hz: float
     info_topic: str = ""
+    window_s: float = 0.0
+    max_delay_s: float = 0.25
 
     def monitor_config(self, degraded_after_bad: int = 3) -> SensorConfig:
         return SensorConfig(name=self.name, modality=self.modality, topic=self.topic,
                             expected_rate_hz=self.expected_rate_hz,
                             stale_after=self.stale_after, lost_after=self.lost_after,
-                            enabled=self.enabled, degraded_after_bad=degraded_after_bad)
+                            enabled=self.enabled, degraded_after_bad=degraded_after_bad,
+                            window_s=self.window_s, max_delay_s=self.max_delay_s)
 
     def qos_profile(self) -> Any:
         return qos_from_name(self.qos) if self.qos else qos_for_modality(self.modality)
@@ -285,13 +304,17 @@ def build_sensor(name: str, raw: Mapping[str, Any]) -> SensorParams:
     for key, spec in SENSOR_KEYS.items():
         value = raw.get(key)
         if value is None or (key in ("message_type",) and value == "") or (
-                key == "encode_rate_hz" and value < 0):
+                key in ("encode_rate_hz", "window_s") and value < 0):
             value = sensor_default(key, parse_modality(modality).value)
         reason = spec.reason(sensor_param(name, key), value)
         if reason:
             raise ValueError(reason)
         values[key] = float(value) if spec.ptype == _D else value
     values["modality"] = parse_modality(modality).value
+    if values["window_s"] < 0:  # one period of a windowed sensor (needs the rate, read above)
+        rate = values["expected_rate_hz"]
+        windowed = values["modality"] in WINDOWED_MODALITIES and rate > 0
+        values["window_s"] = 1.0 / rate if windowed else 0.0
     if values["lost_after"] <= values["stale_after"]:
         raise ValueError(f"sensor {name}: lost_after ({values['lost_after']}) must be greater "
                          f"than stale_after ({values['stale_after']})")

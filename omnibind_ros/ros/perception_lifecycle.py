@@ -36,6 +36,7 @@ from omnibind_ros.core.pipeline import Pipeline, SensorStage, StageHook, make_pi
 from omnibind_ros.core.recognizer import MONITOR_RATE_HZ, Recognizer, build_fusion_tick
 from omnibind_ros.core.sensor_worker import SampleReporter, SensorWorker
 from omnibind_ros.core.threads import limit_blas_threads, limit_malloc_arenas
+from omnibind_ros.core.transition_log import LogLine, TransitionLog
 from omnibind_ros.core.types import AudioBlock
 from omnibind_ros.msg import Recognition
 from omnibind_ros.ros import diagnostics, params, qos
@@ -109,6 +110,9 @@ class PerceptionNode(LifecycleNode):
         self._timers: list[Any] = []
         self._fusion_timer: Any = None
         self._last_status_ns: int | None = None
+        # sensor state changes at a bounded rate per sensor (a flapping one is summarised)
+        self._state_log = TransitionLog(int(self._param("state_log.burst")),
+                                        float(self._param("state_log.interval_s")))
         self._fusion_group = MutuallyExclusiveCallbackGroup()
         self._status_group = MutuallyExclusiveCallbackGroup()
         self.add_on_set_parameters_callback(self._validate_params)
@@ -328,6 +332,7 @@ class PerceptionNode(LifecycleNode):
                 return
             worker = self._unsubscribe(sensor)
             self._engine.remove_sensor(name)
+            self._state_log.forget(name)
         _stop_workers([worker])
         self._publish_status(self.now_ns())
 
@@ -431,14 +436,19 @@ class PerceptionNode(LifecycleNode):
         if engine is None:
             return
         update = engine.on_monitor_timer()  # a fused sensor that changed state ticks here
-        for t in update.transitions:
-            self.get_logger().info(f"sensor {t.name}: {t.old.name} -> {t.new.name}"
-                                   + (f" ({t.reason})" if t.reason else ""))
         now = self.now_ns()
+        for t in update.transitions:
+            self._log_lines(self._state_log.add(t))
+        self._log_lines(self._state_log.flush(now))
         period_ns = round(1e9 / float(self._param("status.rate_hz")))
         last = self._last_status_ns
         if update.transitions or last is None or now - last >= period_ns or now < last:
             self._publish_status(now)
+
+    def _log_lines(self, lines: list[LogLine]) -> None:
+        logger = self.get_logger()
+        for line in lines:
+            (logger.warning if line.warning else logger.info)(line.text)
 
     def _publish_status(self, now: int) -> None:
         engine = self._engine
@@ -480,6 +490,9 @@ class PerceptionNode(LifecycleNode):
 
     def _apply_params(self, updates: list[Parameter]) -> None:
         names = {p.name for p in updates}
+        if names & {"state_log.burst", "state_log.interval_s"}:
+            self._state_log.configure(int(self._param("state_log.burst")),
+                                      float(self._param("state_log.interval_s")))
         engine = self._engine
         if engine is None:
             return  # unconfigured: configure reads every parameter
