@@ -5,7 +5,11 @@ own rate, plus the ground truth (``/omnibind/ground_truth``, :msg:`omnibind_ros/
 Each sensor can be unplugged and replugged at runtime, by parameter
 (``ros2 param set /omnibind_sim_sensors sensors.camera.enabled false``) or by a scenario file
 (:mod:`omnibind_ros.sim.scenario`, which sets the same parameters). An unplug destroys the
-publisher, so the graph sees the sensor vanish as it would for a real driver.
+publisher, so the graph sees the sensor vanish as it would for a real driver. A sensor can also
+stay plugged in and publish the world degraded the way its physics goes
+(``sensors.<name>.degradation``: a kind of :mod:`omnibind_ros.sim.degrade` such as ``dark``,
+``wind`` or ``rain``, at ``sensors.<name>.degradation_severity``; scenario ``degrade_on`` /
+``degrade_off`` set them), like ``noise`` but a realistic failure rather than garbage.
 
 Pacing: one timer (``tick_rate_hz``) publishes every message whose time has come. Stream time
 runs at ``realtime_factor`` times the node clock (a ``/clock`` with ``use_sim_time``), and header
@@ -58,8 +62,15 @@ from omnibind_ros.msg import GroundTruth  # noqa: E402
 from omnibind_ros.ros import conversions as conv  # noqa: E402
 from omnibind_ros.ros.executor import spin_until_shutdown  # noqa: E402
 from omnibind_ros.ros.qos import qos_from_name  # noqa: E402
-from omnibind_ros.sim.scenario import ALL, Scenario, corrupt, load_scenario  # noqa: E402
-from omnibind_ros.sim.stream import DEFAULT_SENSORS, WINDOWED, StreamItem, WorldStream  # noqa: E402
+from omnibind_ros.sim.degrade import DEGRADATIONS  # noqa: E402
+from omnibind_ros.sim.scenario import Scenario, corrupt, load_scenario  # noqa: E402
+from omnibind_ros.sim.stream import (  # noqa: E402
+    DEFAULT_SENSORS,
+    WINDOWED,
+    StreamItem,
+    WorldStream,
+    degrade_item,
+)
 
 __all__ = ["DEFAULT_TOPIC_SUFFIX", "SensorConfig", "SimSensorsNode",
            "build_sensor_message", "ground_truth_message", "main", "root_topic",
@@ -120,6 +131,8 @@ class SensorConfig:
     enabled: bool = True
     noise: bool = False
     message_type: str = ""
+    degradation: str = ""  # a kind of omnibind_ros.sim.degrade; "" = clean
+    degradation_severity: float = 0.8
     configured_topic: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
@@ -190,7 +203,17 @@ def sensor_defaults(name: str, modality: str | None = None) -> dict[str, Any]:
     default_mod, rate = DEFAULT_SENSORS.get(name, ("", 10.0))
     mod = modality or default_mod
     return {"modality": mod, "topic": f"sim/{name}/{DEFAULT_TOPIC_SUFFIX.get(mod, 'data')}",
-            "rate_hz": float(rate), "frame_id": f"sim_{name}", "enabled": True, "noise": False}
+            "rate_hz": float(rate), "frame_id": f"sim_{name}", "enabled": True, "noise": False,
+            "degradation": "", "degradation_severity": 0.8}
+
+
+def degradation_error(modality: str, kind: str) -> str | None:
+    """Why ``kind`` is not a degradation of ``modality`` ("" is none: always fine)."""
+    kinds = tuple(DEGRADATIONS.get(modality, {}))
+    if not kind or kind in kinds:
+        return None
+    return (f"{modality} has no degradation {kind!r}; its kinds: {', '.join(kinds) or 'none'} "
+            "('' = clean)")
 
 
 def ground_truth_message(stream: WorldStream, t_s: float, start_ns: int) -> GroundTruth:
@@ -236,6 +259,8 @@ class SimSensorsNode(Node):
         self.stats: Counter[str] = Counter()  # "published/<name>", "dropped/<name>", ...
         self._sensor_pubs: dict[str, Publisher] = {}
         self._noise_rng = np.random.default_rng([self.seed, 4242])
+        self._degrade_rngs = {name: np.random.default_rng([self.seed, 4243, i])
+                              for i, name in enumerate(self.sensors)}
         self._gt_pub: Publisher | None = None
         self._gt_episode = -1
         self._gt_last = -math.inf
@@ -250,6 +275,7 @@ class SimSensorsNode(Node):
             if sensor.enabled:
                 self._plug(sensor)
         self._set_ground_truth(bool(self._param("publish_ground_truth")))
+        self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self._timer = self.create_timer(1.0 / float(self._param("tick_rate_hz")), self._tick)
         self.get_logger().info(
@@ -279,8 +305,9 @@ class SimSensorsNode(Node):
             "A message more than this late (node-clock seconds) is dropped, not published.",
             p.PARAMETER_DOUBLE, read_only=False, low=0.0, high=60.0))
         self.declare_parameter("scenario_file", "", d(
-            "YAML timeline of unplug/replug/noise_on/noise_off events (omnibind_ros/sim/"
-            "scenario.py); a path, or a name under config/scenarios. Empty: none.",
+            "YAML timeline of unplug/replug/noise_on/noise_off/degrade_on/degrade_off events "
+            "(omnibind_ros/sim/scenario.py); a path, or a name under config/scenarios. Empty: "
+            "none.",
             p.PARAMETER_STRING))
         self.declare_parameter("publish_ground_truth", True, d(
             f"Publish {GROUND_TRUTH_TOPIC} (at each object change and at ground_truth_rate_hz).",
@@ -318,6 +345,14 @@ class SimSensorsNode(Node):
         noise = self.declare_parameter(prefix + "noise", False, d(
             "Publish noise of the right type and shape instead of the world (a faulty sensor).",
             p.PARAMETER_BOOL, read_only=False))
+        kind = self.declare_parameter(prefix + "degradation", "", d(
+            "Publish the world degraded by this kind (omnibind_ros/sim/degrade: e.g. dark, "
+            "glare, wind, rain); '' = clean.", p.PARAMETER_STRING, read_only=False)).value
+        if error := degradation_error(mod, kind):
+            raise ValueError(f"sensor {name!r}: {prefix}degradation: {error}")
+        severity = self.declare_parameter(prefix + "degradation_severity", 0.8, d(
+            "Severity of the degradation, 0 (none) to 1 (worst).", p.PARAMETER_DOUBLE,
+            read_only=False, low=0.0, high=1.0)).value
         msg_type = self.declare_parameter(prefix + "message_type", "", d(
             "Message type to publish; '' = the package's own. Drivers' types: "
             "event_camera_msgs/msg/EventPacket (evt3) for events, "
@@ -327,7 +362,8 @@ class SimSensorsNode(Node):
         except ValueError as exc:
             raise ValueError(f"sensor {name!r}: {prefix}message_type: {exc}") from None
         return SensorConfig(name, mod, topic.value, float(rate_hz.value), frame.value,
-                            bool(enabled.value), bool(noise.value), message_type)
+                            bool(enabled.value), bool(noise.value), message_type, kind,
+                            float(severity))
 
     def _read_sensors(self) -> dict[str, SensorConfig]:
         names = [str(n) for n in self._param("sensors")]
@@ -338,26 +374,49 @@ class SimSensorsNode(Node):
     def _load_scenario(self, path: str) -> Scenario | None:
         if not path:
             return None
-        return load_scenario(resolve_config_file(path), known_sensors=self.sensors)
+        return load_scenario(resolve_config_file(path),
+                             known_sensors={n: s.modality for n, s in self.sensors.items()})
+
+    def _validate_parameters(self, params: list[Parameter]) -> Any:
+        """Refuse a degradation kind the sensor's modality does not have."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        for param in params:
+            parts = param.name.split(".")
+            if len(parts) == 3 and parts[0] == "sensors" and parts[1] in self.sensors \
+                    and parts[2] == "degradation":
+                error = degradation_error(self.sensors[parts[1]].modality, str(param.value))
+                if error:
+                    return SetParametersResult(successful=False,
+                                               reason=f"{param.name}: {error}")
+        return SetParametersResult(successful=True)
 
     def _on_parameters_set(self, params: list[Parameter]) -> None:
         """Apply runtime changes (validated by the descriptors before they got here)."""
         for param in params:
             parts = param.name.split(".")
             if len(parts) == 3 and parts[0] == "sensors" and parts[1] in self.sensors:
-                self._apply_sensor(self.sensors[parts[1]], parts[2], bool(param.value))
+                self._apply_sensor(self.sensors[parts[1]], parts[2], param.value)
             elif param.name == "publish_ground_truth":
                 self._set_ground_truth(bool(param.value))
             elif param.name == "realtime_factor":
                 self._reanchor()
 
-    def _apply_sensor(self, sensor: SensorConfig, key: str, value: bool) -> None:
+    def _apply_sensor(self, sensor: SensorConfig, key: str, value: Any) -> None:
         if key == "enabled" and value != sensor.enabled:
-            sensor.enabled = value
+            sensor.enabled = bool(value)
             (self._plug if value else self._unplug)(sensor)
         elif key == "noise" and value != sensor.noise:
-            sensor.noise = value
+            sensor.noise = bool(value)
             self.get_logger().info(f"sensor {sensor.name}: noise {'on' if value else 'off'}")
+        elif key == "degradation" and value != sensor.degradation:
+            sensor.degradation = str(value)
+            self.get_logger().info(
+                f"sensor {sensor.name}: degraded by {value} at severity "
+                f"{sensor.degradation_severity:.2f}" if value else
+                f"sensor {sensor.name}: degradation off")
+        elif key == "degradation_severity":
+            sensor.degradation_severity = float(value)
 
     # ------------------------------------------------------------------ plugging
     def _plug(self, sensor: SensorConfig) -> None:
@@ -416,12 +475,15 @@ class SimSensorsNode(Node):
 
     def _run_scenario(self, t: float) -> None:
         updates = []
+        modalities = {n: s.modality for n, s in self.sensors.items()}
         for when, event in self.scenario.events_until(t):  # type: ignore[union-attr]
-            names = list(self.sensors) if ALL in event.sensors else event.sensors
-            key, value = {"unplug": ("enabled", False), "replug": ("enabled", True),
-                          "noise_on": ("noise", True), "noise_off": ("noise", False)}[event.action]
-            self.get_logger().info(f"scenario t={when:.1f} s: {event.action} {', '.join(names)}")
-            updates += [Parameter(f"sensors.{n}.{key}", value=value) for n in names]
+            names = event.targets(modalities)
+            detail = f" {event.kind} {event.severity:.2f}" if event.kind else ""
+            self.get_logger().info(
+                f"scenario t={when:.1f} s: {event.action}{detail} {', '.join(names)}")
+            for name in names:
+                updates += [Parameter(f"sensors.{name}.{key}", value=value)
+                            for key, value in _scenario_settings(event)]
         if updates:
             self.set_parameters(updates)  # same path as `ros2 param set`: state stays visible
 
@@ -469,6 +531,9 @@ class SimSensorsNode(Node):
         payload = item.payload
         if sensor.noise:
             payload = corrupt(item.modality, payload, self._noise_rng)
+        elif sensor.degradation:
+            payload = degrade_item(item, sensor.degradation, sensor.degradation_severity,
+                                   self._degrade_rngs[item.sensor], sensor.rate_hz)
         stamp = stamp_from_ns(self._start_ns + round(item.stamp_s * 1e9))  # type: ignore[operator]
         pub.publish(build_sensor_message(item.modality, payload, stamp, sensor.frame_id,
                                          sensor.message_type))
@@ -497,6 +562,16 @@ class SimSensorsNode(Node):
         self._gt_pub.publish(ground_truth_message(self.stream, t, self._start_ns or 0))
         self._gt_episode, self._gt_last = episode, t
         self.stats["ground_truth"] += 1
+
+
+def _scenario_settings(event: Any) -> list[tuple[str, Any]]:
+    """The ``sensors.<name>.*`` parameter values a scenario event sets."""
+    if event.action == "degrade_on":
+        # Severity first: the kind's change logs it.
+        return [("degradation_severity", float(event.severity)), ("degradation", event.kind)]
+    return [{"unplug": ("enabled", False), "replug": ("enabled", True),
+             "noise_on": ("noise", True), "noise_off": ("noise", False),
+             "degrade_off": ("degradation", "")}[event.action]]
 
 
 def main(args: list[str] | None = None) -> int:

@@ -294,3 +294,64 @@ def _time(ns: int) -> Any:
     from builtin_interfaces.msg import Time
 
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def test_degradation_keeps_publishing_the_world_degraded(harness) -> None:
+    import numpy as np
+
+    from omnibind_ros.ros.conversions import image_to_numpy
+
+    h = harness(sensors=["camera"], seed=3)
+    h.subscribe_sensors()
+    assert h.spin_until(lambda: len(h.received["camera"]) >= 2, 5.0)
+    clean = image_to_numpy(h.received["camera"][-1][1]).image.astype(float)
+    results = h.set_remote(sensors__camera__degradation_severity=1.0,
+                           sensors__camera__degradation="dark")
+    assert all(r.successful for r in results)
+    assert h.node.sensors["camera"].degradation == "dark"
+    n = len(h.received["camera"])
+    assert h.spin_until(lambda: len(h.received["camera"]) >= n + 3, 5.0)
+    dark = image_to_numpy(h.received["camera"][-1][1]).image.astype(float)
+    assert dark.shape == clean.shape and dark.mean() < 0.4 * clean.mean()
+    # A kind of another modality is refused with the reason; the state is unchanged.
+    [refused] = h.set_remote(sensors__camera__degradation="rain")
+    assert not refused.successful and "image has no degradation 'rain'" in refused.reason
+    assert h.node.sensors["camera"].degradation == "dark"
+    assert all(r.successful for r in h.set_remote(sensors__camera__degradation=""))
+    n = len(h.received["camera"])
+    assert h.spin_until(lambda: len(h.received["camera"]) >= n + 3, 5.0)
+    again = image_to_numpy(h.received["camera"][-1][1]).image.astype(float)
+    assert again.mean() > 0.6 * clean.mean()
+
+
+def test_scenario_degrade_events_set_the_parameters(harness, tmp_path) -> None:
+    scenario = tmp_path / "degrade.yaml"
+    scenario.write_text(
+        "- {t: 0.2, sensor: all, action: degrade_on, kind: rain, severity: 0.7}\n"
+        "- {t: 0.2, sensor: camera, action: degrade_on, kind: glare, severity: 0.5}\n"
+        "- {t: 0.6, sensor: camera, action: degrade_off}\n")
+    h = harness(sensors=["camera", "lidar"], scenario_file=str(scenario))
+    h.subscribe_sensors()
+    sensors = h.node.sensors
+    assert h.spin_until(lambda: sensors["lidar"].degradation == "rain", 5.0)
+    assert sensors["lidar"].degradation_severity == pytest.approx(0.7)
+    assert h.node.get_parameter("sensors.camera.degradation").value == "glare"
+    assert h.spin_until(lambda: sensors["camera"].degradation == "", 5.0)
+    assert sensors["lidar"].degradation == "rain"
+    assert h.spin_until(lambda: len(h.received["lidar"]) >= 3, 5.0)
+
+
+def test_scenario_degradation_of_a_wrong_modality_is_rejected(make_node, tmp_path) -> None:
+    from omnibind_ros.ros.sim_sensors_node import SimSensorsNode
+    from omnibind_ros.sim.scenario import ScenarioError
+
+    scenario = tmp_path / "bad.yaml"
+    scenario.write_text("- {t: 1, sensor: camera, action: degrade_on, kind: wind, "
+                        "severity: 0.5}\n")
+    with pytest.raises(ScenarioError, match=r"sensor 'camera' \(image\) has no degradation"):
+        make_node("bad3", node_class=SimSensorsNode,
+                  parameter_overrides=_params(sensors=["camera"], scenario_file=str(scenario)))
+    with pytest.raises(ValueError, match=r"sensors.camera.degradation: image has no"):
+        make_node("bad4", node_class=SimSensorsNode,
+                  parameter_overrides=_params(sensors=["camera"],
+                                              sensors__camera__degradation="wind"))
