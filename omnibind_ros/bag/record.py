@@ -20,12 +20,15 @@ Conventions of a record-sim bag (the evaluator relies on them):
   node does);
 * scenario events apply at log time: an unplugged sensor has no message logged between its
   unplug and its replug; a noisy one logs ``corrupt(...)`` payloads (the node's noise, seeded
-  ``[seed, 4242]``);
+  ``[seed, 4242]``); a degraded one (``degrade_on`` or ``sensors.<name>.degradation``) logs
+  the world degraded by its kind and severity (seeded ``[seed, 4243, sensor index]``);
 * ``/omnibind/ground_truth`` carries ``omnibind_ros/GroundTruth`` at every object change and at
   ``ground_truth_rate_hz`` between changes;
 * ``/omnibind/scenario_event`` carries each scenario event as ``std_msgs/String`` JSON
   ``{"t_s": 12.0, "action": "unplug", "sensors": ["camera"]}`` (``all`` expanded to the recorded
-  sensors), logged at the event's time;
+  sensors), logged at the event's time; a ``degrade_on`` adds ``"kind"`` and ``"severity"``
+  (``{"t_s": 8.0, "action": "degrade_on", "sensors": ["camera"], "kind": "dark",
+  "severity": 0.9}``): the ground truth of a degraded phase;
 * ``metadata.yaml``'s ``custom_data`` holds ``omnibind.record_sim``: the arguments as JSON.
 
 :func:`record_live` (``omnibind-bag record``) subscribes (raw, no deserialization) to every
@@ -43,12 +46,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omnibind_ros.bag.reader import BagInfo, open_info
 from omnibind_ros.core.names import GROUND_TRUTH_TOPIC, SCENARIO_EVENT_TOPIC, SIM_SENSORS_NODE
 
-__all__ = ["RecordError", "SIM_EPOCH_NS", "SimPlan", "plan_sim",
+__all__ = ["RecordError", "SIM_EPOCH_NS", "SimEvent", "SimPlan", "plan_sim",
            "record_live", "record_sim"]
 
 #: Stream time 0 of every record-sim bag (a fixed epoch makes recordings reproducible).
@@ -67,7 +70,25 @@ class RecordError(RuntimeError):
 @dataclass(frozen=True)
 class _Change:
     t_s: float
-    on: bool
+    on: Any  # the state from t_s on: bool (plugged, noisy) or (kind, severity) | None
+
+
+class SimEvent(NamedTuple):
+    """A scenario event of a recording: time, action, the recorded sensors it applies to,
+    and for ``degrade_on`` the degradation's kind and severity."""
+
+    t_s: float
+    action: str
+    sensors: tuple[str, ...]
+    kind: str | None = None
+    severity: float | None = None
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {"t_s": self.t_s, "action": self.action,
+                                "sensors": list(self.sensors)}
+        if self.kind is not None:
+            data.update(kind=self.kind, severity=self.severity)
+        return json.dumps(data)
 
 
 @dataclass
@@ -79,23 +100,30 @@ class SimPlan:
     object_period_s: float
     duration_s: float
     ground_truth_rate_hz: float  # 0 = no ground truth
-    events: list[tuple[float, str, tuple[str, ...]]]  # (t_s, action, sensors), t < duration
+    events: list[SimEvent]  # t < duration
     params_file: Path
     scenario_file: Path | None
 
-    def _changes(self, action_on: str, action_off: str, initial: Callable[[Any], bool]
-                 ) -> dict[str, list[_Change]]:
+    def _changes(self, action_on: str, action_off: str, initial: Callable[[Any], Any],
+                 value: Callable[[SimEvent], Any] = lambda e: True,
+                 off: Any = False) -> dict[str, list[_Change]]:
         out = {s.name: [_Change(-math.inf, initial(s))] for s in self.sensors}
-        for t, action, names in self.events:
-            if action in (action_on, action_off):
-                for name in names:
-                    out[name].append(_Change(t, action == action_on))
+        for event in self.events:
+            if event.action in (action_on, action_off):
+                for name in event.sensors:
+                    out[name].append(_Change(event.t_s, value(event)
+                                             if event.action == action_on else off))
         return out
 
-    def timelines(self) -> tuple[_Timeline, _Timeline]:
-        """(plugged-in, noisy) state of every sensor as a function of stream time."""
+    def timelines(self) -> tuple[_Timeline, _Timeline, _Timeline]:
+        """(plugged-in, noisy, degradation) state of every sensor as a function of stream
+        time; a degradation is (kind, severity) or None."""
         return (_Timeline(self._changes("replug", "unplug", lambda s: s.enabled)),
-                _Timeline(self._changes("noise_on", "noise_off", lambda s: s.noise)))
+                _Timeline(self._changes("noise_on", "noise_off", lambda s: s.noise)),
+                _Timeline(self._changes(
+                    "degrade_on", "degrade_off",
+                    lambda s: (s.degradation, s.degradation_severity) if s.degradation else None,
+                    lambda e: (e.kind, e.severity), None)))
 
     def to_json(self) -> str:
         return json.dumps({
@@ -108,13 +136,13 @@ class SimPlan:
 
 
 class _Timeline:
-    """Per-sensor boolean state over time; events at one time apply in order (last wins)."""
+    """Per-sensor state over time; events at one time apply in order (last wins)."""
 
     def __init__(self, changes: Mapping[str, list[_Change]]) -> None:
         self._times = {n: [c.t_s for c in cs] for n, cs in changes.items()}
         self._values = {n: [c.on for c in cs] for n, cs in changes.items()}
 
-    def at(self, name: str, t_s: float) -> bool:
+    def at(self, name: str, t_s: float) -> Any:
         k = bisect.bisect_right(self._times[name], t_s) - 1
         return self._values[name][k]
 
@@ -130,6 +158,7 @@ def _sensor_configs(params: Mapping[str, Any], source: Path,
                     only: Sequence[str] | None) -> list[Any]:
     from omnibind_ros.ros.sim_sensors_node import (
         SensorConfig,
+        degradation_error,
         sensor_defaults,
         sensor_message_type,
     )
@@ -157,9 +186,13 @@ def _sensor_configs(params: Mapping[str, Any], source: Path,
         rate = float(values["rate_hz"])
         if not rate > 0:
             raise RecordError(f"{source}: {prefix}rate_hz must be > 0, got {rate}")
+        kind = str(values.get("degradation") or "")
+        if error := degradation_error(str(values["modality"]), kind):
+            raise RecordError(f"{source}: {prefix}degradation: {error}")
         out.append(SensorConfig(name, str(values["modality"]), str(values["topic"]), rate,
                                 str(values["frame_id"]), bool(values["enabled"]),
-                                bool(values["noise"]), message_type))
+                                bool(values["noise"]), message_type, kind,
+                                float(values.get("degradation_severity", 0.8))))
     return out
 
 
@@ -177,8 +210,8 @@ def plan_sim(*, duration_s: float, scenario: str | Path | None = None, seed: int
     RecordError / ScenarioError : invalid values (the message names the file and key).
     """
     from omnibind_ros.core.paths import config_file
-    from omnibind_ros.ros.sim_sensors_node import resolve_config_file
-    from omnibind_ros.sim.scenario import ALL, load_scenario
+    from omnibind_ros.ros.sim_sensors_node import resolve_config_file, sensor_defaults
+    from omnibind_ros.sim.scenario import load_scenario
 
     if not duration_s > 0 or not math.isfinite(duration_s):
         raise RecordError(f"duration must be a positive number of seconds, got {duration_s}")
@@ -195,21 +228,23 @@ def plan_sim(*, duration_s: float, scenario: str | Path | None = None, seed: int
         raise RecordError(f"object period must be > 0 s, got {period}")
     scenario_name = scenario if scenario is not None else params.get("scenario_file", "")
     scenario_file = None
-    events: list[tuple[float, str, tuple[str, ...]]] = []
+    events: list[SimEvent] = []
     recorded = [s.name for s in sensor_cfgs]
     if scenario_name:
         name = str(scenario_name)
         if not Path(name).suffix and not Path(name).expanduser().exists():
             name += ".yaml"  # `--scenario hotplug_demo`
         scenario_file = resolve_config_file(name)
-        timeline = load_scenario(scenario_file, known_sensors=configured)
+        modalities = {str(n): str(params.get(f"sensors.{n}.modality")
+                                  or sensor_defaults(str(n))["modality"]) for n in configured}
+        timeline = load_scenario(scenario_file, known_sensors=modalities)
         for t, event in timeline.events_until(duration_s):
             if t >= duration_s:
                 continue
-            names = recorded if ALL in event.sensors else [
-                n for n in event.sensors if n in recorded]
+            names = [n for n in event.targets(modalities) if n in recorded]
             if names:
-                events.append((float(t), event.action, tuple(names)))
+                events.append(SimEvent(float(t), event.action, tuple(names), event.kind,
+                                       event.severity))
     gt_on = bool(params.get("publish_ground_truth", True))
     return SimPlan(sensors=sensor_cfgs, seed=int(seed if seed is not None
                                                  else params.get("seed", 0)),
@@ -346,7 +381,7 @@ def _write_sim(sink: _BagSink, plan: SimPlan, progress: bool) -> None:
         stamp_from_ns,
     )
     from omnibind_ros.sim.scenario import corrupt
-    from omnibind_ros.sim.stream import WorldStream
+    from omnibind_ros.sim.stream import WorldStream, degrade_item
 
     sensors = {s.name: s for s in plan.sensors}
     keys = {s.name: sink.connect(s.topic, s.message_type,
@@ -354,8 +389,10 @@ def _write_sim(sink: _BagSink, plan: SimPlan, progress: bool) -> None:
             for s in plan.sensors}
     stream = WorldStream(seed=plan.seed, object_period_s=plan.object_period_s,
                          sensor_rates={s.name: (s.modality, s.rate_hz) for s in plan.sensors})
-    plugged, noisy = plan.timelines()
+    plugged, noisy, degraded = plan.timelines()
     noise_rng = np.random.default_rng([plan.seed, 4242])  # as the node's
+    degrade_rngs = {s.name: np.random.default_rng([plan.seed, 4243, i])
+                    for i, s in enumerate(plan.sensors)}
     end_ns = SIM_EPOCH_NS + round(plan.duration_s * 1e9)
     pending: list[tuple[int, int, tuple[str, str], bytes]] = []  # (log ns, seq, key, CDR)
     seq = 0
@@ -375,9 +412,8 @@ def _write_sim(sink: _BagSink, plan: SimPlan, progress: bool) -> None:
                  ground_truth_message(stream, t, SIM_EPOCH_NS))
     if plan.events:
         ev_key = sink.connect(SCENARIO_EVENT_TOPIC, msgtype_of(String), qos_from_name("text"))
-        for t, action, names in plan.events:
-            text = json.dumps({"t_s": t, "action": action, "sensors": list(names)})
-            push(SIM_EPOCH_NS + round(t * 1e9), ev_key, String(data=text))
+        for event in plan.events:
+            push(SIM_EPOCH_NS + round(event.t_s * 1e9), ev_key, String(data=event.to_json()))
 
     bar = _progress_bar(plan.duration_s, progress, "record-sim")
     shown = 0.0
@@ -401,6 +437,8 @@ def _write_sim(sink: _BagSink, plan: SimPlan, progress: bool) -> None:
             payload = item.payload
             if noisy.at(name, log_s):
                 payload = corrupt(item.modality, payload, noise_rng)
+            elif (degradation := degraded.at(name, log_s)) is not None:
+                payload = degrade_item(item, *degradation, degrade_rngs[name], sensor.rate_hz)
             msg = build_sensor_message(item.modality, payload, stamp_from_ns(stamp_ns),
                                        sensor.frame_id, sensor.message_type)
             push(log_ns, keys[name], msg)

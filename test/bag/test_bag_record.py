@@ -230,3 +230,54 @@ def test_record_live(tmp_path, rclpy_context) -> None:
     assert counters == sorted(counters) and cams[0].encoding == "mono8"
     assert 1 <= len(texts) <= 7 and texts[0].startswith("hello ")
     assert info.topics[GT] == ("omnibind_ros/msg/GroundTruth", 1)
+
+
+def test_degraded_phase_is_recorded_with_its_ground_truth(tmp_path) -> None:
+    """A degrade_on event: frames after it are the world degraded (the camera in the dark),
+    frames before it are those of a clean recording, and the scenario event carries the kind
+    and severity; `all` reaches only sensors whose modality has the kind."""
+    import numpy as np
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from omnibind_ros.bag.record import SIM_EPOCH_NS, plan_sim, record_sim
+
+    params = tmp_path / "sim.yaml"
+    params.write_text("/**/omnibind_sim_sensors:\n  ros__parameters:\n    seed: 5\n"
+                      "    object_period_s: 2.0\n    sensors: [eye, ear]\n"
+                      "    sensors.eye: {modality: image, topic: /eye, rate_hz: 10.0}\n"
+                      "    sensors.ear: {modality: audio, topic: /ear, rate_hz: 10.0}\n")
+    scenario = tmp_path / "dark.yaml"
+    scenario.write_text("- {t: 0.5, sensor: all, action: degrade_on, kind: dark, severity: 0.9}\n"
+                        "- {t: 0.8, sensor: eye, action: degrade_off}\n")
+    plan = plan_sim(duration_s=1.0, scenario=scenario, sim_params_file=params)
+    assert [(e.action, e.sensors, e.kind) for e in plan.events] == [
+        ("degrade_on", ("eye",), "dark"), ("degrade_off", ("eye",), None)]
+
+    def record(name: str, **kw) -> list[tuple[str, int, bytes]]:
+        record_sim(tmp_path / name, duration_s=1.0, sim_params_file=params, progress=False,
+                   **kw)
+        return [(topic, t - SIM_EPOCH_NS, raw)
+                for topic, _, t, raw in _messages(tmp_path / name)]
+
+    def frames(messages) -> list[tuple[int, np.ndarray]]:
+        return [(t, np.frombuffer(bytes(deserialize_message(raw, Image).data), np.uint8))
+                for topic, t, raw in messages if topic == "/eye"]
+
+    clean_msgs, dark_msgs = record("clean", scenario=""), record("dark", scenario=scenario)
+    clean, dark = frames(clean_msgs), frames(dark_msgs)
+    assert [t for t, _ in clean] == [t for t, _ in dark] == [k * S // 10 for k in range(10)]
+    for (t, a), (_, b) in zip(clean, dark, strict=True):
+        if S // 2 <= t < 8 * S // 10:
+            assert b.mean() < 0.5 * a.mean()
+        else:
+            assert np.array_equal(a, b)
+    # The microphone is untouched (no `dark` for audio), so its messages are the clean ones.
+    assert [m for m in clean_msgs if m[0] == "/ear"] == [m for m in dark_msgs if m[0] == "/ear"]
+    events = [json.loads(deserialize_message(raw, String).data)
+              for topic, _, raw in dark_msgs if topic == EVENTS]
+    assert events == [
+        {"t_s": 0.5, "action": "degrade_on", "sensors": ["eye"], "kind": "dark",
+         "severity": 0.9},
+        {"t_s": 0.8, "action": "degrade_off", "sensors": ["eye"]}]

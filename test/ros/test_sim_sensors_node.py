@@ -297,8 +297,6 @@ def _time(ns: int) -> Any:
 
 
 def test_degradation_keeps_publishing_the_world_degraded(harness) -> None:
-    import numpy as np
-
     from omnibind_ros.ros.conversions import image_to_numpy
 
     h = harness(sensors=["camera"], seed=3)
