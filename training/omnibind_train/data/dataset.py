@@ -2,6 +2,7 @@
 fingerprint every cache key starts from."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,6 +37,11 @@ class DataConfig(ConfigBase):
         EfficientNet-style trunks, and the runtime the bundle is served with; checked against
         torch on the first batch, torch is used if they disagree).
     workers : data generation processes (None: the data set config's).
+    degraded : the *degraded twin* of ``dataset``: a data set config (path or mapping) with the
+        same seed and student split sizes, so its student samples are the same scenes, and
+        sensor degradations drawn for them (``DatasetConfig.degradations``; the world draws
+        them from their own random stream, so the clean renders underneath are identical).
+        Fusion trains and is evaluated with these samples' embeddings in the mix; None: none.
     """
 
     dataset: str | dict[str, Any] = "config/sim_dataset.yaml"
@@ -46,6 +52,7 @@ class DataConfig(ConfigBase):
     trunk_batch_size: int = 64
     trunk_runtime: str = "auto"
     workers: int | None = None
+    degraded: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.trunk_runtime not in ("auto", "torch", "onnxruntime"):
@@ -54,15 +61,36 @@ class DataConfig(ConfigBase):
 
     def dataset_config(self) -> DatasetConfig:
         """The :class:`DatasetConfig` (read from YAML when ``dataset`` is a path)."""
-        if isinstance(self.dataset, Mapping):
-            return DatasetConfig.from_dict(dict(self.dataset))
-        return DatasetConfig.from_yaml(resolve_path(self.dataset))
+        return _dataset_config(self.dataset)
+
+    def degraded_twin(self) -> DataConfig | None:
+        """This data config with the degraded twin as its data set; None without one.
+
+        Raises ``ValueError`` when the twin's seed or student split sizes differ from the data
+        set's (its samples would not be the same scenes)."""
+        if self.degraded is None:
+            return None
+        main, twin = self.dataset_config(), _dataset_config(self.degraded)
+        keys = ("seed", "student_train", "student_val", "student_test")
+        differ = [k for k in keys if getattr(main, k) != getattr(twin, k)]
+        if differ:
+            what = ", ".join(f"{k} {getattr(twin, k)} != {getattr(main, k)}" for k in differ)
+            raise ValueError(f"data.degraded: {twin.name} is not a twin of {main.name}: {what}")
+        if not twin.degradations:
+            raise ValueError(f"data.degraded: {twin.name} draws no degradations")
+        return dataclasses.replace(self, dataset=self.degraded, root=None, degraded=None)
 
     def dataset_root(self, cache_dir: str | os.PathLike[str] | None) -> Path:
         """Where the data set lives (``root`` or ``<cache>/datasets/<name>``)."""
         if self.root:
             return resolve_path(self.root, must_exist=False)
         return dataset_dir(self.dataset_config(), cache_dir)
+
+
+def _dataset_config(source: str | Mapping[str, Any]) -> DatasetConfig:
+    if isinstance(source, Mapping):
+        return DatasetConfig.from_dict(dict(source))
+    return DatasetConfig.from_yaml(resolve_path(source))
 
 
 def resolve_path(path: str | os.PathLike[str], *, must_exist: bool = True) -> Path:

@@ -63,7 +63,12 @@ from .report import (
     to_jsonable,
     write_report,
 )
-from .robustness import add_embedding_noise, replace_with_random, robustness_sweep
+from .robustness import (
+    add_embedding_noise,
+    degraded_sweep,
+    replace_with_random,
+    robustness_sweep,
+)
 from .selection import SELECTION_SPLIT, select_on_val
 
 __all__ = [
@@ -72,7 +77,8 @@ __all__ = [
     "aggregate_subsets", "enumerate_subsets", "evaluate_combinations", "expected_shape",
     "format_summary", "hit_rate", "in_slot_order", "plot_accuracy_vs_size",
     "plot_cad_ablation", "plot_per_subset", "plot_robustness", "present_matrix",
-    "render_report", "replace_with_random", "results_json", "robustness_sweep",
+    "degraded_sweep", "render_report", "replace_with_random", "results_json",
+    "robustness_sweep",
     "select_on_val", "subset_accuracy", "subset_hits", "subset_name", "to_jsonable",
     "topk_correct", "write_report", "zero_shot_accuracy",
 ]

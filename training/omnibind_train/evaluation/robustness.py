@@ -84,3 +84,45 @@ def robustness_sweep(embeddings: dict[str, torch.Tensor], labels: torch.Tensor,
             acc = subset_accuracy(head, tokens, masks, labels, label_embeddings, (1,), usable)
             out[m][float(std)] = float(acc.nanmean()) if masks.shape[0] else float("nan")
     return out
+
+
+def degraded_sweep(embeddings: dict[str, torch.Tensor], degraded: dict[str, torch.Tensor],
+                   labels: torch.Tensor, label_embeddings: torch.Tensor, head: nn.Module, *,
+                   modalities: Sequence[str] | None = None, min_size: int = 2,
+                   max_size: int | None = None, slots: Sequence[str] = MODALITY_SLOTS,
+                   present: Mapping[str, torch.Tensor] | None = None,
+                   degraded_present: Mapping[str, torch.Tensor] | None = None,
+                   ) -> dict[str, dict[str, float]]:
+    """One sensor degraded: the head's top-1 over the subsets that contain it.
+
+    For each modality m: m's embeddings are those of the same samples seen by a degraded
+    sensor (``degraded``: the degraded twin data set), the others stay clean, and the value is
+    the mean top-1 of ``head`` over the subsets of ``modalities`` with ``min_size`` to
+    ``max_size`` (None: all) modalities that contain m, next to the same subsets all clean.
+    A degraded input whose preprocessing failed is masked like an invalid clean one (the rest
+    is fused).
+
+    Returns ``{"degraded": {m: acc}, "clean": {m: acc}}`` (fractions).
+    """
+    modalities = list(modalities or [m for m in slots if m in embeddings])
+    _check_inputs(embeddings, labels, label_embeddings, modalities)
+    n = int(labels.shape[0])
+    subsets = [s for s in enumerate_subsets(modalities, slots=slots)
+               if min_size <= len(s) <= (max_size or len(s))]
+    clean_usable = present_matrix(present, n, slots)
+    tokens, _ = stack_modalities({k: embeddings[k] for k in modalities}, slots=slots)
+    out: dict[str, dict[str, float]] = {"degraded": {}, "clean": {}}
+    for m in _slot_order(modalities, slots):
+        masks = _subset_masks([s for s in subsets if m in s], slots)
+        if not masks.shape[0]:
+            continue
+        swapped, _ = stack_modalities({k: degraded[k] if k == m else embeddings[k]
+                                       for k in modalities}, slots=slots)
+        usable = clean_usable.clone() if clean_usable is not None else torch.ones(
+            n, len(slots), dtype=torch.bool)
+        if degraded_present is not None and m in degraded_present:
+            usable[:, list(slots).index(m)] = degraded_present[m].bool()
+        for key, toks, use in (("degraded", swapped, usable), ("clean", tokens, clean_usable)):
+            acc = subset_accuracy(head, toks, masks, labels, label_embeddings, (1,), use)
+            out[key][m] = float(acc.nanmean())
+    return out

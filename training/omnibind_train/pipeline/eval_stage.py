@@ -22,7 +22,7 @@ from ..trainers.cad import (
     train_cad,
 )
 from ..trainers.common import derive_seed
-from .train_stages import _cad_inputs, student_accuracy
+from .train_stages import _cad_inputs, fusion_train_data, student_accuracy
 from .workspace import Workspace, _file_digest, _save_tensors, _say, _timed
 
 #: Tables 8/9 heads trained by :func:`run_fusion_ablation` next to the stage-II heads.
@@ -178,11 +178,10 @@ def run_fusion_ablation(ws: Workspace, *, kinds: Sequence[str] = FUSION_ABLATION
     nothing selected).
     """
     splits = list(dict.fromkeys(splits or ["val", ws.cfg.evaluation.split]))
-    train, _ = ws.fusion_data("train")
     heads: dict[str, nn.Module] = dict(ws.load_fusion_heads()) if with_stage_heads else {}
     seconds = {}
     for kind in kinds:
-        heads[kind], seconds[kind] = _train_head(ws, kind, train)
+        heads[kind], seconds[kind] = _train_head(ws, kind, fusion_train_data(ws, kind))
         _say(ws, f"[eval] fusion ablation: {kind} trained in {seconds[kind]:.1f} s")
     modalities = [m for m in MODALITY_SLOTS if m in ws.cfg.af.modalities]
     out = {}
@@ -299,12 +298,49 @@ def run_crossfit_decision(ws: Workspace, *, folds: Sequence[int] = (0, 2), seeds
             "options": options, "decision": decision}
 
 
+def _degraded_test(ws: Workspace, keep: torch.Tensor | None = None) -> dict[str, Any] | None:
+    """``degraded_sweep``'s inputs for the evaluated split and its degraded twin (``keep``:
+    the sample subset); None without a twin."""
+    if ws.degraded is None:
+        return None
+    split = ws.cfg.evaluation.split
+    data, emb = ws.fusion_data(split)
+    twin, twin_emb = ws.degraded.fusion_data(split)
+    present, twin_present = present_by_modality(data), present_by_modality(twin)
+    labels = data.labels
+    if keep is not None:
+        emb, twin_emb = ({m: e[keep] for m, e in d.items()} for d in (emb, twin_emb))
+        present, twin_present = ({m: p[keep] for m, p in d.items()}
+                                 for d in (present, twin_present))
+        labels = labels[keep]
+    return {"embeddings": emb, "degraded": twin_emb, "labels": labels,
+            "label_embeddings": ws.label_embeddings, "present": present,
+            "degraded_present": twin_present,
+            "modalities": [m for m in MODALITY_SLOTS if m in ws.cfg.af.modalities]}
+
+
+def run_degraded(ws: Workspace) -> dict[str, Any] | None:
+    """Every stage-II head with one degraded sensor among >= 2 (and the same subsets clean),
+    and each degraded sensor fused alone; None without a degraded twin."""
+    from ..evaluation import degraded_sweep
+
+    inputs = _degraded_test(ws)
+    if inputs is None:
+        return None
+    heads = ws.load_fusion_heads()
+    return {"min_size_2": {k: degraded_sweep(head=h, **inputs) for k, h in heads.items()},
+            "alone": {k: degraded_sweep(head=h, min_size=1, max_size=1, **inputs)
+                      for k, h in heads.items()},
+            "degrade_prob": ws.cfg.af.degrade_prob}
+
+
 def run_robustness(ws: Workspace) -> dict[str, dict[str, dict[float, float]]]:
-    """AF trained with vs without negative labels, swept over one noisy modality."""
-    from ..evaluation import robustness_sweep
+    """AF trained with vs without negative labels, swept over one noisy modality, and (with a
+    degraded twin) evaluated with one degraded sensor (``"degraded"``)."""
+    from ..evaluation import degraded_sweep, robustness_sweep
 
     rob = ws.cfg.evaluation.robustness
-    train, _ = ws.fusion_data("train")
+    train = fusion_train_data(ws, "af", rob.af)
     test_data, test_emb = ws.fusion_data(ws.cfg.evaluation.split)
     labels = ws.labels("student", ws.cfg.evaluation.split)
     present = present_by_modality(test_data)
@@ -313,8 +349,11 @@ def run_robustness(ws: Workspace) -> dict[str, dict[str, dict[float, float]]]:
                           for c in torch.unique(labels).tolist()]).sort().values
         test_emb, labels = {m: e[keep] for m, e in test_emb.items()}, labels[keep]
         present = {m: p[keep] for m, p in present.items()}
+    else:
+        keep = None
     modalities = [m for m in MODALITY_SLOTS if m in ws.cfg.af.modalities]
-    out = {}
+    degraded_inputs = _degraded_test(ws, keep)
+    out: dict[str, Any] = {}
     for variant, negatives in (("with_negatives", True), ("without_negatives", False)):
         cfg = ws.fusion_config("af", {**rob.af, "negatives": negatives})
         torch.manual_seed(derive_seed(ws.cfg.seed, "init-fusion", "af"))
@@ -327,6 +366,9 @@ def run_robustness(ws: Workspace) -> dict[str, dict[str, dict[float, float]]]:
                                         noisy_modalities=rob.noisy_modalities,
                                         min_size=rob.min_size, seed=ws.cfg.seed,
                                         present=present)
+        if degraded_inputs is not None:
+            out.setdefault("degraded", {})[variant] = degraded_sweep(
+                head=head, min_size=rob.min_size, **degraded_inputs)["degraded"]
     return out
 
 
@@ -372,6 +414,9 @@ def run_eval(ws: Workspace) -> dict[str, Path]:
             results["cad_ablation"] = by_centre["text"][split]
     if ws.cfg.evaluation.robustness.enabled:
         results["robustness"] = _timed(ws, "eval.robustness", lambda: run_robustness(ws))
+    degraded = _timed(ws, "eval.degraded", lambda: run_degraded(ws))
+    if degraded is not None:
+        results["degraded"] = degraded
     results["calibration"] = cal = _timed(ws, "eval.calibration", lambda: af_calibration(ws))
     _say(ws, f"[eval] confidence temperature {cal['temperature']:.4g}: test ECE "
          f"{100 * cal['before']['ece']:.1f} % -> {100 * cal['after']['ece']:.1f} %")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..models.encoders import ModalityEncoder
 from ..models.fusion import MODALITY_SLOTS
-from ..trainers.af import fused_accuracy, train_fusion
+from ..trainers.af import FusionData, fused_accuracy, train_fusion
 from ..trainers.cad import CADConfig, StudentData, crossfit_embeddings, train_cad
 from ..trainers.common import derive_seed
 from ..trainers.distributed import barrier
@@ -29,8 +30,25 @@ def zero_shot(emb: torch.Tensor, labels: torch.Tensor, label_emb: torch.Tensor,
 
 
 def run_data(ws: Workspace, *, overwrite: bool = False) -> Path:
-    """Generate the simulated data set if it is absent (``overwrite``: regenerate it)."""
+    """Generate the simulated data set (and its degraded twin, if configured) if absent
+    (``overwrite``: regenerate them)."""
+    if ws.degraded is not None:
+        ws.degraded.ensure_data(overwrite=overwrite)
     return ws.ensure_data(overwrite=overwrite)
+
+
+def fusion_train_data(ws: Workspace, kind: str,
+                      overrides: Mapping[str, Any] | None = None) -> FusionData:
+    """The training split's fusion data, with its degraded twin when the head's config mixes
+    degraded inputs in (``af.degrade_prob`` > 0, ``data.degraded`` set)."""
+    train, _ = ws.fusion_data("train")
+    if ws.fusion_config(kind, overrides).degrade_prob <= 0:
+        return train
+    if ws.degraded is None:
+        raise ValueError("af.degrade_prob > 0 needs data.degraded (the degraded twin data set)")
+    twin, emb = ws.degraded.fusion_data("train")
+    return train.with_degraded(emb, {m: twin.present[:, i]
+                                     for i, m in enumerate(MODALITY_SLOTS)})
 
 
 def run_stage0(ws: Workspace, *, resume: str | None = None) -> dict[str, float]:
@@ -125,7 +143,6 @@ def run_af(ws: Workspace, *, resume: str | None = None,
            kinds: Sequence[str] | None = None) -> dict[str, float]:
     """Stage II: train AF and the trainable baselines on frozen embeddings."""
     ws.ensure_data()
-    train, _ = ws.fusion_data("train")
     val, _ = ws.fusion_data("val")
     label_emb = ws.label_embeddings
     metrics: dict[str, float] = {}
@@ -137,6 +154,7 @@ def run_af(ws: Workspace, *, resume: str | None = None,
         cfg = ws.fusion_config(kind)
         torch.manual_seed(derive_seed(ws.cfg.seed, "init-fusion", kind))
         head = cfg.fusion.build().to(ws.dist.device)
+        train = fusion_train_data(ws, kind)
         result = train_fusion(
             head, train, label_emb, cfg, seed=derive_seed(ws.cfg.seed, "af", kind) % 2 ** 31,
             dist=ws.dist, run_dir=ws.stage_dir("af") / kind, record=ws.record(MODALITY_SLOTS),

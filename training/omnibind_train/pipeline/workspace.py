@@ -51,10 +51,15 @@ class Workspace:
     ----------
     cfg : the pipeline config.
     dist : ranks (rank 0 generates data and caches features; the others wait and read).
+    twin : this workspace serves the degraded twin of another's data set (:attr:`degraded`):
+        the same run (stage checkpoints), another data set; its training split is embedded by
+        the final students (the out-of-fold embeddings belong to the clean samples).
     """
 
-    def __init__(self, cfg: PipelineConfig, dist: DistInfo | None = None) -> None:
+    def __init__(self, cfg: PipelineConfig, dist: DistInfo | None = None, *,
+                 twin: bool = False) -> None:
         self.cfg = cfg
+        self.twin = twin
         self.dist = dist or single_process()
         self.cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir \
             else default_cache_dir()
@@ -85,6 +90,14 @@ class Workspace:
         if not (root / "manifest.json").exists():
             raise FileNotFoundError(f"no data set at {root}; run `omnibind-train data` first")
         return root
+
+    @cached_property
+    def degraded(self) -> Workspace | None:
+        """The workspace of the degraded twin data set (``data.degraded``); None without one."""
+        data = self.cfg.data.degraded_twin()
+        if data is None:
+            return None
+        return Workspace(dataclasses.replace(self.cfg, data=data), self.dist, twin=True)
 
     @cached_property
     def dataset_fp(self) -> str:
@@ -320,7 +333,7 @@ class Workspace:
             return self._fusion[split]
         modalities = list(MODALITY_SLOTS)
         feats = self.features("student", split, modalities)
-        oof = self._oof_embeddings() if split == "train" else None
+        oof = self._oof_embeddings() if split == "train" and not self.twin else None
         key = hash_json({"features": {m: feats[m].key for m in modalities},
                          "stage0": _file_digest(self.stage_dir("stage0") / "final"),
                          "cad": _file_digest(self.stage_dir("cad") / "final"),
