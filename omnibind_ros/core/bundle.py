@@ -24,6 +24,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -426,8 +427,7 @@ def _extract(archive: Path, cache_dir: Path | None) -> Path:
         base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=base))
         try:
-            with tarfile.open(archive) as tar:
-                _safe_extract(tar, tmp, archive)
+            _safe_extract(archive, tmp)
             try:
                 os.rename(tmp, target)
             except OSError:  # a concurrent process extracted the same archive first
@@ -438,12 +438,14 @@ def _extract(archive: Path, cache_dir: Path | None) -> Path:
     return _archive_root(target, archive)
 
 
-def _safe_extract(tar: tarfile.TarFile, dest: Path, archive: Path) -> None:
-    # The "data" filter refuses absolute paths, "..", links out of dest and device files.
+def _safe_extract(archive: Path, dest: Path) -> None:
+    # The "data" filter refuses absolute paths, "..", links out of dest and device files. A
+    # truncated .tar.gz ends in EOFError (or zlib.error) from the decompressor, not a TarError.
     try:
-        tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise BundleCorruptError(f"cannot extract bundle archive {archive}: {exc}",
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise BundleCorruptError(f"cannot extract bundle archive {archive}: {_one_line(exc)}",
                                  path=archive) from exc
 
 
@@ -458,12 +460,19 @@ def _archive_root(target: Path, archive: Path) -> Path:
         path=archive)
 
 
+def _one_line(exc: BaseException) -> str:
+    """A library's message on one line: PyYAML points at the error with a multi-line excerpt,
+    and a node logs each bundle error as one line."""
+    return " ".join(str(exc).split())
+
+
 def _read_manifest(root: Path) -> dict[str, Any]:
     path = root / BUNDLE_FILE
     try:
         manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleCorruptError(f"{path} is not valid YAML: {exc}", path=path) from exc
+        raise BundleCorruptError(f"{path} is not valid YAML: {_one_line(exc)}",
+                                 path=path) from exc
     if not isinstance(manifest, dict):
         raise BundleCorruptError(f"{path} must hold a mapping, got {type(manifest).__name__}",
                                  path=path)
@@ -677,7 +686,7 @@ def _labels(reader: _Reader, data: Any, dim: int) -> LabelSet:
     try:
         content = yaml.safe_load(labels_file.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleCorruptError(f"{labels_file} is not valid YAML: {exc}",
+        raise BundleCorruptError(f"{labels_file} is not valid YAML: {_one_line(exc)}",
                                  path=labels_file) from exc
     names = content.get("names") if isinstance(content, dict) else None
     templates = content.get("prompt_templates", []) if isinstance(content, dict) else None
@@ -691,7 +700,7 @@ def _labels(reader: _Reader, data: Any, dim: int) -> LabelSet:
     try:
         embeddings = np.load(emb_file, allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise BundleCorruptError(f"{emb_file} is not a numpy .npy array: {exc}",
+        raise BundleCorruptError(f"{emb_file} is not a numpy .npy array: {_one_line(exc)}",
                                  path=emb_file) from exc
     if embeddings.shape != (len(names), dim) or not np.issubdtype(embeddings.dtype, np.floating):
         raise BundleCorruptError(

@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from omnibind_ros.core.errors import PreprocessError
+from omnibind_ros.core.errors import BundleCorruptError, PreprocessError
 from omnibind_ros.core.preprocess import build_preprocessor
 
 __all__ = ["Admission", "Pipeline", "SampleOutcome", "SensorStage", "StageHook",
-           "UnusableEmbeddingError", "bad_reason", "checked_embedding", "error_reason",
-           "make_pipeline"]
+           "UnusableEmbeddingError", "bad_reason", "check_encoder", "checked_embedding",
+           "error_reason", "make_pipeline"]
 
 #: ``hook(key, seconds)``: receives stage timings (``"<modality>/preprocess"``,
 #: ``"<modality>/encode"``, ...) when a caller (a benchmark) installs one; None costs nothing.
@@ -98,12 +99,61 @@ class Pipeline:
 
 def make_pipeline(modality: str, bundle: Any, backend: Any,
                   hook: StageHook | None = None) -> Pipeline:
-    """A fresh pipeline (one per sensor: audio and tactile preprocessors keep state)."""
+    """A fresh pipeline (one per sensor: audio and tactile preprocessors keep state).
+
+    The first pipeline of a modality on a backend also runs its encoder once on a zero input
+    of the shape ``bundle.yaml`` declares (:func:`check_encoder`), so an encoder graph that
+    disagrees with the manifest fails here, at configure, instead of turning every message of
+    the sensor into a bad sample.
+    """
     configs = bundle.preprocess_configs
     if modality not in configs:
         raise ValueError(f"the model bundle {bundle.root} has no {modality} encoder; it has "
                          f"{sorted(configs)}")
+    check_encoder(modality, bundle, backend)
     return Pipeline(modality, build_preprocessor(modality, configs[modality]), backend, hook)
+
+
+#: backend -> modalities whose encoder :func:`check_encoder` has run (once per backend).
+_CHECKED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def check_encoder(modality: str, bundle: Any, backend: Any) -> None:
+    """Run ``modality``'s encoder once on the declared input; BundleCorruptError if it fails.
+
+    Checksums prove the files are the ones exported, not that the manifest describes them: an
+    encoder re-exported for another input size or embedding size (and re-hashed) loads, then
+    fails on every message. One zero batch ``[1, *sample_shape]`` must run and give ``[1, D]``.
+    Modalities without a spec in ``bundle.modalities`` (text) are not probed.
+    """
+    spec = getattr(bundle, "modalities", {}).get(modality)
+    served = getattr(backend, "modalities", None)  # a backend built for a subset: not its own
+    done = _checked(backend)
+    if spec is None or modality in done or (served is not None and modality not in served):
+        return
+    declared = (1, *spec.sample_shape)
+    try:
+        out = np.asarray(backend.encode(modality, np.zeros(declared, np.dtype(spec.input.dtype))))
+    except Exception as exc:  # noqa: BLE001  (the runtime's own error types, any of them)
+        raise BundleCorruptError(
+            f"{spec.file}: the {modality} encoder does not run on the input bundle.yaml "
+            f"declares {list(declared)}: {_one_line(exc)}", path=spec.file) from exc
+    if out.shape != (1, bundle.dim):
+        raise BundleCorruptError(
+            f"{spec.file}: the {modality} encoder outputs {list(out.shape)}, bundle.yaml's "
+            f"embedding_dim is {bundle.dim} (expected [1, {bundle.dim}])", path=spec.file)
+    done.add(modality)
+
+
+def _checked(backend: Any) -> set[str]:
+    try:
+        return _CHECKED.setdefault(backend, set())
+    except TypeError:  # a backend that cannot be weakly referenced: checked every time
+        return set()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
 
 
 class UnusableEmbeddingError(ValueError):
