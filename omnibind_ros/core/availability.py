@@ -66,7 +66,8 @@ Why these choices:
   STALE already reports) cannot drag a healthy sensor into DEGRADED after it comes back.
 * A new "session" starts (estimators, streaks and latches cleared) when the publisher comes
   back and when a sample follows more than ``T_lost`` of silence: the old history describes a
-  device that was unplugged.
+  device that was unplugged. The arrival slack survives the second kind (same publisher, same
+  path; see ``availability_timing``).
 * Out-of-order or duplicate stamps are bad samples (a driver that stamps every message with the
   same time is DEGRADED with a reason instead of silently STALE). A stamp more than
   ``max_future_ns`` ahead of ``now`` is rejected without counting as bad: it is a clock problem
@@ -133,8 +134,13 @@ class _Sensor:
         self.in_fusion = False
         self.reset_session(now_ns, "the sensor was added")
 
-    def reset_session(self, now_ns: int | None, cause: str) -> None:
-        """Forget the sample history; a new startup grace begins at ``now_ns``."""
+    def reset_session(self, now_ns: int | None, cause: str, keep_timing: bool = False) -> None:
+        """Forget the sample history; a new startup grace begins at ``now_ns``.
+
+        ``keep_timing``: keep the arrival slack (a comeback after silence from the same
+        publisher: the delay of its path did not change; an overloaded machine that stalls a
+        sensor beyond T_lost would otherwise judge its next, equally late, samples without it).
+        """
         self.watch_since = now_ns  # None: set at the first clock reading
         self.watch_cause = cause
         self.last_valid: int | None = None  # newest accepted stamp
@@ -150,7 +156,8 @@ class _Sensor:
         self.rate_latched = False
         self.last_bad_reason = ""
         self.last_reject = ""
-        self.timing = ArrivalTiming(self.cfg)
+        if not (keep_timing and hasattr(self, "timing")):
+            self.timing = ArrivalTiming(self.cfg)
         self.note = ""
 
     def stale_timeout_ns(self) -> int | None:
@@ -435,7 +442,7 @@ class AvailabilityMonitor:
     def _maybe_new_session(self, sensor: _Sensor, now_ns: int) -> None:
         lost = sensor.lost_timeout_ns()
         if lost is not None and sensor.last_seen is not None and now_ns - sensor.last_seen > lost:
-            sensor.reset_session(now_ns, "it came back after an outage")
+            sensor.reset_session(now_ns, "it came back after an outage", keep_timing=True)
 
     def _sample(self, sensor: _Sensor, stamp_ns: int, now_ns: int) -> bool:
         if stamp_ns > now_ns + self.max_future_ns:

@@ -28,14 +28,18 @@ and under load a sensor flaps STALE/LIVE while every one of its messages arrives
     than the last one. It halves every ``CREDIT_HALF_LIFE_S`` without a late comeback, so a
     sensor that was late for a minute is judged strictly again afterwards.
 ``max_delay_s``
-    the bound on what lateness can buy (config): a sensor whose stamps lag the clock by seconds
+    the bound on what lateness can buy (config; default 1 s, the default ``fusion.max_age_s``,
+    as an older sample is not fused anyway): a sensor whose stamps lag the clock by seconds
     stays STALE with its "old on arrival" hint instead of being fresh forever.
 
 Because the slack follows the delay of the samples themselves, an unplugged sensor is still
 excluded ``stale_after`` periods after its *last arrival* (plus whatever credit it has, never more
 than ``max_delay_s``): the timeout now counts from when a sample could arrive, not from when it
-was stamped. A replugged sensor starts a new session (empty estimate, no credit) and is LIVE at
-its first valid sample, as before. Every value is an int of nanoseconds, every update is driven
+was stamped. A sensor whose publisher came back (the graph saw it leave, or a new publisher's
+sample arrived) or whose clock jumped back starts afresh (window only, no credit) and is LIVE
+at its first valid sample, as before; one that comes back after mere silence keeps its slack,
+since the path its messages take did not change (an overloaded machine that stalls a sensor
+beyond T_lost would otherwise judge the next, equally late, messages without it). Every value is an int of nanoseconds, every update is driven
 by the caller's times: no clock is read here.
 """
 from __future__ import annotations

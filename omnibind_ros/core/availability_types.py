@@ -71,7 +71,7 @@ class SensorConfig:
     min_rate_intervals: int = 4
     rate_ewma_alpha: float = 0.25
     window_s: float = 0.0
-    max_delay_s: float = 0.25
+    max_delay_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

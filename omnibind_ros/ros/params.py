@@ -201,7 +201,7 @@ SENSOR_KEYS: dict[str, ParamSpec] = {
                           "at the start of the window it covers); added to the stale and lost "
                           "timeouts; -1 = one period for event and audio, 0 for the others",
                           -1.0, 60.0),
-    "max_delay_s": ParamSpec(_D, 0.25, "most learned arrival delay (beyond window_s) plus "
+    "max_delay_s": ParamSpec(_D, 1.0, "most learned arrival delay (beyond window_s) plus "
                              "lateness credit added to the stale and lost timeouts, s; 0 = "
                              "timeouts count from the stamp", 0.0, 60.0),
     "info_topic": ParamSpec(_S, "", "paired info topic of a message type that needs one "
@@ -275,7 +275,7 @@ class SensorParams:
     encode_rate_hz: float
     info_topic: str = ""
     window_s: float = 0.0
-    max_delay_s: float = 0.25
+    max_delay_s: float = 1.0
 
     def monitor_config(self, degraded_after_bad: int = 3) -> SensorConfig:
         return SensorConfig(name=self.name, modality=self.modality, topic=self.topic,

@@ -85,7 +85,7 @@ def test_scheduling_stalls_earn_a_lateness_credit_and_stop_flapping() -> None:
     mon, now = run(event_camera(), packets, ns(20.0))
     assert flaps(now) == 2  # the first stall only: LIVE -> STALE -> LIVE
     timing = mon._sensors["events"].timing
-    assert timing.late_comebacks == 1 and 0 < timing.credit_ns <= ns(0.25)
+    assert timing.late_comebacks == 1 and 0 < timing.credit_ns <= ns(1.0)
 
 
 def test_the_credit_is_bounded_and_halves_without_late_comebacks() -> None:
@@ -113,7 +113,7 @@ def test_an_unplugged_sensor_is_excluded_within_stale_after_periods_of_its_last_
     last_stamp, last_arrival = packets[-1]
     sensor = mon._sensors["events"]
     slack = sensor.timing.slack_ns
-    assert ns(0.05) < slack <= ns(0.05 + 0.25)  # window + learned delay, capped
+    assert ns(0.05) < slack <= ns(0.05 + 1.0)  # window + learned delay, capped
     stale_at = last_stamp + cfg.stale_timeout_ns + slack
     assert mon.state("events", stale_at) == S.LIVE
     assert mon.state("events", stale_at + 1) == S.STALE
@@ -161,7 +161,7 @@ def test_a_sensor_whose_clock_lags_by_seconds_stays_stale() -> None:
         mon.on_sample("events", ns(95.0 + 0.05 * k), ns(100.0 + 0.05 * k))
     h = mon.health(ns(102.0))[0]
     assert h.state == S.LOST and "old on arrival" in h.reason
-    assert mon._sensors["events"].timing.slack_ns == ns(0.05 + 0.25)
+    assert mon._sensors["events"].timing.slack_ns == ns(0.05 + 1.0)
 
 
 @pytest.mark.parametrize(("kw", "error"), [
@@ -198,3 +198,20 @@ def test_regular_window_packets_are_live_until_unplugged(rate, extra, jitter, se
     last = packets[-1][0]
     bound = last + cfg.stale_timeout_ns + ns(period) + ns(cfg.max_delay_s) + 1
     assert mon.state("s", bound) in (S.STALE, S.LOST)
+
+
+def test_a_comeback_after_silence_keeps_the_learned_delay() -> None:
+    """Stalled beyond T_lost on an overloaded machine, the same publisher's next packet (as late
+    as ever) is LIVE at once: the delay of its path is kept across that new session."""
+    mon = AvailabilityMonitor([event_camera()], now_ns=0)
+    t = 0
+    for _ in range(40):
+        t += ns(0.05)
+        mon.on_sample("events", t, t + ns(0.4))  # every packet 0.4 s old on arrival
+    slack = mon._sensors["events"].timing.slack_ns
+    assert slack == ns(0.4)
+    t += ns(2.0)  # silent beyond T_lost: LOST, then a new session at the next packet
+    assert mon.state("events", t) == S.LOST
+    assert mon.on_sample("events", t, t + ns(0.4))
+    assert mon.state("events", t + ns(0.4)) == S.LIVE
+    assert mon._sensors["events"].timing.slack_ns == slack
