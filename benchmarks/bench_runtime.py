@@ -8,6 +8,7 @@ Subcommands (each prints tables and a line against its target; ``--json OUT`` sa
     baseline                  ours vs an ApproximateTimeSynchronizer node, same dropout scenario
     naive                     ours vs a hand-written torch-eager node, all sensors live
     soak [--minutes 2]        CPU% and RSS of the perception process, RSS slope
+    flap [--burners 2]        hot-plug demo beside CPU burners: unexplained state changes/min
 
     python benchmarks/bench_runtime.py latency --tiny --duration 10
     python benchmarks/bench_runtime.py latency --two-process       # default bundle if present
@@ -44,6 +45,7 @@ for _path in (REPO, REPO / "training", REPO / "benchmarks"):
 
 # none of these imports rclpy: each subcommand imports it only when it runs, after setup_env()
 from _bench_baseline import run_baseline  # noqa: E402
+from _bench_flap import run_flap  # noqa: E402
 from _bench_hotplug import run_hotplug  # noqa: E402
 from _bench_latency import run_latency  # noqa: E402
 from _bench_naive import run_naive  # noqa: E402
@@ -121,6 +123,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "print the sites that grew after --rss-warmup (slows the node)")
     p.add_argument("--scenario", default="hotplug_demo.yaml",
                    help="scenario during the soak ('' = all sensors stay plugged)")
+    p = sub.add_parser("flap", parents=[common],
+                       help="hot-plug demo beside CPU burners: state changes no event caused")
+    p.add_argument("--duration", type=float, default=90.0, help="measured seconds")
+    p.add_argument("--burners", type=int, default=2, help="CPU-burning processes beside it")
+    p.add_argument("--scenario", default="hotplug_demo.yaml", help="scenario file (loops)")
     p = sub.add_parser("_child", help=argparse.SUPPRESS)
     p.add_argument("--kind", choices=("ours", "baseline", "naive"), required=True)
     p.add_argument("--bundle", required=True)
@@ -174,7 +181,7 @@ def resolve_bundle(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
 # -- main ----------------------------------------------------------------------------------------
 
 RUNNERS = {"latency": run_latency, "hotplug": run_hotplug, "baseline": run_baseline,
-           "naive": run_naive, "soak": run_soak}
+           "naive": run_naive, "soak": run_soak, "flap": run_flap}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
