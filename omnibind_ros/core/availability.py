@@ -62,8 +62,11 @@ Why these choices:
   describes the scene (lens covered, microphone clipping).
 * The rate is ``1 / EWMA(interval between valid stamps)`` rather than an EWMA of ``1/interval``:
   averaging reciprocals is biased upwards by jitter and explodes on near-duplicate stamps. The
-  rate verdict uses a second EWMA whose intervals are capped at ``T_stale``, so one outage (which
-  STALE already reports) cannot drag a healthy sensor into DEGRADED after it comes back.
+  rate verdict uses a second EWMA whose intervals are capped at ``T_stale`` and at 1.25 times
+  the interval of the DEGRADED threshold (2.5 periods by default), so one outage (which STALE
+  already reports) cannot drag a healthy sensor into DEGRADED after it comes back, whatever its
+  ``stale_after``: with only the ``T_stale`` cap, the microphone's 6 periods let every 120 ms
+  stall of a loaded machine flip it LIVE -> DEGRADED -> LIVE.
 * A new "session" starts (estimators, streaks and latches cleared) when the publisher comes
   back and when a sample follows more than ``T_lost`` of silence: the old history describes a
   device that was unplugged. The arrival slack survives the second kind (same publisher, same
@@ -474,7 +477,7 @@ class AvailabilityMonitor:
         sensor.timing.on_valid(stamp_ns, now_ns, overshoot)
         if sensor.last_valid is not None:
             interval = stamp_ns - sensor.last_valid
-            capped = min(interval, cfg.stale_timeout_ns or interval)
+            capped = min(interval, cfg.rate_verdict_cap_ns or interval)
             alpha = cfg.rate_ewma_alpha
             sensor.interval_ewma = _ewma(sensor.interval_ewma, interval, alpha)
             sensor.verdict_ewma = _ewma(sensor.verdict_ewma, capped, alpha)

@@ -39,8 +39,8 @@ was stamped. A sensor whose publisher came back (the graph saw it leave, or a ne
 sample arrived) or whose clock jumped back starts afresh (window only, no credit) and is LIVE
 at its first valid sample, as before; one that comes back after mere silence keeps its slack,
 since the path its messages take did not change (an overloaded machine that stalls a sensor
-beyond T_lost would otherwise judge the next, equally late, messages without it). Every value is an int of nanoseconds, every update is driven
-by the caller's times: no clock is read here.
+beyond T_lost would otherwise judge the next, equally late, messages without it). Every value
+is an int of nanoseconds, every update is driven by the caller's times: no clock is read here.
 """
 from __future__ import annotations
 

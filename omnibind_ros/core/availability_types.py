@@ -135,6 +135,16 @@ class SensorConfig:
         return None if period is None else self.lost_after * period
 
     @property
+    def rate_verdict_cap_ns(self) -> int | None:
+        """Longest interval (ns) the rate verdict's average takes in: the stale timeout, and at
+        most 1.25 times the interval of the DEGRADED threshold (see the monitor's docstring)."""
+        period = self.period_s
+        if period is None:
+            return None
+        threshold_interval = period / (1.0 - self.rate_tolerance)
+        return min(self.stale_timeout_ns, round(1.25 * threshold_interval * NS))
+
+    @property
     def degraded_below_hz(self) -> float:
         """Measured rate in Hz below which the sensor enters DEGRADED."""
         return (1.0 - self.rate_tolerance) * self.expected_rate_hz

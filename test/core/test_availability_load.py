@@ -215,3 +215,22 @@ def test_a_comeback_after_silence_keeps_the_learned_delay() -> None:
     assert mon.on_sample("events", t, t + ns(0.4))
     assert mon.state("events", t + ns(0.4)) == S.LIVE
     assert mon._sensors["events"].timing.slack_ns == slack
+
+
+def test_one_stall_does_not_flip_a_long_stale_after_sensor_into_degraded() -> None:
+    """The microphone's 6-period stale timeout: a 120 ms stall of 20 ms chunks used to weigh 6
+    periods in the rate verdict (average 2.25 periods: 'below half the rate')."""
+    mic = SensorConfig("mic", "audio", "/mic", expected_rate_hz=50.0, stale_after=6.0,
+                       lost_after=25.0, window_s=0.02)
+    assert mic.rate_verdict_cap_ns == ns(0.05)  # 2.5 periods, not the 6 of T_stale
+    mon = AvailabilityMonitor([mic], now_ns=0)
+    t, states = 0, set()
+    for k in range(200):
+        t += ns(0.12) if k % 40 == 39 else ns(0.02)  # a 120 ms stall every 0.9 s
+        mon.on_sample("mic", t, t + ns(0.03))
+        states.add(mon.state("mic", t + ns(0.03)))
+    assert states == {S.LIVE}
+    slow = AvailabilityMonitor([mic], now_ns=0)  # a microphone at a third of its rate
+    for k in range(40):
+        slow.on_sample("mic", k * ns(0.06), k * ns(0.06) + ns(0.03))
+    assert slow.state("mic", 39 * ns(0.06) + ns(0.03)) == S.DEGRADED
