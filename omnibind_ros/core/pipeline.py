@@ -31,14 +31,18 @@ import numpy as np
 from omnibind_ros.core.errors import BundleCorruptError, PreprocessError
 from omnibind_ros.core.preprocess import build_preprocessor
 
-__all__ = ["Admission", "Pipeline", "SampleOutcome", "SensorStage", "StageHook",
-           "UnusableEmbeddingError", "bad_reason", "check_encoder", "checked_embedding",
-           "error_reason", "make_pipeline"]
+__all__ = ["CLOCK_JUMP_TOLERANCE_NS", "Admission", "Pipeline", "SampleOutcome", "SensorStage",
+           "StageHook", "UnusableEmbeddingError", "bad_reason", "check_encoder",
+           "checked_embedding", "error_reason", "make_pipeline"]
 
 #: ``hook(key, seconds)``: receives stage timings (``"<modality>/preprocess"``,
 #: ``"<modality>/encode"``, ...) when a caller (a benchmark) installs one; None costs nothing.
 StageHook = Callable[[str, float], None]
 NS = 1_000_000_000
+#: A clock reading (or stamp) this far behind the newest one is a new timeline (a looping
+#: bag, a simulator reset), not reordering between threads; the engine's monitor uses the same
+#: tolerance (``core.recognizer.CLOCK_JUMP_TOLERANCE_NS``).
+CLOCK_JUMP_TOLERANCE_NS = NS
 
 
 class Pipeline:
@@ -245,10 +249,24 @@ class SensorStage:
         self.encode_period_ns = round(NS / encode_rate_hz) if encode_rate_hz > 0 else 0
         self.last_stamp: int | None = None
         self.last_submit: int | None = None
+        self.last_arrival: int | None = None
+        #: How many times the clock jumped back (a new timeline began) since this stage began.
+        self.clock_resets = 0
         self._lock = threading.Lock()  # streaming preprocessor: callback pushes, encoder reads
 
     def admit(self, msg: Any, stamp_ns: int, arrival_ns: int) -> Admission:
-        """Stamp order, conversion (and the streaming push), encode-rate throttle."""
+        """Stamp order, conversion (and the streaming push), encode-rate throttle.
+
+        When the arrival clock jumps back by more than :data:`CLOCK_JUMP_TOLERANCE_NS` (a bag
+        played with ``--loop``, a simulator reset) a new timeline begins: stamp order and the
+        throttle start over, or every message of the new timeline would be "out of order"
+        (the sensor DEGRADED for a whole loop) and none would be due for encoding.
+        """
+        if self.last_arrival is not None \
+                and arrival_ns < self.last_arrival - CLOCK_JUMP_TOLERANCE_NS:
+            self.last_stamp = self.last_submit = None
+            self.clock_resets += 1
+        self.last_arrival = arrival_ns
         if self.last_stamp is not None and stamp_ns <= self.last_stamp:
             return Admission("bad", f"stamp {stamp_ns / NS:.3f} not newer than the previous "
                              f"{self.last_stamp / NS:.3f} (out of order or duplicate); message "

@@ -28,7 +28,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from omnibind_ros.core.pipeline import SampleOutcome, SensorStage, StageHook, error_reason
+from omnibind_ros.core.pipeline import (
+    CLOCK_JUMP_TOLERANCE_NS,
+    SampleOutcome,
+    SensorStage,
+    StageHook,
+    error_reason,
+)
 
 __all__ = ["SampleReporter", "SampleSink", "SensorWorker"]
 
@@ -81,9 +87,16 @@ class SampleReporter:
                 self.bad_sample(error_reason(exc))
 
     def valid(self, stamp_ns: int) -> bool:
-        """Report a valid sample; whether the sink accepted it as the sensor's newest."""
+        """Report a valid sample; whether the sink accepted it as the sensor's newest.
+
+        A stamp at most :data:`~omnibind_ros.core.pipeline.CLOCK_JUMP_TOLERANCE_NS` older than
+        the newest reported one was reordered here (the worker finished an older message late)
+        and is already counted; one further back belongs to a new timeline (the stage let it
+        through after the clock jumped back) and is reported.
+        """
         with self._lock:
-            if self._reported_max is not None and stamp_ns <= self._reported_max:
+            newest = self._reported_max
+            if newest is not None and newest - CLOCK_JUMP_TOLERANCE_NS <= stamp_ns <= newest:
                 return True  # reordered here (an older message finished late): already counted
             self._reported_max = stamp_ns
             return bool(self.sink.on_sample(self.name, stamp_ns))

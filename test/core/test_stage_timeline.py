@@ -1,0 +1,71 @@
+"""A sensor's stage and reporter across a clock that jumps back (a looping bag, a sim reset).
+
+Without ROS: a fake conversion and backend, times in integer nanoseconds. The node-level test
+with a real /clock is ``test/ros/test_clock_jumps.py``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from omnibind_ros.core.pipeline import CLOCK_JUMP_TOLERANCE_NS, Pipeline, SensorStage
+from omnibind_ros.core.sensor_worker import SampleReporter
+
+S = 1_000_000_000
+T0 = 1_000 * S
+
+
+class Backend:
+    def encode(self, modality: str, batch: np.ndarray) -> np.ndarray:
+        return np.ones((len(batch), 4), np.float32) / 2
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.samples: list[int] = []
+
+    def on_sample(self, name: str, stamp_ns: int) -> bool:
+        self.samples.append(stamp_ns)
+        return True
+
+    def on_bad_sample(self, name: str, reason: str) -> None:
+        pass
+
+    def on_embedding(self, name: str, stamp_ns: int, embedding: Any) -> None:
+        pass
+
+
+def stage(encode_rate_hz: float = 0.0) -> SensorStage:
+    return SensorStage(lambda msg: np.zeros(4, np.float32),
+                       Pipeline("thermal", lambda x: x, Backend()), encode_rate_hz)
+
+
+def test_a_clock_that_jumps_back_starts_a_new_timeline() -> None:
+    st = stage(encode_rate_hz=5.0)
+    for i in range(10):  # 10 Hz on the old timeline
+        assert st.admit(None, T0 + i * S // 10, T0 + i * S // 10).kind in ("due", "valid")
+    loop = T0 - 5 * S  # the bag starts over, 5 s back: stamps and clock alike
+    first = st.admit(None, loop, loop)
+    assert first.kind == "due" and st.clock_resets == 1  # not "out of order", encoded at once
+    assert st.admit(None, loop + S // 10, loop + S // 10).kind == "valid"  # throttle: 5 Hz
+    assert st.admit(None, loop + S // 5, loop + S // 5).kind == "due"
+
+
+def test_an_old_stamp_on_a_steady_clock_is_still_out_of_order() -> None:
+    st = stage()
+    assert st.admit(None, T0, T0).kind == "due"
+    late = st.admit(None, T0 - 5 * S, T0 + S // 10)  # the clock did not jump: bad data
+    assert late.kind == "bad" and "not newer" in late.reason and st.clock_resets == 0
+    small = st.admit(None, T0 + S // 10, T0 + S // 10 - CLOCK_JUMP_TOLERANCE_NS // 2)
+    assert small.kind == "due" and st.clock_resets == 0  # jitter below the tolerance
+
+
+def test_the_reporter_passes_a_new_timeline_on_and_absorbs_reordering() -> None:
+    sink = Sink()
+    reporter = SampleReporter("cam", sink)
+    assert reporter.valid(T0) and reporter.valid(T0 + S // 10)
+    assert reporter.valid(T0 + S // 20)  # an older message finished late: already counted
+    assert sink.samples == [T0, T0 + S // 10]
+    assert reporter.valid(T0 - 5 * S)  # the new timeline of a looping bag reaches the engine
+    assert sink.samples[-1] == T0 - 5 * S
