@@ -213,7 +213,8 @@ def phases_from_events(events: Iterable[tuple[int, Any]], sensors: Sequence[str]
     Parameters
     ----------
     events : ``(log_time_ns, payload)`` of each ``/omnibind/scenario_event`` message; payload
-        is the JSON text (or the parsed dict) ``{"t_s", "action", "sensors"}``. The log time
+        is the JSON text (or the parsed dict) ``{"t_s", "action", "sensors"}``, with ``kind``
+        for a ``degrade_on`` (the phase says "camera dark", not "camera degraded"). The log time
         is the event's time on the bag clock (the messages have no header).
     sensors : sensor names in configuration order (labels list them in this order).
     start_ns, end_ns : span to cover.
@@ -227,7 +228,7 @@ def phases_from_events(events: Iterable[tuple[int, Any]], sensors: Sequence[str]
         data = json.loads(payload) if isinstance(payload, str | bytes) else dict(payload)
         names = data.get("sensors", data.get("sensor", []))
         names = (names,) if isinstance(names, str) else tuple(names)
-        parsed.append((int(log_ns), str(data["action"]), names))
+        parsed.append((int(log_ns), str(data["action"]), names, data.get("kind")))
     return PhaseTimeline(sensors, parsed, start_ns=start_ns).phases(end_ns)
 
 

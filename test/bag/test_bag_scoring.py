@@ -170,3 +170,18 @@ def test_truth_labels_outside_the_label_set_are_warned_with_the_nearest_label() 
     assert report_json(relabelled, scores)["warnings"] == relabelled.warnings
     assert _result([], extra={"labels": ["mug", "can"]}).warnings == []
     assert _result([], truth=None, extra={"labels": ["x"]}).warnings == []
+
+
+def test_degraded_phases_from_bag_events_name_the_degradation() -> None:
+    """A record-sim bag's scenario events carry the degradation's kind: the phase says what
+    happened to the sensor ("camera dark"), as the live demo does."""
+    s = 1_000_000_000
+    events = [(2 * s, '{"t_s": 2.0, "action": "degrade_on", "sensors": ["camera"], '
+                      '"kind": "dark", "severity": 0.9}'),
+              (4 * s, {"t_s": 4.0, "action": "degrade_off", "sensors": ["camera"]}),
+              (5 * s, {"t_s": 5.0, "action": "degrade_on", "sensors": ["microphone"]})]
+    phases = phases_from_events(events, ["camera", "microphone"], 0, 6 * s)
+    assert [p.label for p in phases] == ["all sensors", "camera dark", "all sensors",
+                                         "microphone degraded"]
+    assert [(p.start_ns, p.end_ns) for p in phases] == [(0, 2 * s), (2 * s, 4 * s),
+                                                         (4 * s, 5 * s), (5 * s, 6 * s)]
