@@ -142,37 +142,34 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 class RecordingLogger:
-    """Keeps every (level, line) the node logs and forwards it to the node's logger.
+    """Stands in for the node's logger and keeps every (level, line).
 
-    One method per level: rclpy keys a log call's severity (and throttling) on its call site,
-    so every level must be forwarded from a line of its own.
+    Lines are not forwarded: rclpy keys severity and throttling on a log call's call site, so a
+    wrapper forwarding from one line breaks on the node's first throttled call.
     """
 
-    def __init__(self, logger: Any) -> None:
-        self.logger = logger
+    def __init__(self) -> None:
         self.lines: list[tuple[str, str]] = []
 
-    def debug(self, message: str, **kwargs: Any) -> Any:
-        self.lines.append(("debug", message))
-        return self.logger.debug(message, **kwargs)
+    def _record(self, level: str, message: str) -> None:
+        self.lines.append((level, message))
 
-    def info(self, message: str, **kwargs: Any) -> Any:
-        self.lines.append(("info", message))
-        return self.logger.info(message, **kwargs)
+    def debug(self, message: str, *args: Any, **kwargs: Any) -> None:
+        self._record("debug", message)
 
-    def warning(self, message: str, **kwargs: Any) -> Any:
-        self.lines.append(("warning", message))
-        return self.logger.warning(message, **kwargs)
+    def info(self, message: str, *args: Any, **kwargs: Any) -> None:
+        self._record("info", message)
+
+    def warning(self, message: str, *args: Any, **kwargs: Any) -> None:
+        self._record("warning", message)
 
     warn = warning
 
-    def error(self, message: str, **kwargs: Any) -> Any:
-        self.lines.append(("error", message))
-        return self.logger.error(message, **kwargs)
+    def error(self, message: str, *args: Any, **kwargs: Any) -> None:
+        self._record("error", message)
 
-    def fatal(self, message: str, **kwargs: Any) -> Any:
-        self.lines.append(("fatal", message))
-        return self.logger.fatal(message, **kwargs)
+    def fatal(self, message: str, *args: Any, **kwargs: Any) -> None:
+        self._record("fatal", message)
 
     def errors(self) -> list[str]:
         return [line for level, line in self.lines if level in ("error", "fatal")]
@@ -192,7 +189,7 @@ class NodeUnderTest:
             Parameter("sensors", Parameter.Type.STRING_ARRAY, ["camera"]),
             Parameter("sensors.camera.modality", value="image"),
             Parameter("sensors.camera.topic", value="/matrix/camera")])
-        self.log = RecordingLogger(self.node.get_logger())
+        self.log = RecordingLogger()
         self.node.get_logger = lambda: self.log  # what the node logs from here on
         self.executor = PoolSafeExecutor(num_threads=2, context=ctx)
         self.executor.add_node(self.node)
