@@ -13,6 +13,10 @@ ROS_SAFE_ENV := source scripts/ros_env.sh &&
 PYTEST_ARGS ?=
 # Extra options of omnibind-bringup for `make demo`, e.g. DEMO_ARGS=--no-ui.
 DEMO_ARGS ?=
+# The demo's scenario (config/scenarios/<name>.yaml): hotplug_demo unplugs and replugs sensors;
+# degraded_demo keeps them publishing but darkens the camera, puts the microphone in wind and
+# the LiDAR in rain: `make demo SCENARIO=degraded_demo`.
+SCENARIO ?= hotplug_demo
 # Which model family the demo runs: a bundle under <cache>/bundles/ and the training config
 # that builds it: BUNDLE=default (CAD + AF, seed 000), BUNDLE=binding (bound spaces with
 # routers, seeds 001/003) or BUNDLE=unialign (one frozen ViT with MoE-LoRA, seed 002):
@@ -36,7 +40,8 @@ BUNDLE_DIR = $$($(PY) -c 'from omnibind_ros.core.bundle import default_bundle_di
 help:
 	@echo "make demo     set up (and build the default model bundle) if needed, then run"
 	@echo "              perception on the simulated sensors through a hot-plug scenario;"
-	@echo "              BUNDLE=binding runs the bound-spaces family (seeds 001/003) instead"
+	@echo "              BUNDLE=binding runs the bound-spaces family (seeds 001/003) instead;"
+	@echo "              SCENARIO=degraded_demo keeps the sensors publishing but degrades them"
 	@echo "make demo-world  stream the simulated world through the preprocessing only"
 	@echo "make test     set up if needed, then run the test suite (runtime tests without the"
 	@echo "              training package, then the training tests)"
@@ -59,7 +64,7 @@ demo: setup
 		$(PY) -m omnibind_train.cli export --config $(TRAIN_CONFIG) || state=missing; fi; \
 	if [ "$$state" = missing ]; then echo "[demo] no $(BUNDLE) model bundle yet: building it"; \
 		$(PY) -m omnibind_train.cli all --config $(TRAIN_CONFIG) || exit 1; fi
-	@$(ROS_SAFE_ENV) $(PY) -m omnibind_ros.tools.bringup --scenario hotplug_demo --duration 40 \
+	@$(ROS_SAFE_ENV) $(PY) -m omnibind_ros.tools.bringup --scenario $(SCENARIO) --duration 40 \
 		--bundle "$(BUNDLE_DIR)" $(DEMO_ARGS)
 
 demo-world: setup
