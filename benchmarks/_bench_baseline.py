@@ -69,15 +69,18 @@ def scenario_run(args: argparse.Namespace, env: dict[str, str], workdir: Path, b
 
 
 def segments(session: Session, start: int, end: int) -> list[dict[str, Any]]:
-    """Spans of constant plug/noise state, from the simulator's applied commands."""
+    """Spans of constant plug/noise state, from the simulator's applied commands (a degraded
+    sensor counts as noisy: it publishes, and its data may mislead)."""
     unplugged: set[str] = set()
     noisy: set[str] = set()
     bounds: list[tuple[int, frozenset[str], frozenset[str]]] = []
     for t, sensor, key, value in sorted(session.log.commands):
         if key == "enabled":
             unplugged.discard(sensor) if value else unplugged.add(sensor)
-        else:
+        elif key in ("noise", "degradation"):  # garbage or degraded, still publishing
             noisy.add(sensor) if value else noisy.discard(sensor)
+        else:  # a setting (degradation_severity) that changes no span by itself
+            continue
         bounds.append((t, frozenset(unplugged), frozenset(noisy)))
     spans, state, cursor = [], (frozenset(), frozenset()), start
     for t, out, noise in bounds:
