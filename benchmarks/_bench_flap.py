@@ -69,8 +69,9 @@ def run_flap(args: argparse.Namespace, env: dict[str, str], workdir: Path, bundl
 
 def start_burners(count: int) -> list[subprocess.Popen]:
     """``count`` processes spinning a core each (ended by :func:`stop_burners`, by PID)."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-             for _ in range(count)]
+    # each spins while its parent lives: a benchmark killed before its cleanup leaves none
+    spin = f"import os\nwhile os.getppid() == {os.getpid()}: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
     print("CPU burners: pids " + ", ".join(str(p.pid) for p in procs), flush=True)
     return procs
 
