@@ -17,7 +17,9 @@ valid sample, including those replaced while pending or skipped by the encode-ra
 message that fails conversion, preprocessing or encoding, or whose stamp is not newer than the
 previous one, is a bad sample. Stamps reach the engine in increasing order only (the worker may
 finish an older message after a newer one was reported), so reordering here never counts as
-bad input.
+bad input. When the clock jumps back (a looping bag; the stage then starts a new timeline),
+ordering starts over and a message of the old timeline still waiting or being encoded is
+dropped without a report.
 """
 from __future__ import annotations
 
@@ -28,13 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from omnibind_ros.core.pipeline import (
-    CLOCK_JUMP_TOLERANCE_NS,
-    SampleOutcome,
-    SensorStage,
-    StageHook,
-    error_reason,
-)
+from omnibind_ros.core.pipeline import SampleOutcome, SensorStage, StageHook, error_reason
 
 __all__ = ["SampleReporter", "SampleSink", "SensorWorker"]
 
@@ -87,19 +83,17 @@ class SampleReporter:
                 self.bad_sample(error_reason(exc))
 
     def valid(self, stamp_ns: int) -> bool:
-        """Report a valid sample; whether the sink accepted it as the sensor's newest.
-
-        A stamp at most :data:`~omnibind_ros.core.pipeline.CLOCK_JUMP_TOLERANCE_NS` older than
-        the newest reported one was reordered here (the worker finished an older message late)
-        and is already counted; one further back belongs to a new timeline (the stage let it
-        through after the clock jumped back) and is reported.
-        """
+        """Report a valid sample; whether the sink accepted it as the sensor's newest."""
         with self._lock:
-            newest = self._reported_max
-            if newest is not None and newest - CLOCK_JUMP_TOLERANCE_NS <= stamp_ns <= newest:
+            if self._reported_max is not None and stamp_ns <= self._reported_max:
                 return True  # reordered here (an older message finished late): already counted
             self._reported_max = stamp_ns
             return bool(self.sink.on_sample(self.name, stamp_ns))
+
+    def new_timeline(self) -> None:
+        """The clock jumped back (a looping bag): stamps start over, so ordering does too."""
+        with self._lock:
+            self._reported_max = None
 
     def bad_sample(self, reason: str) -> None:
         self.bad += 1
@@ -128,7 +122,9 @@ class SensorWorker:
         self.reporter = reporter
         self.hook = hook
         self._cond = threading.Condition()
-        self._pending: tuple[Any, int, float] | None = None  # payload, stamp, wall arrival
+        # payload, stamp, wall arrival, timeline (the stage's clock_resets when admitted)
+        self._pending: tuple[Any, int, float, int] | None = None
+        self._timeline = stage.clock_resets
         self._busy = False
         self._stop = False
         self.received = self.superseded = 0
@@ -152,12 +148,17 @@ class SensorWorker:
         if self.hook is not None:
             self.hook(f"{self.name}/stamp_to_callback", (arrival_ns - stamp_ns) * 1e-9)
         admission = self.stage.admit(msg, stamp_ns, arrival_ns)
+        timeline = self.stage.clock_resets
+        if timeline != self._timeline:  # the clock jumped back: a message of the old timeline
+            with self._cond:            # still pending or being encoded is dropped, unreported
+                self._timeline, self._pending = timeline, None
+            self.reporter.new_timeline()
         if admission.kind != "due":
             self.reporter.report(SampleOutcome(admission.kind, stamp_ns, admission.reason))
             return
         with self._cond:
             superseded = self._pending
-            self._pending = (admission.payload, stamp_ns, time.perf_counter())
+            self._pending = (admission.payload, stamp_ns, time.perf_counter(), timeline)
             self._cond.notify_all()
         if superseded is not None:
             self.superseded += 1
@@ -191,12 +192,16 @@ class SensorWorker:
                     self._cond.wait()
                 if self._stop:
                     return
-                payload, stamp_ns, arrival = self._pending
+                payload, stamp_ns, arrival, timeline = self._pending
                 self._pending, self._busy = None, True
             try:
                 if self.hook is not None:
                     self.hook(f"{self.name}/queue_wait", time.perf_counter() - arrival)
-                self.reporter.report(self.stage.encode(payload, stamp_ns))
+                outcome = self.stage.encode(payload, stamp_ns)
+                with self._cond:
+                    current = timeline == self._timeline
+                if current:
+                    self.reporter.report(outcome)
             finally:
                 with self._cond:
                     self._busy = False

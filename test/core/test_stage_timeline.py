@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from omnibind_ros.core.pipeline import CLOCK_JUMP_TOLERANCE_NS, Pipeline, SensorStage
-from omnibind_ros.core.sensor_worker import SampleReporter
+from omnibind_ros.core.sensor_worker import SampleReporter, SensorWorker
 
 S = 1_000_000_000
 T0 = 1_000 * S
@@ -61,11 +61,29 @@ def test_an_old_stamp_on_a_steady_clock_is_still_out_of_order() -> None:
     assert small.kind == "due" and st.clock_resets == 0  # jitter below the tolerance
 
 
-def test_the_reporter_passes_a_new_timeline_on_and_absorbs_reordering() -> None:
+def test_the_reporter_absorbs_reordering_until_a_new_timeline() -> None:
     sink = Sink()
     reporter = SampleReporter("cam", sink)
     assert reporter.valid(T0) and reporter.valid(T0 + S // 10)
-    assert reporter.valid(T0 + S // 20)  # an older message finished late: already counted
+    assert reporter.valid(T0 - 5 * S)  # older than the newest: taken as reordering, not passed
     assert sink.samples == [T0, T0 + S // 10]
-    assert reporter.valid(T0 - 5 * S)  # the new timeline of a looping bag reaches the engine
-    assert sink.samples[-1] == T0 - 5 * S
+    reporter.new_timeline()
+    assert reporter.valid(T0 - 5 * S) and sink.samples[-1] == T0 - 5 * S
+
+
+def test_the_worker_carries_a_looping_stream_into_the_engine() -> None:
+    """Samples of the new timeline reach the engine; an old one still pending is dropped."""
+    sink = Sink()
+    worker = SensorWorker(stage(), SampleReporter("cam", sink))
+    try:
+        for i in range(5):
+            worker.submit(None, T0 + i * S // 10, T0 + i * S // 10)
+            assert worker.wait_idle()
+        loop = T0 - 5 * S
+        for i in range(5):
+            worker.submit(None, loop + i * S // 10, loop + i * S // 10)
+            assert worker.wait_idle()
+    finally:
+        worker.stop()
+    assert sink.samples[5:] == [loop + i * S // 10 for i in range(5)]
+    assert worker.bad == 0

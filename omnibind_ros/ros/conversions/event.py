@@ -171,7 +171,9 @@ class EventPacketConverter:
         return self._decoder.decode(
             f.str_field(msg, "encoding", what), f.byte_view(f.field(msg, "events", what), what),
             f.uint_field(msg, "width", what), f.uint_field(msg, "height", what),
-            time_base=f.uint_field(msg, "time_base", what, bits=64),
+            # uint64 on the wire, but decoders add event times to it in int64 nanoseconds:
+            # 2^62 ns is the year 2116, so anything above is a corrupt header, not a time.
+            time_base=f.uint_field(msg, "time_base", what, bits=62),
             big_endian=f.bool_field(msg, "is_bigendian", what))
 
 
