@@ -33,13 +33,16 @@ class TickScheduler:
       (4) ticks in any window of ``WINDOW_PERIODS * P`` (any 5 consecutive ticks span at least
       4 periods). A tick the cap holds back is taken by the next evidence or heartbeat once the
       window has room. So the rate never exceeds ``rate_hz`` over any window of a few periods;
-      below it, the deadline keeps it above ``rate_hz / 1.45``.
+      below it, the deadline keeps it above ``rate_hz / 1.45``. A burst of joins and leaves
+      (4 within one period) can hold the next tick back until the window has room, up to
+      ``3.25 P`` later: that window already had its ``WINDOW_PERIODS`` answers.
 
     What the cap costs: without it a 0.8 P cooldown let the evidence ticks run at up to
-    ``rate_hz / 0.8`` and a join added a tick on top (11 ticks/s at 10 Hz in the simulation
-    below, up to 6 in a 4-period window). With it the evidence ticks fill the window, so a join
-    usually waits for the next free slot instead of ticking at once. Simulated at 10 Hz with the
-    simulator's six sensor rates and a join every 1-3 s (300 s, 3 seeds): 9.7 ticks/s; age of
+    ``rate_hz / 0.8`` and a join added a tick on top (11 ticks/s at 10 Hz, up to 6 in a
+    4-period window, in the simulation that follows). With it the evidence ticks fill the
+    window, so a join usually waits for the next free slot instead of ticking at once.
+    Simulated at 10 Hz with the simulator's six sensor rates and a join every 1-3 s (300 s, 3
+    seeds; benchmarks/README.md, the flap section, has the set-up): 9.7 ticks/s; age of
     the newest evidence at the tick p50 0 ms, p99 34 ms (20 ms without the cap); join to tick
     p50 44 ms, p99 111 ms (0 and 44 ms without it). A cooldown of 1.0 P with a 6-period window
     would let joins tick at once more often (p50 0, p99 79 ms) but slow the answers to 9.2
