@@ -107,7 +107,7 @@ def _badness(value: float, levels: tuple[float, float]) -> float:
     return float(np.clip((value - fine) / (useless - fine), 0.0, 1.0))
 
 
-def _verdict(problems: dict[str, float], measures: dict[str, float]) -> InputQuality:
+def _quality_of(problems: dict[str, float], measures: dict[str, float]) -> InputQuality:
     issue, worst = max(problems.items(), key=lambda kv: kv[1], default=("", 0.0))
     if worst <= 0.0:
         return InputQuality(1.0, "", measures)
@@ -228,7 +228,7 @@ def judge(modality: str, measures: dict[str, float] | None,
     if measures is None:
         return GOOD
     key = parse_modality(modality).value
-    return _verdict(_problems(key, measures, levels or QualityLevels()), dict(measures))
+    return _quality_of(_problems(key, measures, levels or QualityLevels()), dict(measures))
 
 
 def assess(modality: str, payload: Any, levels: QualityLevels | None = None) -> InputQuality:
