@@ -12,10 +12,10 @@ ONNX, wrong dims (ONNX output or       ``unconfigured`` and configures once the 
 input vs bundle.yaml, label tensor),   (:func:`test_a_damaged_bundle_fails_configure_in_one_line`;
 pickled tensor, missing bundle,        the loader's own errors: ``test/core/test_bundle.py``)
 truncated archive
-checkpoints (training and runtime      a clear exception; a pickle whose ``__reduce__`` would
-loaders): truncated, random bytes,     write a marker file is never executed
-code-executing pickle                  (:func:`test_a_damaged_checkpoint_is_refused`, and every
-                                       ``torch.load`` in the code is weights-only)
+checkpoints (training and runtime      a clear exception naming the file, on one line; a pickle
+loaders): truncated, random bytes,     whose ``__reduce__`` would write a marker file is never
+code-executing pickle                  executed (``training/tests/test_checkpoint_corruption.py``;
+                                       here: every ``torch.load`` in the code is weights-only)
 bags: truncated, corrupt chunk         the partial report is kept (``ELSEWHERE``: test/bag)
 =====================================  ==========================================================
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import pickle
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -259,84 +258,8 @@ def test_a_damaged_bundle_fails_configure_in_one_line(cell: str, bundles, ros_co
         h.close()
 
 
-# -- checkpoints ----------------------------------------------------------------------------------
-
-class WritesMarker:
-    """Unpickling this calls ``Path.write_text(marker, "pwned")``: code execution if loaded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.write_text, (self.marker, "pwned"))
-
-
-def evil_pickle(path: Path, marker: Path) -> None:
-    """A torch-style file (zip of data.pkl) and a plain pickle: both would run the payload."""
-    import torch
-
-    torch.save({"state": WritesMarker(marker)}, path)
-
-
-def plain_evil_pickle(path: Path, marker: Path) -> None:
-    path.write_bytes(pickle.dumps({"weights": WritesMarker(marker)}))
-
-
-def truncate(path: Path, marker: Path) -> None:
-    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
-
-
-def random_bytes(path: Path, marker: Path) -> None:
-    path.write_bytes(np.random.default_rng(0).bytes(4096))
-
-
-CHECKPOINT_DAMAGE = {"truncated": truncate, "random bytes": random_bytes,
-                     "code-executing pickle": evil_pickle,
-                     "plain code-executing pickle": plain_evil_pickle}
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("omnibind_train")
-    torch = pytest.importorskip("torch")
-    from omnibind_train.trainers.checkpoint import save_checkpoint
-
-    weights = {"image": {"head.weight": torch.ones(4, 3)}}
-    state = {"step": 3, "optimizer": {"lr": torch.tensor(0.1)}}
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "step_3", weights,
-                           {"stage": "cad", "step": 3}, state)
-
-
-@pytest.mark.parametrize("damage", list(CHECKPOINT_DAMAGE))
-@pytest.mark.parametrize("loader, file", [
-    ("trainer load_checkpoint", "trainer_state.pt"),
-    ("trainer load_checkpoint", "weights.safetensors"),
-    ("read_checkpoint (.pt)", "weights.pt"),
-    ("read_checkpoint (.safetensors)", "weights.safetensors"),
-])
-def test_a_damaged_checkpoint_is_refused(loader: str, file: str, damage: str, checkpoint_dir,
-                                         tmp_path: Path) -> None:
-    """Every loader raises; no damage makes one execute code from the file."""
-    import torch
-    from omnibind_train.models.vit import read_checkpoint
-    from omnibind_train.trainers.checkpoint import load_checkpoint
-
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(checkpoint_dir, ckpt)
-    torch.save({"head.weight": torch.ones(2)}, ckpt / "weights.pt")
-    marker = tmp_path / "marker"
-    CHECKPOINT_DAMAGE[damage](ckpt / file, marker)
-    with pytest.raises(Exception) as info:  # noqa: PT011  (the type is recorded below)
-        if loader.startswith("trainer"):
-            load_checkpoint(ckpt)
-        else:
-            read_checkpoint(ckpt / file)
-    assert not marker.exists(), "a checkpoint executed code while loading"
-    error = f"{type(info.value).__name__}: {info.value}"
-    assert str(info.value).strip(), error  # says something, never an empty message
-    if "pickle" in damage and file.endswith(".pt"):
-        assert isinstance(info.value, pickle.UnpicklingError), error
-        assert "weights_only" in str(info.value) or "Weights only" in str(info.value), error
+# -- checkpoints: training/tests/test_checkpoint_corruption.py (they need the training package,
+# which the runtime run of `make test` blocks) ---------------------------------------------------
 
 
 def _calls(path: Path, name: str) -> Iterator[ast.Call]:

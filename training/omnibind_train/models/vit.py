@@ -135,13 +135,16 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
     Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` and strips a DDP ``module.`` prefix.
     """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from ..trainers.checkpoint import reading
 
-        state: Any = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    path = Path(path)
+    with reading(path):
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]

@@ -17,10 +17,12 @@ the encoder config); trainable trunks (PointNet) are. Nothing is unpickled from 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,22 +104,58 @@ def save_checkpoint(directory: str | os.PathLike[str],
     return directory
 
 
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, not the format, damaged)."""
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Re-raise a loader's error naming ``path``, on one line. A refused pickle stays an
+    ``UnpicklingError`` (torch's weights-only refusal, which says why); everything else
+    becomes :class:`UnreadableCheckpointError`."""
+    try:
+        yield
+    except pickle.UnpicklingError as exc:
+        raise pickle.UnpicklingError(f"{path}: {_one_line(exc)}") from exc
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, UnreadableCheckpointError):
+            raise
+        raise UnreadableCheckpointError(
+            f"{path}: not a loadable checkpoint ({type(exc).__name__}: {_one_line(exc)})"
+        ) from exc
+    except Exception as exc:  # safetensors' SafetensorError and other loaders' own types
+        raise UnreadableCheckpointError(
+            f"{path}: not a loadable checkpoint ({type(exc).__name__}: {_one_line(exc)})"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def load_checkpoint(directory: str | os.PathLike[str], *,
                     map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint directory (safetensors + JSON + weights-only torch state)."""
+    """Read a checkpoint directory (safetensors + JSON + weights-only torch state).
+
+    Raises :class:`UnreadableCheckpointError` (or ``pickle.UnpicklingError`` for a state file
+    holding more than tensors) naming the file that failed."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    config = json.loads((directory / CONFIG_FILE).read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{directory}: not an {FORMAT} checkpoint ({config.get('format')!r})")
+    with reading(directory / CONFIG_FILE):
+        config = json.loads((directory / CONFIG_FILE).read_text())
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise UnreadableCheckpointError(f"{directory}: not an {FORMAT} checkpoint ({found!r})")
     weights: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(str(directory / WEIGHTS_FILE)).items():
-        part, name = key.split("/", 1)
-        weights.setdefault(part, {})[name] = tensor
+    with reading(directory / WEIGHTS_FILE):
+        for key, tensor in load_file(str(directory / WEIGHTS_FILE)).items():
+            part, name = key.split("/", 1)
+            weights.setdefault(part, {})[name] = tensor
     state_path = directory / STATE_FILE
-    state = (torch.load(state_path, map_location=map_location, weights_only=True)
-             if state_path.exists() else None)
+    with reading(state_path):
+        state = (torch.load(state_path, map_location=map_location, weights_only=True)
+                 if state_path.exists() else None)
     return Checkpoint(directory, weights, config, state)
 
 
