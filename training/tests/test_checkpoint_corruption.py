@@ -16,7 +16,6 @@ from omnibind_train.models.vit import read_checkpoint
 from omnibind_train.trainers.checkpoint import load_checkpoint
 
 
-
 class WritesMarker:
     """Unpickling this calls ``Path.write_text(marker, "pwned")``: code execution if loaded."""
 
