@@ -10,9 +10,12 @@ bucket). Changes beyond that are counted, and the next line the bucket allows is
 back, so the state a sensor ends in is always logged, at most ``interval / burst`` late.
 
 Pure and clock-injected like the monitor: times are the transitions' node-clock int ns.
+Thread-safe (one lock): the node adds and flushes from its monitor timer and forgets removed
+sensors from service and parameter callbacks.
 """
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -49,6 +52,7 @@ class TransitionLog:
 
     def __init__(self, burst: int = 3, interval_s: float = 10.0) -> None:
         self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
         self.configure(burst, interval_s)
 
     def configure(self, burst: int, interval_s: float) -> None:
@@ -57,11 +61,16 @@ class TransitionLog:
             raise ValueError(f"burst must be an int >= 1, got {burst!r}")
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
-        self.burst = burst
-        self._token_ns = round(interval_s * NS / burst)  # time to earn one token
+        with self._lock:
+            self.burst = burst
+            self._token_ns = round(interval_s * NS / burst)  # time to earn one token
 
     def add(self, transition: Transition) -> list[LogLine]:
         """A state change: the lines to log now (none when it is counted for a summary)."""
+        with self._lock:
+            return self._add(transition)
+
+    def _add(self, transition: Transition) -> list[LogLine]:
         bucket = self._refill(transition.name, transition.time_ns)
         if bucket.tokens >= 1 and not bucket.suppressed:
             bucket.tokens -= 1
@@ -75,15 +84,17 @@ class TransitionLog:
     def flush(self, now_ns: int) -> list[LogLine]:
         """The summaries whose sensors have a token back at ``now_ns``."""
         lines = []
-        for name, bucket in self._buckets.items():
-            if bucket.suppressed:
-                self._refill(name, now_ns)
-                lines += self._summary(name, bucket, now_ns)
+        with self._lock:
+            for name, bucket in self._buckets.items():
+                if bucket.suppressed:
+                    self._refill(name, now_ns)
+                    lines += self._summary(name, bucket, now_ns)
         return lines
 
     def forget(self, name: str) -> None:
         """Drop a removed sensor's bucket (its pending summary with it)."""
-        self._buckets.pop(name, None)
+        with self._lock:
+            self._buckets.pop(name, None)
 
     def _refill(self, name: str, now_ns: int) -> _Bucket:
         bucket = self._buckets.get(name)

@@ -448,7 +448,11 @@ class PerceptionNode(LifecycleNode):
     def _log_lines(self, lines: list[LogLine]) -> None:
         logger = self.get_logger()
         for line in lines:
-            (logger.warning if line.warning else logger.info)(line.text)
+            # two call sites: rclpy refuses a second severity from the same one (ValueError)
+            if line.warning:
+                logger.warning(line.text)
+            else:
+                logger.info(line.text)
 
     def _publish_status(self, now: int) -> None:
         engine = self._engine
