@@ -9,6 +9,8 @@ Subcommands (each prints tables and a line against its target; ``--json OUT`` sa
     naive                     ours vs a hand-written torch-eager node, all sensors live
     soak [--minutes 2]        CPU% and RSS of the perception process, RSS slope
     flap [--burners 2]        hot-plug demo beside CPU burners: unexplained state changes/min
+    chaos [--minutes 10]      soak with random hot-plug, degradations and parameter changes:
+                              RSS slope, threads, FDs, answered share, longest stall
 
     python benchmarks/bench_runtime.py latency --tiny --duration 10
     python benchmarks/bench_runtime.py latency --two-process       # default bundle if present
@@ -45,6 +47,7 @@ for _path in (REPO, REPO / "training", REPO / "benchmarks"):
 
 # none of these imports rclpy: each subcommand imports it only when it runs, after setup_env()
 from _bench_baseline import run_baseline  # noqa: E402
+from _bench_chaos import run_chaos  # noqa: E402
 from _bench_flap import run_flap  # noqa: E402
 from _bench_hotplug import run_hotplug  # noqa: E402
 from _bench_latency import run_latency  # noqa: E402
@@ -128,6 +131,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=90.0, help="measured seconds")
     p.add_argument("--burners", type=int, default=2, help="CPU-burning processes beside it")
     p.add_argument("--scenario", default="hotplug_demo.yaml", help="scenario file (loops)")
+    p = sub.add_parser("chaos", parents=[common],
+                       help="soak with random hot-plug, degradations and parameter changes")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--every", type=float, default=3.0, help="seconds between random changes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random changes")
+    p.add_argument("--rss-warmup", type=float, default=60.0,
+                   help="s after start left out of the RSS slope and thread/FD baselines")
     p = sub.add_parser("_child", help=argparse.SUPPRESS)
     p.add_argument("--kind", choices=("ours", "baseline", "naive"), required=True)
     p.add_argument("--bundle", required=True)
@@ -181,7 +191,7 @@ def resolve_bundle(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
 # -- main ----------------------------------------------------------------------------------------
 
 RUNNERS = {"latency": run_latency, "hotplug": run_hotplug, "baseline": run_baseline,
-           "naive": run_naive, "soak": run_soak, "flap": run_flap}
+           "naive": run_naive, "soak": run_soak, "flap": run_flap, "chaos": run_chaos}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
