@@ -226,6 +226,7 @@ EXPECTED_FIELDS = {
         "name": "string", "modality": "string", "topic": "string", "state": "uint8",
         "rate_hz": "float", "expected_rate_hz": "float", "age_s": "float",
         "publisher_count": "uint32", "in_fusion": "boolean", "reason": "string",
+        "quality": "float", "quality_issue": "string",
     },
     "SensorStatusArray": {
         "header": "std_msgs/Header", "sensors": "sequence<omnibind_ros/SensorStatus>",

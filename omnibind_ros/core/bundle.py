@@ -187,12 +187,15 @@ class LabelSet:
     logit_scale : the multiplier of the cosines before the softmax over labels: ``1 / tau`` of
         the loss the fusion head was trained with (manifest ``labels.logit_scale``); None in a
         bundle exported without it.
+    temperature : the confidence calibration (manifest ``labels.temperature``, fitted on
+        held-out data at export: :mod:`omnibind_ros.core.calibration`); None = uncalibrated.
     """
 
     names: tuple[str, ...]
     prompt_templates: tuple[str, ...]
     embeddings: np.ndarray
     logit_scale: float | None = None
+    temperature: float | None = None
 
 
 @dataclass(frozen=True)
@@ -710,17 +713,19 @@ def _labels(reader: _Reader, data: Any, dim: int) -> LabelSet:
         raise BundleCorruptError(f"{emb_file}: label embeddings hold NaN/inf", path=emb_file)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     embeddings.flags.writeable = False
-    return LabelSet(tuple(names), tuple(templates), embeddings, _logit_scale(reader, data))
+    return LabelSet(tuple(names), tuple(templates), embeddings,
+                    _positive(reader, data, "logit_scale"), _positive(reader, data, "temperature"))
 
 
-def _logit_scale(reader: _Reader, data: Any) -> float | None:
-    scale = data.get("logit_scale")
-    if scale is None:
+def _positive(reader: _Reader, data: Any, key: str) -> float | None:
+    """``labels.<key>``: absent (None) or a finite number > 0."""
+    value = data.get(key)
+    if value is None:
         return None
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
-            or not (np.isfinite(scale) and scale > 0):
-        raise reader.fail("labels.logit_scale", f"must be a finite number > 0, got {scale!r}")
-    return float(scale)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not (np.isfinite(value) and value > 0):
+        raise reader.fail(f"labels.{key}", f"must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def _build(manifest: dict[str, Any], root: Path, files: dict[str, str]) -> ModelBundle:

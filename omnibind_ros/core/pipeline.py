@@ -30,6 +30,7 @@ import numpy as np
 
 from omnibind_ros.core.errors import BundleCorruptError, PreprocessError
 from omnibind_ros.core.preprocess import build_preprocessor
+from omnibind_ros.core.quality import QualityTracker
 
 __all__ = ["CLOCK_JUMP_TOLERANCE_NS", "Admission", "Pipeline", "SampleOutcome", "SensorStage",
            "StageHook", "UnusableEmbeddingError", "bad_reason", "check_encoder",
@@ -219,12 +220,15 @@ class SampleOutcome:
     stamp_ns : the message's stamp (header stamp, or the arrival time without a header), ns.
     reason : why it is bad ("" otherwise).
     embedding : float32 ``[D]`` for "embedding", else None.
+    quality : the sensor's input quality when it was encoded (:mod:`omnibind_ros.core.quality`,
+        smoothed over its recent messages), carried into the embedding's slot.
     """
 
     kind: str
     stamp_ns: int
     reason: str = ""
     embedding: np.ndarray | None = None
+    quality: float = 1.0
 
 
 class SensorStage:
@@ -252,6 +256,8 @@ class SensorStage:
         self.last_arrival: int | None = None
         #: How many times the clock jumped back (a new timeline began) since this stage began.
         self.clock_resets = 0
+        #: The sensor's input quality, from every valid message (not only the encoded ones).
+        self.input_quality = QualityTracker(pipeline.modality)
         self._lock = threading.Lock()  # streaming preprocessor: callback pushes, encoder reads
 
     def admit(self, msg: Any, stamp_ns: int, arrival_ns: int) -> Admission:
@@ -273,9 +279,10 @@ class SensorStage:
                              "dropped")
         try:
             payload = self.convert(msg)
-            if self.pipeline.streaming:
-                with self._lock:
+            with self._lock:
+                if self.pipeline.streaming:
                     self.pipeline.push(payload)
+                self.input_quality.update(payload, stamp_ns)
         except Exception as exc:  # noqa: BLE001  (a bad message must never kill the node)
             return Admission("bad", bad_reason(exc))
         self.last_stamp = stamp_ns
@@ -297,7 +304,8 @@ class SensorStage:
             embedding = checked_embedding(self.pipeline.encode(model_input))
         except Exception as exc:  # noqa: BLE001
             return SampleOutcome("bad", stamp_ns, bad_reason(exc))
-        return SampleOutcome("embedding", stamp_ns, embedding=embedding)
+        return SampleOutcome("embedding", stamp_ns, embedding=embedding,
+                             quality=self.input_quality.current.score)
 
     def process(self, msg: Any, stamp_ns: int, arrival_ns: int) -> SampleOutcome:
         """:meth:`admit` then, for a due message, :meth:`encode`."""

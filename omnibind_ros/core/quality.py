@@ -19,7 +19,7 @@ parameters, not facts. What one payload cannot show is not claimed: thermal refl
 non-uniformity drift, lens dirt, a partial occlusion and a tactile slip leave statistics within
 the clean range; the fusion head, which sees the embedding, is the place that weighs those.
 
-Measures (``image`` = uint8 RGB, Rec. 601 luma):
+Measures (``image`` = uint8 RGB or BGR, Rec. 601 luma; other encodings are not judged):
 
 ===========  ===============  =================================================================
 modality     problem          measure
@@ -116,12 +116,15 @@ def _quality_of(problems: dict[str, float], measures: dict[str, float]) -> Input
 
 # -- measures: one cheap statistic per problem, from the raw payload --------------------------
 
-def _image(image: Any, levels: QualityLevels) -> dict[str, float] | None:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] < 3 or image.dtype != np.uint8:
+def _image(payload: Any, levels: QualityLevels) -> dict[str, float] | None:
+    # a bare RGB array (simulator, data sets) or a decoded message (array + channel order)
+    order = getattr(payload, "channel_order", "rgb")
+    image = getattr(payload, "image", payload)
+    if not isinstance(image, np.ndarray) or order not in ("rgb", "bgr", "rgba", "bgra") \
+            or image.ndim != 3 or image.shape[-1] < 3 or image.dtype != np.uint8:
         return None  # other encodings: no claim
     rgb = image[::2, ::2, :3]  # half resolution: the statistics do not need every pixel
-    luma = rgb.astype(np.float32) @ _LUMA
+    luma = rgb.astype(np.float32) @ (_LUMA if order.startswith("rgb") else _LUMA[::-1])
     lap = luma[1:-1, 1:-1] * 4 - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - \
         luma[1:-1, 2:]
     return {"luma_p95": float(np.percentile(luma, 95)),

@@ -67,6 +67,9 @@ class FusionSettings:
     top_k : labels per answer.
     publish_embedding : put the fused embedding into the Recognition message.
     tick_on_embedding : tick on fresh evidence (else on the timer only).
+    unsure_below : answers whose calibrated confidence is below it are marked unsure.
+    min_quality : embeddings of inputs whose quality (:mod:`omnibind_ros.core.quality`) is
+        below it are left out of fusion; 0 = every live sensor is fused.
     """
 
     rate_hz: float = 10.0
@@ -75,6 +78,8 @@ class FusionSettings:
     top_k: int = 5
     publish_embedding: bool = False
     tick_on_embedding: bool = True
+    unsure_below: float = 0.5
+    min_quality: float = 0.0
 
 
 def logit_scale_of(bundle: Any) -> float:
@@ -91,11 +96,15 @@ def logit_scale_of(bundle: Any) -> float:
 
 def build_fusion_tick(bundle: Any, backend: Any, settings: FusionSettings,
                       label_names: Sequence[str], label_embeddings: np.ndarray) -> FusionTick:
-    """The FusionTick of a bundle, a backend on it, the fusion settings and a label set."""
+    """The FusionTick of a bundle, a backend on it, the fusion settings and a label set; the
+    confidence uses the bundle's calibration temperature when it has one."""
     pad_to = bundle.fusion.max_tokens if bundle.fusion is not None else None
+    temperature = getattr(bundle.labels, "temperature", None) or 1.0
     return FusionTick(backend.fuse, label_names, label_embeddings, logit_scale_of(bundle),
                       max_age_s=settings.max_age_s, top_k=settings.top_k,
-                      min_modalities=settings.min_modalities, pad_to=pad_to)
+                      min_modalities=settings.min_modalities, pad_to=pad_to,
+                      min_quality=settings.min_quality, temperature=temperature,
+                      unsure_below=settings.unsure_below)
 
 
 @dataclass(frozen=True)
@@ -230,17 +239,19 @@ class Recognizer:
         except KeyError:
             pass
 
-    def on_embedding(self, name: str, stamp_ns: int, embedding: np.ndarray
-                     ) -> FusionResult | None:
-        """Store the embedding of an accepted sample; tick if the scheduler says so. Returns the
-        tick's result, or None (no tick, a failed tick, or a sensor removed meanwhile)."""
+    def on_embedding(self, name: str, stamp_ns: int, embedding: np.ndarray,
+                     quality: float = 1.0) -> FusionResult | None:
+        """Store the embedding of an accepted sample (with its input quality in [0, 1], which
+        fusion's ``min_quality`` may act on); tick if the scheduler says so. Returns the tick's
+        result, or None (no tick, a failed tick, or a sensor removed meanwhile)."""
         modality = self._modalities.get(name)
         if modality is None:
             return None  # removed while its last message was being encoded
         now = self._clock()
         if self.hook is not None:
             self.hook(f"{name}/stamp_to_embedding", (now - stamp_ns) / NS)
-        self.store.put(EmbeddingSlot(name, modality, stamp_ns, embedding), now)
+        self.store.put(EmbeddingSlot(name, modality, stamp_ns, embedding,
+                                     min(1.0, max(0.0, float(quality)))), now)
         return self._tick("embedding", name)
 
     # -- timers ----------------------------------------------------------------------------------

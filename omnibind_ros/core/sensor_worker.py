@@ -46,7 +46,8 @@ class SampleSink(Protocol):
 
     def on_bad_sample(self, name: str, reason: str) -> None: ...
 
-    def on_embedding(self, name: str, stamp_ns: int, embedding: np.ndarray) -> Any: ...
+    def on_embedding(self, name: str, stamp_ns: int, embedding: np.ndarray,
+                     quality: float = 1.0) -> Any: ...
 
 
 class SampleReporter:
@@ -78,7 +79,8 @@ class SampleReporter:
         elif self.valid(outcome.stamp_ns):
             self.encoded += 1
             try:
-                self.sink.on_embedding(self.name, outcome.stamp_ns, outcome.embedding)
+                self.sink.on_embedding(self.name, outcome.stamp_ns, outcome.embedding,
+                                       outcome.quality)
             except Exception as exc:  # noqa: BLE001  (e.g. an embedding of the wrong size)
                 self.bad_sample(error_reason(exc))
 

@@ -158,6 +158,14 @@ GLOBAL_PARAMS: dict[str, ParamSpec] = {
                                        1, 16),
     "fusion.top_k": ParamSpec(_I, 5, "labels in Recognition.top_labels", 1, 1000),
     "fusion.publish_embedding": ParamSpec(_B, False, "fill Recognition.embedding"),
+    "fusion.unsure_below": ParamSpec(_D, 0.5, "answers whose calibrated confidence is below "
+                                     "it are marked Recognition.unsure; 0 = never", 0.0, 1.0),
+    "fusion.min_quality": ParamSpec(_D, 0.0, "leave out of fusion a sensor whose input quality "
+                                    "(SensorStatus.quality) is below it; 0 = fuse every live "
+                                    "sensor", 0.0, 1.0),
+    "quality.warn_below": ParamSpec(_D, 0.5, "/diagnostics warns about a live sensor whose "
+                                    "input quality is below it (dark camera, wind...)",
+                                    0.0, 1.0),
     "labels.names": ParamSpec(_SA, [], "label names; [] = labels.file, or the bundle's"),
     "labels.file": ParamSpec(_S, "", "text file, one label per line ('#' comments); used "
                              "when labels.names is empty"),
@@ -333,7 +341,9 @@ def read_fusion(lookup: Callable[[str], Any]) -> FusionSettings:
                           min_modalities=int(lookup("fusion.min_modalities")),
                           top_k=int(lookup("fusion.top_k")),
                           publish_embedding=bool(lookup("fusion.publish_embedding")),
-                          tick_on_embedding=bool(lookup("fusion.tick_on_embedding")))
+                          tick_on_embedding=bool(lookup("fusion.tick_on_embedding")),
+                          unsure_below=float(lookup("fusion.unsure_below")),
+                          min_quality=float(lookup("fusion.min_quality")))
 
 
 def validate_update(params: Iterable[Parameter], current: Callable[[str], Any]) -> str:

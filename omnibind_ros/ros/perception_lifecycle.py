@@ -33,6 +33,7 @@ from omnibind_ros.core.fusion import FusionResult, FusionTick
 from omnibind_ros.core.labels import resolve_labels
 from omnibind_ros.core.names import PERCEPTION_NODE
 from omnibind_ros.core.pipeline import Pipeline, SensorStage, StageHook, make_pipeline
+from omnibind_ros.core.quality import InputQuality
 from omnibind_ros.core.recognizer import MONITOR_RATE_HZ, Recognizer, build_fusion_tick
 from omnibind_ros.core.sensor_worker import SampleReporter, SensorWorker
 from omnibind_ros.core.threads import limit_blas_threads, limit_malloc_arenas
@@ -461,13 +462,22 @@ class PerceptionNode(LifecycleNode):
         self._last_status_ns = now
         healths = engine.monitor.health()
         stamp = to_time(now)
-        self._pubs["status"].publish(diagnostics.sensor_status_array(healths, stamp))
+        qualities = self._input_qualities()
+        self._pubs["status"].publish(diagnostics.sensor_status_array(healths, stamp, qualities))
         result = engine.last_result
         fusion = diagnostics.fusion_diag(
             self.get_name(), None if result is None else result.no_answer_reason,
             () if result is None else result.sensors, self._model_info())
-        self._pubs["diagnostics"].publish(
-            diagnostics.diagnostic_array(self.get_name(), healths, stamp, fusion))
+        self._pubs["diagnostics"].publish(diagnostics.diagnostic_array(
+            self.get_name(), healths, stamp, fusion, qualities,
+            float(self._param("quality.warn_below"))))
+
+    def _input_qualities(self) -> dict[str, InputQuality]:
+        """Each subscribed sensor's current input quality (its stage's smoothed verdict)."""
+        with self._lock:
+            workers = {name: s.worker for name, s in self._sensors.items()}
+        return {name: w.stage.input_quality.current for name, w in workers.items()
+                if w is not None}
 
     def _model_info(self) -> dict[str, str]:
         bundle, backend = self._bundle, self._backend
@@ -503,7 +513,8 @@ class PerceptionNode(LifecycleNode):
         try:
             self._apply_sensor_params(names)
             if names & {"fusion.max_age_s", "fusion.min_modalities", "fusion.top_k",
-                        "labels.names", "labels.file"}:
+                        "fusion.unsure_below", "fusion.min_quality", "labels.names",
+                        "labels.file"}:
                 fusion = self._build_fusion()
                 engine.set_fusion(fusion)
                 if names & {"labels.names", "labels.file"}:

@@ -116,7 +116,8 @@ class Sink:
     def on_bad_sample(self, name: str, reason: str) -> None:
         self.events.append(("bad", reason))
 
-    def on_embedding(self, name: str, stamp_ns: int, embedding: np.ndarray) -> None:
+    def on_embedding(self, name: str, stamp_ns: int, embedding: np.ndarray,
+                     quality: float = 1.0) -> None:
         if embedding.shape != (4,):
             raise ValueError("wrong size")
         self.events.append(("embedding", stamp_ns))

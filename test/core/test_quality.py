@@ -114,3 +114,15 @@ def test_levels_are_parameters():
     assert assess("image", image).issue == "dark"
     lenient = QualityLevels(dark_p95=(50.0, 20.0))
     assert assess("image", image, lenient).issue != "dark"
+
+
+def test_decoded_images_are_read_in_their_channel_order():
+    from omnibind_ros.ros.conversions.image import DecodedImage
+
+    blue_dark = np.zeros((32, 32, 3), np.uint8)
+    blue_dark[..., 2] = np.random.default_rng(0).integers(60, 120, (32, 32))  # luma ~10
+    assert assess("image", DecodedImage(blue_dark, "rgb")).issue == "dark"
+    # the same bytes as BGR are a red frame of luma ~27: still dark but brighter
+    bgr = measure("image", DecodedImage(blue_dark, "bgr"))
+    assert bgr["luma_p95"] > measure("image", DecodedImage(blue_dark, "rgb"))["luma_p95"]
+    assert assess("image", DecodedImage(blue_dark[..., 0], "mono")) is GOOD

@@ -357,3 +357,19 @@ def test_the_fusion_tick_uses_the_bundles_logit_scale(tmp_path) -> None:
     assert old.logit_scale is None
     with pytest.raises(BundleIncompatibleError, match="no labels.logit_scale.*re-export"):
         build_fusion_tick(old, backend, FusionSettings(), old.label_names, old.label_embeddings)
+
+
+def test_an_embedding_keeps_its_input_quality_and_min_quality_leaves_it_out() -> None:
+    rig = Rig()
+    rig.rec.set_fusion(FusionTick(masked_mean, LABELS, LABEL_EMB, SCALE, max_age_s=0.5,
+                                  min_quality=0.5))
+    rig.now = 0
+    assert rig.rec.on_sample("cam", 0) and rig.rec.on_sample("ir", 0)
+    rig.rec.on_embedding("cam", 0, EMBEDDINGS["cam"], quality=0.2)  # a camera in the dark
+    result = rig.rec.on_embedding("ir", 0, EMBEDDINGS["ir"], quality=0.9)
+    assert rig.rec.store.get("cam").quality == 0.2 and rig.rec.store.get("ir").quality == 0.9
+    result = result or rig.timer(120 * MS)
+    assert result is not None and result.sensors == ("ir",)
+    # out of range from a buggy measure: clamped, never an error that drops the sample
+    rig.rec.on_embedding("cam", 130 * MS, EMBEDDINGS["cam"], quality=1.7)
+    assert rig.rec.store.get("cam").quality == 1.0

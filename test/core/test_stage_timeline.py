@@ -32,7 +32,8 @@ class Sink:
     def on_bad_sample(self, name: str, reason: str) -> None:
         pass
 
-    def on_embedding(self, name: str, stamp_ns: int, embedding: Any) -> None:
+    def on_embedding(self, name: str, stamp_ns: int, embedding: Any, quality: float = 1.0
+                     ) -> None:
         pass
 
 

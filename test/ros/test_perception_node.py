@@ -296,8 +296,10 @@ def test_recognition_uses_the_publishing_sensors_and_survives_an_unplug(make_har
     assert sorted(rec.modalities) == ["image", "point_cloud", "thermal"]
     assert rec.best_label and rec.best_label == rec.top_labels[0]
     assert len(rec.per_modality) == 3 and 0 <= rec.best_score <= 1
-    # the test bundle carries no calibration: the confidence is the best score, never unsure
-    assert rec.confidence == pytest.approx(rec.best_score) and not rec.unsure
+    # the test bundle carries no calibration: the confidence is the best score; unsure below
+    # fusion.unsure_below (0.5)
+    assert rec.confidence == pytest.approx(rec.best_score)
+    assert rec.unsure == (rec.confidence < 0.5)
     assert rec.header.stamp.sec > 0
     # which model answered: the test bundle's directory name; it declares no family
     assert rec.bundle == h.node._bundle.name and rec.bundle and rec.model_family == ""
@@ -565,3 +567,51 @@ def test_a_sensor_of_a_type_not_installed_fails_configure(make_harness) -> None:
     mic = {"mic": ("audio", "/t/mic/audio", "audio_common_msgs/msg/AudioStamped")}
     h = make_harness(sensor_overrides(mic))
     assert not h.node.autostart()
+
+
+# -- input quality --------------------------------------------------------------------------------
+
+def test_a_camera_in_the_dark_is_live_but_warns_dark(make_harness) -> None:
+    """On time is not usable: a camera publishing dark frames stays LIVE, its SensorStatus
+    quality drops with the issue named, /diagnostics says WARN "dark", and light clears it."""
+    from omnibind_ros.ros import conversions as conv
+
+    sensors = {k: SENSORS[k] for k in ("camera", "lidar")}
+    h = active_harness(make_harness, sensors)
+    texture = RNG.integers(0, 12, (32, 32, 3), np.uint8)
+
+    def camera(frame: np.ndarray) -> Callable[[], None]:
+        def publish() -> None:
+            h.pubs["camera"][0].publish(conv.numpy_to_image(frame, "rgb8", h.now()))
+        return publish
+
+    def status(name: str) -> Any:
+        for arr in reversed(h.statuses):
+            for s in arr.sensors:
+                if s.name == name:
+                    return s
+        return None
+
+    def diag(name: str) -> Any:
+        return next((s for s in reversed(h.diags[-1].status) if s.name.endswith(f" {name}")),
+                    None) if h.diags else None
+
+    def run(publish_camera: Callable[[], None], cond: Callable[[], Any]) -> Any:
+        end = time.monotonic() + 8.0
+        while time.monotonic() < end and not cond():
+            publish_camera()
+            h.publish_for(0.1, names=["lidar"])
+        return cond()
+
+    dark = camera(texture + 8)  # underexposed: everything below luma ~20
+    assert run(dark, lambda: status("camera") is not None and status("camera").quality < 0.5
+               and diag("camera") is not None and diag("camera").level == b"\x01")
+    s, d = status("camera"), diag("camera")
+    assert s.state == 1 and s.quality_issue == "dark"  # LIVE: messages arrive on time
+    assert "dark, quality" in d.message and d.message.startswith("live at")
+    assert {kv.key: kv.value for kv in d.values}["quality_issue"] == "dark"
+    lidar = status("lidar")
+    assert lidar.quality > 0.5 and diag("lidar").level == b"\x00"
+    lit = camera(RNG.integers(40, 230, (32, 32, 3), np.uint8))
+    assert run(lit, lambda: status("camera").quality == 1.0 and diag("camera").level == b"\x00")
+    assert status("camera").quality_issue == ""

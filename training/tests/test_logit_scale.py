@@ -124,3 +124,35 @@ def test_runtime_fused_probabilities_equal_the_trainers_softmax(trained, index):
     # the check is sharp: the former constant scale of 100 would not pass it
     _, probs_100 = classify(result.embedding, bundle.label_embeddings, 100.0, top_k=len(names))
     assert np.abs(probs_100 - expected[idx]).max() > 100 * PROB_ATOL
+
+
+def test_a_calibrated_bundle_gives_the_trainers_tempered_confidence(trained, tmp_path):
+    """The exported temperature reaches the runtime: the engine's FusionTick reads it from the
+    bundle and the confidence is the trainer's softmax at ``logit_scale / T``."""
+    from omnibind_ros.core.recognizer import FusionSettings, build_fusion_tick
+
+    models = tiny_models(modalities=("point_cloud",))
+    out = export_bundle(tmp_path / "calibrated", **{**models.export_kwargs(),
+                                                      "logit_scale": trained["scale"]},
+                        exporter=TINY_EXPORTER, include_torch_weights=False, temperature=2.5)
+    bundle = load_bundle(out)
+    assert bundle.labels.temperature == 2.5
+    backend = create_backend("onnxruntime", bundle, threads=1)
+    tick = build_fusion_tick(bundle, backend, FusionSettings(unsure_below=0.9),
+                             list(bundle.label_names), bundle.label_embeddings)
+    assert tick.temperature == 2.5 and tick.unsure_below == 0.9
+    tokens = _tokens(torch.from_numpy(bundle.label_embeddings), ("image", "audio"), 7)
+    slots = [EmbeddingSlot(f"s{i}", m, 10_000_000_000, tokens[i])
+             for i, m in enumerate(("image", "audio"))]
+    result = tick(slots, ["s0", "s1"], 10_100_000_000)
+    cos = bundle.label_embeddings @ result.embedding / np.linalg.norm(
+        bundle.label_embeddings, axis=1)
+    logits = trained["scale"] * cos / 2.5
+    expected = np.exp(logits - logits.max()).max() / np.exp(logits - logits.max()).sum()
+    assert result.confidence == pytest.approx(expected, rel=1e-5)
+    assert result.confidence < result.best_score and result.unsure
+    # an uncalibrated bundle: the confidence is the best score
+    plain = build_fusion_tick(trained["bundle"], create_backend(
+        "onnxruntime", trained["bundle"], threads=1), FusionSettings(),
+        list(trained["bundle"].label_names), trained["bundle"].label_embeddings)
+    assert plain.temperature == 1.0 and trained["bundle"].labels.temperature is None
