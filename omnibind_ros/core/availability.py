@@ -29,7 +29,7 @@ stamp)::
     >= degraded_after_bad bad samples in a row (latched until
        recover_after_good valid ones in a row)                 DEGRADED   no
     only bad samples so far (fewer than degraded_after_bad)    UNKNOWN    no
-    newest valid sample older than T_stale                     STALE      no
+    newest valid sample older than T_stale (bad ones since)    DEGRADED   no
     rate below (1 - rate_tolerance) * expected (latched until
        >= (1 - rate_tolerance + rate_hysteresis) * expected)   DEGRADED   if age <= max_age_s
     otherwise                                                  LIVE       if age <= max_age_s
@@ -554,8 +554,9 @@ class AvailabilityMonitor:
                             f"no valid one yet: {sensor.last_bad_reason}", False)
         valid_age = max(0, now_ns - sensor.last_valid)
         if stale is not None and valid_age > stale:
-            return _Verdict(SensorState.STALE, (
-                f"newest valid sample is {_fmt(valid_age)} old "
+            # messages still arrive, only bad ones: a broken sensor, not a silent one
+            return _Verdict(SensorState.DEGRADED, (
+                f"receiving bad samples: newest valid one is {_fmt(valid_age)} old "
                 f"({sensor.timeout_text('stale', stale)}); "
                 f"{sensor.bad_since_valid} bad since: {sensor.last_bad_reason}"), False)
         if sensor.rate_latched:

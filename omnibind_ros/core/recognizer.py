@@ -42,6 +42,7 @@ import numpy as np
 from omnibind_ros.core.availability import AvailabilityMonitor, SensorConfig, Transition
 from omnibind_ros.core.errors import BundleIncompatibleError
 from omnibind_ros.core.fusion import EmbeddingSlot, FusionResult, FusionTick, LatestEmbeddings
+from omnibind_ros.core.pipeline import CLOCK_JUMP_TOLERANCE_NS as PIPELINE_CLOCK_JUMP_TOLERANCE_NS
 from omnibind_ros.core.pipeline import StageHook
 from omnibind_ros.core.schedule import TickScheduler
 
@@ -53,7 +54,7 @@ __all__ = ["CLOCK_JUMP_TOLERANCE_NS", "MONITOR_RATE_HZ", "FusionSettings", "Moni
 MONITOR_RATE_HZ = 20.0
 #: Backward clock steps smaller than this (ns) are reordering between threads, not a jump. A
 #: real jump back (looping bag, simulator reset) is seconds; this only absorbs sim-time jitter.
-CLOCK_JUMP_TOLERANCE_NS = 1_000_000_000
+CLOCK_JUMP_TOLERANCE_NS = PIPELINE_CLOCK_JUMP_TOLERANCE_NS  # one tolerance for stage and engine
 NS = 1_000_000_000
 
 

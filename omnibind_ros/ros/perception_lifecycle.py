@@ -167,7 +167,9 @@ class PerceptionNode(LifecycleNode):
         try:
             self._configure()
         except Exception as exc:  # noqa: BLE001  (any failure: one clear line, no traceback)
-            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            # one line whatever the library's message holds (ROS log lines are line-oriented)
+            self.get_logger().error(" ".join(
+                f"configure failed: {type(exc).__name__}: {exc}".split()))
             self._release()
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS

@@ -343,7 +343,9 @@ def test_sparse_bad_samples_do_not_hide_stale_data() -> None:
     mon.on_bad_sample("cam", ns(1.1), "x")
     mon.on_bad_sample("cam", ns(1.2), "x")
     h = health(mon, ns(1.2))  # something arrives, but the newest valid sample is 0.3 s old
-    assert h.state == S.STALE and "newest valid sample" in h.reason
+    # messages arrive, only bad ones: a broken sensor (DEGRADED), never a silent one (STALE)
+    assert h.state == S.DEGRADED and "receiving bad samples" in h.reason
+    assert "newest valid one" in h.reason and mon.fusable(ns(1.2), MAX_AGE) == []
 
 
 def test_rate_well_below_expected_degrades_but_still_fuses() -> None:
