@@ -154,12 +154,14 @@ class Monitor:
                                         for p in rec.per_modality}
         rows = [SensorRow(s.name, s.modality, state_name(s.state), s.rate_hz,
                           s.expected_rate_hz, s.age_s, s.publisher_count, s.in_fusion,
-                          s.reason, alone.get(s.name, "")) for s in statuses]
+                          s.reason, alone.get(s.name, ""), s.quality, s.quality_issue)
+                for s in statuses]
         if rec is None:
             return rows, None, truth, ""
         view = RecognitionView(rec.best_label, rec.best_score,
                                tuple(zip(rec.top_labels, rec.top_scores, strict=False)),
-                               tuple(rec.sensors), tuple(rec.modalities))
+                               tuple(rec.sensors), tuple(rec.modalities), rec.confidence,
+                               rec.unsure)
         truth_then, kind = self._scoreboard.current(
             Sample(_stamp_ns(rec.header.stamp), rec.best_label, tuple(rec.top_labels)))
         return rows, view, truth_then or truth, kind

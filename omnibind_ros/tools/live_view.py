@@ -37,6 +37,8 @@ class SensorRow:
     in_fusion: bool
     reason: str
     alone: str = ""  # "label score" from Recognition.per_modality, when it was fused
+    quality: float = 1.0  # SensorStatus.quality: the input judged from the signal
+    quality_issue: str = ""  # e.g. "dark", "wind"; "" when quality is 1
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,18 @@ class RecognitionView:
     top: tuple[tuple[str, float], ...]
     sensors: tuple[str, ...]
     modalities: tuple[str, ...]
+    confidence: float = 0.0
+    unsure: bool = False
+
+
+#: Below this input quality the live view names the problem (as /diagnostics warns).
+POOR_QUALITY = 0.5
+
+
+def _quality(row: SensorRow) -> str:
+    if row.quality >= POOR_QUALITY or not row.quality_issue:
+        return ""
+    return f"{row.quality_issue} {row.quality:.2f}"
 
 
 @dataclass(frozen=True)
@@ -117,17 +131,19 @@ def _sensor_table(rows: Sequence[SensorRow], width: int) -> Any:
     # terminal (~100 columns) and is cut with an ellipsis rather than wrapped.
     for col, justify in (("sensor", "left"), ("modality", "left"), ("state", "left"),
                          ("rate Hz", "right"), ("age s", "right"), ("pubs", "right"),
-                         ("fused", "center"), ("alone says", "left"), ("reason", "left")):
+                         ("fused", "center"), ("input", "left"), ("alone says", "left"),
+                         ("reason", "left")):
         table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis",
                          max_width=max(12, width - 100) if col == "reason" else None)
     for r in rows:
         rate = f"{_fmt(r.rate_hz, '.1f')}/{_fmt(r.expected_hz, '.3g')}"
         table.add_row(r.name, r.modality, f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]",
                       rate, _fmt(r.age_s), str(r.publishers),
-                      "[green]●[/]" if r.in_fusion else "[dim]·[/]", r.alone,
+                      "[green]●[/]" if r.in_fusion else "[dim]·[/]",
+                      f"[yellow]{_quality(r)}[/]" if _quality(r) else "[dim]ok[/]", r.alone,
                       f"[dim]{r.reason}[/]")
     if not rows:
-        table.add_row("[dim]waiting for ~/sensor_status…[/]", *[""] * 8)
+        table.add_row("[dim]waiting for ~/sensor_status…[/]", *[""] * 9)
     return table
 
 
@@ -145,8 +161,10 @@ def _recognition_panel(state: LiveState) -> Any:
     elif not rec.best_label:
         grid.add_row("recognised", "[dim]no answer (no usable sensor)[/]")
     else:
+        sure = "[yellow]unsure[/]" if rec.unsure else "sure"
         grid.add_row("recognised", f"[bold]{rec.best_label}[/]  {rec.best_score:.2f}  "
-                                   f"[{style}]{mark}[/]")
+                                   f"[{style}]{mark}[/]  [dim]confidence[/] "
+                                   f"{rec.confidence:.2f} ({sure})")
         grid.add_row("top-k", "  ".join(f"{lbl} [dim]{s:.2f}[/]" for lbl, s in rec.top[1:]))
         pairs = zip(rec.sensors, rec.modalities, strict=False)
         fused = ", ".join(f"{s} [dim]({m})[/]" for s, m in pairs)
@@ -206,10 +224,14 @@ def status_line(state: LiveState) -> str:
     else:
         mark = VERDICT_MARK.get(state.verdict, VERDICT_MARK[""])[0]
         n = len(rec.sensors)
-        answer = f"{rec.best_label} {rec.best_score:.2f} {mark} ({n} sensor{'s' * (n != 1)})"
+        unsure = ", unsure" if rec.unsure else ""
+        answer = (f"{rec.best_label} {rec.best_score:.2f} {mark} ({n} sensor{'s' * (n != 1)}"
+                  f"{unsure})")
     live = sum(r.state == "LIVE" for r in state.sensors)
     others = ", ".join(f"{r.name} {r.state}" for r in state.sensors if r.state != "LIVE")
-    sensors = f"live {live}/{len(state.sensors)}" + (f" ({others})" if others else "")
+    poor = ", ".join(f"{r.name} {_quality(r)}" for r in state.sensors if _quality(r))
+    sensors = f"live {live}/{len(state.sensors)}" + (f" ({others})" if others else "") + (
+        f" | poor input: {poor}" if poor else "")
     return (f"[{state.t_s:6.1f} s] {state.phase or '-'} | truth {state.truth or '-'} | "
             f"{answer} | {sensors} | acc {_pct(state.accuracy)}")
 

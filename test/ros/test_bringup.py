@@ -108,6 +108,25 @@ def test_events_panel_shows_time_sensor_change_and_reason() -> None:
     assert "full log: /tmp/x/run.log" in frame
 
 
+
+def test_live_view_names_poor_inputs_and_unsure_answers() -> None:
+    from omnibind_ros.tools.live_view import RecognitionView, SensorRow, status_line
+
+    rows = [SensorRow("camera", "image", "LIVE", 10.0, 10.0, 0.05, 1, True, "", "", 0.08,
+                      "dark"),
+            SensorRow("lidar", "point_cloud", "LIVE", 10.0, 10.0, 0.05, 1, True, "", "", 0.9,
+                      "sparse")]  # mild: above the warning level, not named
+    rec = RecognitionView("metal mug", 0.41, (("metal mug", 0.41),), ("camera", "lidar"),
+                          ("image", "point_cloud"), confidence=0.33, unsure=True)
+    state = LiveState(12.0, 40.0, "camera dark", (8.0, 16.0), sensors=rows, recognition=rec,
+                      truth="metal mug", verdict="correct")
+    line = status_line(state)
+    assert "poor input: camera dark 0.08" in line and "lidar sparse" not in line
+    assert "(2 sensors, unsure)" in line
+    frame = _text(render_live(state), width=160)
+    assert "dark 0.08" in frame and "confidence 0.33 (unsure)" in frame
+
+
 # ---------------------------------------------------------------------------------------------
 # the real thing, in-process
 
