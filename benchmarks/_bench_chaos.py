@@ -204,6 +204,11 @@ def analyse_chaos(session: Session, rss: Any, procs: ProcSampler, chaos: Chaos,
     steady = t >= warmup_s
     slope = float(np.polyfit(t[steady], mem[steady], 1)[0] * 60.0) if steady.sum() >= 3 \
         else float("nan")
+    # a leak grows to the end; warm-up (arenas, the first of each degradation's buffer sizes)
+    # flattens: the slope over the last half tells them apart
+    half = t >= t[len(t) // 2] if t.size else t.astype(bool)
+    slope_half = float(np.polyfit(t[half], mem[half], 1)[0] * 60.0) if half.sum() >= 3 \
+        else float("nan")
     warm = [s for s in procs.samples if s[0] >= warmup_s]
     recs = session.rc.records_between(session.records(), session.t0_ns, end)
     recv = sorted(r.recv_ns for r in recs)
@@ -217,6 +222,9 @@ def analyse_chaos(session: Session, rss: Any, procs: ProcSampler, chaos: Chaos,
         "changes_by_kind": actions, "refused_parameter_changes": chaos.failed,
         "rss_start_mb": float(mem[0]), "rss_end_mb": float(mem[-1]),
         "rss_max_mb": float(mem.max()), "rss_slope_mb_per_min": slope,
+        "rss_slope_last_half_mb_per_min": slope_half,
+        "rss_every_30s": [[round(a), round(b, 1)] for a, b in zip(t[::30], mem[::30],
+                                                                    strict=True)],
         "threads_after_warmup": warm[0][1] if warm else None,
         "threads_end": warm[-1][1] if warm else None,
         "threads_max": max((s[1] for s in warm), default=None),
@@ -230,6 +238,8 @@ def analyse_chaos(session: Session, rss: Any, procs: ProcSampler, chaos: Chaos,
 
 
 def print_chaos(res: dict[str, Any]) -> None:
+    print("perception RSS every 30 s (s, MB): " + ", ".join(
+        f"{t}: {m}" for t, m in res["rss_every_30s"]))
     ok = {"rss": res["rss_slope_mb_per_min"] <= RSS_SLOPE_MAX_MB_MIN,
           "threads": res["threads_end"] is not None
           and res["threads_end"] <= res["threads_after_warmup"],
@@ -240,7 +250,9 @@ def print_chaos(res: dict[str, Any]) -> None:
           f"{res['refused_parameter_changes'] or 'none'}")
     print(f"RESULT chaos: {res['minutes']:.1f} min; perception RSS {res['rss_start_mb']:.1f} -> "
           f"{res['rss_end_mb']:.1f} MB (max {res['rss_max_mb']:.1f}), slope after warm-up "
-          f"{res['rss_slope_mb_per_min']:+.2f} MB/min [{'PASS' if ok['rss'] else 'FAIL'}]; "
+          f"{res['rss_slope_mb_per_min']:+.2f} MB/min, over the last half "
+          f"{res['rss_slope_last_half_mb_per_min']:+.2f} MB/min "
+          f"[{'PASS' if ok['rss'] else 'FAIL'}]; "
           f"threads {res['threads_after_warmup']} -> {res['threads_end']} (max "
           f"{res['threads_max']}) [{'PASS' if ok['threads'] else 'FAIL'}]; FDs "
           f"{res['fds_after_warmup']} -> {res['fds_end']} (max {res['fds_max']}) "
