@@ -19,6 +19,17 @@ READ_NOISE_E = 3.0
 MAX_GAIN = 4.0
 
 
+def line_psf(length: float, angle: float) -> tuple[np.ndarray, float, float]:
+    """A normalised linear point-spread function ``length`` px long at ``angle`` (rad), drawn
+    anti-aliased, and its half extent ``(dx, dy)``: blur along a straight motion."""
+    size = int(np.ceil(length)) | 1
+    kernel = np.zeros((size, size), np.float32)
+    c, dx, dy = size // 2, 0.5 * length * np.cos(angle), 0.5 * length * np.sin(angle)
+    cv2.line(kernel, (int(round(c - dx)), int(round(c - dy))),
+             (int(round(c + dx)), int(round(c + dy))), 1.0, thickness=1, lineType=cv2.LINE_AA)
+    return kernel / kernel.sum(), dx, dy
+
+
 def to_linear(image: np.ndarray) -> np.ndarray:
     """uint8 image -> float32 linear light in [0, 1]."""
     return (image.astype(np.float32) / 255.0) ** GAMMA
@@ -82,13 +93,7 @@ def motion_blur(image: np.ndarray, severity: float, rng: np.random.Generator, **
     1/30 s on a 40 deg lens), integrated in linear light."""
     w = image.shape[1]
     length = 1.0 + severity * 0.15 * w
-    angle = rng.uniform(0.0, np.pi)
-    size = int(np.ceil(length)) | 1
-    kernel = np.zeros((size, size), np.float32)
-    c, dx, dy = size // 2, 0.5 * length * np.cos(angle), 0.5 * length * np.sin(angle)
-    cv2.line(kernel, (int(round(c - dx)), int(round(c - dy))),
-             (int(round(c + dx)), int(round(c + dy))), 1.0, thickness=1, lineType=cv2.LINE_AA)
-    kernel /= kernel.sum()
+    kernel, _, _ = line_psf(length, rng.uniform(0.0, np.pi))
     blurred = cv2.filter2D(to_linear(image), -1, kernel, borderType=cv2.BORDER_REFLECT)
     return to_uint8(blurred)
 

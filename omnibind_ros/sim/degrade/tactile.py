@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from omnibind_ros.core.types import TactileFrame
+from omnibind_ros.sim.degrade.camera import line_psf
 from omnibind_ros.sim.degrade.registry import degradation
 
 #: Sensor noise of the gel camera (uint8 levels, standard deviation).
@@ -72,13 +73,8 @@ def slip(frame: TactileFrame, severity: float, rng: np.random.Generator,
     diff = imprint(frame)
     h, w = diff.shape[:2]
     length = 1.0 + 0.25 * w * severity
-    angle = rng.uniform(0.0, np.pi)
-    size = int(np.ceil(length)) | 1
-    kernel = np.zeros((size, size), np.float32)
-    c, dx, dy = size // 2, 0.5 * length * np.cos(angle), 0.5 * length * np.sin(angle)
-    cv2.line(kernel, (int(round(c - dx)), int(round(c - dy))),
-             (int(round(c + dx)), int(round(c + dy))), 1.0, thickness=1, lineType=cv2.LINE_AA)
-    smeared = cv2.filter2D(diff, -1, kernel / kernel.sum(), borderType=cv2.BORDER_CONSTANT)
+    kernel, dx, dy = line_psf(length, rng.uniform(0.0, np.pi))
+    smeared = cv2.filter2D(diff, -1, kernel, borderType=cv2.BORDER_CONSTANT)
     shift = np.float32([[1, 0, 0.5 * dx], [0, 1, 0.5 * dy]])
     sheared = cv2.warpAffine(smeared, shift, (w, h), borderMode=cv2.BORDER_CONSTANT)
     return _with_imprint(frame, sheared, rng)
