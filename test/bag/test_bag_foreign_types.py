@@ -181,12 +181,18 @@ def test_audio_data_takes_its_format_from_the_paired_audio_info(
             out[with_info, processes] = result
     # with its AudioInfo the chunks are 20 ms of 48 kHz stereo, stamped 20 ms before their
     # arrival; without it they are read as audio_capture's default (S16LE mono 16 kHz: 240 ms
-    # of noise each, stamped 240 ms before arrival) and the monitor never sees a live sensor
+    # of noise each, stamped 240 ms before arrival: the monitor's arrival slack accepts such a
+    # steady delay, but every answer is then fused from a quarter-second-old "sample")
     answered = {k: sum(t.answered for t in r.ticks) for k, r in out.items()}
     assert answered[True, 0] == answered[True, 2] >= 15
-    assert answered[False, 0] == answered[False, 2] < answered[True, 0]
+    assert answered[False, 0] == answered[False, 2]
     stamps = [t.stamp_ns for t in out[True, 0].ticks if t.answered]
     assert all((s - T0) % 20_000_000 == 0 for s in stamps)   # chunk starts: k * 20 ms
+
+    def ages(result) -> list[float]:
+        return [(t.t_ns - t.stamp_ns) / 1e9 for t in result.ticks if t.answered]
+    assert max(ages(out[True, 0])) < 0.1
+    assert ages(out[False, 0]) and min(ages(out[False, 0])) >= 0.2
 
 
 def test_live_plays_the_paired_audio_info(tmp_path_factory: pytest.TempPathFactory) -> None:
