@@ -76,6 +76,14 @@ Why these choices:
   ``max_future_ns`` ahead of ``now`` is rejected without counting as bad: it is a clock problem
   (unsynchronised hosts, ``use_sim_time`` mismatch, a leftover from before a sim reset), not bad
   data, and accepting it would keep a dead sensor "fresh" until the clock catches up.
+* The node's own stalls are not the sensors' silence. With ``stall_after_ns`` set, an
+  :meth:`~AvailabilityMonitor.update` that comes more than that long after the previous one
+  (the process was starved: a garbage collection, another process on the CPU, a long
+  callback) judges the sensors as of the previous update: the messages that arrived during the
+  stall are still queued behind it, and judging at the real time would turn every sensor STALE
+  for the one moment before they are delivered (an unexplained LIVE -> STALE -> LIVE of all of
+  them at once, measured under load). The next update, one monitor period later, judges at the
+  real time, so a sensor that really went silent is excluded one period later than otherwise.
 * The clock jumping backwards by more than ``clock_jump_tolerance_ns`` (a looping bag, a sim
   reset) resets every sensor's sample history: states drop to UNKNOWN (a new startup grace
   starts), ages to NaN, fusable to empty. Configuration, enabled flags and publisher counts are
@@ -207,11 +215,20 @@ class AvailabilityMonitor:
     def __init__(self, sensors: list[SensorConfig] | tuple[SensorConfig, ...] = (), *,
                  clock_jump_tolerance_ns: int = 100_000_000, max_future_ns: int = 200_000_000,
                  now_ns: int | None = None,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None,
+                 stall_after_ns: int | None = None) -> None:
         for key, value in (("clock_jump_tolerance_ns", clock_jump_tolerance_ns),
                            ("max_future_ns", max_future_ns)):
             if not (is_int(value) and value >= 0):
                 raise ValueError(f"{key} must be an int >= 0 (ns), got {value!r}")
+        if stall_after_ns is not None and not (is_int(stall_after_ns) and stall_after_ns > 0):
+            raise ValueError(f"stall_after_ns must be None or an int > 0 (ns), got "
+                             f"{stall_after_ns!r}")
+        #: A longer gap between two updates is the node's stall (see the module docstring).
+        self.stall_after_ns = stall_after_ns
+        #: Updates that judged as of the previous one because the node had stalled.
+        self.stalls = 0
+        self._last_update_ns: int | None = None
         self.clock_jump_tolerance_ns = int(clock_jump_tolerance_ns)
         self.max_future_ns = int(max_future_ns)
         self._lock = threading.RLock()
@@ -363,8 +380,14 @@ class AvailabilityMonitor:
         with self._lock:
             now_ns = self._read_clock(now_ns)
             self._observe_clock(now_ns)
+            judge_ns, last = now_ns, self._last_update_ns
+            if self.stall_after_ns is not None and last is not None \
+                    and self.stall_after_ns < now_ns - last:
+                judge_ns = last  # the node stalled: its queued messages are not delivered yet
+                self.stalls += 1
+            self._last_update_ns = now_ns
             for sensor in self._sensors.values():
-                self._commit(sensor, now_ns)
+                self._commit(sensor, judge_ns)
             pending, self._pending = self._pending, []
             return pending
 

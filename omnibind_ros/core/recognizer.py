@@ -46,7 +46,8 @@ from omnibind_ros.core.pipeline import CLOCK_JUMP_TOLERANCE_NS as PIPELINE_CLOCK
 from omnibind_ros.core.pipeline import StageHook
 from omnibind_ros.core.schedule import TickScheduler
 
-__all__ = ["CLOCK_JUMP_TOLERANCE_NS", "MONITOR_RATE_HZ", "FusionSettings", "MonitorUpdate",
+__all__ = ["CLOCK_JUMP_TOLERANCE_NS", "MONITOR_RATE_HZ", "NODE_STALL_NS", "FusionSettings",
+           "MonitorUpdate",
            "Recognizer", "build_fusion_tick", "logit_scale_of"]
 
 #: How often the monitor is evaluated (state changes are reported when seen, so this bounds the
@@ -56,6 +57,8 @@ MONITOR_RATE_HZ = 20.0
 #: real jump back (looping bag, simulator reset) is seconds; this only absorbs sim-time jitter.
 CLOCK_JUMP_TOLERANCE_NS = PIPELINE_CLOCK_JUMP_TOLERANCE_NS  # one tolerance for stage and engine
 NS = 1_000_000_000
+#: Four missed monitor periods in a row: a node that runs the monitor on its timer stalled.
+NODE_STALL_NS = round(4 * NS / MONITOR_RATE_HZ)
 
 
 @dataclass(frozen=True)
@@ -137,17 +140,20 @@ class Recognizer:
     on_tick_error : receives the exception of a tick that failed (the previous result stays).
     hook : optional stage timings: ``"fusion/tick"`` (one tick, s) and
         ``"<sensor>/stamp_to_embedding"`` (clock at storing minus the sample's stamp, s).
+    stall_after_ns : a longer gap between two :meth:`on_monitor_timer` calls is the caller's
+        own stall, not its sensors' silence (:class:`AvailabilityMonitor`); None: off (a
+        caller that does not run the monitor on a timer). :data:`NODE_STALL_NS` for a node.
     """
 
     def __init__(self, fusion: FusionTick, *, clock: Callable[[], int],
                  rate_hz: float = 10.0, tick_on_embedding: bool = True,
                  on_result: ResultListener | None = None,
                  on_tick_error: ErrorListener | None = None,
-                 hook: StageHook | None = None) -> None:
+                 hook: StageHook | None = None, stall_after_ns: int | None = None) -> None:
         self._lock = threading.RLock()
         self._clock = clock
         self.monitor = AvailabilityMonitor(clock_jump_tolerance_ns=CLOCK_JUMP_TOLERANCE_NS,
-                                           clock=clock)
+                                           clock=clock, stall_after_ns=stall_after_ns)
         self.store = LatestEmbeddings()
         self._fusion = fusion
         self._scheduler = TickScheduler(rate_hz, tick_on_embedding)

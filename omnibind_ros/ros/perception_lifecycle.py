@@ -34,7 +34,12 @@ from omnibind_ros.core.labels import resolve_labels
 from omnibind_ros.core.names import PERCEPTION_NODE
 from omnibind_ros.core.pipeline import Pipeline, SensorStage, StageHook, make_pipeline
 from omnibind_ros.core.quality import InputQuality
-from omnibind_ros.core.recognizer import MONITOR_RATE_HZ, Recognizer, build_fusion_tick
+from omnibind_ros.core.recognizer import (
+    MONITOR_RATE_HZ,
+    NODE_STALL_NS,
+    Recognizer,
+    build_fusion_tick,
+)
 from omnibind_ros.core.sensor_worker import SampleReporter, SensorWorker
 from omnibind_ros.core.threads import limit_blas_threads, limit_malloc_arenas
 from omnibind_ros.core.transition_log import LogLine, TransitionLog
@@ -198,7 +203,8 @@ class PerceptionNode(LifecycleNode):
                                   rate_hz=settings.rate_hz,
                                   tick_on_embedding=settings.tick_on_embedding,
                                   on_result=self._publish_recognition,
-                                  on_tick_error=self._tick_failed, hook=self._hook)
+                                  on_tick_error=self._tick_failed, hook=self._hook,
+                                  stall_after_ns=NODE_STALL_NS)
         self._engine.ticking = False  # until activated
         for name in self._param("sensors"):
             self._add_sensor(params.read_sensor(self, name))

@@ -234,3 +234,34 @@ def test_one_stall_does_not_flip_a_long_stale_after_sensor_into_degraded() -> No
     for k in range(40):
         slow.on_sample("mic", k * ns(0.06), k * ns(0.06) + ns(0.03))
     assert slow.state("mic", 39 * ns(0.06) + ns(0.03)) == S.DEGRADED
+
+
+def test_the_nodes_own_stall_is_not_its_sensors_silence() -> None:
+    """A monitor update 600 ms after the previous one (the process was starved) judges as of
+    that previous update: the sensors' messages of the stall are still queued, so no sensor
+    turns STALE for the instant before they arrive; one period later the real time is judged,
+    so a sensor that really went silent is still excluded."""
+    from omnibind_ros.core.availability import AvailabilityMonitor, SensorConfig, SensorState
+
+    ms = 1_000_000
+    mon = AvailabilityMonitor([SensorConfig("cam", "image", "/cam", 10.0),
+                               SensorConfig("mic", "audio", "/mic", 10.0)],
+                              now_ns=0, stall_after_ns=200 * ms)
+    plain = AvailabilityMonitor([SensorConfig("cam", "image", "/cam", 10.0)], now_ns=0)
+    t = 0
+    while t <= 1000 * ms:  # both live, updates every 50 ms
+        for m, names in ((mon, ("cam", "mic")), (plain, ("cam",))):
+            for name in names:
+                m.on_sample(name, t, t)
+            m.update(t)
+        t += 50 * ms
+    stall_end = 1600 * ms  # nothing ran for 600 ms (> T_stale = 250 ms)
+    assert all(tr.new != SensorState.STALE for tr in mon.update(stall_end))
+    assert mon.stalls == 1
+    assert [tr.new for tr in plain.update(stall_end)] == [SensorState.STALE]  # without it
+    # the queued camera messages are delivered; the microphone really went silent
+    for k in range(1, 7):
+        mon.on_sample("cam", 1000 * ms + k * 100 * ms, stall_end + k * ms)
+    changes = mon.update(stall_end + 50 * ms)
+    assert [(tr.name, tr.new) for tr in changes] == [("mic", SensorState.STALE)]
+    assert mon.state("cam", stall_end + 50 * ms) == SensorState.LIVE
