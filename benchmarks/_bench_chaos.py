@@ -190,6 +190,14 @@ def run_chaos(args: argparse.Namespace, env: dict[str, str], workdir: Path, bund
         session.close()
     result = analyse_chaos(session, rss, procs, chaos, args.rss_warmup, end)
     result.update(info, loadavg_end=list(os.getloadavg()))
+    traced = session.stats.get("ours", {}).get("extra", {}).get("tracemalloc")
+    if traced:
+        result["tracemalloc"] = traced
+        print(f"tracemalloc (Python heap of the perception process): "
+              f"{traced['traced_mb_warm']:.1f} MB after warm-up -> {traced['traced_mb_end']:.1f}"
+              " MB at the end; biggest growth by allocation site:")
+        for site, kib, count in traced["top"][:12]:
+            print(f"  {kib:+9.1f} KiB {count:+7d} blocks  {site}")
     print_chaos(result)
     return result
 

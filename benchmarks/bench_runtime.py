@@ -138,6 +138,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the random changes")
     p.add_argument("--rss-warmup", type=float, default=60.0,
                    help="s after start left out of the RSS slope and thread/FD baselines")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="diagnosis: trace Python allocations in the perception process and "
+                        "print the sites that grew after --rss-warmup (slows the node)")
     p = sub.add_parser("_child", help=argparse.SUPPRESS)
     p.add_argument("--kind", choices=("ours", "baseline", "naive"), required=True)
     p.add_argument("--bundle", required=True)
