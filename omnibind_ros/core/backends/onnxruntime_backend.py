@@ -144,6 +144,12 @@ class OnnxRuntimeBackend(BackendBase):
         options.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only; ORT warns about unused initialisers
+        if key == "<fusion>":
+            # Its token count changes with every set of live sensors: ORT's per-shape memory
+            # patterns and its CPU arena would keep a new high-water mark for each, and the
+            # head is small enough that plain allocations cost nothing measurable.
+            options.enable_mem_pattern = False
+            options.enable_cpu_mem_arena = False
         provider_options = self._provider_options(key, path)
         extra = {} if provider_options is None else {"provider_options": provider_options}
         try:
