@@ -198,16 +198,11 @@ def _plot_reliability(path: Path, scores: dict[str, Any]) -> bool:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     from omnibind_ros.core.calibration import Reliability, draw_reliability
 
-    def arr(key: str) -> np.ndarray:
-        return np.array([np.nan if v is None else v for v in rel[key]], dtype=float)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    draw_reliability(ax, Reliability(arr("edges"), np.array(rel["counts"]), arr("bin_confidence"),
-                                     arr("bin_accuracy"), rel["ece"], rel["mce"],
-                                     rel["mean_confidence"], rel["accuracy"]), "fused answers")
+    draw_reliability(ax, Reliability.from_dict(rel), "fused answers")
     ax.set_title("Reliability of the answers' confidence")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

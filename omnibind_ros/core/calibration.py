@@ -105,6 +105,14 @@ class Reliability:
     def n(self) -> int:
         return int(self.counts.sum())
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Reliability:
+        """Inverse of :meth:`to_dict` (None bins become NaN), e.g. for a saved report's plot."""
+        def arr(key: str) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in d[key]], dtype=float)
+        return cls(arr("edges"), np.array(d["counts"]), arr("bin_confidence"),
+                   arr("bin_accuracy"), d["ece"], d["mce"], d["mean_confidence"], d["accuracy"])
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly (NaN bins become None)."""
         def plain(a: np.ndarray) -> list[float | None]:

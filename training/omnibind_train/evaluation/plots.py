@@ -142,29 +142,17 @@ def plot_robustness(rob: Mapping[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _reliability(d: Mapping[str, Any]) -> Any:
-    import numpy as np
-
-    from omnibind_ros.core.calibration import Reliability
-
-    def arr(key: str) -> Any:
-        return np.array([np.nan if v is None else v for v in d[key]], dtype=float)
-    return Reliability(arr("edges"), np.array(d["counts"]), arr("bin_confidence"),
-                       arr("bin_accuracy"), d["ece"], d["mce"], d["mean_confidence"],
-                       d["accuracy"])
-
-
 def plot_calibration(cal: Mapping[str, Any], path: Path) -> Path:
     """Reliability diagrams of the fused AF answers on the test split: the model's softmax
     (left) and after the fitted temperature (right)."""
     from matplotlib.figure import Figure
 
-    from omnibind_ros.core.calibration import draw_reliability
+    from omnibind_ros.core.calibration import Reliability, draw_reliability
 
     fig = Figure(figsize=(9, 4.4), layout="constrained")
     for ax, key, title in zip(fig.subplots(1, 2), ("before", "after"),
                               ("softmax(logit_scale · cos)",
                                f"after temperature T = {cal['temperature']:.3g}"), strict=True):
-        draw_reliability(ax, _reliability(cal[key]), "AF, all subsets")
+        draw_reliability(ax, Reliability.from_dict(cal[key]), "AF, all subsets")
         ax.set_title(title)
     return _save(fig, path)

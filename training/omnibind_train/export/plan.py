@@ -122,24 +122,25 @@ def _check_labels(names: Sequence[str], templates: Sequence[str], embeddings: An
     return np.ascontiguousarray(emb, dtype=np.float32)
 
 
+def _positive(value: Any, message: str) -> float:
+    """``value`` as a float when it is a finite number > 0, else ValueError(message)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+            or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{message}, got {value!r}")
+    return float(value)
+
+
 def _check_logit_scale(scale: Any) -> float:
     if isinstance(scale, torch.Tensor):
         scale = scale.detach().cpu().item() if scale.numel() == 1 else scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) \
-            or not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"logit_scale must be a finite number > 0 (1 / tau of the AF loss), "
-                         f"got {scale!r}")
-    return float(scale)
+    return _positive(scale, "logit_scale must be a finite number > 0 (1 / tau of the AF loss)")
 
 
 def _check_temperature(temperature: Any) -> float | None:
     if temperature is None:
         return None
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
-            or not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be None or a finite number > 0 (the confidence "
-                         f"calibration), got {temperature!r}")
-    return float(temperature)
+    return _positive(temperature, "temperature must be None or a finite number > 0 (the "
+                                  "confidence calibration)")
 
 
 def _modality_encoders(encoders: Mapping[str, ModalityEncoder], text_encoder: nn.Module
